@@ -1,0 +1,14 @@
+//! Generated gRPC contracts of every Boardroom service (prost messages, tonic clients and
+//! servers), and the encoded file descriptor set that server reflection serves.
+
+/// The encoded `FileDescriptorSet` of every Boardroom proto (for tonic-reflection).
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/boardroom_descriptor.bin"));
+
+/// `boardroom.session.v1`: boardrooms, sessions and threads.
+pub mod session {
+    /// Version 1 of the session contract.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all)]
+        tonic::include_proto!("boardroom.session.v1");
+    }
+}

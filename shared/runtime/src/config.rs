@@ -1,0 +1,448 @@
+//! Typed configuration: defaults → optional TOML file → `BOARDROOM_*` environment variables.
+//!
+//! Nested keys use `__` in the environment: `BOARDROOM_DATABASE__URL`,
+//! `BOARDROOM_SESSION__CACHE__TTL_MS`. Unknown keys and badly typed values are errors that
+//! name the key. Tests build a [`Config`] in code and never touch the process environment.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// A configuration error, with the offending key in its message.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl From<figment::Error> for ConfigError {
+    fn from(err: figment::Error) -> Self {
+        // figment's Display omits the key path for some errors; say it explicitly.
+        let messages: Vec<String> = err
+            .into_iter()
+            .map(|e| {
+                let key = e.path.join(".");
+                let source = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+                if key.is_empty() {
+                    format!("{} (from {source})", e.kind)
+                } else {
+                    format!("key `{key}`: {} (from {source})", e.kind)
+                }
+            })
+            .collect();
+        ConfigError(messages.join("; "))
+    }
+}
+
+/// A string that never appears in logs or `Debug` output (tokens, passwords).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself; call only where it is used, never to log.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// Whether no secret is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// The whole suite's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Logging and tracing.
+    pub telemetry: TelemetryConfig,
+    /// The gRPC server stack shared by every service.
+    pub server: ServerConfig,
+    /// Caller authentication.
+    pub auth: AuthConfig,
+    /// Outgoing service-to-service channels.
+    pub client: ClientConfig,
+    /// The relational database (PostgreSQL or SQLite).
+    pub database: DatabaseConfig,
+    /// The session service.
+    pub session: SessionConfig,
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given (it must exist), then `BOARDROOM_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::figment(file).extract().map_err(ConfigError::from)
+    }
+
+    /// The layered sources, for callers that add their own layer (tests, the CLI).
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment.merge(Env::prefixed("BOARDROOM_").split("__"))
+    }
+
+    /// Checks cross-field rules serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let db = &self.database;
+        if db.max_connections == 0 || db.min_connections > db.max_connections {
+            return Err(ConfigError(format!(
+                "key `database.min_connections` ({}) must be <= `database.max_connections` ({}), which must be > 0",
+                db.min_connections, db.max_connections
+            )));
+        }
+        if self.server.concurrency_limit == 0 {
+            return Err(ConfigError("key `server.concurrency_limit` must be > 0".into()));
+        }
+        let s = &self.session;
+        if s.default_page_size == 0 || s.default_page_size > s.max_page_size {
+            return Err(ConfigError(
+                "key `session.default_page_size` must be in 1..=`session.max_page_size`".into(),
+            ));
+        }
+        if self.auth.enabled && self.auth.tokens.is_empty() && self.auth.tokens_dir.is_none() {
+            return Err(ConfigError(
+                "key `auth.enabled` is true but neither `auth.tokens` nor `auth.tokens_dir` is set".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The settings that differ between `self` and `new` but only take effect after a restart.
+    pub fn restart_required_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.server != new.server {
+            changed.push("server");
+        }
+        if self.auth != new.auth {
+            changed.push("auth");
+        }
+        if self.client != new.client {
+            changed.push("client");
+        }
+        if self.database != new.database {
+            changed.push("database");
+        }
+        if self.telemetry.format != new.telemetry.format
+            || self.telemetry.otlp_endpoint != new.telemetry.otlp_endpoint
+        {
+            changed.push("telemetry.format/otlp_endpoint");
+        }
+        let (mut a, mut b) = (self.session.clone(), new.session.clone());
+        a.cache.ttl_ms = 0;
+        b.cache.ttl_ms = 0;
+        a.cache.negative_ttl_ms = 0;
+        b.cache.negative_ttl_ms = 0;
+        if a != b {
+            changed.push("session (other than cache TTLs)");
+        }
+        changed
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Pretty on a terminal, JSON otherwise.
+    #[default]
+    Auto,
+    /// Human-readable.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging and tracing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// An `EnvFilter` directive; `RUST_LOG` wins over it. Reloads on SIGHUP.
+    pub log_level: String,
+    /// Log line format.
+    pub format: LogFormat,
+    /// OTLP gRPC endpoint; empty falls back to `OTEL_EXPORTER_OTLP_ENDPOINT`, and if that is
+    /// unset too, no spans are exported.
+    pub otlp_endpoint: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { log_level: "info,sqlx=warn,sea_orm=warn,h2=warn,tower=warn".into(), format: LogFormat::Auto, otlp_endpoint: String::new() }
+    }
+}
+
+/// TLS material for a server (and, with `client_ca_path`, mutual TLS).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_path: PathBuf,
+    /// PEM private key.
+    pub key_path: PathBuf,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
+    pub client_ca_path: Option<PathBuf>,
+}
+
+/// The gRPC server stack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Upper bound of every call; a smaller `grpc-timeout` from the client wins.
+    pub request_timeout_ms: u64,
+    /// Calls executing at once, per service instance.
+    pub concurrency_limit: usize,
+    /// Calls allowed to wait for a slot; beyond it calls are shed with UNAVAILABLE.
+    pub max_pending: usize,
+    /// Largest encoded message accepted or sent.
+    pub max_message_bytes: usize,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// How long in-flight calls may take to finish after shutdown starts.
+    pub drain_timeout_ms: u64,
+    /// Time between reporting NOT_SERVING and closing the listener (endpoint propagation).
+    pub shutdown_delay_ms: u64,
+    /// HTTP/2 PING interval for idle connections.
+    pub http2_keepalive_interval_ms: u64,
+    /// Optional TLS/mTLS.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout_ms: 30_000,
+            concurrency_limit: 2048,
+            max_pending: 8192,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_streams: 1024,
+            drain_timeout_ms: 25_000,
+            shutdown_delay_ms: 0,
+            http2_keepalive_interval_ms: 30_000,
+            tls: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// `request_timeout_ms` as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// Caller authentication by bearer token.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Require a known bearer token on every call but health checks.
+    pub enabled: bool,
+    /// Caller name → token.
+    pub tokens: BTreeMap<String, Secret>,
+    /// A folder of files, one per caller: the file name is the caller, its content the token
+    /// (a mounted Kubernetes Secret).
+    pub tokens_dir: Option<PathBuf>,
+    /// The token this process presents when it calls other services.
+    pub outgoing_token: Secret,
+}
+
+/// Outgoing gRPC channels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// TCP + HTTP/2 handshake bound.
+    pub connect_timeout_ms: u64,
+    /// Default deadline of a call.
+    pub request_timeout_ms: u64,
+    /// HTTP/2 keep-alive PING interval.
+    pub keepalive_interval_ms: u64,
+    /// PEM CA bundle to verify servers with (enables TLS).
+    pub ca_path: Option<PathBuf>,
+    /// PEM client certificate and key for mTLS.
+    pub cert_path: Option<PathBuf>,
+    /// PEM private key of `cert_path`.
+    pub key_path: Option<PathBuf>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self { connect_timeout_ms: 2_000, request_timeout_ms: 10_000, keepalive_interval_ms: 20_000, ca_path: None, cert_path: None, key_path: None }
+    }
+}
+
+/// The relational database and its pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://…` or `sqlite://path?mode=rwc`.
+    pub url: Secret,
+    /// Pool upper bound.
+    pub max_connections: u32,
+    /// Connections kept open when idle.
+    pub min_connections: u32,
+    /// How long a query may wait for a pooled connection before failing UNAVAILABLE.
+    pub acquire_timeout_ms: u64,
+    /// Idle connections above `min_connections` close after this.
+    pub idle_timeout_ms: u64,
+    /// Connections are recycled after this.
+    pub max_lifetime_ms: u64,
+    /// Bound of one statement (PostgreSQL `statement_timeout`).
+    pub statement_timeout_ms: u64,
+    /// Queries slower than this are logged at WARN with their name.
+    pub slow_query_ms: u64,
+    /// Apply pending migrations at start-up (the embedded default; Kubernetes runs a Job).
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("sqlite://boardroom.db?mode=rwc"),
+            max_connections: 16,
+            min_connections: 1,
+            acquire_timeout_ms: 2_000,
+            idle_timeout_ms: 300_000,
+            max_lifetime_ms: 1_800_000,
+            statement_timeout_ms: 5_000,
+            slow_query_ms: 50,
+            migrate_on_start: true,
+        }
+    }
+}
+
+/// Addresses of one service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// gRPC listener.
+    pub grpc_addr: SocketAddr,
+    /// Admin HTTP listener: `/metrics`, `/livez`, `/readyz`.
+    pub admin_addr: SocketAddr,
+}
+
+/// The read-through cache of the session service's Get RPCs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EntityCacheConfig {
+    /// Feature switch: off sends every Get to the database.
+    pub enabled: bool,
+    /// Lifetime of a cached entity. Reloads on SIGHUP.
+    pub ttl_ms: u64,
+    /// Lifetime of a cached NotFound. Reloads on SIGHUP.
+    pub negative_ttl_ms: u64,
+    /// Memory bound of the cache (entries are weighed by their encoded size).
+    pub max_bytes: u64,
+}
+
+impl Default for EntityCacheConfig {
+    fn default() -> Self {
+        Self { enabled: true, ttl_ms: 60_000, negative_ttl_ms: 2_000, max_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+/// The session service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Where it listens.
+    pub listen: Listen,
+    /// Its Get cache.
+    pub cache: EntityCacheConfig,
+    /// Page size when a List request says 0.
+    pub default_page_size: u32,
+    /// Largest page a List request may ask for.
+    pub max_page_size: u32,
+    /// Most advisors in one boardroom.
+    pub max_advisors: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            listen: Listen { grpc_addr: ([127, 0, 0, 1], 50051).into(), admin_addr: ([127, 0, 0, 1], 9091).into() },
+            cache: EntityCacheConfig::default(),
+            default_page_size: 50,
+            max_page_size: 1000,
+            max_advisors: 16,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::Toml;
+
+    fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(ConfigError::from)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = from_toml("[database]\nmax_conections = 3\n").expect_err("typo must fail");
+        let text = err.to_string();
+        assert!(text.contains("max_conections"), "{text}");
+    }
+
+    #[test]
+    fn bad_type_names_the_key() {
+        let err = from_toml("[session.cache]\nttl_ms = \"soon\"\n").expect_err("bad type must fail");
+        assert!(err.to_string().contains("session.cache.ttl_ms"), "{err}");
+    }
+
+    #[test]
+    fn file_layer_overrides_defaults() {
+        let config = from_toml("[session]\nmax_page_size = 10\n[session.cache]\nenabled = false\n").expect("valid");
+        assert_eq!(config.session.max_page_size, 10);
+        assert!(!config.session.cache.enabled);
+        assert_eq!(config.session.default_page_size, 50);
+    }
+
+    #[test]
+    fn cross_field_rules_name_the_key() {
+        let mut config = Config::default();
+        config.database.min_connections = 99;
+        let err = config.validate().expect_err("min > max");
+        assert!(err.to_string().contains("database.min_connections"), "{err}");
+    }
+
+    #[test]
+    fn secret_never_prints() {
+        let mut config = Config::default();
+        config.auth.outgoing_token = Secret::new("hunter2");
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn ttl_change_needs_no_restart_but_pool_change_does() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.session.cache.ttl_ms = 5;
+        assert!(old.restart_required_changes(&new).is_empty());
+        new.database.max_connections = 3;
+        assert_eq!(old.restart_required_changes(&new), vec!["database"]);
+    }
+}

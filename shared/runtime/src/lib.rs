@@ -1,0 +1,16 @@
+//! What every Boardroom service shares: typed config, telemetry, metrics and the admin port,
+//! caller authentication, the gRPC server stack and client channels, the database pool,
+//! signals and status helpers.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod inbound;
+pub mod metrics;
+pub mod server;
+pub mod signals;
+pub mod status;
+pub mod telemetry;
+
+pub use config::Config;

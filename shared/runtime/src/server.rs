@@ -1,0 +1,188 @@
+//! The one gRPC server stack of every service: health, reflection, the inbound layer (auth,
+//! admission, deadlines, metrics, trace context), TLS, an admin HTTP port and graceful
+//! shutdown (NOT_SERVING first, then drain in-flight calls).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::auth::Authenticator;
+use crate::config::{AuthConfig, Listen, ServerConfig};
+use crate::inbound::{InboundLayer, InboundPolicy};
+use crate::metrics::{AdminServer, Readiness};
+
+/// A gRPC server whose listeners are bound (so `local_addr` is true even for port 0) and
+/// whose services are being registered.
+pub struct GrpcServer {
+    name: &'static str,
+    listener: TcpListener,
+    admin: AdminServer,
+    ready: Readiness,
+    health: HealthReporter,
+    routes: RoutesBuilder,
+    service_names: Vec<&'static str>,
+    config: ServerConfig,
+    authenticator: Option<Authenticator>,
+}
+
+impl std::fmt::Debug for GrpcServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcServer").field("name", &self.name).field("services", &self.service_names).finish()
+    }
+}
+
+impl GrpcServer {
+    /// Binds the gRPC and admin listeners of a server called `name` (used in logs).
+    pub async fn bind(name: &'static str, listen: &Listen, config: &ServerConfig, auth: &AuthConfig) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(listen.grpc_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding {name} gRPC address {}: {e}", listen.grpc_addr))?;
+        let ready = Readiness::default();
+        let admin = AdminServer::bind(listen.admin_addr, ready.clone()).await?;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(boardroom_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        // grpcurl 1.8 and ghz still ask for v1alpha.
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(boardroom_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
+        Ok(Self {
+            name,
+            listener,
+            admin,
+            ready,
+            health,
+            routes,
+            service_names: Vec::new(),
+            config: config.clone(),
+            authenticator: Authenticator::from_config(auth)?,
+        })
+    }
+
+    /// Registers a service; its health status follows the server's.
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<http::Request<tonic::body::Body>, Error = Infallible, Response = http::Response<tonic::body::Body>>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.service_names.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// The bound gRPC address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The bound admin HTTP address.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// The health reporter, for services that change their status while running.
+    pub fn health(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then reports NOT_SERVING, waits
+    /// `shutdown_delay_ms`, stops accepting and lets in-flight calls finish within
+    /// `drain_timeout_ms`.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let GrpcServer { name, listener, admin, ready, health, routes, service_names, config, authenticator } = self;
+        set_status(&health, &service_names, ServingStatus::Serving).await;
+        ready.set(true);
+
+        let admin_stop = CancellationToken::new();
+        let admin_task = admin.run(admin_stop.clone());
+
+        let layer = InboundLayer::new(InboundPolicy {
+            concurrency_limit: config.concurrency_limit,
+            max_pending: config.max_pending,
+            request_timeout: config.request_timeout(),
+            authenticator,
+        });
+        let mut builder = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .http2_keepalive_interval(Some(Duration::from_millis(config.http2_keepalive_interval_ms)));
+        if let Some(tls) = &config.tls {
+            let cert = std::fs::read(&tls.cert_path)?;
+            let key = std::fs::read(&tls.key_path)?;
+            let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+            if let Some(ca) = &tls.client_ca_path {
+                tls_config = tls_config.client_ca_root(Certificate::from_pem(std::fs::read(ca)?));
+            }
+            builder = builder.tls_config(tls_config)?;
+        }
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+
+        let drain_started = CancellationToken::new();
+        let signal = {
+            let shutdown = shutdown.clone();
+            let drain_started = drain_started.clone();
+            let health = health.clone();
+            let ready = ready.clone();
+            let delay = Duration::from_millis(config.shutdown_delay_ms);
+            async move {
+                shutdown.cancelled().await;
+                tracing::info!(server = name, "shutting down: NOT_SERVING, draining in-flight calls");
+                ready.set(false);
+                set_status(&health, &service_names, ServingStatus::NotServing).await;
+                if !delay.is_zero() {
+                    // Give load balancers time to see NOT_SERVING before the listener closes.
+                    tokio::time::sleep(delay).await;
+                }
+                drain_started.cancel();
+            }
+        };
+        let serve = builder.layer(layer).add_routes(routes.routes()).serve_with_incoming_shutdown(incoming, signal);
+        let drain_timeout = Duration::from_millis(config.drain_timeout_ms);
+        let bounded = async {
+            tokio::select! {
+                served = serve => served.map_err(anyhow::Error::from),
+                () = async { drain_started.cancelled().await; tokio::time::sleep(drain_timeout).await } => {
+                    tracing::warn!(server = name, "drain timeout: abandoning calls still in flight");
+                    Ok(())
+                }
+            }
+        };
+        let result = async {
+            let served = bounded.await;
+            admin_stop.cancel();
+            served
+        };
+        let (served, admin_result) = tokio::join!(result, admin_task);
+        if let Err(err) = admin_result {
+            tracing::warn!(server = name, error = %err, "admin server failed");
+        }
+        tracing::info!(server = name, "stopped");
+        served
+    }
+}
+
+async fn set_status(health: &HealthReporter, names: &[&'static str], status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for name in names {
+        health.set_service_status(*name, status).await;
+    }
+}

@@ -1,0 +1,39 @@
+//! gRPC status helpers shared by every service's transport layer.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// INVALID_ARGUMENT with a `google.rpc.BadRequest` listing each `(field, description)`.
+pub fn bad_request<'a>(violations: impl IntoIterator<Item = (&'a str, &'a str)>) -> Status {
+    let mut details = ErrorDetails::new();
+    let mut summary = Vec::new();
+    for (field, description) in violations {
+        details.add_bad_request_violation(field, description);
+        summary.push(format!("{field}: {description}"));
+    }
+    Status::with_error_details(Code::InvalidArgument, summary.join("; "), details)
+}
+
+/// UNAVAILABLE with `retry-after` (seconds) in the metadata.
+pub fn unavailable(message: impl Into<String>, retry_after_secs: u32) -> Status {
+    let mut status = Status::unavailable(message);
+    if let Ok(value) = retry_after_secs.to_string().parse() {
+        status.metadata_mut().insert("retry-after", value);
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_request_names_every_field() {
+        let status = bad_request([("owner_id", "must not be empty"), ("name", "too long")]);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let fields: Vec<_> =
+            details.bad_request().expect("has BadRequest").field_violations.iter().map(|v| v.field.clone()).collect();
+        assert_eq!(fields, ["owner_id", "name"]);
+    }
+}

@@ -1,0 +1,134 @@
+//! One `init_telemetry` for every service: `tracing` with a reloadable filter, pretty or JSON
+//! output, OpenTelemetry OTLP export when an endpoint is configured, and W3C trace context
+//! carried in gRPC metadata.
+
+use std::io::IsTerminal;
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
+
+use crate::config::{LogFormat, TelemetryConfig};
+
+type FilterHandle = reload::Handle<EnvFilter, Registry>;
+
+/// Keeps telemetry alive; call [`Telemetry::shutdown`] after the servers stop to flush spans.
+pub struct Telemetry {
+    filter: Option<FilterHandle>,
+    provider: Option<SdkTracerProvider>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").field("otlp", &self.provider.is_some()).finish()
+    }
+}
+
+/// Installs the global subscriber. `RUST_LOG`, when set, wins over `config.log_level`.
+/// A second call in one process (tests) keeps the first subscriber and returns a handle that
+/// reloads nothing.
+pub fn init_telemetry(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
+    let filter = build_filter(&config.log_level)?;
+    let (filter_layer, filter_handle) = reload::Layer::new(filter);
+
+    let json = match config.format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let fmt_layer: Box<dyn Layer<_> + Send + Sync> = if json {
+        Box::new(tracing_subscriber::fmt::layer().json().with_current_span(true).with_writer(std::io::stderr))
+    } else {
+        Box::new(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+    };
+
+    let endpoint = if config.otlp_endpoint.is_empty() {
+        std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default()
+    } else {
+        config.otlp_endpoint.clone()
+    };
+    let provider = if endpoint.is_empty() {
+        None
+    } else {
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint).build()?;
+        let resource = opentelemetry_sdk::Resource::builder().with_service_name(service_name.to_owned()).build();
+        Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
+    };
+    let otel_layer = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service_name.to_owned())));
+
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let installed = tracing_subscriber::registry().with(filter_layer).with(fmt_layer).with(otel_layer).try_init().is_ok();
+    Ok(Telemetry { filter: installed.then_some(filter_handle), provider })
+}
+
+fn build_filter(level: &str) -> anyhow::Result<EnvFilter> {
+    match std::env::var("RUST_LOG") {
+        Ok(from_env) if !from_env.is_empty() => Ok(EnvFilter::try_new(from_env)?),
+        _ => Ok(EnvFilter::try_new(level)?),
+    }
+}
+
+impl Telemetry {
+    /// Applies a new log level (SIGHUP). `RUST_LOG`, when set, still wins.
+    pub fn set_log_level(&self, level: &str) -> anyhow::Result<()> {
+        if let Some(handle) = &self.filter {
+            handle.reload(build_filter(level)?)?;
+        }
+        Ok(())
+    }
+
+    /// Flushes and stops the OTLP exporter.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(err) = provider.shutdown()
+        {
+            tracing::warn!(error = %err, "OpenTelemetry shutdown failed");
+        }
+    }
+}
+
+/// Reads W3C `traceparent`/`tracestate` from HTTP headers (gRPC metadata).
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::from_str(&value)) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// Makes `span` a child of the remote context found in `headers`, if any.
+pub fn set_remote_parent(span: &tracing::Span, headers: &http::HeaderMap) {
+    if !headers.contains_key("traceparent") {
+        return;
+    }
+    let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    // Fails only when the span is disabled; nothing to do then.
+    let _ = span.set_parent(cx);
+}
+
+/// Writes the current span's context as `traceparent`/`tracestate` into outgoing headers.
+pub fn inject_current_context(headers: &mut http::HeaderMap) {
+    let cx = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+}
