@@ -1,1 +1,26 @@
-//! placeholder
+//! The Boardroom schema, as sea-orm migrations that run on PostgreSQL and SQLite.
+//!
+//! Tables are created in a transaction (PostgreSQL DDL is transactional). Indexes are created
+//! by separate migrations with `CREATE INDEX CONCURRENTLY` outside a transaction on
+//! PostgreSQL, so that the same path is safe on a table that already holds production rows.
+
+pub use sea_orm_migration::MigratorTrait;
+use sea_orm_migration::prelude::*;
+
+mod idents;
+mod index;
+mod m0001_create_tables;
+mod m0002_list_indexes;
+
+pub use idents::{Boardrooms, Sessions, Threads};
+
+/// Every migration, in order.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m0001_create_tables::Migration), Box::new(m0002_list_indexes::Migration)]
+    }
+}

@@ -1,1 +1,40 @@
-//! placeholder
+//! Test helpers over real servers: PostgreSQL and Redis are found (`DATABASE_URL`/`REDIS_URL`,
+//! then the standard local ports) or started from the installed binaries on a free port, and
+//! every test gets its own schema or SQLite file.
+//!
+//! Nothing here skips: when no server can be found or started, the helper panics with what
+//! it tried, so that a CI run without databases fails loudly.
+
+mod ephemeral;
+mod postgres;
+mod redis;
+
+pub use postgres::{TestDatabase, postgres_admin_url, sqlite_database};
+pub use redis::redis_url;
+
+/// Where a test server came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// From `DATABASE_URL` / `REDIS_URL`.
+    Environment,
+    /// The server on the standard local port.
+    Local,
+    /// Started by the test kit from the installed binaries.
+    Ephemeral,
+}
+
+/// Whether the test kit may start servers itself (off with `BOARDROOM_TESTKIT_NO_EPHEMERAL=1`);
+/// `BOARDROOM_TESTKIT_FORCE_EPHEMERAL=1` skips the environment and local ports, to exercise
+/// the ephemeral path.
+fn force_ephemeral() -> bool {
+    std::env::var("BOARDROOM_TESTKIT_FORCE_EPHEMERAL").is_ok_and(|v| v == "1")
+}
+
+fn ephemeral_allowed() -> bool {
+    !std::env::var("BOARDROOM_TESTKIT_NO_EPHEMERAL").is_ok_and(|v| v == "1")
+}
+
+/// A unique, time-ordered name fragment.
+pub fn unique_suffix() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
