@@ -1,10 +1,14 @@
 //! Creating and dropping indexes the production way: CONCURRENTLY on PostgreSQL, after
 //! removing an INVALID leftover of an interrupted earlier attempt.
 
-use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend, Statement};
 use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend, Statement};
 
-pub(crate) async fn create(manager: &SchemaManager<'_>, mut index: IndexCreateStatement, name: &str) -> Result<(), DbErr> {
+pub(crate) async fn create(
+    manager: &SchemaManager<'_>,
+    mut index: IndexCreateStatement,
+    name: &str,
+) -> Result<(), DbErr> {
     if manager.get_database_backend() == DbBackend::Postgres {
         drop_if_invalid(manager, name).await?;
         index.concurrently();
@@ -13,7 +17,11 @@ pub(crate) async fn create(manager: &SchemaManager<'_>, mut index: IndexCreateSt
     manager.create_index(index).await
 }
 
-pub(crate) async fn drop(manager: &SchemaManager<'_>, table: impl IntoIden, name: &str) -> Result<(), DbErr> {
+pub(crate) async fn drop(
+    manager: &SchemaManager<'_>,
+    table: impl IntoIden,
+    name: &str,
+) -> Result<(), DbErr> {
     let conn = manager.get_connection();
     let sql = match manager.get_database_backend() {
         DbBackend::Postgres => format!("DROP INDEX CONCURRENTLY IF EXISTS \"{name}\""),
@@ -36,7 +44,8 @@ async fn drop_if_invalid(manager: &SchemaManager<'_>, name: &str) -> Result<(), 
     if let Some(row) = row
         && row.try_get::<bool>("", "invalid")?
     {
-        conn.execute_unprepared(&format!("DROP INDEX CONCURRENTLY IF EXISTS \"{name}\"")).await?;
+        conn.execute_unprepared(&format!("DROP INDEX CONCURRENTLY IF EXISTS \"{name}\""))
+            .await?;
     }
     Ok(())
 }

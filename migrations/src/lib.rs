@@ -21,6 +21,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m0001_create_tables::Migration), Box::new(m0002_list_indexes::Migration)]
+        vec![
+            Box::new(m0001_create_tables::Migration),
+            Box::new(m0002_list_indexes::Migration),
+        ]
     }
 }

@@ -8,7 +8,10 @@ use crate::idents::{Boardrooms, Sessions, Threads};
 pub(crate) struct Migration;
 
 fn timestamp(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col).timestamp_with_time_zone().not_null().take()
+    ColumnDef::new(col)
+        .timestamp_with_time_zone()
+        .not_null()
+        .take()
 }
 
 #[async_trait::async_trait]
@@ -18,11 +21,29 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(Boardrooms::Table)
-                    .col(ColumnDef::new(Boardrooms::Id).uuid().not_null().primary_key())
-                    .col(ColumnDef::new(Boardrooms::OwnerId).string_len(128).not_null())
+                    .col(
+                        ColumnDef::new(Boardrooms::Id)
+                            .uuid()
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(Boardrooms::OwnerId)
+                            .string_len(128)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Boardrooms::Name).string_len(200).not_null())
-                    .col(ColumnDef::new(Boardrooms::Advisors).json_binary().not_null())
-                    .col(ColumnDef::new(Boardrooms::Version).big_integer().not_null().default(1))
+                    .col(
+                        ColumnDef::new(Boardrooms::Advisors)
+                            .json_binary()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Boardrooms::Version)
+                            .big_integer()
+                            .not_null()
+                            .default(1),
+                    )
                     .col(ColumnDef::new(Boardrooms::RequestId).string_len(128).null())
                     .col(timestamp(Boardrooms::CreatedAt))
                     .col(timestamp(Boardrooms::UpdatedAt))
@@ -40,7 +61,11 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Sessions::IsActive).boolean().not_null())
                     .col(ColumnDef::new(Sessions::RequestId).string_len(128).null())
                     .col(timestamp(Sessions::CreatedAt))
-                    .col(ColumnDef::new(Sessions::EndedAt).timestamp_with_time_zone().null())
+                    .col(
+                        ColumnDef::new(Sessions::EndedAt)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
                     .foreign_key(
                         ForeignKey::create()
                             .name("fk_sessions_boardroom")
@@ -57,7 +82,11 @@ impl MigrationTrait for Migration {
                     .table(Threads::Table)
                     .col(ColumnDef::new(Threads::Id).uuid().not_null().primary_key())
                     .col(ColumnDef::new(Threads::SessionId).uuid().not_null())
-                    .col(ColumnDef::new(Threads::ThreadType).string_len(16).not_null())
+                    .col(
+                        ColumnDef::new(Threads::ThreadType)
+                            .string_len(16)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Threads::Status).string_len(16).not_null())
                     .col(ColumnDef::new(Threads::Title).string_len(200).not_null())
                     .col(ColumnDef::new(Threads::RequestId).string_len(128).null())
@@ -75,18 +104,49 @@ impl MigrationTrait for Migration {
             .await?;
         // Idempotency keys, scoped to their owner. NULL request ids never collide.
         for (name, table, owner, request) in [
-            ("uq_boardrooms_owner_request", Boardrooms::Table.into_iden(), Boardrooms::OwnerId.into_iden(), Boardrooms::RequestId.into_iden()),
-            ("uq_sessions_user_request", Sessions::Table.into_iden(), Sessions::UserId.into_iden(), Sessions::RequestId.into_iden()),
-            ("uq_threads_session_request", Threads::Table.into_iden(), Threads::SessionId.into_iden(), Threads::RequestId.into_iden()),
+            (
+                "uq_boardrooms_owner_request",
+                Boardrooms::Table.into_iden(),
+                Boardrooms::OwnerId.into_iden(),
+                Boardrooms::RequestId.into_iden(),
+            ),
+            (
+                "uq_sessions_user_request",
+                Sessions::Table.into_iden(),
+                Sessions::UserId.into_iden(),
+                Sessions::RequestId.into_iden(),
+            ),
+            (
+                "uq_threads_session_request",
+                Threads::Table.into_iden(),
+                Threads::SessionId.into_iden(),
+                Threads::RequestId.into_iden(),
+            ),
         ] {
-            manager.create_index(Index::create().name(name).table(table).col(owner).col(request).unique().to_owned()).await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .name(name)
+                        .table(table)
+                        .col(owner)
+                        .col(request)
+                        .unique()
+                        .to_owned(),
+                )
+                .await?;
         }
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.drop_table(Table::drop().table(Threads::Table).to_owned()).await?;
-        manager.drop_table(Table::drop().table(Sessions::Table).to_owned()).await?;
-        manager.drop_table(Table::drop().table(Boardrooms::Table).to_owned()).await
+        manager
+            .drop_table(Table::drop().table(Threads::Table).to_owned())
+            .await?;
+        manager
+            .drop_table(Table::drop().table(Sessions::Table).to_owned())
+            .await?;
+        manager
+            .drop_table(Table::drop().table(Boardrooms::Table).to_owned())
+            .await
     }
 }

@@ -37,22 +37,41 @@ impl MigrationTrait for Migration {
     }
 
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        let session_cols = [Sessions::BoardroomId, Sessions::Title, Sessions::IsActive, Sessions::EndedAt];
-        let thread_cols = [Threads::ThreadType, Threads::Status, Threads::Title, Threads::UpdatedAt];
+        let session_cols = [
+            Sessions::BoardroomId,
+            Sessions::Title,
+            Sessions::IsActive,
+            Sessions::EndedAt,
+        ];
+        let thread_cols = [
+            Threads::ThreadType,
+            Threads::Status,
+            Threads::Title,
+            Threads::UpdatedAt,
+        ];
 
         let mut ix = Index::create();
-        ix.table(Boardrooms::Table).col(Boardrooms::OwnerId).col(Boardrooms::CreatedAt).col(Boardrooms::Id);
+        ix.table(Boardrooms::Table)
+            .col(Boardrooms::OwnerId)
+            .col(Boardrooms::CreatedAt)
+            .col(Boardrooms::Id);
         index::create(m, ix, INDEXES[0]).await?;
 
         let mut ix = Index::create();
-        ix.table(Sessions::Table).col(Sessions::UserId).col(Sessions::CreatedAt).col(Sessions::Id);
+        ix.table(Sessions::Table)
+            .col(Sessions::UserId)
+            .col(Sessions::CreatedAt)
+            .col(Sessions::Id);
         session_cols.iter().for_each(|c| {
             ix.include(*c);
         });
         index::create(m, ix, INDEXES[1]).await?;
 
         let mut ix = Index::create();
-        ix.table(Sessions::Table).col(Sessions::UserId).col(Sessions::CreatedAt).col(Sessions::Id);
+        ix.table(Sessions::Table)
+            .col(Sessions::UserId)
+            .col(Sessions::CreatedAt)
+            .col(Sessions::Id);
         session_cols.iter().for_each(|c| {
             ix.include(*c);
         });
@@ -71,7 +90,10 @@ impl MigrationTrait for Migration {
         index::create(m, ix, INDEXES[3]).await?;
 
         let mut ix = Index::create();
-        ix.table(Threads::Table).col(Threads::SessionId).col(Threads::CreatedAt).col(Threads::Id);
+        ix.table(Threads::Table)
+            .col(Threads::SessionId)
+            .col(Threads::CreatedAt)
+            .col(Threads::Id);
         thread_cols.iter().for_each(|c| {
             ix.include(*c);
         });
@@ -89,7 +111,10 @@ impl MigrationTrait for Migration {
         index::create(m, ix, INDEXES[5]).await?;
 
         let mut ix = Index::create();
-        ix.table(Threads::Table).col(Threads::SessionId).col(Threads::CreatedAt).col(Threads::Id);
+        ix.table(Threads::Table)
+            .col(Threads::SessionId)
+            .col(Threads::CreatedAt)
+            .col(Threads::Id);
         thread_cols.iter().for_each(|c| {
             ix.include(*c);
         });

@@ -7,8 +7,12 @@ use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statemen
 
 async fn index_names(conn: &DatabaseConnection) -> Vec<String> {
     let sql = match conn.get_database_backend() {
-        DbBackend::Postgres => "SELECT indexname AS name FROM pg_indexes WHERE schemaname = current_schema() ORDER BY 1",
-        _ => "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY 1",
+        DbBackend::Postgres => {
+            "SELECT indexname AS name FROM pg_indexes WHERE schemaname = current_schema() ORDER BY 1"
+        }
+        _ => {
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY 1"
+        }
     };
     conn.query_all_raw(Statement::from_string(conn.get_database_backend(), sql))
         .await
@@ -22,13 +26,32 @@ async fn up_down_up(db: TestDatabase) {
     let conn = Database::connect(db.url.as_str()).await.expect("connect");
     Migrator::up(&conn, None).await.expect("first up");
     let after_up = index_names(&conn).await;
-    for expected in ["ix_sessions_user_created", "ix_sessions_user_active", "ix_threads_session_open", "uq_sessions_user_request"] {
-        assert!(after_up.iter().any(|n| n == expected), "{expected} missing from {after_up:?}");
+    for expected in [
+        "ix_sessions_user_created",
+        "ix_sessions_user_active",
+        "ix_threads_session_open",
+        "uq_sessions_user_request",
+    ] {
+        assert!(
+            after_up.iter().any(|n| n == expected),
+            "{expected} missing from {after_up:?}"
+        );
     }
     Migrator::down(&conn, None).await.expect("down");
     let after_down = index_names(&conn).await;
-    assert!(after_down.iter().all(|n| !n.starts_with("ix_") && !n.starts_with("uq_")), "left behind: {after_down:?}");
-    assert!(Migrator::get_pending_migrations(&conn).await.expect("pending").len() == Migrator::migrations().len());
+    assert!(
+        after_down
+            .iter()
+            .all(|n| !n.starts_with("ix_") && !n.starts_with("uq_")),
+        "left behind: {after_down:?}"
+    );
+    assert!(
+        Migrator::get_pending_migrations(&conn)
+            .await
+            .expect("pending")
+            .len()
+            == Migrator::migrations().len()
+    );
     Migrator::up(&conn, None).await.expect("second up");
     assert_eq!(index_names(&conn).await, after_up);
     // Running again is a no-op.
@@ -59,6 +82,9 @@ async fn covering_index_is_rendered_with_include_and_where_on_postgres() {
         .expect("query")
         .expect("index exists");
     let def: String = row.try_get("", "indexdef").expect("indexdef");
-    assert!(def.contains("INCLUDE (boardroom_id, title, is_active, ended_at)"), "{def}");
+    assert!(
+        def.contains("INCLUDE (boardroom_id, title, is_active, ended_at)"),
+        "{def}"
+    );
     assert!(def.contains("WHERE (is_active = true)"), "{def}");
 }

@@ -1,1 +1,158 @@
-//! placeholder
+//! The session service: boardrooms (advisor panels), sessions and threads, on PostgreSQL or
+//! SQLite, with a read-through cache of its Get RPCs.
+
+pub mod cache;
+pub mod conversions;
+pub mod domain;
+pub mod echo;
+pub mod entity;
+pub mod error;
+pub mod grpc;
+pub mod page;
+pub mod store;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use boardroom_migrations::{Migrator, MigratorTrait};
+use boardroom_proto::session::v1::session_service_server::SessionServiceServer;
+use boardroom_runtime::Config;
+use boardroom_runtime::db::Database;
+use boardroom_runtime::server::GrpcServer;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use error::SessionError;
+pub use store::SessionStore;
+
+use crate::cache::{EntityCache, LiveTtls};
+use crate::grpc::SessionGrpc;
+use crate::validate::Limits;
+
+/// A built session service: database connected (and migrated if configured), listeners bound.
+#[derive(Debug)]
+pub struct Application {
+    server: GrpcServer,
+    store: SessionStore,
+    ttls: Option<Arc<LiveTtls>>,
+    live: Option<watch::Receiver<Arc<Config>>>,
+}
+
+impl Application {
+    /// Connects, migrates (when `database.migrate_on_start`) and binds.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let db = Database::connect(&config.database).await?;
+        if config.database.migrate_on_start {
+            Migrator::up(db.conn(), None).await?;
+        }
+        Self::with_database(config, db).await
+    }
+
+    /// Binds a service over an already connected (and migrated) database.
+    pub async fn with_database(config: &Config, db: Database) -> anyhow::Result<Self> {
+        let s = &config.session;
+        let ttls = s.cache.enabled.then(|| {
+            Arc::new(LiveTtls::new(
+                Duration::from_millis(s.cache.ttl_ms),
+                Duration::from_millis(s.cache.negative_ttl_ms),
+            ))
+        });
+        let cache = ttls
+            .as_ref()
+            .map(|ttls| EntityCache::new(s.cache.max_bytes, ttls.clone()));
+        let store = SessionStore::new(
+            db,
+            cache,
+            Limits {
+                max_advisors: s.max_advisors,
+            },
+        );
+        let max_message = config.server.max_message_bytes;
+        let service = SessionServiceServer::new(SessionGrpc::new(
+            store.clone(),
+            s.default_page_size,
+            s.max_page_size,
+        ))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+        let server = GrpcServer::bind("session", &s.listen, &config.server, &config.auth)
+            .await?
+            .add_service(service);
+        Ok(Self {
+            server,
+            store,
+            ttls,
+            live: None,
+        })
+    }
+
+    /// Follows config reloads (SIGHUP): cache TTLs change live.
+    pub fn with_live_config(mut self, live: watch::Receiver<Arc<Config>>) -> Self {
+        self.live = Some(live);
+        self
+    }
+
+    /// The bound gRPC address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.server.local_addr()
+    }
+
+    /// The bound admin HTTP address.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.server.admin_addr()
+    }
+
+    /// The domain store behind the service.
+    pub fn store(&self) -> &SessionStore {
+        &self.store
+    }
+
+    /// Serves until `shutdown`, then drains.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Application {
+            server,
+            store,
+            ttls,
+            live,
+        } = self;
+        let pool = store
+            .database()
+            .clone()
+            .report_pool("session", shutdown.clone());
+        let reload = follow_reloads(live, ttls, shutdown.clone());
+        let (served, (), ()) = tokio::join!(server.run(shutdown), pool, reload);
+        served
+    }
+}
+
+async fn follow_reloads(
+    live: Option<watch::Receiver<Arc<Config>>>,
+    ttls: Option<Arc<LiveTtls>>,
+    shutdown: CancellationToken,
+) {
+    let (Some(mut live), Some(ttls)) = (live, ttls) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = live.changed() => {
+                if changed.is_err() { return; }
+                let cache = live.borrow_and_update().session.cache.clone();
+                ttls.set(Duration::from_millis(cache.ttl_ms), Duration::from_millis(cache.negative_ttl_ms));
+                tracing::info!(ttl_ms = cache.ttl_ms, negative_ttl_ms = cache.negative_ttl_ms, "session cache TTLs reloaded");
+            }
+        }
+    }
+}
+
+/// Builds and runs the service until `shutdown`.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    Application::build(&config)
+        .await?
+        .run_until_stopped(shutdown)
+        .await
+}

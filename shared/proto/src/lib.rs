@@ -2,7 +2,8 @@
 //! servers), and the encoded file descriptor set that server reflection serves.
 
 /// The encoded `FileDescriptorSet` of every Boardroom proto (for tonic-reflection).
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/boardroom_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/boardroom_descriptor.bin"));
 
 /// `boardroom.session.v1`: boardrooms, sessions and threads.
 pub mod session {

@@ -27,7 +27,9 @@ pub struct Authenticator {
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<&str> = self.callers.iter().map(|(c, _)| c.name()).collect();
-        f.debug_struct("Authenticator").field("callers", &names).finish()
+        f.debug_struct("Authenticator")
+            .field("callers", &names)
+            .finish()
     }
 }
 
@@ -49,14 +51,22 @@ impl Authenticator {
         if !config.enabled {
             return Ok(None);
         }
-        let mut callers: Vec<(CallerIdentity, Secret)> =
-            config.tokens.iter().map(|(name, token)| (CallerIdentity(name.as_str().into()), token.clone())).collect();
+        let mut callers: Vec<(CallerIdentity, Secret)> = config
+            .tokens
+            .iter()
+            .map(|(name, token)| (CallerIdentity(name.as_str().into()), token.clone()))
+            .collect();
         if let Some(dir) = &config.tokens_dir {
             callers.extend(read_tokens_dir(dir)?);
         }
         callers.retain(|(_, token)| !token.is_empty());
-        anyhow::ensure!(!callers.is_empty(), "auth is enabled but no caller has a token");
-        Ok(Some(Self { callers: callers.into() }))
+        anyhow::ensure!(
+            !callers.is_empty(),
+            "auth is enabled but no caller has a token"
+        );
+        Ok(Some(Self {
+            callers: callers.into(),
+        }))
     }
 
     /// Finds the caller owning the token in an `authorization` header value. Every configured
@@ -85,7 +95,8 @@ fn strip_bearer(header: &[u8]) -> Option<&[u8]> {
 
 fn read_tokens_dir(dir: &Path) -> anyhow::Result<Vec<(CallerIdentity, Secret)>> {
     let mut out = Vec::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("reading auth.tokens_dir {}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("reading auth.tokens_dir {}: {e}", dir.display()))?;
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -104,15 +115,26 @@ mod tests {
     use super::*;
 
     fn authenticator() -> Authenticator {
-        let mut config = AuthConfig { enabled: true, ..AuthConfig::default() };
-        config.tokens.insert("conversation".into(), Secret::new("tok-conv"));
-        config.tokens.insert("gateway".into(), Secret::new("tok-gw"));
-        Authenticator::from_config(&config).expect("valid").expect("enabled")
+        let mut config = AuthConfig {
+            enabled: true,
+            ..AuthConfig::default()
+        };
+        config
+            .tokens
+            .insert("conversation".into(), Secret::new("tok-conv"));
+        config
+            .tokens
+            .insert("gateway".into(), Secret::new("tok-gw"));
+        Authenticator::from_config(&config)
+            .expect("valid")
+            .expect("enabled")
     }
 
     #[test]
     fn known_token_names_its_caller() {
-        let caller = authenticator().authenticate(Some(b"Bearer tok-gw")).expect("known token");
+        let caller = authenticator()
+            .authenticate(Some(b"Bearer tok-gw"))
+            .expect("known token");
         assert_eq!(caller.name(), "gateway");
     }
 
@@ -120,14 +142,24 @@ mod tests {
     fn missing_and_wrong_tokens_are_refused() {
         let auth = authenticator();
         assert_eq!(auth.authenticate(None), Err(AuthError::Missing));
-        assert_eq!(auth.authenticate(Some(b"Basic abc")), Err(AuthError::Missing));
-        assert_eq!(auth.authenticate(Some(b"Bearer tok-gw2")), Err(AuthError::Invalid));
+        assert_eq!(
+            auth.authenticate(Some(b"Basic abc")),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            auth.authenticate(Some(b"Bearer tok-gw2")),
+            Err(AuthError::Invalid)
+        );
         assert_eq!(auth.authenticate(Some(b"Bearer ")), Err(AuthError::Missing));
     }
 
     #[test]
     fn disabled_auth_builds_nothing() {
-        assert!(Authenticator::from_config(&AuthConfig::default()).expect("valid").is_none());
+        assert!(
+            Authenticator::from_config(&AuthConfig::default())
+                .expect("valid")
+                .is_none()
+        );
     }
 
     #[test]
@@ -135,9 +167,20 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("boardroom-auth-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("..data")).expect("mkdir");
         std::fs::write(dir.join("session"), "tok-session\n").expect("write");
-        let config = AuthConfig { enabled: true, tokens_dir: Some(dir.clone()), ..AuthConfig::default() };
-        let auth = Authenticator::from_config(&config).expect("valid").expect("enabled");
-        assert_eq!(auth.authenticate(Some(b"Bearer tok-session")).expect("ok").name(), "session");
+        let config = AuthConfig {
+            enabled: true,
+            tokens_dir: Some(dir.clone()),
+            ..AuthConfig::default()
+        };
+        let auth = Authenticator::from_config(&config)
+            .expect("valid")
+            .expect("enabled");
+        assert_eq!(
+            auth.authenticate(Some(b"Bearer tok-session"))
+                .expect("ok")
+                .name(),
+            "session"
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 }

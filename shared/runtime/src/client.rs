@@ -26,7 +26,10 @@ impl ChannelFactory {
     /// A lazily connecting channel to `addresses` (`http://host:port`). With several, calls
     /// are balanced over all of them (power of two choices over pending requests).
     pub fn channel(&self, addresses: &[String]) -> anyhow::Result<Channel> {
-        let endpoints = addresses.iter().map(|a| self.endpoint(a)).collect::<anyhow::Result<Vec<_>>>()?;
+        let endpoints = addresses
+            .iter()
+            .map(|a| self.endpoint(a))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         match endpoints.as_slice() {
             [] => anyhow::bail!("no address to connect to"),
             [one] => Ok(one.connect_lazy()),
@@ -44,9 +47,13 @@ impl ChannelFactory {
             .keep_alive_while_idle(true)
             .keep_alive_timeout(Duration::from_secs(10));
         if let Some(ca) = &c.ca_path {
-            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca)?));
+            let mut tls =
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca)?));
             if let (Some(cert), Some(key)) = (&c.cert_path, &c.key_path) {
-                tls = tls.identity(Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?));
+                tls = tls.identity(Identity::from_pem(
+                    std::fs::read(cert)?,
+                    std::fs::read(key)?,
+                ));
             }
             endpoint = endpoint.tls_config(tls)?;
         }
@@ -68,21 +75,26 @@ impl OutboundInterceptor {
         }
         let mut value: AsciiMetadataValue = format!("Bearer {}", token.expose()).parse()?;
         value.set_sensitive(true);
-        Ok(Self { authorization: Some(value) })
+        Ok(Self {
+            authorization: Some(value),
+        })
     }
 }
 
 impl Interceptor for OutboundInterceptor {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(value) = &self.authorization {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         let mut headers = http::HeaderMap::new();
         crate::telemetry::inject_current_context(&mut headers);
         for (name, value) in headers.iter() {
-            if let (Ok(key), Ok(value)) =
-                (MetadataKey::from_bytes(name.as_str().as_bytes()), AsciiMetadataValue::try_from(value.as_bytes()))
-            {
+            if let (Ok(key), Ok(value)) = (
+                MetadataKey::from_bytes(name.as_str().as_bytes()),
+                AsciiMetadataValue::try_from(value.as_bytes()),
+            ) {
                 request.metadata_mut().insert(key, value);
             }
         }

@@ -26,7 +26,11 @@ impl From<figment::Error> for ConfigError {
             .into_iter()
             .map(|e| {
                 let key = e.path.join(".");
-                let source = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+                let source = e
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.name.to_string())
+                    .unwrap_or_default();
                 if key.is_empty() {
                     format!("{} (from {source})", e.kind)
                 } else {
@@ -107,7 +111,9 @@ impl Config {
             )));
         }
         if self.server.concurrency_limit == 0 {
-            return Err(ConfigError("key `server.concurrency_limit` must be > 0".into()));
+            return Err(ConfigError(
+                "key `server.concurrency_limit` must be > 0".into(),
+            ));
         }
         let s = &self.session;
         if s.default_page_size == 0 || s.default_page_size > s.max_page_size {
@@ -117,7 +123,8 @@ impl Config {
         }
         if self.auth.enabled && self.auth.tokens.is_empty() && self.auth.tokens_dir.is_none() {
             return Err(ConfigError(
-                "key `auth.enabled` is true but neither `auth.tokens` nor `auth.tokens_dir` is set".into(),
+                "key `auth.enabled` is true but neither `auth.tokens` nor `auth.tokens_dir` is set"
+                    .into(),
             ));
         }
         Ok(())
@@ -183,7 +190,11 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { log_level: "info,sqlx=warn,sea_orm=warn,h2=warn,tower=warn".into(), format: LogFormat::Auto, otlp_endpoint: String::new() }
+        Self {
+            log_level: "info,sqlx=warn,sea_orm=warn,h2=warn,tower=warn".into(),
+            format: LogFormat::Auto,
+            otlp_endpoint: String::new(),
+        }
     }
 }
 
@@ -281,7 +292,14 @@ pub struct ClientConfig {
 
 impl Default for ClientConfig {
     fn default() -> Self {
-        Self { connect_timeout_ms: 2_000, request_timeout_ms: 10_000, keepalive_interval_ms: 20_000, ca_path: None, cert_path: None, key_path: None }
+        Self {
+            connect_timeout_ms: 2_000,
+            request_timeout_ms: 10_000,
+            keepalive_interval_ms: 20_000,
+            ca_path: None,
+            cert_path: None,
+            key_path: None,
+        }
     }
 }
 
@@ -351,7 +369,12 @@ pub struct EntityCacheConfig {
 
 impl Default for EntityCacheConfig {
     fn default() -> Self {
-        Self { enabled: true, ttl_ms: 60_000, negative_ttl_ms: 2_000, max_bytes: 64 * 1024 * 1024 }
+        Self {
+            enabled: true,
+            ttl_ms: 60_000,
+            negative_ttl_ms: 2_000,
+            max_bytes: 64 * 1024 * 1024,
+        }
     }
 }
 
@@ -374,7 +397,10 @@ pub struct SessionConfig {
 impl Default for SessionConfig {
     fn default() -> Self {
         Self {
-            listen: Listen { grpc_addr: ([127, 0, 0, 1], 50051).into(), admin_addr: ([127, 0, 0, 1], 9091).into() },
+            listen: Listen {
+                grpc_addr: ([127, 0, 0, 1], 50051).into(),
+                admin_addr: ([127, 0, 0, 1], 9091).into(),
+            },
             cache: EntityCacheConfig::default(),
             default_page_size: 50,
             max_page_size: 1000,
@@ -409,13 +435,15 @@ mod tests {
 
     #[test]
     fn bad_type_names_the_key() {
-        let err = from_toml("[session.cache]\nttl_ms = \"soon\"\n").expect_err("bad type must fail");
+        let err =
+            from_toml("[session.cache]\nttl_ms = \"soon\"\n").expect_err("bad type must fail");
         assert!(err.to_string().contains("session.cache.ttl_ms"), "{err}");
     }
 
     #[test]
     fn file_layer_overrides_defaults() {
-        let config = from_toml("[session]\nmax_page_size = 10\n[session.cache]\nenabled = false\n").expect("valid");
+        let config = from_toml("[session]\nmax_page_size = 10\n[session.cache]\nenabled = false\n")
+            .expect("valid");
         assert_eq!(config.session.max_page_size, 10);
         assert!(!config.session.cache.enabled);
         assert_eq!(config.session.default_page_size, 50);
@@ -426,7 +454,10 @@ mod tests {
         let mut config = Config::default();
         config.database.min_connections = 99;
         let err = config.validate().expect_err("min > max");
-        assert!(err.to_string().contains("database.min_connections"), "{err}");
+        assert!(
+            err.to_string().contains("database.min_connections"),
+            "{err}"
+        );
     }
 
     #[test]

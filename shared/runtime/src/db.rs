@@ -60,7 +60,11 @@ impl Database {
 
     /// Runs `query`, recording `db_client_operation_duration_seconds{db_operation_name}` and
     /// logging it at WARN when slower than the configured threshold.
-    pub async fn timed<T>(&self, name: &'static str, query: impl Future<Output = Result<T, DbErr>>) -> Result<T, DbErr> {
+    pub async fn timed<T>(
+        &self,
+        name: &'static str,
+        query: impl Future<Output = Result<T, DbErr>>,
+    ) -> Result<T, DbErr> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let result = query.await;
@@ -70,7 +74,12 @@ impl Database {
         metrics::histogram!("db_client_operation_duration_seconds", "db_operation_name" => name, "outcome" => outcome)
             .record(elapsed.as_secs_f64());
         if elapsed >= self.slow_query {
-            tracing::warn!(query = name, elapsed_ms = elapsed.as_secs_f64() * 1e3, outcome, "slow query");
+            tracing::warn!(
+                query = name,
+                elapsed_ms = elapsed.as_secs_f64() * 1e3,
+                outcome,
+                "slow query"
+            );
         }
         result
     }

@@ -71,7 +71,10 @@ impl InboundLayer {
 impl<S> Layer<S> for InboundLayer {
     type Service = Inbound<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Inbound { inner, shared: self.shared.clone() }
+        Inbound {
+            inner,
+            shared: self.shared.clone(),
+        }
     }
 }
 
@@ -120,17 +123,27 @@ where
         let exempt = path.starts_with(HEALTH_PREFIX);
 
         let fut = async move {
-            let observer = CallObserver { path, started, span: tracing::Span::current() };
+            let observer = CallObserver {
+                path,
+                started,
+                span: tracing::Span::current(),
+            };
             if !exempt && let Some(auth) = &shared.authenticator {
-                let header = req.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
+                let header = req
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .map(|v| v.as_bytes());
                 match auth.authenticate(header) {
                     Ok(caller) => {
                         req.extensions_mut().insert(caller);
                     }
-                    Err(err) => return Ok(observer.reject(Status::unauthenticated(err.to_string()))),
+                    Err(err) => {
+                        return Ok(observer.reject(Status::unauthenticated(err.to_string())));
+                    }
                 }
             }
-            let deadline = client_timeout(req.headers()).map_or(shared.request_timeout, |t| t.min(shared.request_timeout));
+            let deadline = client_timeout(req.headers())
+                .map_or(shared.request_timeout, |t| t.min(shared.request_timeout));
             let permit = if exempt {
                 None
             } else {
@@ -170,13 +183,18 @@ async fn admit(shared: &Shared, deadline: Duration) -> Result<OwnedSemaphorePerm
     match waited {
         Ok(Ok(permit)) => Ok(permit),
         Ok(Err(_closed)) => Err(overloaded("server shutting down")),
-        Err(_) => Err(Status::deadline_exceeded("deadline exceeded while queued for admission")),
+        Err(_) => Err(Status::deadline_exceeded(
+            "deadline exceeded while queued for admission",
+        )),
     }
 }
 
 fn overloaded(message: &str) -> Status {
     let mut status = Status::unavailable(message);
-    status.metadata_mut().insert("retry-after", tonic::metadata::MetadataValue::from_static(RETRY_AFTER_SECS));
+    status.metadata_mut().insert(
+        "retry-after",
+        tonic::metadata::MetadataValue::from_static(RETRY_AFTER_SECS),
+    );
     status
 }
 
@@ -218,12 +236,21 @@ impl CallObserver {
         status.into_http()
     }
 
-    fn observe(self, response: http::Response<Body>, permit: Option<OwnedSemaphorePermit>) -> http::Response<Body> {
+    fn observe(
+        self,
+        response: http::Response<Body>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> http::Response<Body> {
         // A trailers-only response (every error a handler returns) carries the status in its
         // headers; otherwise it comes in the trailers at the end of the body.
         let header_status = Status::from_header_map(response.headers()).map(|s| s.code() as i32);
         let (parts, body) = response.into_parts();
-        let body = ObservedBody { inner: body, observer: Some(self), header_status, _permit: permit };
+        let body = ObservedBody {
+            inner: body,
+            observer: Some(self),
+            header_status,
+            _permit: permit,
+        };
         http::Response::from_parts(parts, Body::new(body))
     }
 
@@ -267,7 +294,10 @@ impl HttpBody for ObservedBody {
     type Data = Bytes;
     type Error = Status;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -301,7 +331,11 @@ impl HttpBody for ObservedBody {
 impl Drop for ObservedBody {
     fn drop(&mut self) {
         // Dropped before its end: the client went away (or the body was empty from the start).
-        let code = if self.inner.is_end_stream() { self.header_status.unwrap_or(0) } else { tonic::Code::Cancelled as i32 };
+        let code = if self.inner.is_end_stream() {
+            self.header_status.unwrap_or(0)
+        } else {
+            tonic::Code::Cancelled as i32
+        };
         self.complete(code);
     }
 }
@@ -324,13 +358,23 @@ mod tests {
         }
         headers.insert("grpc-timeout", http::HeaderValue::from_static("12x"));
         assert_eq!(client_timeout(&headers), None);
-        headers.insert("grpc-timeout", http::HeaderValue::from_static("1234567890S"));
-        assert_eq!(client_timeout(&headers), None, "more than 8 digits is invalid");
+        headers.insert(
+            "grpc-timeout",
+            http::HeaderValue::from_static("1234567890S"),
+        );
+        assert_eq!(
+            client_timeout(&headers),
+            None,
+            "more than 8 digits is invalid"
+        );
     }
 
     #[test]
     fn paths_split_into_service_and_method() {
-        assert_eq!(split_path("/boardroom.session.v1.SessionService/GetSession"), ("boardroom.session.v1.SessionService", "GetSession"));
+        assert_eq!(
+            split_path("/boardroom.session.v1.SessionService/GetSession"),
+            ("boardroom.session.v1.SessionService", "GetSession")
+        );
         assert_eq!(split_path("/weird"), ("weird", ""));
     }
 
@@ -343,12 +387,23 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             authenticator: None,
         };
-        let held = admit(&shared, Duration::from_secs(1)).await.expect("first call admitted");
-        let shed = admit(&shared, Duration::from_secs(1)).await.expect_err("second call shed");
+        let held = admit(&shared, Duration::from_secs(1))
+            .await
+            .expect("first call admitted");
+        let shed = admit(&shared, Duration::from_secs(1))
+            .await
+            .expect_err("second call shed");
         assert_eq!(shed.code(), tonic::Code::Unavailable);
-        assert_eq!(shed.metadata().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+        assert_eq!(
+            shed.metadata()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
         drop(held);
-        let _again = admit(&shared, Duration::from_secs(1)).await.expect("admitted once the slot is free");
+        let _again = admit(&shared, Duration::from_secs(1))
+            .await
+            .expect("admitted once the slot is free");
     }
 
     #[tokio::test]
@@ -360,9 +415,17 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             authenticator: None,
         };
-        let _held = admit(&shared, Duration::from_secs(1)).await.expect("admitted");
-        let err = admit(&shared, Duration::from_millis(10)).await.expect_err("queued past deadline");
+        let _held = admit(&shared, Duration::from_secs(1))
+            .await
+            .expect("admitted");
+        let err = admit(&shared, Duration::from_millis(10))
+            .await
+            .expect_err("queued past deadline");
         assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
-        assert_eq!(shared.pending.load(Ordering::Acquire), 0, "queue slot released");
+        assert_eq!(
+            shared.pending.load(Ordering::Acquire),
+            0,
+            "queue slot released"
+        );
     }
 }

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Histogram buckets in seconds: fine below 10 ms, where our RPCs and queries live.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
 ];
 
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
@@ -66,8 +67,16 @@ pub struct AdminServer {
 impl AdminServer {
     /// Binds `addr` (port 0 picks a free port).
     pub async fn bind(addr: SocketAddr, ready: Readiness) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding admin address {addr}: {e}"))?;
-        Ok(Self { listener, state: AdminState { handle: metrics_handle()?, ready } })
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding admin address {addr}: {e}"))?;
+        Ok(Self {
+            listener,
+            state: AdminState {
+                handle: metrics_handle()?,
+                ready,
+            },
+        })
     }
 
     /// The address actually bound.
@@ -94,7 +103,8 @@ impl AdminServer {
             .route("/livez", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .with_state(self.state);
-        let server = axum::serve(self.listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
+        let server =
+            axum::serve(self.listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
         let (served, ()) = tokio::join!(server, upkeep);
         served.map_err(Into::into)
     }
@@ -105,5 +115,9 @@ async fn render_metrics(State(state): State<AdminState>) -> String {
 }
 
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
-    if state.ready.get() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
+    if state.ready.get() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
 }

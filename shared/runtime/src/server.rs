@@ -36,16 +36,24 @@ pub struct GrpcServer {
 
 impl std::fmt::Debug for GrpcServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GrpcServer").field("name", &self.name).field("services", &self.service_names).finish()
+        f.debug_struct("GrpcServer")
+            .field("name", &self.name)
+            .field("services", &self.service_names)
+            .finish()
     }
 }
 
 impl GrpcServer {
     /// Binds the gRPC and admin listeners of a server called `name` (used in logs).
-    pub async fn bind(name: &'static str, listen: &Listen, config: &ServerConfig, auth: &AuthConfig) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(listen.grpc_addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("binding {name} gRPC address {}: {e}", listen.grpc_addr))?;
+    pub async fn bind(
+        name: &'static str,
+        listen: &Listen,
+        config: &ServerConfig,
+        auth: &AuthConfig,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(listen.grpc_addr).await.map_err(|e| {
+            anyhow::anyhow!("binding {name} gRPC address {}: {e}", listen.grpc_addr)
+        })?;
         let ready = Readiness::default();
         let admin = AdminServer::bind(listen.admin_addr, ready.clone()).await?;
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -59,7 +67,10 @@ impl GrpcServer {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
         let mut routes = RoutesBuilder::default();
-        routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
+        routes
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
         Ok(Self {
             name,
             listener,
@@ -76,8 +87,11 @@ impl GrpcServer {
     /// Registers a service; its health status follows the server's.
     pub fn add_service<S>(mut self, service: S) -> Self
     where
-        S: tower::Service<http::Request<tonic::body::Body>, Error = Infallible, Response = http::Response<tonic::body::Body>>
-            + NamedService
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Error = Infallible,
+                Response = http::Response<tonic::body::Body>,
+            > + NamedService
             + Clone
             + Send
             + Sync
@@ -108,7 +122,17 @@ impl GrpcServer {
     /// `shutdown_delay_ms`, stops accepting and lets in-flight calls finish within
     /// `drain_timeout_ms`.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let GrpcServer { name, listener, admin, ready, health, routes, service_names, config, authenticator } = self;
+        let GrpcServer {
+            name,
+            listener,
+            admin,
+            ready,
+            health,
+            routes,
+            service_names,
+            config,
+            authenticator,
+        } = self;
         set_status(&health, &service_names, ServingStatus::Serving).await;
         ready.set(true);
 
@@ -124,7 +148,9 @@ impl GrpcServer {
         let mut builder = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .max_concurrent_streams(config.max_concurrent_streams)
-            .http2_keepalive_interval(Some(Duration::from_millis(config.http2_keepalive_interval_ms)));
+            .http2_keepalive_interval(Some(Duration::from_millis(
+                config.http2_keepalive_interval_ms,
+            )));
         if let Some(tls) = &config.tls {
             let cert = std::fs::read(&tls.cert_path)?;
             let key = std::fs::read(&tls.key_path)?;
@@ -145,7 +171,10 @@ impl GrpcServer {
             let delay = Duration::from_millis(config.shutdown_delay_ms);
             async move {
                 shutdown.cancelled().await;
-                tracing::info!(server = name, "shutting down: NOT_SERVING, draining in-flight calls");
+                tracing::info!(
+                    server = name,
+                    "shutting down: NOT_SERVING, draining in-flight calls"
+                );
                 ready.set(false);
                 set_status(&health, &service_names, ServingStatus::NotServing).await;
                 if !delay.is_zero() {
@@ -155,7 +184,10 @@ impl GrpcServer {
                 drain_started.cancel();
             }
         };
-        let serve = builder.layer(layer).add_routes(routes.routes()).serve_with_incoming_shutdown(incoming, signal);
+        let serve = builder
+            .layer(layer)
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(incoming, signal);
         let drain_timeout = Duration::from_millis(config.drain_timeout_ms);
         let bounded = async {
             tokio::select! {

@@ -32,8 +32,13 @@ mod tests {
         let status = bad_request([("owner_id", "must not be empty"), ("name", "too long")]);
         assert_eq!(status.code(), Code::InvalidArgument);
         let details = status.get_error_details();
-        let fields: Vec<_> =
-            details.bad_request().expect("has BadRequest").field_violations.iter().map(|v| v.field.clone()).collect();
+        let fields: Vec<_> = details
+            .bad_request()
+            .expect("has BadRequest")
+            .field_violations
+            .iter()
+            .map(|v| v.field.clone())
+            .collect();
         assert_eq!(fields, ["owner_id", "name"]);
     }
 }

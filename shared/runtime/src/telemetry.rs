@@ -25,7 +25,9 @@ pub struct Telemetry {
 
 impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Telemetry").field("otlp", &self.provider.is_some()).finish()
+        f.debug_struct("Telemetry")
+            .field("otlp", &self.provider.is_some())
+            .finish()
     }
 }
 
@@ -42,7 +44,12 @@ pub fn init_telemetry(service_name: &str, config: &TelemetryConfig) -> anyhow::R
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
     let fmt_layer: Box<dyn Layer<_> + Send + Sync> = if json {
-        Box::new(tracing_subscriber::fmt::layer().json().with_current_span(true).with_writer(std::io::stderr))
+        Box::new(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_writer(std::io::stderr),
+        )
     } else {
         Box::new(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
     };
@@ -56,17 +63,35 @@ pub fn init_telemetry(service_name: &str, config: &TelemetryConfig) -> anyhow::R
         None
     } else {
         use opentelemetry_otlp::WithExportConfig;
-        let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint).build()?;
-        let resource = opentelemetry_sdk::Resource::builder().with_service_name(service_name.to_owned()).build();
-        Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .build()?;
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name(service_name.to_owned())
+            .build();
+        Some(
+            SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(resource)
+                .build(),
+        )
     };
     let otel_layer = provider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service_name.to_owned())));
 
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let installed = tracing_subscriber::registry().with(filter_layer).with(fmt_layer).with(otel_layer).try_init().is_ok();
-    Ok(Telemetry { filter: installed.then_some(filter_handle), provider })
+    let installed = tracing_subscriber::registry()
+        .with(filter_layer)
+        .with(fmt_layer)
+        .with(otel_layer)
+        .try_init()
+        .is_ok();
+    Ok(Telemetry {
+        filter: installed.then_some(filter_handle),
+        provider,
+    })
 }
 
 fn build_filter(level: &str) -> anyhow::Result<EnvFilter> {
@@ -111,7 +136,10 @@ struct HeaderInjector<'a>(&'a mut http::HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::from_str(&value)) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
             self.0.insert(name, value);
         }
     }

@@ -17,7 +17,10 @@ pub(crate) fn state_dir() -> PathBuf {
 
 /// Runs `start` under an exclusive lock unless a server recorded under `name` still answers.
 /// Returns its port.
-pub(crate) fn shared_server(name: &str, start: impl FnOnce(&Path, u16) -> anyhow::Result<()>) -> anyhow::Result<u16> {
+pub(crate) fn shared_server(
+    name: &str,
+    start: impl FnOnce(&Path, u16) -> anyhow::Result<()>,
+) -> anyhow::Result<u16> {
     let dir = state_dir();
     std::fs::create_dir_all(&dir)?;
     let lock = File::create(dir.join(format!("{name}.lock")))?;
@@ -63,7 +66,9 @@ fn wait_for_port(port: u16, limit: Duration) -> anyhow::Result<()> {
 
 /// Finds an installed binary on PATH or in the usual PostgreSQL folders.
 pub(crate) fn find_binary(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
         let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("bin")).collect();
         versions.sort();
@@ -73,7 +78,10 @@ pub(crate) fn find_binary(name: &str) -> Option<PathBuf> {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
 /// A command that runs as `postgres` when we are root (PostgreSQL refuses to run as root).
@@ -89,9 +97,13 @@ pub(crate) fn as_db_user(binary: &Path) -> Command {
 
 pub(crate) fn start_postgres(data: &Path, port: u16) -> anyhow::Result<()> {
     let initdb = find_binary("initdb").ok_or_else(|| anyhow::anyhow!("initdb is not installed"))?;
-    let postgres = find_binary("postgres").ok_or_else(|| anyhow::anyhow!("postgres is not installed"))?;
+    let postgres =
+        find_binary("postgres").ok_or_else(|| anyhow::anyhow!("postgres is not installed"))?;
     if is_root() {
-        let status = Command::new("chown").args(["-R", "postgres"]).arg(data.parent().unwrap_or(data)).status()?;
+        let status = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(data.parent().unwrap_or(data))
+            .status()?;
         anyhow::ensure!(status.success(), "chown of the test state folder failed");
     }
     let out = as_db_user(&initdb)
@@ -100,15 +112,33 @@ pub(crate) fn start_postgres(data: &Path, port: u16) -> anyhow::Result<()> {
         .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
         .stdout(Stdio::null())
         .output()?;
-    anyhow::ensure!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let log = File::create(data.join("server.log"))?;
     use std::os::unix::process::CommandExt;
     // Its own process group: the server outlives this test process and serves the next ones.
     as_db_user(&postgres)
         .arg("-D")
         .arg(data)
-        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-        .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=400"])
+        .args([
+            "-p",
+            &port.to_string(),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+        ])
+        .args([
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=400",
+        ])
         .arg("-k")
         .arg(data)
         .stdout(log.try_clone()?)
@@ -119,9 +149,21 @@ pub(crate) fn start_postgres(data: &Path, port: u16) -> anyhow::Result<()> {
 }
 
 pub(crate) fn start_redis(data: &Path, port: u16) -> anyhow::Result<()> {
-    let redis = find_binary("redis-server").ok_or_else(|| anyhow::anyhow!("redis-server is not installed"))?;
+    let redis = find_binary("redis-server")
+        .ok_or_else(|| anyhow::anyhow!("redis-server is not installed"))?;
     let status = Command::new(redis)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "yes"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "yes",
+        ])
         .arg("--dir")
         .arg(data)
         .arg("--logfile")

@@ -15,7 +15,10 @@ static ADMIN: OnceCell<(String, Origin)> = OnceCell::const_new();
 
 async fn reachable(url: &str) -> bool {
     let mut options = ConnectOptions::new(url.to_owned());
-    options.max_connections(1).connect_timeout(Duration::from_secs(3)).sqlx_logging(false);
+    options
+        .max_connections(1)
+        .connect_timeout(Duration::from_secs(3))
+        .sqlx_logging(false);
     match Database::connect(options).await {
         Ok(conn) => {
             let ok = conn.execute_unprepared("SELECT 1").await.is_ok();
@@ -45,7 +48,11 @@ pub async fn postgres_admin_url() -> (String, Origin) {
                 tried.push(format!("{LOCAL_URL}: unreachable"));
             }
             if ephemeral_allowed() {
-                match tokio::task::spawn_blocking(|| ephemeral::shared_server("postgres", ephemeral::start_postgres)).await {
+                match tokio::task::spawn_blocking(|| {
+                    ephemeral::shared_server("postgres", ephemeral::start_postgres)
+                })
+                .await
+                {
                     Ok(Ok(port)) => {
                         let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
                         if reachable(&url).await {
@@ -57,7 +64,11 @@ pub async fn postgres_admin_url() -> (String, Origin) {
                     Err(err) => tried.push(format!("ephemeral server: {err}")),
                 }
             }
-            panic!("no PostgreSQL for the tests (CI={}); tried: {}", std::env::var("CI").unwrap_or_default(), tried.join("; "))
+            panic!(
+                "no PostgreSQL for the tests (CI={}); tried: {}",
+                std::env::var("CI").unwrap_or_default(),
+                tried.join("; ")
+            )
         })
         .await
         .clone()
@@ -76,7 +87,9 @@ impl TestDatabase {
     /// A new, empty schema in the test database of the PostgreSQL server.
     pub async fn postgres() -> Self {
         let (admin_url, _) = postgres_admin_url().await;
-        let admin = Database::connect(admin_url.clone()).await.expect("connecting to PostgreSQL");
+        let admin = Database::connect(admin_url.clone())
+            .await
+            .expect("connecting to PostgreSQL");
         // CREATE DATABASE has no IF NOT EXISTS; a concurrent creator wins and we carry on.
         let exists = admin
             .query_one_raw(sea_orm::Statement::from_string(
@@ -87,18 +100,27 @@ impl TestDatabase {
             .expect("querying pg_database")
             .is_some();
         if !exists {
-            let _ = admin.execute_unprepared(&format!("CREATE DATABASE {TEST_DATABASE}")).await;
+            let _ = admin
+                .execute_unprepared(&format!("CREATE DATABASE {TEST_DATABASE}"))
+                .await;
         }
         admin.close().await.ok();
         let url = replace_database(&admin_url, TEST_DATABASE);
         let schema = format!("t_{}", unique_suffix());
-        let conn = Database::connect(url.clone()).await.expect("connecting to the test database");
-        conn.execute_unprepared(&format!("CREATE SCHEMA \"{schema}\"")).await.expect("creating the test schema");
+        let conn = Database::connect(url.clone())
+            .await
+            .expect("connecting to the test database");
+        conn.execute_unprepared(&format!("CREATE SCHEMA \"{schema}\""))
+            .await
+            .expect("creating the test schema");
         conn.close().await.ok();
         let separator = if url.contains('?') { '&' } else { '?' };
         // libpq `options` puts the schema first on every pooled connection's search path.
         let url = format!("{url}{separator}options=-c%20search_path%3D{schema}");
-        Self { url, schema: Some(schema) }
+        Self {
+            url,
+            schema: Some(schema),
+        }
     }
 
     /// A new SQLite file in the temp folder.
@@ -112,11 +134,16 @@ pub fn sqlite_database() -> TestDatabase {
     let dir = ephemeral::state_dir().join("sqlite");
     std::fs::create_dir_all(&dir).expect("creating the SQLite test folder");
     let path = dir.join(format!("{}.db", unique_suffix()));
-    TestDatabase { url: format!("sqlite://{}?mode=rwc", path.display()), schema: None }
+    TestDatabase {
+        url: format!("sqlite://{}?mode=rwc", path.display()),
+        schema: None,
+    }
 }
 
 fn replace_database(url: &str, database: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let base = match base.rfind('/') {
         Some(i) if i > "postgres://".len() => &base[..i],
         _ => base,
@@ -133,8 +160,17 @@ mod tests {
 
     #[test]
     fn database_is_replaced_in_urls() {
-        assert_eq!(replace_database("postgres://u@h:1/postgres", "x"), "postgres://u@h:1/x");
-        assert_eq!(replace_database("postgres://u@h:1/postgres?sslmode=disable", "x"), "postgres://u@h:1/x?sslmode=disable");
-        assert_eq!(replace_database("postgres://u@h:1", "x"), "postgres://u@h:1/x");
+        assert_eq!(
+            replace_database("postgres://u@h:1/postgres", "x"),
+            "postgres://u@h:1/x"
+        );
+        assert_eq!(
+            replace_database("postgres://u@h:1/postgres?sslmode=disable", "x"),
+            "postgres://u@h:1/x?sslmode=disable"
+        );
+        assert_eq!(
+            replace_database("postgres://u@h:1", "x"),
+            "postgres://u@h:1/x"
+        );
     }
 }

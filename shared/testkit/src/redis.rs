@@ -7,9 +7,15 @@ use crate::{Origin, ephemeral, ephemeral_allowed, force_ephemeral};
 static URL: OnceCell<(String, Origin)> = OnceCell::const_new();
 
 fn answers(url: &str) -> bool {
-    let hostport = url.trim_start_matches("redis://").split('/').next().unwrap_or_default();
+    let hostport = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or_default();
     let hostport = hostport.rsplit('@').next().unwrap_or(hostport);
-    let Some((_, port)) = hostport.rsplit_once(':') else { return false };
+    let Some((_, port)) = hostport.rsplit_once(':') else {
+        return false;
+    };
     port.parse().is_ok_and(ephemeral::port_answers)
 }
 
@@ -31,13 +37,21 @@ pub async fn redis_url() -> (String, Origin) {
             tried.push("127.0.0.1:6379: unreachable".to_owned());
         }
         if ephemeral_allowed() {
-            match tokio::task::spawn_blocking(|| ephemeral::shared_server("redis", ephemeral::start_redis)).await {
+            match tokio::task::spawn_blocking(|| {
+                ephemeral::shared_server("redis", ephemeral::start_redis)
+            })
+            .await
+            {
                 Ok(Ok(port)) => return (format!("redis://127.0.0.1:{port}"), Origin::Ephemeral),
                 Ok(Err(err)) => tried.push(format!("ephemeral server: {err:#}")),
                 Err(err) => tried.push(format!("ephemeral server: {err}")),
             }
         }
-        panic!("no Redis for the tests (CI={}); tried: {}", std::env::var("CI").unwrap_or_default(), tried.join("; "))
+        panic!(
+            "no Redis for the tests (CI={}); tried: {}",
+            std::env::var("CI").unwrap_or_default(),
+            tried.join("; ")
+        )
     })
     .await
     .clone()

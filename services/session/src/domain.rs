@@ -1,0 +1,157 @@
+//! The session domain: boardrooms, sessions and threads, and the inputs that create or change
+//! them. No transport types here.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// One AI persona of a boardroom's panel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Advisor {
+    /// Display name, unique within the boardroom.
+    pub name: String,
+    /// What the advisor is for.
+    pub role: String,
+    /// The system prompt it answers with.
+    pub system_prompt: String,
+    /// The model alias the LLM gateway routes to.
+    pub model: String,
+}
+
+/// A configured panel of advisors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Boardroom {
+    pub id: Uuid,
+    pub owner_id: String,
+    pub name: String,
+    pub advisors: Vec<Advisor>,
+    /// Incremented by every update.
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A user's conversation in a boardroom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: Uuid,
+    pub boardroom_id: Uuid,
+    pub user_id: String,
+    pub title: String,
+    pub active: bool,
+    pub created_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// The kind of a thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ThreadType {
+    Main,
+    Breakout,
+    Private,
+}
+
+/// The lifecycle state of a thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ThreadStatus {
+    Open,
+    Paused,
+    Closed,
+}
+
+macro_rules! stored_enum {
+    ($ty:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The value stored in the database.
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $text),+ }
+            }
+            /// Parses a stored value.
+            pub fn parse(text: &str) -> Option<Self> {
+                match text { $($text => Some($ty::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
+stored_enum!(ThreadType { Main => "main", Breakout => "breakout", Private => "private" });
+stored_enum!(ThreadStatus { Open => "open", Paused => "paused", Closed => "closed" });
+
+/// A line of conversation in a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Thread {
+    pub id: Uuid,
+    pub session_id: Uuid,
+    pub thread_type: ThreadType,
+    pub status: ThreadStatus,
+    pub title: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A session with its boardroom and every thread, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionTree {
+    pub session: Session,
+    pub boardroom: Boardroom,
+    pub threads: Vec<Thread>,
+}
+
+/// Input of CreateBoardroom.
+#[derive(Debug, Clone)]
+pub struct NewBoardroom {
+    pub owner_id: String,
+    pub name: String,
+    pub advisors: Vec<Advisor>,
+    pub request_id: Option<String>,
+}
+
+/// Input of UpdateBoardroom: `None` fields are left as they are.
+#[derive(Debug, Clone)]
+pub struct BoardroomUpdate {
+    pub id: Uuid,
+    pub name: Option<String>,
+    pub advisors: Option<Vec<Advisor>>,
+    /// Fail with [`crate::SessionError::VersionMismatch`] unless the stored version is this.
+    pub expected_version: Option<i64>,
+}
+
+/// Input of CreateSession.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub boardroom_id: Uuid,
+    pub user_id: String,
+    pub title: String,
+    pub request_id: Option<String>,
+}
+
+/// Input of CreateThread.
+#[derive(Debug, Clone)]
+pub struct NewThread {
+    pub session_id: Uuid,
+    pub thread_type: ThreadType,
+    pub title: String,
+    pub request_id: Option<String>,
+}
+
+/// Which threads of a session to list.
+#[derive(Debug, Clone)]
+pub struct ThreadFilter {
+    pub session_id: Uuid,
+    pub thread_type: Option<ThreadType>,
+    pub status: Option<ThreadStatus>,
+}
+
+/// A page request: `size` already bounded, `token` as the client sent it.
+#[derive(Debug, Clone)]
+pub struct PageRequest {
+    pub size: u32,
+    pub token: Option<String>,
+}
+
+/// A page of results and the token of the next one (`None` on the last page).
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_page_token: Option<String>,
+}

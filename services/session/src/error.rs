@@ -1,0 +1,80 @@
+//! Errors of the session domain.
+
+use sea_orm::{DbErr, SqlErr};
+
+/// A field of a request and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The request field, as named in the contract (`advisors[1].name`).
+    pub field: String,
+    /// What is wrong.
+    pub description: String,
+}
+
+/// Everything a session operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The request is malformed; nothing was written.
+    #[error("invalid request: {}", .0.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<FieldViolation>),
+    /// No such entity.
+    #[error("{kind} {id} not found")]
+    NotFound { kind: &'static str, id: String },
+    /// An optimistic-concurrency check failed.
+    #[error("boardroom version is {actual}, not the expected {expected}")]
+    VersionMismatch { expected: i64, actual: i64 },
+    /// The operation does not apply to the entity's current state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The database cannot be reached or is overloaded; the caller may retry.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or a corrupt row.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl SessionError {
+    /// A single-field validation error.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        SessionError::Invalid(vec![FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        }])
+    }
+}
+
+impl From<DbErr> for SessionError {
+    fn from(err: DbErr) -> Self {
+        match &err {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
+                SessionError::Unavailable(err.to_string())
+            }
+            _ => match err.sql_err() {
+                Some(SqlErr::ForeignKeyConstraintViolation(msg)) => {
+                    SessionError::FailedPrecondition(format!(
+                        "referenced entity does not exist: {msg}"
+                    ))
+                }
+                _ if is_connection_failure(&err) => SessionError::Unavailable(err.to_string()),
+                _ => SessionError::Internal(err.to_string()),
+            },
+        }
+    }
+}
+
+/// Whether a query failed because the server went away (as opposed to a bad statement).
+fn is_connection_failure(err: &DbErr) -> bool {
+    let text = err.to_string().to_ascii_lowercase();
+    [
+        "connection refused",
+        "connection reset",
+        "broken pipe",
+        "pool timed out",
+        "closed",
+        "terminating connection",
+        "io error",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}

@@ -1,0 +1,166 @@
+//! Input rules of the session domain, reported per field.
+
+use std::collections::HashSet;
+
+use crate::domain::{Advisor, BoardroomUpdate, NewBoardroom, NewSession, NewThread};
+use crate::error::{FieldViolation, SessionError};
+
+/// Bounds on input sizes.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_advisors: usize,
+}
+
+const MAX_ID: usize = 128;
+const MAX_NAME: usize = 200;
+const MAX_ADVISOR_NAME: usize = 100;
+const MAX_PROMPT: usize = 16 * 1024;
+
+/// Collects every problem of a request before answering, so clients fix them all at once.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// Records a problem with `field`.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        });
+    }
+
+    /// Checks a required, bounded text field.
+    pub fn required(&mut self, field: &str, value: &str, max: usize) {
+        if value.trim().is_empty() {
+            self.add(field, "must not be empty");
+        } else {
+            self.bounded(field, value, max);
+        }
+    }
+
+    /// Checks an optional, bounded text field.
+    pub fn bounded(&mut self, field: &str, value: &str, max: usize) {
+        if value.chars().count() > max {
+            self.add(field, format!("must be at most {max} characters"));
+        }
+        if value
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+        {
+            self.add(field, "must not contain control characters");
+        }
+    }
+
+    /// `Ok` when nothing was recorded.
+    pub fn into_result(self) -> Result<(), SessionError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(SessionError::Invalid(self.0))
+        }
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds the problems of another collector.
+    pub fn extend(&mut self, other: Violations) {
+        self.0.extend(other.0);
+    }
+}
+
+fn request_id(v: &mut Violations, request_id: Option<&str>) {
+    if let Some(id) = request_id {
+        v.bounded("request_id", id, MAX_ID);
+    }
+}
+
+fn advisors(v: &mut Violations, field: &str, advisors: &[Advisor], limits: &Limits) {
+    if advisors.is_empty() {
+        v.add(field, "must name at least one advisor");
+    } else if advisors.len() > limits.max_advisors {
+        v.add(
+            field,
+            format!("must have at most {} advisors", limits.max_advisors),
+        );
+    }
+    let mut names = HashSet::new();
+    for (i, a) in advisors.iter().enumerate() {
+        v.required(&format!("{field}[{i}].name"), &a.name, MAX_ADVISOR_NAME);
+        v.bounded(&format!("{field}[{i}].role"), &a.role, MAX_NAME);
+        v.bounded(
+            &format!("{field}[{i}].system_prompt"),
+            &a.system_prompt,
+            MAX_PROMPT,
+        );
+        v.required(&format!("{field}[{i}].model"), &a.model, MAX_ID);
+        if !a.name.trim().is_empty() && !names.insert(a.name.trim().to_lowercase()) {
+            v.add(
+                format!("{field}[{i}].name"),
+                "duplicates another advisor's name",
+            );
+        }
+    }
+}
+
+impl NewBoardroom {
+    /// Checks every field.
+    pub fn validate(&self, limits: &Limits) -> Result<(), SessionError> {
+        let mut v = Violations::default();
+        v.required("owner_id", &self.owner_id, MAX_ID);
+        v.required("name", &self.name, MAX_NAME);
+        advisors(&mut v, "advisors", &self.advisors, limits);
+        request_id(&mut v, self.request_id.as_deref());
+        v.into_result()
+    }
+}
+
+impl BoardroomUpdate {
+    /// Checks the fields being changed.
+    pub fn validate(&self, limits: &Limits) -> Result<(), SessionError> {
+        let mut v = Violations::default();
+        if let Some(name) = &self.name {
+            v.required("boardroom.name", name, MAX_NAME);
+        }
+        if let Some(list) = &self.advisors {
+            advisors(&mut v, "boardroom.advisors", list, limits);
+        }
+        if self.expected_version.is_some_and(|e| e < 1) {
+            v.add(
+                "expected_version",
+                "must be positive (or 0 to skip the check)",
+            );
+        }
+        v.into_result()
+    }
+}
+
+impl NewSession {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), SessionError> {
+        let mut v = Violations::default();
+        v.required("user_id", &self.user_id, MAX_ID);
+        v.bounded("title", &self.title, MAX_NAME);
+        request_id(&mut v, self.request_id.as_deref());
+        v.into_result()
+    }
+}
+
+impl NewThread {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), SessionError> {
+        let mut v = Violations::default();
+        v.bounded("title", &self.title, MAX_NAME);
+        request_id(&mut v, self.request_id.as_deref());
+        v.into_result()
+    }
+}
+
+/// Checks a list's owner key (`owner_id`, `user_id`).
+pub fn list_key(field: &str, value: &str) -> Result<(), SessionError> {
+    let mut v = Violations::default();
+    v.required(field, value, MAX_ID);
+    v.into_result()
+}
