@@ -57,15 +57,9 @@ impl GrpcServer {
         let ready = Readiness::default();
         let admin = AdminServer::bind(listen.admin_addr, ready.clone()).await?;
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(boardroom_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        // grpcurl 1.8 and ghz still ask for v1alpha.
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(boardroom_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        // grpcurl 1.8 and ghz still ask for v1alpha; newer clients for v1.
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
         let mut routes = RoutesBuilder::default();
         routes
             .add_service(health_service)
@@ -210,6 +204,15 @@ impl GrpcServer {
         tracing::info!(server = name, "stopped");
         served
     }
+}
+
+/// Reflection over every Boardroom contract, health, and the google.rpc error details our
+/// errors carry (so grpcurl can print a BadRequest).
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(boardroom_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
 async fn set_status(health: &HealthReporter, names: &[&'static str], status: ServingStatus) {

@@ -8,9 +8,11 @@
 mod ephemeral;
 mod postgres;
 mod redis;
+mod service;
 
 pub use postgres::{TestDatabase, postgres_admin_url, sqlite_database};
 pub use redis::redis_url;
+pub use service::{FlakyProxy, channel, metric_value, scrape_metrics, test_config};
 
 /// Where a test server came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

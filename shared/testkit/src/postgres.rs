@@ -123,6 +123,19 @@ impl TestDatabase {
         }
     }
 
+    /// The `host:port` of the server (PostgreSQL only).
+    pub fn server_addr(&self) -> Option<std::net::SocketAddr> {
+        let rest = self.url.split_once("@")?.1;
+        let hostport = rest.split(['/', '?']).next()?;
+        hostport.parse().ok()
+    }
+
+    /// The same database reached through `addr` (a proxy).
+    pub fn via(&self, addr: std::net::SocketAddr) -> Self {
+        let current = self.server_addr().map(|a| a.to_string()).unwrap_or_default();
+        Self { url: self.url.replacen(&current, &addr.to_string(), 1), schema: self.schema.clone() }
+    }
+
     /// A new SQLite file in the temp folder.
     pub fn sqlite() -> Self {
         sqlite_database()

@@ -1,0 +1,8 @@
+//! The session service through its gRPC client, on PostgreSQL and on SQLite.
+
+mod boardrooms;
+mod failures;
+mod helpers;
+mod pagination;
+mod sessions;
+mod threads;
