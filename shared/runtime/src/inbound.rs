@@ -123,11 +123,7 @@ where
         let exempt = path.starts_with(HEALTH_PREFIX);
 
         let fut = async move {
-            let observer = CallObserver {
-                path,
-                started,
-                span: tracing::Span::current(),
-            };
+            let observer = CallObserver::start(path, started);
             if !exempt && let Some(auth) = &shared.authenticator {
                 let header = req
                     .headers()
@@ -231,6 +227,17 @@ struct CallObserver {
 }
 
 impl CallObserver {
+    fn start(path: String, started: Instant) -> Self {
+        let (service, method) = split_path(&path);
+        metrics::gauge!("rpc_server_active_requests", "rpc_service" => service.to_owned(), "rpc_method" => method.to_owned())
+            .increment(1.0);
+        Self {
+            path,
+            started,
+            span: tracing::Span::current(),
+        }
+    }
+
     fn reject(self, status: Status) -> http::Response<Body> {
         self.finish(status.code() as i32);
         status.into_http()
@@ -265,6 +272,8 @@ impl CallObserver {
             ("rpc_method", method.to_owned()),
             ("rpc_grpc_status_code", code_label),
         ];
+        metrics::gauge!("rpc_server_active_requests", "rpc_service" => service.to_owned(), "rpc_method" => method.to_owned())
+            .decrement(1.0);
         metrics::counter!("rpc_server_requests_total", &labels).increment(1);
         metrics::histogram!("rpc_server_call_duration_seconds", &labels).record(elapsed);
         if code != 0 {

@@ -132,8 +132,14 @@ impl TestDatabase {
 
     /// The same database reached through `addr` (a proxy).
     pub fn via(&self, addr: std::net::SocketAddr) -> Self {
-        let current = self.server_addr().map(|a| a.to_string()).unwrap_or_default();
-        Self { url: self.url.replacen(&current, &addr.to_string(), 1), schema: self.schema.clone() }
+        let current = self
+            .server_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        Self {
+            url: self.url.replacen(&current, &addr.to_string(), 1),
+            schema: self.schema.clone(),
+        }
     }
 
     /// A new SQLite file in the temp folder.

@@ -23,7 +23,10 @@ pub fn test_config(db: &TestDatabase) -> Config {
     config.database.max_connections = 8;
     config.database.acquire_timeout_ms = 1_000;
     config.database.migrate_on_start = true;
-    let any_port = Listen { grpc_addr: ([127, 0, 0, 1], 0).into(), admin_addr: ([127, 0, 0, 1], 0).into() };
+    let any_port = Listen {
+        grpc_addr: ([127, 0, 0, 1], 0).into(),
+        admin_addr: ([127, 0, 0, 1], 0).into(),
+    };
     config.session.listen = any_port;
     config
 }
@@ -40,14 +43,22 @@ pub async fn channel(addr: SocketAddr) -> Channel {
 
 /// The Prometheus text of an admin port.
 pub async fn scrape_metrics(admin: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(admin).await.expect("connecting to the admin port");
+    let mut stream = TcpStream::connect(admin)
+        .await
+        .expect("connecting to the admin port");
     stream
         .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {admin}\r\n\r\n").as_bytes())
         .await
         .expect("writing the request");
     let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("reading metrics");
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("reading metrics");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
 }
 
 /// The value of one sample in Prometheus text whose name and labels contain every `needle`
@@ -73,7 +84,9 @@ impl FlakyProxy {
     /// Starts forwarding a local port to `target`; stops when the returned proxy's owner calls
     /// [`FlakyProxy::stop`] (or the test ends).
     pub async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding the proxy");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the proxy");
         let proxy = Self {
             addr: listener.local_addr().expect("proxy address"),
             down: Arc::new(AtomicBool::new(false)),
@@ -88,14 +101,18 @@ impl FlakyProxy {
                     _ = worker.stop.cancelled() => return,
                     accepted = listener.accept() => accepted,
                 };
-                let Ok((mut inbound, _)) = accepted else { continue };
+                let Ok((mut inbound, _)) = accepted else {
+                    continue;
+                };
                 if worker.down.load(Ordering::Acquire) {
                     drop(inbound);
                     continue;
                 }
                 let cut = worker.cut.lock().map(|c| c.clone()).unwrap_or_default();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = cut.cancelled() => {}
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}

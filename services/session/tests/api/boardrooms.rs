@@ -5,7 +5,9 @@ use crate::helpers::{advisor, spawn_app, violated_fields};
 use crate::on_both_backends;
 
 fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
-    Some(prost_types::FieldMask { paths: paths.iter().map(|p| (*p).to_owned()).collect() })
+    Some(prost_types::FieldMask {
+        paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+    })
 }
 
 on_both_backends!(create_get_update, |backend| async move {
@@ -14,7 +16,14 @@ on_both_backends!(create_get_update, |backend| async move {
     assert_eq!(created.version, 1);
     assert_eq!(created.advisors.len(), 2);
 
-    let got = app.client.get_boardroom(pb::GetBoardroomRequest { id: created.id.clone() }).await.expect("get").into_inner();
+    let got = app
+        .client
+        .get_boardroom(pb::GetBoardroomRequest {
+            id: created.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
     assert_eq!(got.boardroom.as_ref(), Some(&created));
 
     // Only the masked field changes; the version moves on.
@@ -23,7 +32,11 @@ on_both_backends!(create_get_update, |backend| async move {
     change.advisors = vec![advisor("Ignored")];
     let updated = app
         .client
-        .update_boardroom(pb::UpdateBoardroomRequest { boardroom: Some(change), update_mask: mask(&["name"]), expected_version: 1 })
+        .update_boardroom(pb::UpdateBoardroomRequest {
+            boardroom: Some(change),
+            update_mask: mask(&["name"]),
+            expected_version: 1,
+        })
         .await
         .expect("update")
         .into_inner()
@@ -34,7 +47,14 @@ on_both_backends!(create_get_update, |backend| async move {
     assert_eq!(updated.version, 2);
 
     // The Get cache saw the write.
-    let got = app.client.get_boardroom(pb::GetBoardroomRequest { id: created.id.clone() }).await.expect("get").into_inner();
+    let got = app
+        .client
+        .get_boardroom(pb::GetBoardroomRequest {
+            id: created.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
     assert_eq!(got.boardroom.expect("boardroom").name, "Renamed");
 
     // A stale expected_version is ABORTED and changes nothing.
@@ -42,11 +62,22 @@ on_both_backends!(create_get_update, |backend| async move {
     stale.advisors = vec![advisor("Solo")];
     let err = app
         .client
-        .update_boardroom(pb::UpdateBoardroomRequest { boardroom: Some(stale), update_mask: mask(&["advisors"]), expected_version: 1 })
+        .update_boardroom(pb::UpdateBoardroomRequest {
+            boardroom: Some(stale),
+            update_mask: mask(&["advisors"]),
+            expected_version: 1,
+        })
         .await
         .expect_err("stale version");
     assert_eq!(err.code(), Code::Aborted);
-    let got = app.client.get_boardroom(pb::GetBoardroomRequest { id: created.id.clone() }).await.expect("get").into_inner();
+    let got = app
+        .client
+        .get_boardroom(pb::GetBoardroomRequest {
+            id: created.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
     assert_eq!(got.boardroom.expect("boardroom").advisors.len(), 2);
     app.stop().await;
 });
@@ -58,48 +89,92 @@ on_both_backends!(validation_names_every_field, |backend| async move {
         .create_boardroom(pb::CreateBoardroomRequest {
             owner_id: String::new(),
             name: "x".repeat(201),
-            advisors: vec![advisor("A"), advisor("a"), pb::Advisor { model: String::new(), ..advisor("B") }],
+            advisors: vec![
+                advisor("A"),
+                advisor("a"),
+                pb::Advisor {
+                    model: String::new(),
+                    ..advisor("B")
+                },
+            ],
             request_id: "r".repeat(129),
         })
         .await
         .expect_err("invalid");
     let fields = violated_fields(&err);
-    for expected in ["owner_id", "name", "advisors[1].name", "advisors[2].model", "request_id"] {
-        assert!(fields.iter().any(|f| f == expected), "{expected} not in {fields:?}");
+    for expected in [
+        "owner_id",
+        "name",
+        "advisors[1].name",
+        "advisors[2].model",
+        "request_id",
+    ] {
+        assert!(
+            fields.iter().any(|f| f == expected),
+            "{expected} not in {fields:?}"
+        );
     }
     let err = app
         .client
-        .create_boardroom(pb::CreateBoardroomRequest { owner_id: "o".into(), name: "n".into(), advisors: vec![], request_id: String::new() })
+        .create_boardroom(pb::CreateBoardroomRequest {
+            owner_id: "o".into(),
+            name: "n".into(),
+            advisors: vec![],
+            request_id: String::new(),
+        })
         .await
         .expect_err("no advisors");
     assert_eq!(violated_fields(&err), ["advisors"]);
     let too_many = (0..17).map(|i| advisor(&format!("A{i}"))).collect();
     let err = app
         .client
-        .create_boardroom(pb::CreateBoardroomRequest { owner_id: "o".into(), name: "n".into(), advisors: too_many, request_id: String::new() })
+        .create_boardroom(pb::CreateBoardroomRequest {
+            owner_id: "o".into(),
+            name: "n".into(),
+            advisors: too_many,
+            request_id: String::new(),
+        })
         .await
         .expect_err("too many advisors");
     assert_eq!(violated_fields(&err), ["advisors"]);
 
-    let err = app.client.get_boardroom(pb::GetBoardroomRequest { id: "not-a-uuid".into() }).await.expect_err("bad id");
+    let err = app
+        .client
+        .get_boardroom(pb::GetBoardroomRequest {
+            id: "not-a-uuid".into(),
+        })
+        .await
+        .expect_err("bad id");
     assert_eq!(violated_fields(&err), ["id"]);
 
     let created = app.boardroom("o").await;
     let err = app
         .client
-        .update_boardroom(pb::UpdateBoardroomRequest { boardroom: Some(created.clone()), update_mask: mask(&["owner_id"]), expected_version: 0 })
+        .update_boardroom(pb::UpdateBoardroomRequest {
+            boardroom: Some(created.clone()),
+            update_mask: mask(&["owner_id"]),
+            expected_version: 0,
+        })
         .await
         .expect_err("immutable field");
     assert_eq!(violated_fields(&err), ["update_mask"]);
     let err = app
         .client
-        .update_boardroom(pb::UpdateBoardroomRequest { boardroom: Some(created), update_mask: None, expected_version: 0 })
+        .update_boardroom(pb::UpdateBoardroomRequest {
+            boardroom: Some(created),
+            update_mask: None,
+            expected_version: 0,
+        })
         .await
         .expect_err("no mask");
     assert_eq!(violated_fields(&err), ["update_mask"]);
     let err = app
         .client
-        .update_boardroom(pb::UpdateBoardroomRequest { boardroom: None, update_mask: mask(&["name"]), expected_version: 0 })
+        .update_boardroom(pb::UpdateBoardroomRequest {
+            boardroom: None,
+            update_mask: mask(&["name"]),
+            expected_version: 0,
+        })
         .await
         .expect_err("no boardroom");
     assert_eq!(violated_fields(&err), ["boardroom"]);
@@ -109,47 +184,74 @@ on_both_backends!(validation_names_every_field, |backend| async move {
 on_both_backends!(unknown_ids_are_not_found, |backend| async move {
     let mut app = spawn_app(backend).await;
     let id = uuid::Uuid::now_v7().to_string();
-    let err = app.client.get_boardroom(pb::GetBoardroomRequest { id: id.clone() }).await.expect_err("unknown");
+    let err = app
+        .client
+        .get_boardroom(pb::GetBoardroomRequest { id: id.clone() })
+        .await
+        .expect_err("unknown");
     assert_eq!(err.code(), Code::NotFound);
     let mut ghost = app.boardroom("o").await;
     ghost.id = id;
     let err = app
         .client
-        .update_boardroom(pb::UpdateBoardroomRequest { boardroom: Some(ghost), update_mask: mask(&["name"]), expected_version: 0 })
+        .update_boardroom(pb::UpdateBoardroomRequest {
+            boardroom: Some(ghost),
+            update_mask: mask(&["name"]),
+            expected_version: 0,
+        })
         .await
         .expect_err("unknown");
     assert_eq!(err.code(), Code::NotFound);
     app.stop().await;
 });
 
-on_both_backends!(create_is_idempotent_under_concurrent_retries, |backend| async move {
-    let app = spawn_app(backend).await;
-    let request = pb::CreateBoardroomRequest {
-        owner_id: "owner-idem".into(),
-        name: "Board".into(),
-        advisors: vec![advisor("CFO")],
-        request_id: "req-42".into(),
-    };
-    let calls = (0..8).map(|_| {
+on_both_backends!(
+    create_is_idempotent_under_concurrent_retries,
+    |backend| async move {
+        let app = spawn_app(backend).await;
+        let request = pb::CreateBoardroomRequest {
+            owner_id: "owner-idem".into(),
+            name: "Board".into(),
+            advisors: vec![advisor("CFO")],
+            request_id: "req-42".into(),
+        };
+        let calls = (0..8).map(|_| {
+            let mut client = app.client.clone();
+            let request = request.clone();
+            async move {
+                client
+                    .create_boardroom(request)
+                    .await
+                    .expect("create")
+                    .into_inner()
+                    .boardroom
+                    .expect("boardroom")
+                    .id
+            }
+        });
+        let ids = futures::future::join_all(calls).await;
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
         let mut client = app.client.clone();
-        let request = request.clone();
-        async move { client.create_boardroom(request).await.expect("create").into_inner().boardroom.expect("boardroom").id }
-    });
-    let ids = futures::future::join_all(calls).await;
-    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
-    let mut client = app.client.clone();
-    let listed = client
-        .list_boardrooms(pb::ListBoardroomsRequest { owner_id: "owner-idem".into(), page_size: 10, page_token: String::new() })
-        .await
-        .expect("list")
-        .into_inner();
-    assert_eq!(listed.boardrooms.len(), 1, "one row for eight retries");
-    // The same request id from another owner is another boardroom.
-    let other = client
-        .create_boardroom(pb::CreateBoardroomRequest { owner_id: "someone-else".into(), ..request })
-        .await
-        .expect("create")
-        .into_inner();
-    assert_ne!(other.boardroom.expect("boardroom").id, ids[0]);
-    app.stop().await;
-});
+        let listed = client
+            .list_boardrooms(pb::ListBoardroomsRequest {
+                owner_id: "owner-idem".into(),
+                page_size: 10,
+                page_token: String::new(),
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        assert_eq!(listed.boardrooms.len(), 1, "one row for eight retries");
+        // The same request id from another owner is another boardroom.
+        let other = client
+            .create_boardroom(pb::CreateBoardroomRequest {
+                owner_id: "someone-else".into(),
+                ..request
+            })
+            .await
+            .expect("create")
+            .into_inner();
+        assert_ne!(other.boardroom.expect("boardroom").id, ids[0]);
+        app.stop().await;
+    }
+);

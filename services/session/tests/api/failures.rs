@@ -4,7 +4,9 @@ use boardroom_proto::session::v1 as pb;
 use boardroom_proto::session::v1::session_service_client::SessionServiceClient;
 use boardroom_runtime::config::Secret;
 use boardroom_testkit::{FlakyProxy, TestDatabase, channel, metric_value, scrape_metrics};
-use sea_orm::{ConnectionTrait, Database, DatabaseTransaction, DbBackend, Statement, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait, Database, DatabaseTransaction, DbBackend, Statement, TransactionTrait,
+};
 use tonic::Code;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
@@ -23,9 +25,14 @@ impl TableLock {
     async fn take(db: &TestDatabase) -> Self {
         let conn = Database::connect(db.url.as_str()).await.expect("connect");
         let txn = conn.begin().await.expect("begin");
-        txn.execute_unprepared("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE").await.expect("lock");
+        txn.execute_unprepared("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+            .await
+            .expect("lock");
         let row = txn
-            .query_one_raw(Statement::from_string(DbBackend::Postgres, "SELECT pg_backend_pid() AS pid"))
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT pg_backend_pid() AS pid",
+            ))
             .await
             .expect("pid")
             .expect("row");
@@ -66,23 +73,56 @@ async fn database_down_is_unavailable_and_recovers() {
     // Migrate directly, then point the service at a proxy we can cut.
     let target = db.server_addr().expect("postgres address");
     let proxy = FlakyProxy::start(target).await;
-    let mut app = spawn_app_with(db.via(proxy.addr()), |c| c.database.acquire_timeout_ms = 500).await;
+    let mut app = spawn_app_with(db.via(proxy.addr()), |c| {
+        c.database.acquire_timeout_ms = 500
+    })
+    .await;
     let board = app.boardroom("o").await;
-    app.client.get_boardroom(pb::GetBoardroomRequest { id: board.id.clone() }).await.expect("warms the cache");
+    app.client
+        .get_boardroom(pb::GetBoardroomRequest {
+            id: board.id.clone(),
+        })
+        .await
+        .expect("warms the cache");
 
     proxy.take_down();
-    let err = app.client.get_session(pb::GetSessionRequest { id: uuid::Uuid::now_v7().to_string() }).await.expect_err("db down");
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert_eq!(err.metadata().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
     let err = app
         .client
-        .create_session(pb::CreateSessionRequest { boardroom_id: uuid::Uuid::now_v7().to_string(), user_id: "u".into(), title: String::new(), request_id: String::new() })
+        .get_session(pb::GetSessionRequest {
+            id: uuid::Uuid::now_v7().to_string(),
+        })
+        .await
+        .expect_err("db down");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(
+        err.metadata()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let err = app
+        .client
+        .create_session(pb::CreateSessionRequest {
+            boardroom_id: uuid::Uuid::now_v7().to_string(),
+            user_id: "u".into(),
+            title: String::new(),
+            request_id: String::new(),
+        })
         .await
         .expect_err("db down");
     assert_eq!(err.code(), Code::Unavailable);
     // Cached reads keep working while the database is away.
-    let cached = app.client.get_boardroom(pb::GetBoardroomRequest { id: board.id.clone() }).await.expect("served from cache");
-    assert_eq!(cached.into_inner().boardroom.expect("boardroom").id, board.id);
+    let cached = app
+        .client
+        .get_boardroom(pb::GetBoardroomRequest {
+            id: board.id.clone(),
+        })
+        .await
+        .expect("served from cache");
+    assert_eq!(
+        cached.into_inner().boardroom.expect("boardroom").id,
+        board.id
+    );
 
     proxy.bring_up();
     let session = app.session(&board.id, "u").await;
@@ -101,7 +141,11 @@ async fn shutdown_drains_a_call_in_flight() {
     let lock = TableLock::take(&app.db).await;
     let mut client = app.client.clone();
     // Not cached yet by this id: EndSession must reach the locked table.
-    let in_flight = tokio::spawn(async move { client.end_session(pb::EndSessionRequest { id: session.id }).await });
+    let in_flight = tokio::spawn(async move {
+        client
+            .end_session(pb::EndSessionRequest { id: session.id })
+            .await
+    });
     lock.wait_for_waiters(1).await;
 
     app.shutdown.cancel();
@@ -109,7 +153,12 @@ async fn shutdown_drains_a_call_in_flight() {
     let mut health = HealthClient::new(health_channel);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match health.check(HealthCheckRequest { service: String::new() }).await {
+        match health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+        {
             Ok(r) if r.get_ref().status() == ServingStatus::NotServing => break,
             Err(_) => break, // the listener already closed: also past the health flip
             Ok(_) => {}
@@ -117,13 +166,23 @@ async fn shutdown_drains_a_call_in_flight() {
         assert!(Instant::now() < deadline, "health never left SERVING");
         tokio::task::yield_now().await;
     }
-    assert!(!app.task.is_finished(), "the server must wait for the call in flight");
+    assert!(
+        !app.task.is_finished(),
+        "the server must wait for the call in flight"
+    );
     lock.release().await;
-    let ended = in_flight.await.expect("joined").expect("the in-flight call completes").into_inner();
+    let ended = in_flight
+        .await
+        .expect("joined")
+        .expect("the in-flight call completes")
+        .into_inner();
     assert!(!ended.session.expect("session").active);
     app.task.await.expect("joined").expect("clean shutdown");
     // And nothing listens any more.
-    let refused = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr)).expect("uri").connect().await;
+    let refused = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
+        .expect("uri")
+        .connect()
+        .await;
     assert!(refused.is_err());
 }
 
@@ -139,14 +198,27 @@ async fn overload_beyond_the_queue_is_shed() {
     let session = app.session(&board.id, "u").await;
     let lock = TableLock::take(&app.db).await;
     let mut client = app.client.clone();
-    let holder = tokio::spawn(async move { client.end_session(pb::EndSessionRequest { id: session.id }).await });
+    let holder = tokio::spawn(async move {
+        client
+            .end_session(pb::EndSessionRequest { id: session.id })
+            .await
+    });
     lock.wait_for_waiters(1).await;
-    let shed = app.client.get_boardroom(pb::GetBoardroomRequest { id: board.id.clone() }).await.expect_err("shed");
+    let shed = app
+        .client
+        .get_boardroom(pb::GetBoardroomRequest {
+            id: board.id.clone(),
+        })
+        .await
+        .expect_err("shed");
     assert_eq!(shed.code(), Code::Unavailable);
     assert!(shed.metadata().get("retry-after").is_some());
     lock.release().await;
     holder.await.expect("joined").expect("completes");
-    app.client.get_boardroom(pb::GetBoardroomRequest { id: board.id }).await.expect("admitted again");
+    app.client
+        .get_boardroom(pb::GetBoardroomRequest { id: board.id })
+        .await
+        .expect("admitted again");
     let metrics = scrape_metrics(app.admin).await;
     assert!(metric_value(&metrics, &["rpc_server_shed_total"]) >= 1.0);
     app.stop().await;
@@ -157,28 +229,57 @@ async fn callers_need_a_known_token_but_probes_do_not() {
     let db = TestDatabase::sqlite();
     let app = spawn_app_with(db, |c| {
         c.auth.enabled = true;
-        c.auth.tokens.insert("conversation".into(), Secret::new("s3cret-token"));
+        c.auth
+            .tokens
+            .insert("conversation".into(), Secret::new("s3cret-token"));
     })
     .await;
     let mut anonymous = app.client.clone();
-    let request = || pb::GetBoardroomRequest { id: uuid::Uuid::now_v7().to_string() };
-    let err = anonymous.get_boardroom(request()).await.expect_err("no token");
+    let request = || pb::GetBoardroomRequest {
+        id: uuid::Uuid::now_v7().to_string(),
+    };
+    let err = anonymous
+        .get_boardroom(request())
+        .await
+        .expect_err("no token");
     assert_eq!(err.code(), Code::Unauthenticated);
 
     let ch = channel(app.addr).await;
     let with_token = |token: &'static str| {
         move |mut req: tonic::Request<()>| {
-            req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+            req.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("ascii"),
+            );
             Ok(req)
         }
     };
     let mut wrong = SessionServiceClient::with_interceptor(ch.clone(), with_token("s3cret-tokeX"));
-    assert_eq!(wrong.get_boardroom(request()).await.expect_err("wrong").code(), Code::Unauthenticated);
+    assert_eq!(
+        wrong
+            .get_boardroom(request())
+            .await
+            .expect_err("wrong")
+            .code(),
+        Code::Unauthenticated
+    );
     let mut right = SessionServiceClient::with_interceptor(ch.clone(), with_token("s3cret-token"));
-    assert_eq!(right.get_boardroom(request()).await.expect_err("authenticated, then not found").code(), Code::NotFound);
+    assert_eq!(
+        right
+            .get_boardroom(request())
+            .await
+            .expect_err("authenticated, then not found")
+            .code(),
+        Code::NotFound
+    );
 
     let mut health = HealthClient::new(ch);
-    let status = health.check(HealthCheckRequest { service: "boardroom.session.v1.SessionService".into() }).await.expect("probe");
+    let status = health
+        .check(HealthCheckRequest {
+            service: "boardroom.session.v1.SessionService".into(),
+        })
+        .await
+        .expect("probe");
     assert_eq!(status.into_inner().status(), ServingStatus::Serving);
     app.stop().await;
 }
@@ -188,17 +289,43 @@ async fn metrics_count_calls_by_code_and_queries_by_name() {
     let mut app = spawn_app(Backend::Sqlite).await;
     let board = app.boardroom("o").await;
     for _ in 0..2 {
-        app.client.get_boardroom(pb::GetBoardroomRequest { id: board.id.clone() }).await.expect("get");
+        app.client
+            .get_boardroom(pb::GetBoardroomRequest {
+                id: board.id.clone(),
+            })
+            .await
+            .expect("get");
     }
-    app.client.get_boardroom(pb::GetBoardroomRequest { id: "bad".into() }).await.expect_err("invalid");
+    app.client
+        .get_boardroom(pb::GetBoardroomRequest { id: "bad".into() })
+        .await
+        .expect_err("invalid");
     let text = scrape_metrics(app.admin).await;
     let calls = |code: &str| {
-        metric_value(&text, &["rpc_server_requests_total{", "rpc_method=\"GetBoardroom\"", &format!("rpc_grpc_status_code=\"{code}\"")])
+        metric_value(
+            &text,
+            &[
+                "rpc_server_requests_total{",
+                "rpc_method=\"GetBoardroom\"",
+                &format!("rpc_grpc_status_code=\"{code}\""),
+            ],
+        )
     };
     assert_eq!(calls("0"), 2.0);
     assert_eq!(calls("3"), 1.0);
     assert!(text.contains("rpc_server_call_duration_seconds_bucket"));
-    assert!(metric_value(&text, &["db_client_operation_duration_seconds_count", "db_operation_name=\"boardroom.insert\""]) >= 1.0);
-    assert!(metric_value(&text, &["cache_requests_total", "result=\"hit\""]) >= 1.0, "the second get is a cache hit");
+    assert!(
+        metric_value(
+            &text,
+            &[
+                "db_client_operation_duration_seconds_count",
+                "db_operation_name=\"boardroom.insert\""
+            ]
+        ) >= 1.0
+    );
+    assert!(
+        metric_value(&text, &["cache_requests_total", "result=\"hit\""]) >= 1.0,
+        "the second get is a cache hit"
+    );
     app.stop().await;
 }

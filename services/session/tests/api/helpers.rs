@@ -60,13 +60,22 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 pub async fn spawn_app_with(db: TestDatabase, configure: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = test_config(&db);
     configure(&mut config);
-    let app = boardroom_session::Application::build(&config).await.expect("building the session service");
+    let app = boardroom_session::Application::build(&config)
+        .await
+        .expect("building the session service");
     let addr = app.local_addr().expect("bound");
     let admin = app.admin_addr().expect("bound");
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let client = SessionServiceClient::new(channel(addr).await);
-    TestApp { client, addr, admin, db, shutdown, task }
+    TestApp {
+        client,
+        addr,
+        admin,
+        db,
+        shutdown,
+        task,
+    }
 }
 
 impl TestApp {
@@ -122,7 +131,12 @@ impl TestApp {
 }
 
 pub fn advisor(name: &str) -> pb::Advisor {
-    pb::Advisor { name: name.into(), role: format!("{name} of the board"), system_prompt: "Be brief.".into(), model: "mock".into() }
+    pb::Advisor {
+        name: name.into(),
+        role: format!("{name} of the board"),
+        system_prompt: "Be brief.".into(),
+        model: "mock".into(),
+    }
 }
 
 /// The fields named by an INVALID_ARGUMENT's BadRequest details.

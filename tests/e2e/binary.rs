@@ -1,0 +1,85 @@
+//! Spawning `boardroom serve` and watching its log.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use boardroom_testkit::TestDatabase;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, Command};
+
+/// A running `boardroom serve` process.
+pub struct Server {
+    pub child: Child,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: Lines<BufReader<ChildStderr>>,
+    pub db: TestDatabase,
+}
+
+pub fn boardroom() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_boardroom"));
+    cmd.env_remove("RUST_LOG")
+        .env("BOARDROOM_TELEMETRY__FORMAT", "json")
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Starts `boardroom serve` with `args` on a fresh SQLite file and free ports, and waits for
+/// its "listening" log line.
+pub async fn serve(args: &[&str]) -> Server {
+    let db = TestDatabase::sqlite();
+    let mut child = boardroom()
+        .arg("serve")
+        .args(args)
+        .env("BOARDROOM_DATABASE__URL", &db.url)
+        .env("BOARDROOM_SESSION__LISTEN__GRPC_ADDR", "127.0.0.1:0")
+        .env("BOARDROOM_SESSION__LISTEN__ADMIN_ADDR", "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning boardroom serve");
+    let mut log = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let line = wait_for_log(&mut log, "listening").await;
+    let event: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    let addr = |key: &str| -> SocketAddr {
+        event["fields"][key]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    };
+    let (grpc, admin) = (addr("grpc"), addr("admin"));
+    assert_ne!(grpc.port(), 0, "no address in {line}");
+    Server {
+        child,
+        grpc,
+        admin,
+        log,
+        db,
+    }
+}
+
+/// Reads log lines until one contains `needle` (bounded by a deadline).
+pub async fn wait_for_log(log: &mut Lines<BufReader<ChildStderr>>, needle: &str) -> String {
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = log.next_line().await.expect("reading the log") {
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!("the process exited before logging {needle:?}");
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no log line with {needle:?} within 30 s"))
+}
+
+impl Server {
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}

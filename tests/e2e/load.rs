@@ -1,0 +1,64 @@
+//! `boardroom load` against the echo baseline: the smoke version of the benchmarks.
+
+use crate::binary::{boardroom, serve};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_reports_counts_percentiles_and_codes_as_json() {
+    let server = serve(&["--service", "session-echo"]).await;
+    let out = boardroom()
+        .args([
+            "load",
+            &server.grpc.to_string(),
+            "--call",
+            "boardroom.session.v1.SessionService/GetSession",
+        ])
+        .args([
+            "-d",
+            r#"[{"id":"a"},{"id":"b"}]"#,
+            "-c",
+            "8",
+            "-n",
+            "300",
+            "--format",
+            "json",
+        ])
+        .output()
+        .await
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["count"], 300);
+    assert_eq!(report["statusCodeDistribution"]["OK"], 300);
+    assert!(report["rps"].as_f64().expect("rps") > 0.0);
+    let p99 = report["latencyDistribution"]
+        .as_array()
+        .expect("distribution")
+        .iter()
+        .find(|e| e["percentage"] == 99.0)
+        .expect("p99");
+    assert!(p99["latency"].as_u64().expect("ns") > 0);
+
+    // Unimplemented calls are counted by code, not fatal.
+    let out = boardroom()
+        .args([
+            "load",
+            &server.grpc.to_string(),
+            "--call",
+            "boardroom.session.v1.SessionService.GetThread",
+            "-n",
+            "5",
+            "-c",
+            "1",
+            "-O",
+            "json",
+        ])
+        .output()
+        .await
+        .expect("runs");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["statusCodeDistribution"]["Unimplemented"], 5);
+}
