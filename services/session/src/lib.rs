@@ -9,6 +9,7 @@ pub mod entity;
 pub mod error;
 pub mod grpc;
 pub mod page;
+pub mod queries;
 pub mod store;
 pub mod validate;
 

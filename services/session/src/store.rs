@@ -7,8 +7,7 @@ use boardroom_runtime::db::Database;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DbErr, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect,
-    SqlErr,
+    ActiveValue::Set, ColumnTrait, DbErr, EntityTrait, QueryFilter, QuerySelect, SqlErr,
 };
 use uuid::Uuid;
 
@@ -20,6 +19,7 @@ use crate::domain::{
 use crate::entity::{boardroom, session, thread};
 use crate::error::SessionError;
 use crate::page::{self, Cursor, Fingerprint};
+use crate::queries;
 use crate::validate::{self, Limits};
 
 /// The session service's domain: storage, rules and the Get cache.
@@ -157,24 +157,10 @@ impl SessionStore {
         validate::list_key("owner_id", owner_id)?;
         let fp = Fingerprint::of(&[b"boardrooms", owner_id.as_bytes()]);
         let cursor = page::decode(page.token.as_deref(), fp)?;
-        let mut query = boardroom::Entity::find().filter(boardroom::Column::OwnerId.eq(owner_id));
-        if let Some(c) = cursor {
-            query = query.filter(before(
-                boardroom::Column::CreatedAt,
-                boardroom::Column::Id,
-                c,
-            ));
-        }
+        let query = queries::boardrooms_by_owner(owner_id, cursor, u64::from(page.size) + 1);
         let rows = self
             .db
-            .timed(
-                "boardroom.list_by_owner",
-                query
-                    .order_by(boardroom::Column::CreatedAt, Order::Desc)
-                    .order_by(boardroom::Column::Id, Order::Desc)
-                    .limit(u64::from(page.size) + 1)
-                    .all(self.db.conn()),
-            )
+            .timed("boardroom.list_by_owner", query.all(self.db.conn()))
             .await?;
         let items = rows
             .into_iter()
@@ -329,21 +315,15 @@ impl SessionStore {
             user_id.as_bytes(),
             &[u8::from(active_only)],
         ]);
-        let mut query = session::Entity::find().filter(session::Column::UserId.eq(user_id));
-        if active_only {
-            query = query.filter(session::Column::IsActive.eq(true));
-        }
-        self.session_page(
-            if active_only {
-                "session.list_by_user_active"
-            } else {
-                "session.list_by_user"
-            },
-            query,
-            fp,
-            page,
-        )
-        .await
+        let cursor = page::decode(page.token.as_deref(), fp)?;
+        let query =
+            queries::sessions_by_user(user_id, active_only, cursor, u64::from(page.size) + 1);
+        let name = if active_only {
+            "session.list_by_user_active"
+        } else {
+            "session.list_by_user"
+        };
+        self.session_page(name, query, fp, page.size).await
     }
 
     /// A boardroom's active sessions, newest first.
@@ -353,39 +333,26 @@ impl SessionStore {
         page: PageRequest,
     ) -> Result<Page<Session>, SessionError> {
         let fp = Fingerprint::of(&[b"sessions.active", boardroom_id.as_bytes()]);
-        let query = session::Entity::find()
-            .filter(session::Column::BoardroomId.eq(boardroom_id))
-            .filter(session::Column::IsActive.eq(true));
-        self.session_page("session.list_active_by_boardroom", query, fp, page)
+        let cursor = page::decode(page.token.as_deref(), fp)?;
+        let query =
+            queries::active_sessions_by_boardroom(boardroom_id, cursor, u64::from(page.size) + 1);
+        self.session_page("session.list_active_by_boardroom", query, fp, page.size)
             .await
     }
 
     async fn session_page(
         &self,
         name: &'static str,
-        mut query: sea_orm::Select<session::Entity>,
+        query: sea_orm::Select<session::Entity>,
         fp: Fingerprint,
-        page: PageRequest,
+        size: u32,
     ) -> Result<Page<Session>, SessionError> {
-        if let Some(c) = page::decode(page.token.as_deref(), fp)? {
-            query = query.filter(before(session::Column::CreatedAt, session::Column::Id, c));
-        }
         let rows = self
             .db
-            .timed(
-                name,
-                query
-                    .select_only()
-                    .columns(session::ROW_COLUMNS)
-                    .order_by(session::Column::CreatedAt, Order::Desc)
-                    .order_by(session::Column::Id, Order::Desc)
-                    .limit(u64::from(page.size) + 1)
-                    .into_model::<session::Row>()
-                    .all(self.db.conn()),
-            )
+            .timed(name, query.into_model::<session::Row>().all(self.db.conn()))
             .await?;
         let items = rows.into_iter().map(session_from).collect();
-        Ok(paginate(items, page.size, fp, |s| Cursor {
+        Ok(paginate(items, size, fp, |s| Cursor {
             created_at: s.created_at,
             id: s.id,
         }))
@@ -535,35 +502,16 @@ impl SessionStore {
             type_tag.as_bytes(),
             status_tag.as_bytes(),
         ]);
-        let mut query =
-            thread::Entity::find().filter(thread::Column::SessionId.eq(filter.session_id));
-        if let Some(t) = filter.thread_type {
-            query = query.filter(thread::Column::ThreadType.eq(t.as_str()));
-        }
-        if let Some(s) = filter.status {
-            query = query.filter(thread::Column::Status.eq(s.as_str()));
-        }
-        if let Some(c) = page::decode(page.token.as_deref(), fp)? {
-            query = query.filter(after(thread::Column::CreatedAt, thread::Column::Id, c));
-        }
+        let cursor = page::decode(page.token.as_deref(), fp)?;
         let name = match (filter.thread_type, filter.status) {
             (None, None) => "thread.list_by_session",
             (None, Some(ThreadStatus::Open)) => "thread.list_open_by_session",
             _ => "thread.list_by_session_filtered",
         };
+        let query = queries::threads_by_session(&filter, cursor, Some(u64::from(page.size) + 1));
         let rows = self
             .db
-            .timed(
-                name,
-                query
-                    .select_only()
-                    .columns(thread::ROW_COLUMNS)
-                    .order_by(thread::Column::CreatedAt, Order::Asc)
-                    .order_by(thread::Column::Id, Order::Asc)
-                    .limit(u64::from(page.size) + 1)
-                    .into_model::<thread::Row>()
-                    .all(self.db.conn()),
-            )
+            .timed(name, query.into_model::<thread::Row>().all(self.db.conn()))
             .await?;
         let items = rows
             .into_iter()
@@ -611,19 +559,18 @@ impl SessionStore {
     /// number of threads (none for the session and boardroom when cached).
     pub async fn get_session_tree(&self, session_id: Uuid) -> Result<SessionTree, SessionError> {
         let session = self.get_session(session_id).await?;
+        let all = ThreadFilter {
+            session_id,
+            thread_type: None,
+            status: None,
+        };
         let (boardroom, rows) =
             tokio::try_join!(self.get_boardroom(session.boardroom_id), async {
+                let query = queries::threads_by_session(&all, None, None);
                 self.db
                     .timed(
                         "thread.tree_by_session",
-                        thread::Entity::find()
-                            .filter(thread::Column::SessionId.eq(session_id))
-                            .select_only()
-                            .columns(thread::ROW_COLUMNS)
-                            .order_by(thread::Column::CreatedAt, Order::Asc)
-                            .order_by(thread::Column::Id, Order::Asc)
-                            .into_model::<thread::Row>()
-                            .all(self.db.conn()),
+                        query.into_model::<thread::Row>().all(self.db.conn()),
                     )
                     .await
                     .map_err(SessionError::from)
@@ -638,27 +585,6 @@ impl SessionStore {
             threads,
         })
     }
-}
-
-/// `(created_at, id) < cursor`: the next page of a newest-first list, as one row comparison
-/// so that PostgreSQL turns it into an index range, at any depth.
-fn before(
-    created: impl ColumnTrait,
-    id: impl ColumnTrait,
-    c: Cursor,
-) -> sea_orm::sea_query::SimpleExpr {
-    Expr::tuple([Expr::col(created), Expr::col(id)])
-        .lt(Expr::tuple([Expr::val(c.created_at), Expr::val(c.id)]))
-}
-
-/// `(created_at, id) > cursor`: the next page of an oldest-first list.
-fn after(
-    created: impl ColumnTrait,
-    id: impl ColumnTrait,
-    c: Cursor,
-) -> sea_orm::sea_query::SimpleExpr {
-    Expr::tuple([Expr::col(created), Expr::col(id)])
-        .gt(Expr::tuple([Expr::val(c.created_at), Expr::val(c.id)]))
 }
 
 /// Cuts the extra row fetched to learn whether another page exists.

@@ -4,5 +4,6 @@ mod boardrooms;
 mod failures;
 mod helpers;
 mod pagination;
+mod plans;
 mod sessions;
 mod threads;
