@@ -185,3 +185,60 @@ async fn migrate_applies_and_reports() {
     run("down").await;
     assert!(run("status").await.contains("pending  m0002_list_indexes"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_live_settings_and_refuses_a_bad_file() {
+    let db = boardroom_testkit::TestDatabase::sqlite();
+    let dir = std::env::temp_dir().join(format!(
+        "boardroom-reload-{}",
+        boardroom_testkit::unique_suffix()
+    ));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let file = dir.join("boardroom.toml");
+    let write = |ttl: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "[database]\nurl = \"{}\"\n[session.listen]\ngrpc_addr = \"127.0.0.1:0\"\nadmin_addr = \"127.0.0.1:0\"\n[session.cache]\nttl_ms = {ttl}\n",
+                db.url
+            ),
+        )
+        .expect("write config");
+    };
+    write("60000");
+    let mut child = crate::binary::boardroom()
+        .args(["serve", "--config"])
+        .arg(&file)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut log = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        child.stderr.take().expect("stderr"),
+    ));
+    wait_for_log(&mut log, "listening").await;
+    let pid = child.id().expect("pid").to_string();
+    let hup = || {
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .expect("kill")
+                .success()
+        )
+    };
+
+    write("1234");
+    hup();
+    let line = wait_for_log(&mut log, "session cache TTLs reloaded").await;
+    assert!(line.contains("1234"), "{line}");
+
+    write("\"not a number\"");
+    hup();
+    let line = wait_for_log(&mut log, "reload refused").await;
+    assert!(line.contains("ttl_ms"), "the refusal names the key: {line}");
+    assert!(
+        child.try_wait().expect("status").is_none(),
+        "a bad reload must not stop the server"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -160,3 +160,50 @@ pub fn inject_current_context(headers: &mut http::HeaderMap) {
     let cx = tracing::Span::current().context();
     TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::TraceContextExt;
+
+    #[test]
+    fn trace_context_survives_a_hop() {
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let incoming_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+            let mut inbound = http::HeaderMap::new();
+            inbound.insert(
+                "traceparent",
+                http::HeaderValue::from_str(&format!("00-{incoming_trace}-00f067aa0ba902b7-01"))
+                    .expect("ascii"),
+            );
+            let span = tracing::info_span!("server");
+            set_remote_parent(&span, &inbound);
+            let _entered = span.enter();
+            assert_eq!(
+                span.context().span().span_context().trace_id().to_string(),
+                incoming_trace
+            );
+
+            let mut outbound = http::HeaderMap::new();
+            inject_current_context(&mut outbound);
+            let sent = outbound
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .expect("traceparent sent");
+            assert!(sent.starts_with(&format!("00-{incoming_trace}-")), "{sent}");
+            assert!(
+                !sent.contains("00f067aa0ba902b7"),
+                "the outgoing parent is our span, not the caller's"
+            );
+        });
+    }
+
+    #[test]
+    fn no_traceparent_leaves_the_span_a_root() {
+        let span = tracing::info_span!("server");
+        set_remote_parent(&span, &http::HeaderMap::new());
+    }
+}

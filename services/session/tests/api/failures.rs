@@ -329,3 +329,86 @@ async fn metrics_count_calls_by_code_and_queries_by_name() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_are_refused() {
+    let mut app = spawn_app_with(TestDatabase::sqlite(), |c| {
+        c.server.max_message_bytes = 2048
+    })
+    .await;
+    let err = app
+        .client
+        .create_boardroom(pb::CreateBoardroomRequest {
+            owner_id: "o".into(),
+            name: "n".into(),
+            advisors: vec![pb::Advisor {
+                name: "A".into(),
+                role: String::new(),
+                system_prompt: "x".repeat(4096),
+                model: "m".into(),
+            }],
+            request_id: String::new(),
+        })
+        .await
+        .expect_err("too large");
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    app.boardroom("o").await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_channels_balance_over_replicas_and_present_their_token() {
+    use boardroom_runtime::client::{ChannelFactory, OutboundInterceptor};
+    use boardroom_runtime::config::ClientConfig;
+
+    let secure = |c: &mut boardroom_runtime::Config| {
+        c.auth.enabled = true;
+        c.auth
+            .tokens
+            .insert("conversation".into(), Secret::new("tok-conv"));
+    };
+    // Two replicas with a database each, so where a write landed tells which replica served it.
+    let mut first = spawn_app_with(TestDatabase::sqlite(), secure).await;
+    let mut second = spawn_app_with(TestDatabase::sqlite(), secure).await;
+    let factory = ChannelFactory::new(ClientConfig::default());
+    let balanced = factory
+        .channel(&[
+            format!("http://{}", first.addr),
+            format!("http://{}", second.addr),
+        ])
+        .expect("channel");
+    let token = OutboundInterceptor::new(&Secret::new("tok-conv")).expect("interceptor");
+    let mut client = SessionServiceClient::with_interceptor(balanced, token.clone());
+    for i in 0..40 {
+        client
+            .create_boardroom(pb::CreateBoardroomRequest {
+                owner_id: "balanced".into(),
+                name: format!("b{i}"),
+                advisors: vec![crate::helpers::advisor("CFO")],
+                request_id: String::new(),
+            })
+            .await
+            .expect("authenticated call through the balanced channel");
+    }
+    let mut landed = Vec::new();
+    for app in [&mut first, &mut second] {
+        let mut direct =
+            SessionServiceClient::with_interceptor(channel(app.addr).await, token.clone());
+        let listed = direct
+            .list_boardrooms(pb::ListBoardroomsRequest {
+                owner_id: "balanced".into(),
+                page_size: 100,
+                page_token: String::new(),
+            })
+            .await
+            .expect("list");
+        landed.push(listed.into_inner().boardrooms.len());
+    }
+    assert_eq!(landed.iter().sum::<usize>(), 40);
+    assert!(
+        landed.iter().all(|n| *n > 0),
+        "both replicas served calls: {landed:?}"
+    );
+    first.stop().await;
+    second.stop().await;
+}
