@@ -114,6 +114,8 @@ pub struct EntityCache {
     cache: Cache<EntityKey, Cached>,
     write_epochs: Arc<[AtomicU64]>,
     ttls: Arc<LiveTtls>,
+    hits: metrics::Counter,
+    misses: metrics::Counter,
 }
 
 impl std::fmt::Debug for EntityCache {
@@ -139,11 +141,10 @@ impl EntityCache {
             })
             .build();
         let write_epochs: Arc<[AtomicU64]> = (0..STRIPES).map(|_| AtomicU64::new(0)).collect();
-        Self {
-            cache,
-            write_epochs,
-            ttls,
-        }
+        let requests = |result: &'static str| {
+            metrics::counter!("cache_requests_total", "cache" => CACHE_LABEL, "level" => "l1", "result" => result)
+        };
+        Self { cache, write_epochs, ttls, hits: requests("hit"), misses: requests("miss") }
     }
 
     /// The live TTLs.
@@ -160,6 +161,15 @@ impl EntityCache {
         &self.write_epochs[index]
     }
 
+    /// The cached value of `key`, if present: the hot path, with no loader built.
+    pub async fn get(&self, key: &EntityKey) -> Option<Cached> {
+        let found = self.cache.get(key).await;
+        if found.is_some() {
+            self.hits.increment(1);
+        }
+        found
+    }
+
     /// The cached value of `key`, loading it with `load` (once for all concurrent callers)
     /// on a miss. Errors are returned and not cached.
     pub async fn get_or_load<F>(&self, key: EntityKey, load: F) -> Result<Cached, SessionError>
@@ -174,8 +184,7 @@ impl EntityCache {
             .or_try_insert_with(load)
             .await
             .map_err(|err: Arc<SessionError>| clone_error(&err))?;
-        let result = if entry.is_fresh() { "miss" } else { "hit" };
-        metrics::counter!("cache_requests_total", "cache" => CACHE_LABEL, "level" => "l1", "result" => result).increment(1);
+        if entry.is_fresh() { &self.misses } else { &self.hits }.increment(1);
         if entry.is_fresh() && stripe.load(Ordering::Acquire) != epoch {
             // A write to this stripe overlapped our load: the value may predate it.
             self.cache.invalidate(&key).await;

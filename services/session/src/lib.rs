@@ -54,6 +54,8 @@ impl Application {
 
     /// Binds a service over an already connected (and migrated) database.
     pub async fn with_database(config: &Config, db: Database) -> anyhow::Result<Self> {
+        // Metric handles resolved below must find the recorder installed.
+        boardroom_runtime::metrics::metrics_handle()?;
         let s = &config.session;
         let ttls = s.cache.enabled.then(|| {
             Arc::new(LiveTtls::new(

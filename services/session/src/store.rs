@@ -55,14 +55,19 @@ impl SessionStore {
         &self.db
     }
 
-    async fn cached(
-        &self,
-        key: EntityKey,
-        load: impl Future<Output = Result<Cached, SessionError>>,
-    ) -> Result<Cached, SessionError> {
+    /// Reads through the Get cache. `load` builds the database read only on a miss, and that
+    /// path is boxed, so a hit stays a small future.
+    async fn cached<F, Fut>(&self, key: EntityKey, load: F) -> Result<Cached, SessionError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Cached, SessionError>>,
+    {
         match &self.cache {
-            Some(cache) => cache.get_or_load(key, load).await,
-            None => load.await,
+            Some(cache) => match cache.get(&key).await {
+                Some(hit) => Ok(hit),
+                None => Box::pin(cache.get_or_load(key, load())).await,
+            },
+            None => Box::pin(load()).await,
         }
     }
 
@@ -125,7 +130,7 @@ impl SessionStore {
     /// One boardroom by id.
     pub async fn get_boardroom(&self, id: Uuid) -> Result<Arc<Boardroom>, SessionError> {
         let found = self
-            .cached(EntityKey::Boardroom(id), async {
+            .cached(EntityKey::Boardroom(id), || async move {
                 let row = self
                     .db
                     .timed(
@@ -276,7 +281,7 @@ impl SessionStore {
     /// One session by id.
     pub async fn get_session(&self, id: Uuid) -> Result<Arc<Session>, SessionError> {
         let found = self
-            .cached(EntityKey::Session(id), async {
+            .cached(EntityKey::Session(id), || async move {
                 let row = self
                     .db
                     .timed(
@@ -461,7 +466,7 @@ impl SessionStore {
     /// One thread by id.
     pub async fn get_thread(&self, id: Uuid) -> Result<Arc<Thread>, SessionError> {
         let found = self
-            .cached(EntityKey::Thread(id), async {
+            .cached(EntityKey::Thread(id), || async move {
                 let row = self
                     .db
                     .timed(

@@ -20,6 +20,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::auth::Authenticator;
+use crate::rpc_metrics::{MethodMetrics, RpcMetrics};
 use crate::telemetry;
 
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
@@ -37,6 +38,9 @@ pub struct InboundPolicy {
     pub request_timeout: Duration,
     /// Caller authentication; `None` admits everyone.
     pub authenticator: Option<Authenticator>,
+    /// Full names of the services the server registers (metric labels of other paths are
+    /// folded into `unknown`).
+    pub services: Vec<String>,
 }
 
 struct Shared {
@@ -45,6 +49,7 @@ struct Shared {
     max_pending: usize,
     request_timeout: Duration,
     authenticator: Option<Authenticator>,
+    metrics: RpcMetrics,
 }
 
 /// Applies [`InboundPolicy`] to every call of a server.
@@ -63,6 +68,7 @@ impl InboundLayer {
                 max_pending: policy.max_pending,
                 request_timeout: policy.request_timeout,
                 authenticator: policy.authenticator,
+                metrics: RpcMetrics::new(policy.services),
             }),
         }
     }
@@ -108,8 +114,8 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
         let started = Instant::now();
-        let path = req.uri().path().to_owned();
-        let (service, method) = split_path(&path);
+        let path = req.uri().path();
+        let (service, method) = split_path(path);
         let span = tracing::info_span!(
             "grpc.server",
             otel.name = %path.trim_start_matches('/'),
@@ -121,9 +127,10 @@ where
         );
         telemetry::set_remote_parent(&span, req.headers());
         let exempt = path.starts_with(HEALTH_PREFIX);
+        let method_metrics = shared.metrics.for_path(path);
 
         let fut = async move {
-            let observer = CallObserver::start(path, started);
+            let observer = CallObserver::start(method_metrics, started);
             if !exempt && let Some(auth) = &shared.authenticator {
                 let header = req
                     .headers()
@@ -221,21 +228,15 @@ fn client_timeout(headers: &http::HeaderMap) -> Option<Duration> {
 
 /// Records one call's metrics exactly once, when its outcome is known.
 struct CallObserver {
-    path: String,
+    metrics: Arc<MethodMetrics>,
     started: Instant,
     span: tracing::Span,
 }
 
 impl CallObserver {
-    fn start(path: String, started: Instant) -> Self {
-        let (service, method) = split_path(&path);
-        metrics::gauge!("rpc_server_active_requests", "rpc_service" => service.to_owned(), "rpc_method" => method.to_owned())
-            .increment(1.0);
-        Self {
-            path,
-            started,
-            span: tracing::Span::current(),
-        }
+    fn start(metrics: Arc<MethodMetrics>, started: Instant) -> Self {
+        metrics.started();
+        Self { metrics, started, span: tracing::Span::current() }
     }
 
     fn reject(self, status: Status) -> http::Response<Body> {
@@ -262,20 +263,8 @@ impl CallObserver {
     }
 
     fn finish(self, code: i32) {
-        let elapsed = self.started.elapsed().as_secs_f64();
-        let (service, method) = split_path(&self.path);
-        let code_label = code.to_string();
+        self.metrics.finished(code, self.started.elapsed().as_secs_f64());
         self.span.record("rpc.grpc.status_code", code);
-        let labels = [
-            ("rpc_system", "grpc".to_owned()),
-            ("rpc_service", service.to_owned()),
-            ("rpc_method", method.to_owned()),
-            ("rpc_grpc_status_code", code_label),
-        ];
-        metrics::gauge!("rpc_server_active_requests", "rpc_service" => service.to_owned(), "rpc_method" => method.to_owned())
-            .decrement(1.0);
-        metrics::counter!("rpc_server_requests_total", &labels).increment(1);
-        metrics::histogram!("rpc_server_call_duration_seconds", &labels).record(elapsed);
         if code != 0 {
             tracing::debug!(parent: &self.span, code, "rpc failed");
         }
@@ -395,6 +384,7 @@ mod tests {
             max_pending: 0,
             request_timeout: Duration::from_secs(1),
             authenticator: None,
+            metrics: RpcMetrics::new(Vec::new()),
         };
         let held = admit(&shared, Duration::from_secs(1))
             .await
@@ -423,6 +413,7 @@ mod tests {
             max_pending: 4,
             request_timeout: Duration::from_secs(1),
             authenticator: None,
+            metrics: RpcMetrics::new(Vec::new()),
         };
         let _held = admit(&shared, Duration::from_secs(1))
             .await

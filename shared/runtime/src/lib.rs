@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod inbound;
 pub mod metrics;
+mod rpc_metrics;
 pub mod server;
 pub mod signals;
 pub mod status;

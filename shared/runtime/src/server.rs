@@ -138,6 +138,14 @@ impl GrpcServer {
             max_pending: config.max_pending,
             request_timeout: config.request_timeout(),
             authenticator,
+            services: service_names
+                .iter()
+                .map(|s| (*s).to_owned())
+                .chain(
+                    ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]
+                        .map(str::to_owned),
+                )
+                .collect(),
         });
         let mut builder = tonic::transport::Server::builder()
             .tcp_nodelay(true)
