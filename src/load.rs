@@ -66,6 +66,13 @@ pub struct LoadArgs {
     /// Accepted for ghz compatibility: plaintext is the default.
     #[arg(long)]
     insecure: bool,
+    /// CPU cores the load generator may use (ghz `--cpus`); default: all. Leave cores to the
+    /// server when both share a machine.
+    #[arg(long)]
+    pub cpus: Option<usize>,
+    /// Leave the first N calls out of the statistics (ghz `--skipFirst`): connection warm-up.
+    #[arg(long = "skipFirst", alias = "skip-first")]
+    skip_first: Option<u64>,
 }
 
 /// The resolved settings of a run.
@@ -82,6 +89,7 @@ struct Plan {
     connections: usize,
     timeout: Duration,
     json: bool,
+    skip_first: u64,
 }
 
 fn parse_duration(text: &str) -> anyhow::Result<Duration> {
@@ -222,6 +230,7 @@ fn plan(args: LoadArgs) -> anyhow::Result<Plan> {
             .max(1),
         timeout,
         json: json_out,
+        skip_first: number(args.skip_first, "skipFirst").unwrap_or(0),
     })
 }
 
@@ -307,9 +316,12 @@ async fn worker(
         if plan.total.is_some_and(|total| index >= total) {
             break;
         }
-        if plan.rps > 0 {
-            // Open-loop pacing: call `index` is due at index / rps after the start.
-            let due = started + Duration::from_secs_f64(index as f64 / plan.rps as f64);
+        // Open-loop pacing: call `index` is due at index / rps after the start, and its latency
+        // counts from then, so a server that falls behind is charged for the queueing it causes
+        // (no coordinated omission).
+        let due = (plan.rps > 0)
+            .then(|| started + Duration::from_secs_f64(index as f64 / plan.rps as f64));
+        if let Some(due) = due {
             tokio::time::sleep_until(due.into()).await;
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -319,7 +331,7 @@ async fn worker(
         let mut request = tonic::Request::new(body);
         *request.metadata_mut() = plan.metadata.clone();
         request.set_timeout(plan.timeout);
-        let sent = Instant::now();
+        let sent = due.unwrap_or_else(Instant::now);
         let outcome = match client.ready().await {
             Ok(()) => client
                 .unary(request, path.clone(), RawCodec)
@@ -327,6 +339,9 @@ async fn worker(
                 .map(|_| ()),
             Err(err) => Err(Status::unavailable(err.to_string())),
         };
+        if index < plan.skip_first {
+            continue;
+        }
         let micros = u64::try_from(sent.elapsed().as_micros())
             .unwrap_or(u64::MAX)
             .max(1);

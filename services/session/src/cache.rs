@@ -141,10 +141,14 @@ impl EntityCache {
             })
             .build();
         let write_epochs: Arc<[AtomicU64]> = (0..STRIPES).map(|_| AtomicU64::new(0)).collect();
-        let requests = |result: &'static str| {
-            metrics::counter!("cache_requests_total", "cache" => CACHE_LABEL, "level" => "l1", "result" => result)
-        };
-        Self { cache, write_epochs, ttls, hits: requests("hit"), misses: requests("miss") }
+        let requests = |result: &'static str| metrics::counter!("cache_requests_total", "cache" => CACHE_LABEL, "level" => "l1", "result" => result);
+        Self {
+            cache,
+            write_epochs,
+            ttls,
+            hits: requests("hit"),
+            misses: requests("miss"),
+        }
     }
 
     /// The live TTLs.
@@ -184,7 +188,12 @@ impl EntityCache {
             .or_try_insert_with(load)
             .await
             .map_err(|err: Arc<SessionError>| clone_error(&err))?;
-        if entry.is_fresh() { &self.misses } else { &self.hits }.increment(1);
+        if entry.is_fresh() {
+            &self.misses
+        } else {
+            &self.hits
+        }
+        .increment(1);
         if entry.is_fresh() && stripe.load(Ordering::Acquire) != epoch {
             // A write to this stripe overlapped our load: the value may predate it.
             self.cache.invalidate(&key).await;

@@ -236,7 +236,11 @@ struct CallObserver {
 impl CallObserver {
     fn start(metrics: Arc<MethodMetrics>, started: Instant) -> Self {
         metrics.started();
-        Self { metrics, started, span: tracing::Span::current() }
+        Self {
+            metrics,
+            started,
+            span: tracing::Span::current(),
+        }
     }
 
     fn reject(self, status: Status) -> http::Response<Body> {
@@ -263,7 +267,8 @@ impl CallObserver {
     }
 
     fn finish(self, code: i32) {
-        self.metrics.finished(code, self.started.elapsed().as_secs_f64());
+        self.metrics
+            .finished(code, self.started.elapsed().as_secs_f64());
         self.span.record("rpc.grpc.status_code", code);
         if code != 0 {
             tracing::debug!(parent: &self.span, code, "rpc failed");

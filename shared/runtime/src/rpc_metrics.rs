@@ -26,7 +26,12 @@ impl MethodMetrics {
             "rpc_service" => service.to_string(),
             "rpc_method" => method.to_string()
         );
-        Self { service, method, active, outcomes: std::array::from_fn(|_| OnceLock::new()) }
+        Self {
+            service,
+            method,
+            active,
+            outcomes: std::array::from_fn(|_| OnceLock::new()),
+        }
     }
 
     pub(crate) fn started(&self) {
@@ -36,7 +41,10 @@ impl MethodMetrics {
     /// Records a finished call with its gRPC status code.
     pub(crate) fn finished(&self, code: i32, seconds: f64) {
         self.active.decrement(1.0);
-        let index = usize::try_from(code).ok().filter(|c| *c < CODES).unwrap_or(2); // 2 = UNKNOWN
+        let index = usize::try_from(code)
+            .ok()
+            .filter(|c| *c < CODES)
+            .unwrap_or(2); // 2 = UNKNOWN
         let (count, duration) = self.outcomes[index].get_or_init(|| {
             let labels = [
                 ("rpc_system", "grpc".to_owned()),
@@ -63,7 +71,11 @@ pub(crate) struct RpcMetrics {
 
 impl RpcMetrics {
     pub(crate) fn new(known_services: Vec<String>) -> Self {
-        Self { known_services, methods: RwLock::default(), unknown: Arc::new(MethodMetrics::new("unknown", "unknown")) }
+        Self {
+            known_services,
+            methods: RwLock::default(),
+            unknown: Arc::new(MethodMetrics::new("unknown", "unknown")),
+        }
     }
 
     /// The handles of `path` (`/pkg.Service/Method`).
@@ -72,15 +84,23 @@ impl RpcMetrics {
             return found;
         }
         let trimmed = path.trim_start_matches('/');
-        let Some((service, method)) = trimmed.split_once('/') else { return self.unknown.clone() };
-        if method.is_empty() || method.contains('/') || !self.known_services.iter().any(|s| s == service) {
+        let Some((service, method)) = trimmed.split_once('/') else {
+            return self.unknown.clone();
+        };
+        if method.is_empty()
+            || method.contains('/')
+            || !self.known_services.iter().any(|s| s == service)
+        {
             return self.unknown.clone();
         }
         let mut methods = match self.methods.write() {
             Ok(guard) => guard,
             Err(_) => return self.unknown.clone(),
         };
-        methods.entry(path.to_owned()).or_insert_with(|| Arc::new(MethodMetrics::new(service, method))).clone()
+        methods
+            .entry(path.to_owned())
+            .or_insert_with(|| Arc::new(MethodMetrics::new(service, method)))
+            .clone()
     }
 }
 

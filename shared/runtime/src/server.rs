@@ -142,8 +142,12 @@ impl GrpcServer {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .chain(
-                    ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]
-                        .map(str::to_owned),
+                    [
+                        "grpc.health.v1.Health",
+                        "grpc.reflection.v1.ServerReflection",
+                        "grpc.reflection.v1alpha.ServerReflection",
+                    ]
+                    .map(str::to_owned),
                 )
                 .collect(),
         });
