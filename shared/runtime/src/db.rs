@@ -39,6 +39,9 @@ impl Database {
                     .busy_timeout(Duration::from_secs(5))
                     .foreign_keys(true)
             });
+        if config.ping_idle_after_ms > 0 {
+            options.test_before_acquire_if_idle_for(Duration::from_millis(config.ping_idle_after_ms));
+        }
         let conn = sea_orm::Database::connect(options).await?;
         Ok(Self {
             conn,
