@@ -40,7 +40,8 @@ impl Database {
                     .foreign_keys(true)
             });
         if config.ping_idle_after_ms > 0 {
-            options.test_before_acquire_if_idle_for(Duration::from_millis(config.ping_idle_after_ms));
+            options
+                .test_before_acquire_if_idle_for(Duration::from_millis(config.ping_idle_after_ms));
         }
         let conn = sea_orm::Database::connect(options).await?;
         Ok(Self {

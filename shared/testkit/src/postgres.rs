@@ -74,6 +74,21 @@ pub async fn postgres_admin_url() -> (String, Origin) {
         .clone()
 }
 
+/// Starts (or reuses) a PostgreSQL server from the installed binaries on a free port, shared
+/// by every test process of this machine user; returns its admin URL.
+pub async fn ephemeral_postgres_url() -> anyhow::Result<String> {
+    let port = tokio::task::spawn_blocking(|| {
+        ephemeral::shared_server("postgres", ephemeral::start_postgres)
+    })
+    .await??;
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    anyhow::ensure!(
+        reachable(&url).await,
+        "ephemeral server on port {port} does not answer"
+    );
+    Ok(url)
+}
+
 /// A database of one test: a fresh PostgreSQL schema or SQLite file.
 #[derive(Debug, Clone)]
 pub struct TestDatabase {
@@ -175,7 +190,17 @@ fn replace_database(url: &str, database: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::replace_database;
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_ephemeral_server_starts_from_the_installed_binaries() {
+        let url = ephemeral_postgres_url()
+            .await
+            .expect("PostgreSQL binaries are installed here");
+        assert!(url.starts_with("postgres://postgres@127.0.0.1:"));
+        let conn = Database::connect(url.as_str()).await.expect("connects");
+        conn.execute_unprepared("SELECT 1").await.expect("answers");
+    }
 
     #[test]
     fn database_is_replaced_in_urls() {

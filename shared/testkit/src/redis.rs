@@ -56,3 +56,43 @@ pub async fn redis_url() -> (String, Origin) {
     .await
     .clone()
 }
+
+/// Starts (or reuses) a Redis server from the installed binary on a free port, shared by every
+/// test process of this machine user; returns its URL.
+pub async fn ephemeral_redis_url() -> anyhow::Result<String> {
+    let port =
+        tokio::task::spawn_blocking(|| ephemeral::shared_server("redis", ephemeral::start_redis))
+            .await??;
+    Ok(format!("redis://127.0.0.1:{port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn ping(url: &str) -> String {
+        let addr = url.trim_start_matches("redis://");
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        stream.write_all(b"PING\r\n").await.expect("writes");
+        let mut reply = [0u8; 7];
+        stream.read_exact(&mut reply).await.expect("reads");
+        String::from_utf8_lossy(&reply).into_owned()
+    }
+
+    #[tokio::test]
+    async fn found_and_ephemeral_servers_answer_ping() {
+        assert_eq!(ping(&redis_url().await.0).await, "+PONG\r\n");
+        assert_eq!(
+            ping(
+                &ephemeral_redis_url()
+                    .await
+                    .expect("redis-server is installed")
+            )
+            .await,
+            "+PONG\r\n"
+        );
+    }
+}

@@ -7,3 +7,4 @@ mod pagination;
 mod plans;
 mod sessions;
 mod threads;
+mod tls;
