@@ -17,17 +17,12 @@ pub(crate) async fn create(
     manager.create_index(index).await
 }
 
-pub(crate) async fn drop(
-    manager: &SchemaManager<'_>,
-    table: impl IntoIden,
-    name: &str,
-) -> Result<(), DbErr> {
+pub(crate) async fn drop(manager: &SchemaManager<'_>, name: &str) -> Result<(), DbErr> {
     let conn = manager.get_connection();
     let sql = match manager.get_database_backend() {
         DbBackend::Postgres => format!("DROP INDEX CONCURRENTLY IF EXISTS \"{name}\""),
         _ => format!("DROP INDEX IF EXISTS \"{name}\""),
     };
-    let _ = table.into_iden();
     conn.execute_unprepared(&sql).await.map(|_| ())
 }
 

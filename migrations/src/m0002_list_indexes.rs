@@ -8,7 +8,7 @@
 //! | `ix_sessions_user_active` (partial, covering) | ListSessions active_only |
 //! | `ix_sessions_boardroom_active_created` (covering) | ListActiveSessions |
 //! | `ix_threads_session_created` (covering) | ListThreads, GetSessionTree |
-//! | `ix_threads_session_type_status` | ListThreads by type and status |
+//! | `ix_threads_session_type_status` (covering) | ListThreads by type and status |
 //! | `ix_threads_session_open` (partial, covering) | ListThreads of open threads |
 
 use sea_orm_migration::prelude::*;
@@ -19,15 +19,97 @@ use crate::index;
 #[derive(DeriveMigrationName)]
 pub(crate) struct Migration;
 
-const INDEXES: [&str; 7] = [
-    "ix_boardrooms_owner_created",
-    "ix_sessions_user_created",
-    "ix_sessions_user_active",
-    "ix_sessions_boardroom_active_created",
-    "ix_threads_session_created",
-    "ix_threads_session_type_status",
-    "ix_threads_session_open",
-];
+/// One list index: its name, key columns, INCLUDE columns and partial predicate.
+struct ListIndex {
+    name: &'static str,
+    table: DynIden,
+    keys: Vec<DynIden>,
+    include: Vec<DynIden>,
+    only: Option<SimpleExpr>,
+}
+
+fn idens<I: IntoIden + Copy>(cols: &[I]) -> Vec<DynIden> {
+    cols.iter().map(|c| c.into_iden()).collect()
+}
+
+fn list_indexes() -> Vec<ListIndex> {
+    let session_row = [
+        Sessions::BoardroomId,
+        Sessions::Title,
+        Sessions::IsActive,
+        Sessions::EndedAt,
+    ];
+    let thread_row = [
+        Threads::ThreadType,
+        Threads::Status,
+        Threads::Title,
+        Threads::UpdatedAt,
+    ];
+    let by_user = [Sessions::UserId, Sessions::CreatedAt, Sessions::Id];
+    let by_session = [Threads::SessionId, Threads::CreatedAt, Threads::Id];
+    vec![
+        ListIndex {
+            name: "ix_boardrooms_owner_created",
+            table: Boardrooms::Table.into_iden(),
+            keys: idens(&[Boardrooms::OwnerId, Boardrooms::CreatedAt, Boardrooms::Id]),
+            include: vec![],
+            only: None,
+        },
+        ListIndex {
+            name: "ix_sessions_user_created",
+            table: Sessions::Table.into_iden(),
+            keys: idens(&by_user),
+            include: idens(&session_row),
+            only: None,
+        },
+        ListIndex {
+            name: "ix_sessions_user_active",
+            table: Sessions::Table.into_iden(),
+            keys: idens(&by_user),
+            include: idens(&session_row),
+            only: Some(Expr::col(Sessions::IsActive).eq(true)),
+        },
+        ListIndex {
+            name: "ix_sessions_boardroom_active_created",
+            table: Sessions::Table.into_iden(),
+            keys: idens(&[
+                Sessions::BoardroomId,
+                Sessions::IsActive,
+                Sessions::CreatedAt,
+                Sessions::Id,
+            ]),
+            include: idens(&[Sessions::UserId, Sessions::Title, Sessions::EndedAt]),
+            only: None,
+        },
+        ListIndex {
+            name: "ix_threads_session_created",
+            table: Threads::Table.into_iden(),
+            keys: idens(&by_session),
+            include: idens(&thread_row),
+            only: None,
+        },
+        ListIndex {
+            name: "ix_threads_session_type_status",
+            table: Threads::Table.into_iden(),
+            keys: idens(&[
+                Threads::SessionId,
+                Threads::ThreadType,
+                Threads::Status,
+                Threads::CreatedAt,
+                Threads::Id,
+            ]),
+            include: idens(&[Threads::Title, Threads::UpdatedAt]),
+            only: None,
+        },
+        ListIndex {
+            name: "ix_threads_session_open",
+            table: Threads::Table.into_iden(),
+            keys: idens(&by_session),
+            include: idens(&thread_row),
+            only: Some(Expr::col(Threads::Status).eq("open")),
+        },
+    ]
+}
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
@@ -37,95 +119,26 @@ impl MigrationTrait for Migration {
     }
 
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        let session_cols = [
-            Sessions::BoardroomId,
-            Sessions::Title,
-            Sessions::IsActive,
-            Sessions::EndedAt,
-        ];
-        let thread_cols = [
-            Threads::ThreadType,
-            Threads::Status,
-            Threads::Title,
-            Threads::UpdatedAt,
-        ];
-
-        let mut ix = Index::create();
-        ix.table(Boardrooms::Table)
-            .col(Boardrooms::OwnerId)
-            .col(Boardrooms::CreatedAt)
-            .col(Boardrooms::Id);
-        index::create(m, ix, INDEXES[0]).await?;
-
-        let mut ix = Index::create();
-        ix.table(Sessions::Table)
-            .col(Sessions::UserId)
-            .col(Sessions::CreatedAt)
-            .col(Sessions::Id);
-        session_cols.iter().for_each(|c| {
-            ix.include(*c);
-        });
-        index::create(m, ix, INDEXES[1]).await?;
-
-        let mut ix = Index::create();
-        ix.table(Sessions::Table)
-            .col(Sessions::UserId)
-            .col(Sessions::CreatedAt)
-            .col(Sessions::Id);
-        session_cols.iter().for_each(|c| {
-            ix.include(*c);
-        });
-        ix.and_where(Expr::col(Sessions::IsActive).eq(true));
-        index::create(m, ix, INDEXES[2]).await?;
-
-        let mut ix = Index::create();
-        ix.table(Sessions::Table)
-            .col(Sessions::BoardroomId)
-            .col(Sessions::IsActive)
-            .col(Sessions::CreatedAt)
-            .col(Sessions::Id)
-            .include(Sessions::UserId)
-            .include(Sessions::Title)
-            .include(Sessions::EndedAt);
-        index::create(m, ix, INDEXES[3]).await?;
-
-        let mut ix = Index::create();
-        ix.table(Threads::Table)
-            .col(Threads::SessionId)
-            .col(Threads::CreatedAt)
-            .col(Threads::Id);
-        thread_cols.iter().for_each(|c| {
-            ix.include(*c);
-        });
-        index::create(m, ix, INDEXES[4]).await?;
-
-        let mut ix = Index::create();
-        ix.table(Threads::Table)
-            .col(Threads::SessionId)
-            .col(Threads::ThreadType)
-            .col(Threads::Status)
-            .col(Threads::CreatedAt)
-            .col(Threads::Id)
-            .include(Threads::Title)
-            .include(Threads::UpdatedAt);
-        index::create(m, ix, INDEXES[5]).await?;
-
-        let mut ix = Index::create();
-        ix.table(Threads::Table)
-            .col(Threads::SessionId)
-            .col(Threads::CreatedAt)
-            .col(Threads::Id);
-        thread_cols.iter().for_each(|c| {
-            ix.include(*c);
-        });
-        ix.and_where(Expr::col(Threads::Status).eq("open"));
-        index::create(m, ix, INDEXES[6]).await?;
+        for spec in list_indexes() {
+            let mut ix = Index::create();
+            ix.table(spec.table);
+            for key in spec.keys {
+                ix.col(key);
+            }
+            for column in spec.include {
+                ix.include(column);
+            }
+            if let Some(predicate) = spec.only {
+                ix.and_where(predicate);
+            }
+            index::create(m, ix, spec.name).await?;
+        }
         Ok(())
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        for name in INDEXES.iter().rev() {
-            index::drop(m, Threads::Table, name).await?;
+        for spec in list_indexes().into_iter().rev() {
+            index::drop(m, spec.name).await?;
         }
         Ok(())
     }

@@ -77,6 +77,35 @@ impl SessionStore {
         }
     }
 
+    /// Runs `insert`. When it hits the `(owner, request_id)` unique key of an earlier create,
+    /// returns the row that create made instead: a retried create is answered, not repeated.
+    async fn insert_once<M, Fut>(
+        &self,
+        (insert_name, lookup_name): (&'static str, &'static str),
+        insert: impl Future<Output = Result<M, DbErr>>,
+        request_id: Option<String>,
+        lookup: impl FnOnce(String) -> Fut,
+    ) -> Result<M, SessionError>
+    where
+        Fut: Future<Output = Result<Option<M>, DbErr>>,
+    {
+        match self.db.timed(insert_name, insert).await {
+            Ok(row) => Ok(row),
+            Err(err) if is_unique_violation(&err) => {
+                let Some(request_id) = request_id else {
+                    return Err(err.into());
+                };
+                self.db
+                    .timed(lookup_name, lookup(request_id))
+                    .await?
+                    .ok_or_else(|| {
+                        SessionError::Internal("an idempotent create lost its row".into())
+                    })
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
     // ---- boardrooms ----
 
     /// Creates a boardroom, or returns the one an earlier call with the same request id made.
@@ -94,37 +123,22 @@ impl SessionStore {
             created_at: Set(at),
             updated_at: Set(at),
         };
-        match self
-            .db
-            .timed(
-                "boardroom.insert",
+        let owner_id = input.owner_id.as_str();
+        let row = self
+            .insert_once(
+                ("boardroom.insert", "boardroom.by_request_id"),
                 boardroom::Entity::insert(model).exec_with_returning(self.db.conn()),
+                request_id.clone(),
+                |request_id| {
+                    boardroom::Entity::find()
+                        .filter(boardroom::Column::OwnerId.eq(owner_id))
+                        .filter(boardroom::Column::RequestId.eq(request_id))
+                        .one(self.db.conn())
+                },
             )
-            .await
-        {
-            Ok(row) => {
-                self.invalidate(EntityKey::Boardroom(row.id)).await;
-                boardroom_from(row)
-            }
-            Err(err) if is_unique_violation(&err) && request_id.is_some() => {
-                let existing = self
-                    .db
-                    .timed(
-                        "boardroom.by_request_id",
-                        boardroom::Entity::find()
-                            .filter(boardroom::Column::OwnerId.eq(input.owner_id.as_str()))
-                            .filter(boardroom::Column::RequestId.eq(request_id))
-                            .one(self.db.conn()),
-                    )
-                    .await?;
-                existing.map(boardroom_from).unwrap_or_else(|| {
-                    Err(SessionError::Internal(
-                        "idempotent create lost its row".into(),
-                    ))
-                })
-            }
-            Err(err) => Err(err.into()),
-        }
+            .await?;
+        self.invalidate(EntityKey::Boardroom(row.id)).await;
+        boardroom_from(row)
     }
 
     /// One boardroom by id.
@@ -247,35 +261,22 @@ impl SessionStore {
             created_at: Set(now()),
             ended_at: Set(None),
         };
-        match self
-            .db
-            .timed(
-                "session.insert",
+        let user_id = input.user_id.as_str();
+        let row = self
+            .insert_once(
+                ("session.insert", "session.by_request_id"),
                 session::Entity::insert(model).exec_with_returning(self.db.conn()),
+                request_id,
+                |request_id| {
+                    session::Entity::find()
+                        .filter(session::Column::UserId.eq(user_id))
+                        .filter(session::Column::RequestId.eq(request_id))
+                        .one(self.db.conn())
+                },
             )
-            .await
-        {
-            Ok(row) => {
-                self.invalidate(EntityKey::Session(row.id)).await;
-                Ok(session_from_model(row))
-            }
-            Err(err) if is_unique_violation(&err) && request_id.is_some() => {
-                let existing = self
-                    .db
-                    .timed(
-                        "session.by_request_id",
-                        session::Entity::find()
-                            .filter(session::Column::UserId.eq(input.user_id.as_str()))
-                            .filter(session::Column::RequestId.eq(request_id))
-                            .one(self.db.conn()),
-                    )
-                    .await?;
-                existing
-                    .map(session_from_model)
-                    .ok_or_else(|| SessionError::Internal("idempotent create lost its row".into()))
-            }
-            Err(err) => Err(err.into()),
-        }
+            .await?;
+        self.invalidate(EntityKey::Session(row.id)).await;
+        Ok(session_from_model(row))
     }
 
     /// One session by id.
@@ -400,11 +401,16 @@ impl SessionStore {
         let request_id = non_empty(&input.request_id);
         if !owner.active {
             // A retry of a create that succeeded before the session ended still gets its thread.
-            if let Some(existing) = self
-                .thread_by_request_id(input.session_id, request_id.clone())
-                .await?
+            if let Some(request_id) = request_id.clone()
+                && let Some(existing) = self
+                    .db
+                    .timed(
+                        "thread.by_request_id",
+                        self.thread_row_by_request_id(input.session_id, request_id),
+                    )
+                    .await?
             {
-                return Ok(existing);
+                return thread_from_model(existing);
             }
             return Err(SessionError::FailedPrecondition(format!(
                 "session {} has ended",
@@ -422,45 +428,28 @@ impl SessionStore {
             created_at: Set(at),
             updated_at: Set(at),
         };
-        match self
-            .db
-            .timed(
-                "thread.insert",
-                thread::Entity::insert(model).exec_with_returning(self.db.conn()),
-            )
-            .await
-        {
-            Ok(row) => {
-                self.invalidate(EntityKey::Thread(row.id)).await;
-                thread_from_model(row)
-            }
-            Err(err) if is_unique_violation(&err) && request_id.is_some() => self
-                .thread_by_request_id(input.session_id, request_id)
-                .await?
-                .ok_or_else(|| SessionError::Internal("idempotent create lost its row".into())),
-            Err(err) => Err(err.into()),
-        }
-    }
-
-    async fn thread_by_request_id(
-        &self,
-        session_id: Uuid,
-        request_id: Option<String>,
-    ) -> Result<Option<Thread>, SessionError> {
-        let Some(request_id) = request_id else {
-            return Ok(None);
-        };
+        let session_id = input.session_id;
         let row = self
-            .db
-            .timed(
-                "thread.by_request_id",
-                thread::Entity::find()
-                    .filter(thread::Column::SessionId.eq(session_id))
-                    .filter(thread::Column::RequestId.eq(request_id))
-                    .one(self.db.conn()),
+            .insert_once(
+                ("thread.insert", "thread.by_request_id"),
+                thread::Entity::insert(model).exec_with_returning(self.db.conn()),
+                request_id,
+                |request_id| self.thread_row_by_request_id(session_id, request_id),
             )
             .await?;
-        row.map(thread_from_model).transpose()
+        self.invalidate(EntityKey::Thread(row.id)).await;
+        thread_from_model(row)
+    }
+
+    fn thread_row_by_request_id(
+        &self,
+        session_id: Uuid,
+        request_id: String,
+    ) -> impl Future<Output = Result<Option<thread::Model>, DbErr>> + '_ {
+        thread::Entity::find()
+            .filter(thread::Column::SessionId.eq(session_id))
+            .filter(thread::Column::RequestId.eq(request_id))
+            .one(self.db.conn())
     }
 
     /// One thread by id.

@@ -263,3 +263,42 @@ on_both_backends!(
         app.stop().await;
     }
 );
+
+on_both_backends!(
+    a_retried_create_is_answered_even_after_the_session_ended,
+    |backend| async move {
+        let mut app = spawn_app(backend).await;
+        let board = app.boardroom("o").await;
+        let session = app.session(&board.id, "u").await;
+        let request = pb::CreateThreadRequest {
+            session_id: session.id.clone(),
+            thread_type: pb::ThreadType::Main.into(),
+            title: "kickoff".into(),
+            request_id: "thread-req-1".into(),
+        };
+        let first = app
+            .client
+            .create_thread(request.clone())
+            .await
+            .expect("create")
+            .into_inner()
+            .thread
+            .expect("thread");
+        app.client
+            .end_session(pb::EndSessionRequest {
+                id: session.id.clone(),
+            })
+            .await
+            .expect("end");
+        let retried = app
+            .client
+            .create_thread(request)
+            .await
+            .expect("retry answered")
+            .into_inner()
+            .thread
+            .expect("thread");
+        assert_eq!(retried, first);
+        app.stop().await;
+    }
+);
