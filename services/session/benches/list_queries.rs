@@ -18,8 +18,8 @@ use boardroom_session::page::Cursor;
 use boardroom_session::queries;
 use hdrhistogram::Histogram;
 use sea_orm::{
-    ConnectionTrait, Database, DatabaseConnection, DbBackend, QuerySelect, QueryTrait, Select,
-    Statement,
+    ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait, FromQueryResult,
+    QuerySelect, QueryTrait, Select, Statement,
 };
 
 const PAGE: u64 = 20;
@@ -136,35 +136,96 @@ where
     )
 }
 
-/// The cursor of the last row of page `pages` (what the client's token would carry).
-async fn cursor_at(conn: &DatabaseConnection, select: Select<session::Entity>) -> Cursor {
-    let row = select
-        .offset(PAGE * (DEPTH_PAGES - 1) - 1)
-        .limit(1)
-        .into_model::<session::Row>()
-        .one(conn)
-        .await
-        .expect("q")
-        .expect("deep row");
-    Cursor {
-        created_at: row.created_at,
-        id: row.id,
+type SessionList = Box<dyn Fn(Option<Cursor>, u64) -> Select<session::Entity>>;
+type ThreadList = Box<dyn Fn(Option<Cursor>, u64) -> Select<thread::Entity>>;
+
+/// A listed row's position, as a page token would carry it.
+trait Keyed {
+    fn cursor(&self) -> Cursor;
+}
+
+impl Keyed for session::Row {
+    fn cursor(&self) -> Cursor {
+        Cursor {
+            created_at: self.created_at,
+            id: self.id,
+        }
     }
 }
 
-async fn thread_cursor_at(conn: &DatabaseConnection, select: Select<thread::Entity>) -> Cursor {
-    let row = select
-        .offset(PAGE * (DEPTH_PAGES - 1) - 1)
+impl Keyed for thread::Row {
+    fn cursor(&self) -> Cursor {
+        Cursor {
+            created_at: self.created_at,
+            id: self.id,
+        }
+    }
+}
+
+/// Page 1, page `DEPTH_PAGES` by keyset and the same depth by OFFSET, timed in turn; prints a
+/// table row and keeps both deep plans.
+async fn compare<E, R>(
+    conn: &DatabaseConnection,
+    name: &str,
+    build: &dyn Fn(Option<Cursor>, u64) -> Select<E>,
+    plans: &mut Vec<(String, String)>,
+) where
+    E: EntityTrait,
+    R: FromQueryResult + Keyed + Send + Sync,
+{
+    let depth = PAGE * (DEPTH_PAGES - 1);
+    let deep = build(None, PAGE)
+        .offset(depth - 1)
         .limit(1)
-        .into_model::<thread::Row>()
+        .into_model::<R>()
         .one(conn)
         .await
         .expect("q")
-        .expect("deep row");
-    Cursor {
-        created_at: row.created_at,
-        id: row.id,
-    }
+        .expect("deep row")
+        .cursor();
+    let page1 = time(|| async {
+        build(None, PAGE + 1)
+            .into_model::<R>()
+            .all(conn)
+            .await
+            .expect("page 1");
+    })
+    .await;
+    let keyset = time(|| async {
+        build(Some(deep), PAGE + 1)
+            .into_model::<R>()
+            .all(conn)
+            .await
+            .expect("keyset");
+    })
+    .await;
+    let offset = time(|| async {
+        build(None, PAGE)
+            .offset(depth)
+            .into_model::<R>()
+            .all(conn)
+            .await
+            .expect("offset");
+    })
+    .await;
+    println!(
+        "| {name} | {:.3} / {:.3} | {:.3} / {:.3} | {:.3} / {:.3} | {:.0}× |",
+        page1.0,
+        page1.1,
+        keyset.0,
+        keyset.1,
+        offset.0,
+        offset.1,
+        offset.0 / keyset.0
+    );
+    plans.push((
+        format!("{name}, page {DEPTH_PAGES} keyset"),
+        explain(conn, &statement(build(Some(deep), PAGE + 1))).await,
+    ));
+    plans.push((
+        format!("{name}, page {DEPTH_PAGES} OFFSET"),
+        explain(conn, &statement(build(None, PAGE).offset(depth))).await,
+    ));
 }
 
 fn plan_summary(plan: &str) -> String {
@@ -251,7 +312,15 @@ async fn main() {
     println!("|---|---|---|---|---|");
     let mut plans = Vec::new();
 
-    type SessionList = Box<dyn Fn(Option<Cursor>, u64) -> Select<session::Entity>>;
+    let hot_threads = ThreadFilter {
+        session_id: hot_session,
+        thread_type: None,
+        status: None,
+    };
+    let hot_open = ThreadFilter {
+        status: Some(ThreadStatus::Open),
+        ..hot_threads.clone()
+    };
     let session_lists: Vec<(&str, SessionList)> = vec![
         (
             "ListSessions (user-hot, 62.5k rows)",
@@ -267,128 +336,20 @@ async fn main() {
         ),
     ];
     for (name, build) in &session_lists {
-        let deep = cursor_at(&conn, build(None, PAGE)).await;
-        let page1 = time(|| async {
-            build(None, PAGE + 1)
-                .into_model::<session::Row>()
-                .all(&conn)
-                .await
-                .expect("page 1");
-        })
-        .await;
-        let keyset = time(|| async {
-            build(Some(deep), PAGE + 1)
-                .into_model::<session::Row>()
-                .all(&conn)
-                .await
-                .expect("keyset");
-        })
-        .await;
-        let offset = time(|| async {
-            build(None, PAGE)
-                .offset(PAGE * (DEPTH_PAGES - 1))
-                .into_model::<session::Row>()
-                .all(&conn)
-                .await
-                .expect("offset");
-        })
-        .await;
-        println!(
-            "| {name} | {:.3} / {:.3} | {:.3} / {:.3} | {:.3} / {:.3} | {:.0}× |",
-            page1.0,
-            page1.1,
-            keyset.0,
-            keyset.1,
-            offset.0,
-            offset.1,
-            offset.0 / keyset.0
-        );
-        plans.push((
-            format!("{name}, page {DEPTH_PAGES} keyset"),
-            explain(&conn, &statement(build(Some(deep), PAGE + 1))).await,
-        ));
-        plans.push((
-            format!("{name}, page {DEPTH_PAGES} OFFSET"),
-            explain(
-                &conn,
-                &statement(build(None, PAGE).offset(PAGE * (DEPTH_PAGES - 1))),
-            )
-            .await,
-        ));
+        compare::<_, session::Row>(&conn, name, build, &mut plans).await;
     }
-
-    type ThreadList = Box<dyn Fn(Option<Cursor>, Option<u64>) -> Select<thread::Entity>>;
     let thread_lists: Vec<(&str, ThreadList)> = vec![
         (
             "ListThreads (hot session, 50k rows)",
-            Box::new(move |c, l| {
-                queries::threads_by_session(
-                    &ThreadFilter {
-                        session_id: hot_session,
-                        thread_type: None,
-                        status: None,
-                    },
-                    c,
-                    l,
-                )
-            }),
+            Box::new(move |c, l| queries::threads_by_session(&hot_threads, c, Some(l))),
         ),
         (
             "ListThreads status=open (hot session)",
-            Box::new(move |c, l| {
-                queries::threads_by_session(
-                    &ThreadFilter {
-                        session_id: hot_session,
-                        thread_type: None,
-                        status: Some(ThreadStatus::Open),
-                    },
-                    c,
-                    l,
-                )
-            }),
+            Box::new(move |c, l| queries::threads_by_session(&hot_open, c, Some(l))),
         ),
     ];
     for (name, build) in &thread_lists {
-        let deep = thread_cursor_at(&conn, build(None, Some(PAGE))).await;
-        let page1 = time(|| async {
-            build(None, Some(PAGE + 1))
-                .into_model::<thread::Row>()
-                .all(&conn)
-                .await
-                .expect("page 1");
-        })
-        .await;
-        let keyset = time(|| async {
-            build(Some(deep), Some(PAGE + 1))
-                .into_model::<thread::Row>()
-                .all(&conn)
-                .await
-                .expect("keyset");
-        })
-        .await;
-        let offset = time(|| async {
-            build(None, Some(PAGE))
-                .offset(PAGE * (DEPTH_PAGES - 1))
-                .into_model::<thread::Row>()
-                .all(&conn)
-                .await
-                .expect("offset");
-        })
-        .await;
-        println!(
-            "| {name} | {:.3} / {:.3} | {:.3} / {:.3} | {:.3} / {:.3} | {:.0}× |",
-            page1.0,
-            page1.1,
-            keyset.0,
-            keyset.1,
-            offset.0,
-            offset.1,
-            offset.0 / keyset.0
-        );
-        plans.push((
-            format!("{name}, page {DEPTH_PAGES} keyset"),
-            explain(&conn, &statement(build(Some(deep), Some(PAGE + 1)))).await,
-        ));
+        compare::<_, thread::Row>(&conn, name, build, &mut plans).await;
     }
 
     // Typical users (about 94 sessions each) and the tree of a typical session.
