@@ -195,18 +195,21 @@ async fn sighup_reloads_live_settings_and_refuses_a_bad_file() {
     ));
     std::fs::create_dir_all(&dir).expect("mkdir");
     let file = dir.join("boardroom.toml");
-    let write = |ttl: &str| {
+    let write = |level: &str, ttl: &str| {
         std::fs::write(
             &file,
             format!(
-                "[database]\nurl = \"{}\"\n[session.listen]\ngrpc_addr = \"127.0.0.1:0\"\nadmin_addr = \"127.0.0.1:0\"\n[session.cache]\nttl_ms = {ttl}\n",
+                "[telemetry]\nlog_level = \"{level}\"\n[database]\nurl = \"{}\"\n[session.listen]\ngrpc_addr = \"127.0.0.1:0\"\nadmin_addr = \"127.0.0.1:0\"\n[session.cache]\nttl_ms = {ttl}\n",
                 db.url
             ),
         )
         .expect("write config");
     };
-    write("60000");
+    // The service's own INFO lines are hidden at first; only the binary's are shown.
+    let quiet = "warn,boardroom::serve=info";
+    write(quiet, "60000");
     let mut child = crate::binary::boardroom()
+        .env_remove("RUST_LOG")
         .args(["serve", "--config"])
         .arg(&file)
         .stderr(std::process::Stdio::piped())
@@ -227,12 +230,19 @@ async fn sighup_reloads_live_settings_and_refuses_a_bad_file() {
         )
     };
 
-    write("1234");
+    write(quiet, "1234");
+    hup();
+    wait_for_log(&mut log, "configuration reloaded").await;
+    // Raising the log level live makes the service's reload line visible.
+    write("info", "4321");
     hup();
     let line = wait_for_log(&mut log, "session cache TTLs reloaded").await;
-    assert!(line.contains("1234"), "{line}");
+    assert!(
+        line.contains("4321"),
+        "the new TTL applies, and the new level shows it: {line}"
+    );
 
-    write("\"not a number\"");
+    write("info", "\"not a number\"");
     hup();
     let line = wait_for_log(&mut log, "reload refused").await;
     assert!(line.contains("ttl_ms"), "the refusal names the key: {line}");

@@ -4,3 +4,4 @@
 mod binary;
 mod grpcurl;
 mod load;
+mod otlp;

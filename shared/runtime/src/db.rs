@@ -89,7 +89,8 @@ impl Database {
     }
 
     /// Pool state now: (open connections, idle connections, callers waiting for one).
-    /// Waiters are estimated as queries in flight beyond the connections in use.
+    /// Waiters are estimated as work in flight through [`Database::timed`] beyond the
+    /// connections in use, so every use of the pool (transactions too) goes through `timed`.
     pub fn pool_state(&self) -> (u32, usize, i64) {
         let (size, idle) = match self.backend() {
             DatabaseBackend::Postgres => {
@@ -124,5 +125,126 @@ impl Database {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use sea_orm::ConnectionTrait;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// Collects the `query` field of WARN events.
+    #[derive(Clone, Default)]
+    struct SlowQueries(Arc<Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SlowQueries {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Query(Option<String>);
+            impl tracing::field::Visit for Query {
+                fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                    if field.name() == "query" {
+                        self.0 = Some(value.to_owned());
+                    }
+                }
+                fn record_debug(
+                    &mut self,
+                    _field: &tracing::field::Field,
+                    _value: &dyn std::fmt::Debug,
+                ) {
+                }
+            }
+            if *event.metadata().level() == tracing::Level::WARN {
+                let mut query = Query(None);
+                event.record(&mut query);
+                if let (Some(q), Ok(mut seen)) = (query.0, self.0.lock()) {
+                    seen.push(q);
+                }
+            }
+        }
+    }
+
+    async fn database(slow_query_ms: u64) -> Database {
+        let config = DatabaseConfig {
+            url: crate::config::Secret::new("sqlite::memory:"),
+            max_connections: 1,
+            slow_query_ms,
+            ..DatabaseConfig::default()
+        };
+        Database::connect(&config).await.expect("in-memory SQLite")
+    }
+
+    #[tokio::test]
+    async fn queries_over_the_threshold_are_logged_by_name() {
+        let seen = SlowQueries::default();
+        let _guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(seen.clone()));
+        let slow = database(0).await;
+        slow.timed(
+            "probe.select_one",
+            slow.conn().execute_unprepared("SELECT 1"),
+        )
+        .await
+        .expect("runs");
+        let fast = database(60_000).await;
+        fast.timed("probe.not_slow", fast.conn().execute_unprepared("SELECT 1"))
+            .await
+            .expect("runs");
+        let seen = seen.0.lock().map(|s| s.clone()).unwrap_or_default();
+        assert_eq!(seen, ["probe.select_one"]);
+    }
+
+    #[tokio::test]
+    async fn a_query_waiting_for_a_connection_counts_as_a_waiter() {
+        use sea_orm::TransactionTrait;
+        let db = database(60_000).await;
+        // The pool's only connection is held by a (timed) transaction until we release it.
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (began, has_begun) = tokio::sync::oneshot::channel::<()>();
+        let holder = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.timed("probe.holder", async {
+                    let txn = db.conn().begin().await?;
+                    let _ = began.send(());
+                    let _ = released.await;
+                    txn.commit().await
+                })
+                .await
+            })
+        };
+        has_begun.await.expect("the holder began");
+        let waiter = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.timed("probe.waiter", db.conn().execute_unprepared("SELECT 1"))
+                    .await
+                    .map(|_| ())
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while db.pool_state().2 < 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the waiter never showed: {:?}",
+                db.pool_state()
+            );
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(db.pool_state().0, 1, "one connection open");
+        let _ = release.send(());
+        holder.await.expect("joined").expect("the holder commits");
+        waiter
+            .await
+            .expect("joined")
+            .expect("the waiter runs once the connection is free");
+        assert_eq!(db.pool_state().2, 0);
     }
 }

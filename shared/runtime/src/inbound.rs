@@ -381,6 +381,96 @@ mod tests {
         assert_eq!(split_path("/weird"), ("weird", ""));
     }
 
+    /// A handler that echoes the authenticated caller in a header.
+    fn echo_caller() -> impl Service<
+        http::Request<()>,
+        Response = http::Response<Body>,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send {
+        tower::service_fn(|req: http::Request<()>| async move {
+            let mut response = http::Response::new(Body::empty());
+            if let Some(caller) = req.extensions().get::<crate::auth::CallerIdentity>() {
+                response
+                    .headers_mut()
+                    .insert("x-caller", caller.name().parse().expect("ascii"));
+            }
+            response
+                .headers_mut()
+                .insert("grpc-status", http::HeaderValue::from_static("0"));
+            Ok(response)
+        })
+    }
+
+    #[tokio::test]
+    async fn the_authenticated_caller_reaches_the_handler() {
+        use tower::ServiceExt;
+        let mut auth = crate::config::AuthConfig {
+            enabled: true,
+            ..Default::default()
+        };
+        auth.tokens
+            .insert("conversation".into(), crate::config::Secret::new("tok"));
+        let layer = InboundLayer::new(InboundPolicy {
+            concurrency_limit: 4,
+            max_pending: 4,
+            request_timeout: Duration::from_secs(1),
+            authenticator: Authenticator::from_config(&auth).expect("valid"),
+            services: vec!["pkg.Svc".into()],
+        });
+        let request = |token: Option<&str>| {
+            let mut builder = http::Request::builder().uri("/pkg.Svc/Call");
+            if let Some(token) = token {
+                builder = builder.header("authorization", format!("Bearer {token}"));
+            }
+            builder.body(()).expect("request")
+        };
+        let ok = layer
+            .layer(echo_caller())
+            .oneshot(request(Some("tok")))
+            .await
+            .expect("infallible");
+        assert_eq!(
+            ok.headers().get("x-caller").and_then(|v| v.to_str().ok()),
+            Some("conversation")
+        );
+        let refused = layer
+            .layer(echo_caller())
+            .oneshot(request(None))
+            .await
+            .expect("infallible");
+        assert_eq!(
+            refused
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok()),
+            Some("16"),
+            "UNAUTHENTICATED"
+        );
+        assert!(
+            refused.headers().get("x-caller").is_none(),
+            "the handler never ran"
+        );
+        let health = http::Request::builder()
+            .uri("/grpc.health.v1.Health/Check")
+            .body(())
+            .expect("request");
+        let probe = layer
+            .layer(echo_caller())
+            .oneshot(health)
+            .await
+            .expect("infallible");
+        assert_eq!(
+            probe
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok()),
+            Some("0"),
+            "probes need no token"
+        );
+    }
+
     #[tokio::test]
     async fn admission_sheds_beyond_the_queue() {
         let shared = Shared {

@@ -1,0 +1,161 @@
+//! Spans reach an OTLP collector, continue the caller's W3C trace, and are flushed when the
+//! server stops: a fake collector (the real OTLP gRPC contract) receives what `boardroom serve`
+//! exports when `OTEL_EXPORTER_OTLP_ENDPOINT` points at it.
+
+use std::time::Duration;
+
+use boardroom_proto::session::v1 as pb;
+use boardroom_proto::session::v1::session_service_client::SessionServiceClient;
+use boardroom_testkit::channel;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::binary::{boardroom, wait_for_log};
+
+struct Collector(mpsc::UnboundedSender<ExportTraceServiceRequest>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let _ = self.0.send(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_continue_the_callers_trace_and_reach_the_collector() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let collector_addr = listener.local_addr().expect("addr");
+    let (spans_tx, mut spans) = mpsc::unbounded_channel();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let collector = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Collector(spans_tx)))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                stop.clone().cancelled_owned(),
+            ),
+    );
+
+    let db = boardroom_testkit::TestDatabase::sqlite();
+    let mut child = boardroom()
+        .arg("serve")
+        .env("BOARDROOM_DATABASE__URL", &db.url)
+        .env("BOARDROOM_SESSION__LISTEN__GRPC_ADDR", "127.0.0.1:0")
+        .env("BOARDROOM_SESSION__LISTEN__ADMIN_ADDR", "127.0.0.1:0")
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{collector_addr}"),
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut log = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        child.stderr.take().expect("stderr"),
+    ));
+    let line = wait_for_log(&mut log, "listening").await;
+    let event: serde_json::Value = serde_json::from_str(&line).expect("json");
+    let addr: std::net::SocketAddr = event["fields"]["grpc"]
+        .as_str()
+        .expect("grpc")
+        .parse()
+        .expect("addr");
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "00f067aa0ba902b7";
+    let mut client = SessionServiceClient::with_interceptor(
+        channel(addr).await,
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert(
+                "traceparent",
+                format!("00-{trace_id}-{parent_id}-01")
+                    .parse()
+                    .expect("ascii"),
+            );
+            Ok(req)
+        },
+    );
+    client
+        .create_boardroom(pb::CreateBoardroomRequest {
+            owner_id: "o".into(),
+            name: "Traced".into(),
+            advisors: vec![pb::Advisor {
+                name: "CFO".into(),
+                role: String::new(),
+                system_prompt: String::new(),
+                model: "m".into(),
+            }],
+            request_id: String::new(),
+        })
+        .await
+        .expect("call");
+
+    // Stopping the server flushes the batch exporter.
+    let pid = child.id().expect("pid").to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert!(status.success());
+
+    let mut found = None;
+    while let Ok(Some(export)) = tokio::time::timeout(Duration::from_secs(10), spans.recv()).await {
+        for resource_spans in export.resource_spans {
+            let service = resource_spans
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                .and_then(|a| a.value.as_ref())
+                .map(|v| format!("{:?}", v.value));
+            for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
+                if span.name == "boardroom.session.v1.SessionService/CreateBoardroom" {
+                    found = Some((span, service.clone()));
+                }
+            }
+        }
+        if found.is_some() {
+            break;
+        }
+    }
+    let (span, service) = found.expect("the RPC's span reached the collector");
+    assert_eq!(
+        hex(&span.trace_id),
+        trace_id,
+        "the span continues the caller's trace"
+    );
+    assert_eq!(
+        hex(&span.parent_span_id),
+        parent_id,
+        "its parent is the caller's span"
+    );
+    assert!(
+        service.unwrap_or_default().contains("boardroom"),
+        "resource names the service"
+    );
+    stop.cancel();
+    collector.await.expect("joined").expect("collector");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
