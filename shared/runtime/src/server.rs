@@ -16,7 +16,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::auth::Authenticator;
-use crate::config::{AuthConfig, Listen, ServerConfig};
+use crate::config::{AuthConfig, Listen, ServerConfig, TlsConfig};
 use crate::inbound::{InboundLayer, InboundPolicy};
 use crate::metrics::{AdminServer, Readiness};
 
@@ -32,6 +32,7 @@ pub struct GrpcServer {
     service_names: Vec<&'static str>,
     config: ServerConfig,
     authenticator: Option<Authenticator>,
+    tls: Option<ServerTlsConfig>,
 }
 
 impl std::fmt::Debug for GrpcServer {
@@ -75,6 +76,7 @@ impl GrpcServer {
             service_names: Vec::new(),
             config: config.clone(),
             authenticator: Authenticator::from_config(auth)?,
+            tls: config.tls.as_ref().map(server_tls).transpose()?,
         })
     }
 
@@ -126,6 +128,7 @@ impl GrpcServer {
             service_names,
             config,
             authenticator,
+            tls,
         } = self;
         set_status(&health, &service_names, ServingStatus::Serving).await;
         ready.set(true);
@@ -157,14 +160,8 @@ impl GrpcServer {
             .http2_keepalive_interval(Some(Duration::from_millis(
                 config.http2_keepalive_interval_ms,
             )));
-        if let Some(tls) = &config.tls {
-            let cert = std::fs::read(&tls.cert_path)?;
-            let key = std::fs::read(&tls.key_path)?;
-            let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-            if let Some(ca) = &tls.client_ca_path {
-                tls_config = tls_config.client_ca_root(Certificate::from_pem(std::fs::read(ca)?));
-            }
-            builder = builder.tls_config(tls_config)?;
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
         }
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
 
@@ -216,6 +213,23 @@ impl GrpcServer {
         tracing::info!(server = name, "stopped");
         served
     }
+}
+
+/// Reads the TLS material at start-up, so that a missing or unreadable file stops the
+/// service before it reports itself ready.
+fn server_tls(tls: &TlsConfig) -> anyhow::Result<ServerTlsConfig> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("reading server.tls file {}: {e}", path.display()))
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
+        read(&tls.cert_path)?,
+        read(&tls.key_path)?,
+    ));
+    if let Some(ca) = &tls.client_ca_path {
+        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(config)
 }
 
 /// Reflection over every Boardroom contract, health, and the google.rpc error details our
