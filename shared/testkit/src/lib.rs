@@ -11,7 +11,7 @@ mod redis;
 mod service;
 
 pub use postgres::{TestDatabase, ephemeral_postgres_url, postgres_admin_url, sqlite_database};
-pub use redis::{ephemeral_redis_url, redis_url};
+pub use redis::{PrivateRedis, ephemeral_redis_url, redis_url};
 pub use service::{FlakyProxy, channel, metric_value, scrape_metrics, test_config};
 
 /// Where a test server came from.

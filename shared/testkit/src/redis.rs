@@ -96,3 +96,98 @@ mod tests {
         );
     }
 }
+
+/// A Redis server of one test, which the test may stop and restart on the same port (to see
+/// how a service behaves while Redis is away). Killed on drop.
+#[derive(Debug)]
+pub struct PrivateRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    /// Starts a new server on a free port.
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let dir = ephemeral::state_dir().join(format!("redis-{}", crate::unique_suffix()));
+        std::fs::create_dir_all(&dir).expect("redis folder");
+        let mut redis = Self {
+            port,
+            dir,
+            child: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server and waits until its port is closed.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and waits until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        let binary = ephemeral::find_binary("redis-server").expect("redis-server is installed");
+        let child = std::process::Command::new(binary)
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting redis-server");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !ephemeral::port_answers(self.port) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Sends one command (inline protocol) and returns the raw reply.
+    pub async fn command(&self, command: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .expect("connects");
+        stream
+            .write_all(format!("{command}\r\n").as_bytes())
+            .await
+            .expect("writes");
+        let mut reply = vec![0u8; 512];
+        let n = stream.read(&mut reply).await.expect("reads");
+        String::from_utf8_lossy(&reply[..n]).into_owned()
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,45 @@
+//! Settings of a [`crate::TieredCache`].
+
+use std::time::Duration;
+
+/// Redis (L2) connection settings.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Pooled connections for reads and writes (the tracking connection is extra).
+    pub pool_size: usize,
+    /// Bound of one L2 command; slower answers count as misses.
+    pub timeout: Duration,
+}
+
+/// Settings of one cache.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Prefix of every key in Redis; tracking watches exactly this prefix.
+    pub prefix: String,
+    /// Memory bound of L1, in bytes of keys and values.
+    pub l1_max_bytes: u64,
+    /// Lifetime of a cached NotFound.
+    pub negative_ttl: Duration,
+    /// L1 lifetime cap while L2 is down (no invalidations arrive then).
+    pub degraded_l1_ttl: Duration,
+    /// How long a delete's tombstone keeps fills from storing a value in L2; longer than any
+    /// load takes.
+    pub tombstone_ttl: Duration,
+    /// L2; `None` runs L1 + loader only (the embedded default).
+    pub redis: Option<RedisSettings>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            prefix: "br:".into(),
+            l1_max_bytes: 64 * 1024 * 1024,
+            negative_ttl: Duration::from_secs(2),
+            degraded_l1_ttl: Duration::from_secs(1),
+            tombstone_ttl: Duration::from_secs(5),
+            redis: None,
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! The tiered cache against real Redis servers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use boardroom_cache::{CacheConfig, Invalidation, RedisSettings, TieredCache};
+use boardroom_testkit::{PrivateRedis, redis_url, unique_suffix};
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+const TTL: Duration = Duration::from_secs(60);
+
+async fn cache(url: &str, prefix: &str, stop: &CancellationToken) -> TieredCache {
+    let config = CacheConfig {
+        prefix: prefix.to_owned(),
+        redis: Some(RedisSettings {
+            url: url.to_owned(),
+            pool_size: 2,
+            timeout: Duration::from_millis(200),
+        }),
+        ..CacheConfig::default()
+    };
+    TieredCache::new("test", config, stop.clone())
+        .await
+        .expect("cache")
+}
+
+/// A loader that counts its calls and returns `value`.
+fn loader(
+    calls: &Arc<AtomicUsize>,
+    value: Option<&'static str>,
+) -> impl Fn() -> std::future::Ready<Result<Option<Bytes>, anyhow::Error>> {
+    let calls = calls.clone();
+    move || {
+        calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(value.map(|v| Bytes::from_static(v.as_bytes()))))
+    }
+}
+
+async fn wait_until(mut status: tokio::sync::watch::Receiver<bool>, wanted: bool) {
+    tokio::time::timeout(Duration::from_secs(20), status.wait_for(|up| *up == wanted))
+        .await
+        .unwrap_or_else(|_| panic!("L2 never became {}", if wanted { "up" } else { "down" }))
+        .expect("status channel open");
+}
+
+async fn next_invalidation(
+    events: &mut tokio::sync::broadcast::Receiver<Invalidation>,
+    wanted: &Invalidation,
+) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if &events.recv().await.expect("events open") == wanted {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no invalidation {wanted:?}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_instance_evicts_the_key_from_the_others_l1() {
+    let (url, _) = redis_url().await;
+    let prefix = format!("t{}:", unique_suffix());
+    let stop = CancellationToken::new();
+    let (a, b) = (
+        cache(&url, &prefix, &stop).await,
+        cache(&url, &prefix, &stop).await,
+    );
+    wait_until(b.l2_status(), true).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+
+    assert_eq!(
+        b.get_or_load("k", TTL, loader(&calls, Some("v1")))
+            .await
+            .expect("load"),
+        Some(Bytes::from("v1"))
+    );
+    assert_eq!(
+        b.get_or_load("k", TTL, loader(&calls, Some("never")))
+            .await
+            .expect("hit"),
+        Some(Bytes::from("v1"))
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the second read is an L1 hit"
+    );
+
+    let mut events = b.invalidations();
+    a.set("k", Bytes::from("v2"), TTL).await;
+    next_invalidation(&mut events, &Invalidation::Key("k".into())).await;
+    assert_eq!(
+        b.get_or_load("k", TTL, loader(&calls, Some("never")))
+            .await
+            .expect("L2 hit"),
+        Some(Bytes::from("v2"))
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "B read A's write from L2, not from the loader"
+    );
+
+    a.delete("k").await;
+    next_invalidation(&mut events, &Invalidation::Key("k".into())).await;
+    assert_eq!(
+        b.get_or_load("k", TTL, loader(&calls, Some("v3")))
+            .await
+            .expect("reload"),
+        Some(Bytes::from("v3"))
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_misses_load_once() {
+    let (url, _) = redis_url().await;
+    let stop = CancellationToken::new();
+    let cache = cache(&url, &format!("t{}:", unique_suffix()), &stop).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let readers: Vec<_> = (0..1000)
+        .map(|_| {
+            let (cache, calls, gate) = (cache.clone(), calls.clone(), gate.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load("hot", TTL, move || {
+                        let (calls, mut gate) = (calls.clone(), gate.clone());
+                        async move {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            let _ = gate.wait_for(|open| *open).await;
+                            Ok::<_, anyhow::Error>(Some(Bytes::from_static(b"v")))
+                        }
+                    })
+                    .await
+            })
+        })
+        .collect();
+    // Open the gate once the load has started; every other reader is waiting on it by then or
+    // will find the value cached.
+    while calls.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    open.send_replace(true);
+    for reader in readers {
+        assert_eq!(
+            reader.await.expect("joined").expect("value"),
+            Some(Bytes::from_static(b"v"))
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_found_is_cached_in_both_levels() {
+    let (url, _) = redis_url().await;
+    let prefix = format!("t{}:", unique_suffix());
+    let stop = CancellationToken::new();
+    let (a, b) = (
+        cache(&url, &prefix, &stop).await,
+        cache(&url, &prefix, &stop).await,
+    );
+    let calls = Arc::new(AtomicUsize::new(0));
+    assert_eq!(
+        a.get_or_load("ghost", TTL, loader(&calls, None))
+            .await
+            .expect("load"),
+        None
+    );
+    assert_eq!(
+        a.get_or_load("ghost", TTL, loader(&calls, Some("no")))
+            .await
+            .expect("L1"),
+        None
+    );
+    assert_eq!(
+        b.get_or_load("ghost", TTL, loader(&calls, Some("no")))
+            .await
+            .expect("L2"),
+        None
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loader_errors_reach_every_waiter_and_are_not_cached() {
+    let stop = CancellationToken::new();
+    let cache = TieredCache::new("test", CacheConfig::default(), stop.clone())
+        .await
+        .expect("L1 only");
+    let err = cache
+        .get_or_load("k", TTL, || async {
+            Err::<Option<Bytes>, _>(anyhow::anyhow!("database down"))
+        })
+        .await
+        .expect_err("error");
+    assert!(err.to_string().contains("database down"));
+    let calls = Arc::new(AtomicUsize::new(0));
+    assert_eq!(
+        cache
+            .get_or_load("k", TTL, loader(&calls, Some("v")))
+            .await
+            .expect("ok"),
+        Some(Bytes::from("v"))
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_every_call_succeeds_and_l2_resumes_when_it_returns() {
+    let mut redis = PrivateRedis::start();
+    let stop = CancellationToken::new();
+    let prefix = "p:";
+    let a = cache(&redis.url(), prefix, &stop).await;
+    wait_until(a.l2_status(), true).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    a.get_or_load("before", TTL, loader(&calls, Some("v0")))
+        .await
+        .expect("load");
+
+    redis.stop();
+    wait_until(a.l2_status(), false).await;
+    assert!(!a.l2_up());
+    // Everything still answers, from the loader.
+    assert_eq!(
+        a.get_or_load("during", TTL, loader(&calls, Some("v1")))
+            .await
+            .expect("loader"),
+        Some(Bytes::from("v1"))
+    );
+    a.set("written-during", Bytes::from("x"), TTL).await;
+    a.delete("before").await;
+    assert_eq!(
+        a.get_or_load("before", TTL, loader(&calls, Some("v0b")))
+            .await
+            .expect("loader"),
+        Some(Bytes::from("v0b"))
+    );
+
+    redis.restart();
+    wait_until(a.l2_status(), true).await;
+    a.set("after", Bytes::from("v2"), TTL).await;
+    // A fresh instance finds it in L2: hits resumed without a restart of the cache.
+    let fresh = cache(&redis.url(), prefix, &stop).await;
+    let before = calls.load(Ordering::SeqCst);
+    assert_eq!(
+        fresh
+            .get_or_load("after", TTL, loader(&calls, Some("never")))
+            .await
+            .expect("L2 hit"),
+        Some(Bytes::from("v2"))
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), before, "served by L2");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_in_redis_clears_every_l1() {
+    let redis = PrivateRedis::start();
+    let stop = CancellationToken::new();
+    let a = cache(&redis.url(), "f:", &stop).await;
+    wait_until(a.l2_status(), true).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    a.get_or_load("k", TTL, loader(&calls, Some("v")))
+        .await
+        .expect("load");
+    let mut events = a.invalidations();
+    assert!(redis.command("FLUSHALL").await.starts_with("+OK"));
+    next_invalidation(&mut events, &Invalidation::All).await;
+    a.get_or_load("k", TTL, loader(&calls, Some("v")))
+        .await
+        .expect("reload");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "L1 was cleared by the flush"
+    );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_that_read_before_a_delete_cannot_store_the_old_value() {
+    let (url, _) = redis_url().await;
+    let prefix = format!("t{}:", unique_suffix());
+    let stop = CancellationToken::new();
+    let (a, b) = (
+        cache(&url, &prefix, &stop).await,
+        cache(&url, &prefix, &stop).await,
+    );
+    wait_until(a.l2_status(), true).await;
+    // A's loader reads the old value, then the owner deletes (on B) before A's fill lands.
+    let writer = b.clone();
+    let stale = a
+        .get_or_load("k", TTL, move || {
+            let writer = writer.clone();
+            async move {
+                writer.delete("k").await;
+                Ok::<_, anyhow::Error>(Some(Bytes::from_static(b"old")))
+            }
+        })
+        .await
+        .expect("load");
+    assert_eq!(
+        stale,
+        Some(Bytes::from_static(b"old")),
+        "the racing reader itself got what it read"
+    );
+    let calls = Arc::new(AtomicUsize::new(0));
+    let fresh = cache(&url, &prefix, &stop).await;
+    assert_eq!(
+        fresh
+            .get_or_load("k", TTL, loader(&calls, Some("new")))
+            .await
+            .expect("load"),
+        Some(Bytes::from("new"))
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "L2 held a tombstone, not the old value"
+    );
+    assert_eq!(
+        a.get_or_load("k", TTL, loader(&calls, Some("new")))
+            .await
+            .expect("reload"),
+        Some(Bytes::from("new")),
+        "A's raced L1 entry was discarded"
+    );
+    stop.cancel();
+}
+
+/// 64 clients read and write 256 keys (2 % writes) through two instances for two seconds. The
+/// "database" is a version per key; a read that starts after a write was acknowledged (plus the
+/// documented invalidation delay) must see that write or a later one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_no_instance_serves_a_value_older_than_the_last_acknowledged_write() {
+    use std::sync::Mutex;
+    use std::time::Instant;
+    const KEYS: usize = 256;
+    const DELAY: Duration = Duration::from_millis(50); // documented invalidation delay bound
+    let private = PrivateRedis::start();
+    let url = private.url();
+    let prefix = format!("t{}:", unique_suffix());
+    let stop = CancellationToken::new();
+    let instances = [
+        cache(&url, &prefix, &stop).await,
+        cache(&url, &prefix, &stop).await,
+    ];
+    wait_until(instances[0].l2_status(), true).await;
+    wait_until(instances[1].l2_status(), true).await;
+    let truth: Arc<Vec<std::sync::atomic::AtomicU64>> = Arc::new(
+        (0..KEYS)
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect(),
+    );
+    // Per key: (acknowledged at, version).
+    type AckLog = Vec<Mutex<Vec<(Instant, u64)>>>;
+    let acks: Arc<AckLog> = Arc::new((0..KEYS).map(|_| Mutex::new(Vec::new())).collect());
+    let reads: Arc<Mutex<Vec<(usize, Instant, u64)>>> = Arc::default();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let clients: Vec<_> = (0..64)
+        .map(|client| {
+            let (instances, truth, acks, reads) = (
+                instances.clone(),
+                truth.clone(),
+                acks.clone(),
+                reads.clone(),
+            );
+            tokio::spawn(async move {
+                let mut n: usize = client;
+                while Instant::now() < deadline {
+                    // A real caller yields at its network I/O; an L1 hit alone never does, and a
+                    // loop of them would starve the task that applies invalidations.
+                    tokio::task::yield_now().await;
+                    n = n.wrapping_mul(1103515245).wrapping_add(12345) % 1_000_003;
+                    let key = n % KEYS;
+                    let cache = &instances[n % 2];
+                    let name = format!("k{key}");
+                    if n.is_multiple_of(50) {
+                        // Write: the database first, then invalidate. (Concurrent writers of one
+                        // key must not write values through: their SETs can land out of order.)
+                        let version = truth[key].fetch_add(1, Ordering::SeqCst) + 1;
+                        cache.delete(&name).await;
+                        acks[key]
+                            .lock()
+                            .expect("lock")
+                            .push((Instant::now(), version));
+                    } else {
+                        let started = Instant::now();
+                        let truth = truth.clone();
+                        let value = cache
+                            .get_or_load(&name, TTL, move || {
+                                let truth = truth.clone();
+                                async move {
+                                    let read = truth[key].load(Ordering::SeqCst);
+                                    // The time a real query takes between reading and returning: the
+                                    // window in which a write can overtake this fill.
+                                    tokio::time::sleep(Duration::from_micros(500)).await;
+                                    Ok::<_, anyhow::Error>(Some(Bytes::from(read.to_string())))
+                                }
+                            })
+                            .await
+                            .expect("read");
+                        let version: u64 = std::str::from_utf8(&value.expect("present"))
+                            .expect("utf8")
+                            .parse()
+                            .expect("number");
+                        reads.lock().expect("lock").push((key, started, version));
+                    }
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.expect("client");
+    }
+    let reads = reads.lock().expect("lock");
+    let mut stale = Vec::new();
+    let mut worst_lag = Duration::ZERO;
+    for &(key, started, version) in reads.iter() {
+        // How long after the first newer write was acknowledged did this read still see `version`?
+        if let Some(newer) = acks[key]
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(acked, v)| *v > version && *acked <= started)
+            .map(|(acked, _)| *acked)
+            .min()
+        {
+            worst_lag = worst_lag.max(started - newer);
+        }
+        let required = acks[key]
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(acked, _)| *acked + DELAY <= started)
+            .map(|(_, v)| *v)
+            .max()
+            .unwrap_or(0);
+        if version < required {
+            stale.push((key, version, required));
+        }
+    }
+    eprintln!(
+        "reads: {}, longest time a replaced value was still served: {worst_lag:?}",
+        reads.len()
+    );
+    assert!(
+        reads.len() > 1000,
+        "the run did enough reads: {}",
+        reads.len()
+    );
+    assert!(
+        stale.is_empty(),
+        "{} of {} reads were stale, e.g. {:?}",
+        stale.len(),
+        reads.len(),
+        &stale[..stale.len().min(5)]
+    );
+    stop.cancel();
+}
