@@ -15,7 +15,7 @@ use fred::prelude::{
 use fred::types::RespVersion;
 use tokio::sync::watch;
 
-use crate::{CacheError, Invalidation, RedisSettings, TieredCache};
+use crate::{CacheError, Codec, Invalidation, RedisSettings, TieredCache};
 
 /// Stored values carry one tag byte: a value, "the loader found nothing", or a tombstone
 /// left by a delete.
@@ -229,7 +229,7 @@ impl Redis {
     /// Applies Redis's invalidation pushes to `cache`'s L1 and follows the tracking
     /// connection: L1 is cleared whenever it drops or comes back (pushes may have been lost).
     /// The task ends with the cache's stop token.
-    pub(crate) fn follow_invalidations(&self, cache: TieredCache) {
+    pub(crate) fn follow_invalidations<C: Codec>(&self, cache: TieredCache<C>) {
         let mut pushes = self.subscriber.invalidation_rx();
         let (mut reconnects, mut errors) = (self.tracker.reconnect_rx(), self.tracker.error_rx());
         let (mut sub_reconnects, mut sub_errors) =

@@ -65,10 +65,39 @@ pub enum CacheError {
     Config(String),
 }
 
+/// How values are kept: as themselves in L1 (no decoding on a hit), as bytes in L2.
+pub trait Codec: Send + Sync + 'static {
+    /// The value callers store and get.
+    type Value: Clone + Send + Sync + 'static;
+    /// Bytes for Redis.
+    fn encode(value: &Self::Value) -> Bytes;
+    /// From Redis; `None` when the bytes are not a value of this codec (a miss, then).
+    fn decode(bytes: Bytes) -> Option<Self::Value>;
+    /// Approximate bytes the value holds, for L1's memory bound.
+    fn weight(value: &Self::Value) -> usize;
+}
+
+/// Values that are bytes already (the cache service).
+#[derive(Debug, Clone, Copy)]
+pub struct RawBytes;
+
+impl Codec for RawBytes {
+    type Value = Bytes;
+    fn encode(value: &Bytes) -> Bytes {
+        value.clone()
+    }
+    fn decode(bytes: Bytes) -> Option<Bytes> {
+        Some(bytes)
+    }
+    fn weight(value: &Bytes) -> usize {
+        value.len()
+    }
+}
+
 #[derive(Clone)]
-struct Entry {
+struct Entry<V> {
     /// `None`: the loader found nothing (negative entry).
-    value: Option<Bytes>,
+    value: Option<V>,
     ttl: Duration,
     /// The key's stripe write epoch when the fill began.
     epoch: u64,
@@ -76,34 +105,40 @@ struct Entry {
 
 struct EntryTtl;
 
-impl Expiry<Arc<str>, Entry> for EntryTtl {
+impl<V> Expiry<Arc<str>, Entry<V>> for EntryTtl {
     fn expire_after_create(
         &self,
         _key: &Arc<str>,
-        entry: &Entry,
+        entry: &Entry<V>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
         Some(entry.ttl)
     }
 }
 
-struct Inner {
+struct Inner<C: Codec> {
     name: &'static str,
     config: CacheConfig,
-    l1: Cache<Arc<str>, Entry>,
+    negative_ttl_ms: AtomicU64,
+    l1: Cache<Arc<str>, Entry<C::Value>>,
     l2: Option<Redis>,
     write_epochs: Box<[AtomicU64]>,
     events: broadcast::Sender<Invalidation>,
     stop: CancellationToken,
 }
 
-/// A tiered cache of byte values. Cheap to clone; clones share everything.
-#[derive(Clone)]
-pub struct TieredCache {
-    inner: Arc<Inner>,
+/// A tiered cache of `C::Value`s. Cheap to clone; clones share everything.
+pub struct TieredCache<C: Codec = RawBytes> {
+    inner: Arc<Inner<C>>,
 }
 
-impl std::fmt::Debug for TieredCache {
+impl<C: Codec> Clone for TieredCache<C> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone() }
+    }
+}
+
+impl<C: Codec> std::fmt::Debug for TieredCache<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TieredCache")
             .field("name", &self.inner.name)
@@ -116,7 +151,7 @@ fn count(name: &'static str, level: &'static str, result: &'static str) {
     metrics::counter!("cache_requests_total", "cache" => name, "level" => level, "result" => result).increment(1);
 }
 
-impl TieredCache {
+impl<C: Codec> TieredCache<C> {
     /// Builds the cache; with `config.redis`, connects L2 and starts tracking (an unreachable
     /// Redis is not an error: the cache starts degraded and connects when Redis appears).
     /// Background work ends when `stop` is cancelled.
@@ -128,8 +163,8 @@ impl TieredCache {
         let l1 = Cache::builder()
             .name(name)
             .max_capacity(config.l1_max_bytes)
-            .weigher(|key: &Arc<str>, entry: &Entry| {
-                let bytes = 64 + key.len() + entry.value.as_ref().map_or(0, Bytes::len);
+            .weigher(|key: &Arc<str>, entry: &Entry<C::Value>| {
+                let bytes = 64 + key.len() + entry.value.as_ref().map_or(0, C::weight);
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
             .expire_after(EntryTtl)
@@ -149,6 +184,7 @@ impl TieredCache {
         let cache = Self {
             inner: Arc::new(Inner {
                 name,
+                negative_ttl_ms: AtomicU64::new(u64::try_from(config.negative_ttl.as_millis()).unwrap_or(u64::MAX)),
                 config,
                 l1,
                 l2,
@@ -214,10 +250,10 @@ impl TieredCache {
         key: &str,
         ttl: Duration,
         load: F,
-    ) -> Result<Option<Bytes>, Arc<E>>
+    ) -> Result<Option<C::Value>, Arc<E>>
     where
         F: Fn() -> Fut,
-        Fut: Future<Output = Result<Option<Bytes>, E>>,
+        Fut: Future<Output = Result<Option<C::Value>, E>>,
         E: Send + Sync + 'static,
     {
         let name = self.inner.name;
@@ -255,51 +291,45 @@ impl TieredCache {
     }
 
     /// L2, else the loader; the entry carries the stripe epoch at the start of the fill.
-    async fn fill<F, Fut, E>(&self, key: &Arc<str>, ttl: Duration, load: &F) -> Result<Entry, E>
+    async fn fill<F, Fut, E>(&self, key: &Arc<str>, ttl: Duration, load: &F) -> Result<Entry<C::Value>, E>
     where
         F: Fn() -> Fut,
-        Fut: Future<Output = Result<Option<Bytes>, E>>,
+        Fut: Future<Output = Result<Option<C::Value>, E>>,
     {
         let name = self.inner.name;
         let epoch = self.stripe(key).load(Ordering::Acquire);
         count(name, "l1", "miss");
+        // A value that does not decode (another version wrote it) is a miss.
         if let Some(l2) = &self.inner.l2
             && let Some(found) = l2.get(key).await
+            && let Some(value) = found.map(C::decode).map_or(Some(None), |decoded| decoded.map(Some))
         {
             count(name, "l2", "hit");
-            let ttl = if found.is_some() {
-                ttl
-            } else {
-                self.inner.config.negative_ttl
-            };
-            return Ok(Entry {
-                value: found,
-                ttl: self.l1_ttl(ttl),
-                epoch,
-            });
+            let ttl = if value.is_some() { ttl } else { self.negative_ttl() };
+            return Ok(Entry { value, ttl: self.l1_ttl(ttl), epoch });
         }
         if self.inner.l2.is_some() {
             count(name, "l2", "miss");
         }
         let started = Instant::now();
         let loaded = load().await;
-        metrics::histogram!("cache_load_duration_seconds", "cache" => name)
-            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("cache_load_duration_seconds", "cache" => name).record(started.elapsed().as_secs_f64());
         metrics::counter!("cache_loads_total", "cache" => name).increment(1);
         let value = loaded?;
-        let ttl = if value.is_some() {
-            ttl
-        } else {
-            self.inner.config.negative_ttl
-        };
+        let ttl = if value.is_some() { ttl } else { self.negative_ttl() };
         if let Some(l2) = &self.inner.l2 {
-            l2.set(key, value.as_ref(), ttl, Write::IfAbsent).await;
+            l2.set(key, value.as_ref().map(C::encode).as_ref(), ttl, Write::IfAbsent).await;
         }
-        Ok(Entry {
-            value,
-            ttl: self.l1_ttl(ttl),
-            epoch,
-        })
+        Ok(Entry { value, ttl: self.l1_ttl(ttl), epoch })
+    }
+
+    fn negative_ttl(&self) -> Duration {
+        Duration::from_millis(self.inner.negative_ttl_ms.load(Ordering::Relaxed))
+    }
+
+    /// Changes the lifetime of cached NotFounds from now on (config reload).
+    pub fn set_negative_ttl(&self, ttl: Duration) {
+        self.inner.negative_ttl_ms.store(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Stores `value` for `ttl` (L2, and every replica's L1 forgets the old one). Never
@@ -308,9 +338,9 @@ impl TieredCache {
     /// Last writer wins, as in Redis: two concurrent `set`s of one key can land in either
     /// order. A value derived from a record that several writers may change at once should be
     /// invalidated with [`TieredCache::delete`] after the write and refilled by the loader.
-    pub async fn set(&self, key: &str, value: Bytes, ttl: Duration) {
+    pub async fn set(&self, key: &str, value: C::Value, ttl: Duration) {
         if let Some(l2) = &self.inner.l2 {
-            l2.set(key, Some(&value), ttl, Write::Overwrite).await;
+            l2.set(key, Some(&C::encode(&value)), ttl, Write::Overwrite).await;
         }
         self.forget_local(key).await;
     }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use boardroom_cache::{CacheConfig, Invalidation, RedisSettings, TieredCache};
+use boardroom_cache::{CacheConfig, Invalidation, RawBytes, RedisSettings, TieredCache};
 use boardroom_testkit::{PrivateRedis, redis_url, unique_suffix};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
@@ -192,7 +192,7 @@ async fn not_found_is_cached_in_both_levels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loader_errors_reach_every_waiter_and_are_not_cached() {
     let stop = CancellationToken::new();
-    let cache = TieredCache::new("test", CacheConfig::default(), stop.clone())
+    let cache = TieredCache::<RawBytes>::new("test", CacheConfig::default(), stop.clone())
         .await
         .expect("L1 only");
     let err = cache
