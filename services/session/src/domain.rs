@@ -19,7 +19,7 @@ pub struct Advisor {
 }
 
 /// A configured panel of advisors.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Boardroom {
     pub id: Uuid,
     pub owner_id: String,
@@ -32,7 +32,7 @@ pub struct Boardroom {
 }
 
 /// A user's conversation in a boardroom.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     pub id: Uuid,
     pub boardroom_id: Uuid,
@@ -44,7 +44,7 @@ pub struct Session {
 }
 
 /// The kind of a thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ThreadType {
     Main,
     Breakout,
@@ -52,7 +52,7 @@ pub enum ThreadType {
 }
 
 /// The lifecycle state of a thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ThreadStatus {
     Open,
     Paused,
@@ -78,7 +78,7 @@ stored_enum!(ThreadType { Main => "main", Breakout => "breakout", Private => "pr
 stored_enum!(ThreadStatus { Open => "open", Paused => "paused", Closed => "closed" });
 
 /// A line of conversation in a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Thread {
     pub id: Uuid,
     pub session_id: Uuid,

@@ -12,7 +12,7 @@ pub struct FieldViolation {
 }
 
 /// Everything a session operation can fail with.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SessionError {
     /// The request is malformed; nothing was written.
     #[error("invalid request: {}", .0.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; "))]

@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use boardroom_cache::{CacheConfig, RedisSettings, TieredCache};
 use boardroom_migrations::{Migrator, MigratorTrait};
 use boardroom_proto::session::v1::session_service_server::SessionServiceServer;
 use boardroom_runtime::Config;
@@ -28,17 +29,36 @@ use tokio_util::sync::CancellationToken;
 pub use error::SessionError;
 pub use store::SessionStore;
 
-use crate::cache::{EntityCache, LiveTtls};
+use crate::cache::EntityCache;
 use crate::grpc::SessionGrpc;
 use crate::validate::Limits;
 
-/// A built session service: database connected (and migrated if configured), listeners bound.
+/// A built session service: database connected (and migrated if configured), cache (and
+/// Redis, if configured) connected, listeners bound.
 #[derive(Debug)]
 pub struct Application {
     server: GrpcServer,
     store: SessionStore,
-    ttls: Option<Arc<LiveTtls>>,
+    cache: Option<EntityCache>,
+    cache_stop: CancellationToken,
     live: Option<watch::Receiver<Arc<Config>>>,
+}
+
+/// The tiered cache settings of the session service's Get cache.
+fn cache_config(config: &Config) -> CacheConfig {
+    let c = &config.session.cache;
+    let redis = (!config.redis.url.is_empty()).then(|| RedisSettings {
+        url: config.redis.url.expose().to_owned(),
+        pool_size: config.redis.pool_size,
+        timeout: Duration::from_millis(config.redis.timeout_ms),
+    });
+    CacheConfig {
+        prefix: "br:session:".into(),
+        l1_max_bytes: c.max_bytes,
+        negative_ttl: Duration::from_millis(c.negative_ttl_ms),
+        redis,
+        ..CacheConfig::default()
+    }
 }
 
 impl Application {
@@ -57,18 +77,20 @@ impl Application {
         // Metric handles resolved below must find the recorder installed.
         boardroom_runtime::metrics::metrics_handle()?;
         let s = &config.session;
-        let ttls = s.cache.enabled.then(|| {
-            Arc::new(LiveTtls::new(
+        let cache_stop = CancellationToken::new();
+        let cache = if s.cache.enabled {
+            let tiered =
+                TieredCache::new("session", cache_config(config), cache_stop.clone()).await?;
+            Some(EntityCache::new(
+                tiered,
                 Duration::from_millis(s.cache.ttl_ms),
-                Duration::from_millis(s.cache.negative_ttl_ms),
             ))
-        });
-        let cache = ttls
-            .as_ref()
-            .map(|ttls| EntityCache::new(s.cache.max_bytes, ttls.clone()));
+        } else {
+            None
+        };
         let store = SessionStore::new(
             db,
-            cache,
+            cache.clone(),
             Limits {
                 max_advisors: s.max_advisors,
             },
@@ -87,7 +109,8 @@ impl Application {
         Ok(Self {
             server,
             store,
-            ttls,
+            cache,
+            cache_stop,
             live: None,
         })
     }
@@ -113,30 +136,37 @@ impl Application {
         &self.store
     }
 
-    /// Serves until `shutdown`, then drains.
+    /// The Get cache, when enabled (its invalidation events and L2 status, for tests).
+    pub fn cache(&self) -> Option<&EntityCache> {
+        self.cache.as_ref()
+    }
+
+    /// Serves until `shutdown`, then drains; the cache's Redis connections close last.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Application {
             server,
             store,
-            ttls,
+            cache,
+            cache_stop,
             live,
         } = self;
         let pool = store
             .database()
             .clone()
             .report_pool("session", shutdown.clone());
-        let reload = follow_reloads(live, ttls, shutdown.clone());
+        let reload = follow_reloads(live, cache, shutdown.clone());
         let (served, (), ()) = tokio::join!(server.run(shutdown), pool, reload);
+        cache_stop.cancel();
         served
     }
 }
 
 async fn follow_reloads(
     live: Option<watch::Receiver<Arc<Config>>>,
-    ttls: Option<Arc<LiveTtls>>,
+    cache: Option<EntityCache>,
     shutdown: CancellationToken,
 ) {
-    let (Some(mut live), Some(ttls)) = (live, ttls) else {
+    let (Some(mut live), Some(cache)) = (live, cache) else {
         return;
     };
     loop {
@@ -144,9 +174,9 @@ async fn follow_reloads(
             _ = shutdown.cancelled() => return,
             changed = live.changed() => {
                 if changed.is_err() { return; }
-                let cache = live.borrow_and_update().session.cache.clone();
-                ttls.set(Duration::from_millis(cache.ttl_ms), Duration::from_millis(cache.negative_ttl_ms));
-                tracing::info!(ttl_ms = cache.ttl_ms, negative_ttl_ms = cache.negative_ttl_ms, "session cache TTLs reloaded");
+                let c = live.borrow_and_update().session.cache.clone();
+                cache.set_ttls(Duration::from_millis(c.ttl_ms), Some(Duration::from_millis(c.negative_ttl_ms)));
+                tracing::info!(ttl_ms = c.ttl_ms, negative_ttl_ms = c.negative_ttl_ms, "session cache TTLs reloaded");
             }
         }
     }

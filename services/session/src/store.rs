@@ -11,7 +11,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::cache::{Cached, EntityCache, EntityKey};
+use crate::cache::{Cached, EntityCache, EntityKey, KeyText};
 use crate::domain::{
     Advisor, Boardroom, BoardroomUpdate, NewBoardroom, NewSession, NewThread, Page, PageRequest,
     Session, SessionTree, Thread, ThreadFilter, ThreadStatus, ThreadType,
@@ -55,25 +55,27 @@ impl SessionStore {
         &self.db
     }
 
-    /// Reads through the Get cache. `load` builds the database read only on a miss, and that
-    /// path is boxed, so a hit stays a small future.
-    async fn cached<F, Fut>(&self, key: EntityKey, load: F) -> Result<Cached, SessionError>
+    /// Reads through the Get cache (L1, then Redis, then `load`); `None` is a NotFound, cached
+    /// briefly too.
+    async fn cached<F, Fut>(&self, key: EntityKey, load: F) -> Result<Option<Cached>, SessionError>
     where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Cached, SessionError>>,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Option<Cached>, SessionError>>,
     {
         match &self.cache {
-            Some(cache) => match cache.get(&key).await {
-                Some(hit) => Ok(hit),
-                None => Box::pin(cache.get_or_load(key, load())).await,
-            },
+            Some(cache) => cache
+                .tiered()
+                .get_or_load(KeyText::new(key).as_str(), cache.ttl(), load)
+                .await
+                .map_err(|shared| (*shared).clone()),
             None => Box::pin(load()).await,
         }
     }
 
+    /// Forgets `key` in every replica's cache after a write changed it.
     async fn invalidate(&self, key: EntityKey) {
         if let Some(cache) = &self.cache {
-            cache.invalidate(key).await;
+            cache.tiered().delete(KeyText::new(key).as_str()).await;
         }
     }
 
@@ -153,13 +155,13 @@ impl SessionStore {
                     )
                     .await?;
                 Ok(match row {
-                    Some(row) => Cached::Boardroom(Arc::new(boardroom_from(row)?)),
-                    None => Cached::Missing,
+                    Some(row) => Some(Cached::Boardroom(Arc::new(boardroom_from(row)?))),
+                    None => None,
                 })
             })
             .await?;
         match found {
-            Cached::Boardroom(b) => Ok(b),
+            Some(Cached::Boardroom(b)) => Ok(b),
             _ => Err(SessionError::NotFound {
                 kind: "boardroom",
                 id: id.to_string(),
@@ -294,13 +296,11 @@ impl SessionStore {
                             .one(self.db.conn()),
                     )
                     .await?;
-                Ok(row.map_or(Cached::Missing, |r| {
-                    Cached::Session(Arc::new(session_from(r)))
-                }))
+                Ok(row.map(|r| Cached::Session(Arc::new(session_from(r)))))
             })
             .await?;
         match found {
-            Cached::Session(s) => Ok(s),
+            Some(Cached::Session(s)) => Ok(s),
             _ => Err(SessionError::NotFound {
                 kind: "session",
                 id: id.to_string(),
@@ -468,13 +468,13 @@ impl SessionStore {
                     )
                     .await?;
                 Ok(match row {
-                    Some(r) => Cached::Thread(Arc::new(thread_from(r)?)),
-                    None => Cached::Missing,
+                    Some(r) => Some(Cached::Thread(Arc::new(thread_from(r)?))),
+                    None => None,
                 })
             })
             .await?;
         match found {
-            Cached::Thread(t) => Ok(t),
+            Some(Cached::Thread(t)) => Ok(t),
             _ => Err(SessionError::NotFound {
                 kind: "thread",
                 id: id.to_string(),

@@ -134,7 +134,9 @@ pub struct TieredCache<C: Codec = RawBytes> {
 
 impl<C: Codec> Clone for TieredCache<C> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone() }
+        Self {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -184,7 +186,9 @@ impl<C: Codec> TieredCache<C> {
         let cache = Self {
             inner: Arc::new(Inner {
                 name,
-                negative_ttl_ms: AtomicU64::new(u64::try_from(config.negative_ttl.as_millis()).unwrap_or(u64::MAX)),
+                negative_ttl_ms: AtomicU64::new(
+                    u64::try_from(config.negative_ttl.as_millis()).unwrap_or(u64::MAX),
+                ),
                 config,
                 l1,
                 l2,
@@ -274,7 +278,7 @@ impl<C: Codec> TieredCache<C> {
                 .inner
                 .l1
                 .entry(key.clone())
-                .or_try_insert_with(self.fill(&key, ttl, &load))
+                .or_try_insert_with(Box::pin(self.fill(&key, ttl, &load)))
                 .await?
                 .into_value();
             if entry.epoch == stripe.load(Ordering::Acquire) {
@@ -291,7 +295,12 @@ impl<C: Codec> TieredCache<C> {
     }
 
     /// L2, else the loader; the entry carries the stripe epoch at the start of the fill.
-    async fn fill<F, Fut, E>(&self, key: &Arc<str>, ttl: Duration, load: &F) -> Result<Entry<C::Value>, E>
+    async fn fill<F, Fut, E>(
+        &self,
+        key: &Arc<str>,
+        ttl: Duration,
+        load: &F,
+    ) -> Result<Entry<C::Value>, E>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<Option<C::Value>, E>>,
@@ -302,25 +311,50 @@ impl<C: Codec> TieredCache<C> {
         // A value that does not decode (another version wrote it) is a miss.
         if let Some(l2) = &self.inner.l2
             && let Some(found) = l2.get(key).await
-            && let Some(value) = found.map(C::decode).map_or(Some(None), |decoded| decoded.map(Some))
+            && let Some(value) = found
+                .map(C::decode)
+                .map_or(Some(None), |decoded| decoded.map(Some))
         {
             count(name, "l2", "hit");
-            let ttl = if value.is_some() { ttl } else { self.negative_ttl() };
-            return Ok(Entry { value, ttl: self.l1_ttl(ttl), epoch });
+            let ttl = if value.is_some() {
+                ttl
+            } else {
+                self.negative_ttl()
+            };
+            return Ok(Entry {
+                value,
+                ttl: self.l1_ttl(ttl),
+                epoch,
+            });
         }
         if self.inner.l2.is_some() {
             count(name, "l2", "miss");
         }
         let started = Instant::now();
         let loaded = load().await;
-        metrics::histogram!("cache_load_duration_seconds", "cache" => name).record(started.elapsed().as_secs_f64());
+        metrics::histogram!("cache_load_duration_seconds", "cache" => name)
+            .record(started.elapsed().as_secs_f64());
         metrics::counter!("cache_loads_total", "cache" => name).increment(1);
         let value = loaded?;
-        let ttl = if value.is_some() { ttl } else { self.negative_ttl() };
+        let ttl = if value.is_some() {
+            ttl
+        } else {
+            self.negative_ttl()
+        };
         if let Some(l2) = &self.inner.l2 {
-            l2.set(key, value.as_ref().map(C::encode).as_ref(), ttl, Write::IfAbsent).await;
+            l2.set(
+                key,
+                value.as_ref().map(C::encode).as_ref(),
+                ttl,
+                Write::IfAbsent,
+            )
+            .await;
         }
-        Ok(Entry { value, ttl: self.l1_ttl(ttl), epoch })
+        Ok(Entry {
+            value,
+            ttl: self.l1_ttl(ttl),
+            epoch,
+        })
     }
 
     fn negative_ttl(&self) -> Duration {
@@ -329,7 +363,10 @@ impl<C: Codec> TieredCache<C> {
 
     /// Changes the lifetime of cached NotFounds from now on (config reload).
     pub fn set_negative_ttl(&self, ttl: Duration) {
-        self.inner.negative_ttl_ms.store(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.inner.negative_ttl_ms.store(
+            u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Stores `value` for `ttl` (L2, and every replica's L1 forgets the old one). Never
@@ -340,7 +377,8 @@ impl<C: Codec> TieredCache<C> {
     /// invalidated with [`TieredCache::delete`] after the write and refilled by the loader.
     pub async fn set(&self, key: &str, value: C::Value, ttl: Duration) {
         if let Some(l2) = &self.inner.l2 {
-            l2.set(key, Some(&C::encode(&value)), ttl, Write::Overwrite).await;
+            l2.set(key, Some(&C::encode(&value)), ttl, Write::Overwrite)
+                .await;
         }
         self.forget_local(key).await;
     }

@@ -82,6 +82,8 @@ pub struct Config {
     pub client: ClientConfig,
     /// The relational database (PostgreSQL or SQLite).
     pub database: DatabaseConfig,
+    /// Redis, the shared L2 of the caches (none on the embedded default).
+    pub redis: RedisConfig,
     /// The session service.
     pub session: SessionConfig,
 }
@@ -144,6 +146,9 @@ impl Config {
         }
         if self.database != new.database {
             changed.push("database");
+        }
+        if self.redis != new.redis {
+            changed.push("redis");
         }
         if self.telemetry.format != new.telemetry.format
             || self.telemetry.otlp_endpoint != new.telemetry.otlp_endpoint
@@ -344,6 +349,28 @@ impl Default for DatabaseConfig {
             slow_query_ms: 50,
             ping_idle_after_ms: 30_000,
             migrate_on_start: true,
+        }
+    }
+}
+
+/// Redis connection settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`; empty runs every cache on L1 and the loader only.
+    pub url: Secret,
+    /// Pooled connections per cache (plus two for invalidations).
+    pub pool_size: usize,
+    /// Bound of one Redis command; a slower answer counts as a miss.
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::default(),
+            pool_size: 4,
+            timeout_ms: 100,
         }
     }
 }

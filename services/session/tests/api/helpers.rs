@@ -45,6 +45,7 @@ macro_rules! on_both_backends {
 
 pub struct TestApp {
     pub client: SessionServiceClient<Channel>,
+    pub cache: Option<boardroom_session::cache::EntityCache>,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub db: TestDatabase,
@@ -65,11 +66,13 @@ pub async fn spawn_app_with(db: TestDatabase, configure: impl FnOnce(&mut Config
         .expect("building the session service");
     let addr = app.local_addr().expect("bound");
     let admin = app.admin_addr().expect("bound");
+    let cache = app.cache().cloned();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let client = SessionServiceClient::new(channel(addr).await);
     TestApp {
         client,
+        cache,
         addr,
         admin,
         db,
@@ -79,6 +82,15 @@ pub async fn spawn_app_with(db: TestDatabase, configure: impl FnOnce(&mut Config
 }
 
 impl TestApp {
+    /// Invalidations applied to this replica's Get cache.
+    pub fn cache_events(&self) -> tokio::sync::broadcast::Receiver<boardroom_cache::Invalidation> {
+        self.cache
+            .as_ref()
+            .expect("cache enabled")
+            .tiered()
+            .invalidations()
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.task.await.expect("joined").expect("clean shutdown");

@@ -5,6 +5,7 @@ mod failures;
 mod helpers;
 mod pagination;
 mod plans;
+mod replicas;
 mod sessions;
 mod threads;
 mod tls;
