@@ -118,6 +118,7 @@ impl<V> Expiry<Arc<str>, Entry<V>> for EntryTtl {
 
 struct Inner<C: Codec> {
     name: &'static str,
+    requests: Requests,
     config: CacheConfig,
     negative_ttl_ms: AtomicU64,
     l1: Cache<Arc<str>, Entry<C::Value>>,
@@ -149,8 +150,21 @@ impl<C: Codec> std::fmt::Debug for TieredCache<C> {
     }
 }
 
-fn count(name: &'static str, level: &'static str, result: &'static str) {
-    metrics::counter!("cache_requests_total", "cache" => name, "level" => level, "result" => result).increment(1);
+/// Request counters by level and outcome, resolved once (the hit path touches one atomic).
+struct Requests {
+    l1_hit: metrics::Counter,
+    l1_miss: metrics::Counter,
+    l2_hit: metrics::Counter,
+    l2_miss: metrics::Counter,
+}
+
+impl Requests {
+    fn new(name: &'static str) -> Self {
+        let counter = |level: &'static str, result: &'static str| {
+            metrics::counter!("cache_requests_total", "cache" => name, "level" => level, "result" => result)
+        };
+        Self { l1_hit: counter("l1", "hit"), l1_miss: counter("l1", "miss"), l2_hit: counter("l2", "hit"), l2_miss: counter("l2", "miss") }
+    }
 }
 
 impl<C: Codec> TieredCache<C> {
@@ -186,6 +200,7 @@ impl<C: Codec> TieredCache<C> {
         let cache = Self {
             inner: Arc::new(Inner {
                 name,
+                requests: Requests::new(name),
                 negative_ttl_ms: AtomicU64::new(
                     u64::try_from(config.negative_ttl.as_millis()).unwrap_or(u64::MAX),
                 ),
@@ -260,14 +275,13 @@ impl<C: Codec> TieredCache<C> {
         Fut: Future<Output = Result<Option<C::Value>, E>>,
         E: Send + Sync + 'static,
     {
-        let name = self.inner.name;
         let stripe = self.stripe(key);
         let mut retries = 0;
         loop {
             let seen = stripe.load(Ordering::Acquire);
             if let Some(hit) = self.inner.l1.get(key).await {
                 if hit.epoch == seen {
-                    count(name, "l1", "hit");
+                    self.inner.requests.l1_hit.increment(1);
                     return Ok(hit.value);
                 }
                 // Filled before a later write to this stripe: not to be trusted.
@@ -307,7 +321,7 @@ impl<C: Codec> TieredCache<C> {
     {
         let name = self.inner.name;
         let epoch = self.stripe(key).load(Ordering::Acquire);
-        count(name, "l1", "miss");
+        self.inner.requests.l1_miss.increment(1);
         // A value that does not decode (another version wrote it) is a miss.
         if let Some(l2) = &self.inner.l2
             && let Some(found) = l2.get(key).await
@@ -315,7 +329,7 @@ impl<C: Codec> TieredCache<C> {
                 .map(C::decode)
                 .map_or(Some(None), |decoded| decoded.map(Some))
         {
-            count(name, "l2", "hit");
+            self.inner.requests.l2_hit.increment(1);
             let ttl = if value.is_some() {
                 ttl
             } else {
@@ -328,7 +342,7 @@ impl<C: Codec> TieredCache<C> {
             });
         }
         if self.inner.l2.is_some() {
-            count(name, "l2", "miss");
+            self.inner.requests.l2_miss.increment(1);
         }
         let started = Instant::now();
         let loaded = load().await;
