@@ -13,6 +13,17 @@ pub struct RedisSettings {
     pub timeout: Duration,
 }
 
+/// How L1 chooses what to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum L1Policy {
+    /// Least recently used: best when the hot set moves (new sessions and threads are the
+    /// hot ones); the default, from `benches/hit_ratio.rs`.
+    #[default]
+    Lru,
+    /// TinyLFU admission: best when popularity is stable and skewed (Zipf).
+    TinyLfu,
+}
+
 /// Settings of one cache.
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -20,6 +31,8 @@ pub struct CacheConfig {
     pub prefix: String,
     /// Memory bound of L1, in bytes of keys and values.
     pub l1_max_bytes: u64,
+    /// What L1 keeps when full.
+    pub l1_policy: L1Policy,
     /// Lifetime of a cached NotFound.
     pub negative_ttl: Duration,
     /// L1 lifetime cap while L2 is down (no invalidations arrive then).
@@ -36,6 +49,7 @@ impl Default for CacheConfig {
         Self {
             prefix: "br:".into(),
             l1_max_bytes: 64 * 1024 * 1024,
+            l1_policy: L1Policy::default(),
             negative_ttl: Duration::from_secs(2),
             degraded_l1_ttl: Duration::from_secs(1),
             tombstone_ttl: Duration::from_secs(5),

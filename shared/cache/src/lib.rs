@@ -40,7 +40,7 @@ use moka::future::Cache;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-pub use config::{CacheConfig, RedisSettings};
+pub use config::{CacheConfig, L1Policy, RedisSettings};
 use l2::{Redis, Write};
 
 /// Write epochs are kept per stripe of keys. Many stripes keep a write from casting doubt on
@@ -160,10 +160,13 @@ struct Requests {
 
 impl Requests {
     fn new(name: &'static str) -> Self {
-        let counter = |level: &'static str, result: &'static str| {
-            metrics::counter!("cache_requests_total", "cache" => name, "level" => level, "result" => result)
-        };
-        Self { l1_hit: counter("l1", "hit"), l1_miss: counter("l1", "miss"), l2_hit: counter("l2", "hit"), l2_miss: counter("l2", "miss") }
+        let counter = |level: &'static str, result: &'static str| metrics::counter!("cache_requests_total", "cache" => name, "level" => level, "result" => result);
+        Self {
+            l1_hit: counter("l1", "hit"),
+            l1_miss: counter("l1", "miss"),
+            l2_hit: counter("l2", "hit"),
+            l2_miss: counter("l2", "miss"),
+        }
     }
 }
 
@@ -179,6 +182,10 @@ impl<C: Codec> TieredCache<C> {
         let l1 = Cache::builder()
             .name(name)
             .max_capacity(config.l1_max_bytes)
+            .eviction_policy(match config.l1_policy {
+                L1Policy::Lru => moka::policy::EvictionPolicy::lru(),
+                L1Policy::TinyLfu => moka::policy::EvictionPolicy::tiny_lfu(),
+            })
             .weigher(|key: &Arc<str>, entry: &Entry<C::Value>| {
                 let bytes = 64 + key.len() + entry.value.as_ref().map_or(0, C::weight);
                 u32::try_from(bytes).unwrap_or(u32::MAX)
