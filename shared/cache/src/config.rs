@@ -40,6 +40,9 @@ pub struct CacheConfig {
     /// How long a delete's tombstone keeps fills from storing a value in L2; longer than any
     /// load takes.
     pub tombstone_ttl: Duration,
+    /// Refresh-ahead: a hit on an entry older than this share of its TTL reloads it in the
+    /// background (`get_or_load_refreshing`); `None` switches it off.
+    pub refresh_ahead: Option<f64>,
     /// L2; `None` runs L1 + loader only (the embedded default).
     pub redis: Option<RedisSettings>,
 }
@@ -53,6 +56,7 @@ impl Default for CacheConfig {
             negative_ttl: Duration::from_secs(2),
             degraded_l1_ttl: Duration::from_secs(1),
             tombstone_ttl: Duration::from_secs(5),
+            refresh_ahead: Some(0.8),
             redis: None,
         }
     }

@@ -101,6 +101,22 @@ struct Entry<V> {
     ttl: Duration,
     /// The key's stripe write epoch when the fill began.
     epoch: u64,
+    /// When the value was read from L2 or the loader.
+    loaded_at: Instant,
+    /// Set while a refresh-ahead of this entry runs, so only one runs.
+    refreshing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<V> Entry<V> {
+    fn new(value: Option<V>, ttl: Duration, epoch: u64) -> Self {
+        Self {
+            value,
+            ttl,
+            epoch,
+            loaded_at: Instant::now(),
+            refreshing: Arc::default(),
+        }
+    }
 }
 
 struct EntryTtl;
@@ -315,6 +331,76 @@ impl<C: Codec> TieredCache<C> {
         }
     }
 
+    /// [`TieredCache::get_or_load`], plus refresh-ahead when `config.refresh_ahead` is set: a
+    /// hit on an entry older than that share of its TTL returns the cached value at once and
+    /// reloads it in the background (once per entry at a time), so hot keys do not all expire
+    /// into a stampede of loads (Caffeine's refreshAfterWrite). The background reload ends with
+    /// the cache's stop token; its result replaces the entry only if no write to the key's
+    /// stripe happened meanwhile.
+    pub async fn get_or_load_refreshing<F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        load: F,
+    ) -> Result<Option<C::Value>, Arc<E>>
+    where
+        F: Fn() -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Option<C::Value>, E>> + Send + 'static,
+        E: Send + Sync + 'static,
+    {
+        if let Some(share) = self.inner.config.refresh_ahead
+            && let Some(hit) = self.inner.l1.get(key).await
+            && hit.value.is_some()
+            && hit.loaded_at.elapsed() >= hit.ttl.mul_f64(share)
+            && hit.epoch == self.stripe(key).load(Ordering::Acquire)
+            && !hit.refreshing.swap(true, Ordering::AcqRel)
+        {
+            self.spawn_refresh(key.into(), hit.epoch, ttl, load.clone());
+        }
+        self.get_or_load(key, ttl, load).await
+    }
+
+    /// `epoch` is the write epoch the refreshed entry was current at: any write after it
+    /// (even before this task runs) keeps the reload out.
+    fn spawn_refresh<F, Fut, E>(&self, key: Arc<str>, epoch: u64, ttl: Duration, load: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Option<C::Value>, E>> + Send + 'static,
+        E: Send + Sync + 'static,
+    {
+        let cache = self.clone();
+        let stop = self.inner.stop.clone();
+        // Owned: ends with the cache's stop token.
+        tokio::spawn(async move {
+            let loaded = tokio::select! {
+                _ = stop.cancelled() => return,
+                loaded = load() => loaded,
+            };
+            metrics::counter!("cache_refreshes_total", "cache" => cache.inner.name).increment(1);
+            match loaded {
+                Ok(value) if cache.stripe(&key).load(Ordering::Acquire) == epoch => {
+                    let ttl = if value.is_some() {
+                        ttl
+                    } else {
+                        cache.negative_ttl()
+                    };
+                    cache
+                        .inner
+                        .l1
+                        .insert(key, Entry::new(value, cache.l1_ttl(ttl), epoch))
+                        .await;
+                }
+                // A write raced the reload (the next read loads afresh) or the load failed (the
+                // current value stays until its TTL; the next hit past the mark tries again).
+                _ => {
+                    if let Some(current) = cache.inner.l1.get(&key).await {
+                        current.refreshing.store(false, Ordering::Release);
+                    }
+                }
+            }
+        });
+    }
+
     /// L2, else the loader; the entry carries the stripe epoch at the start of the fill.
     async fn fill<F, Fut, E>(
         &self,
@@ -342,11 +428,7 @@ impl<C: Codec> TieredCache<C> {
             } else {
                 self.negative_ttl()
             };
-            return Ok(Entry {
-                value,
-                ttl: self.l1_ttl(ttl),
-                epoch,
-            });
+            return Ok(Entry::new(value, self.l1_ttl(ttl), epoch));
         }
         if self.inner.l2.is_some() {
             self.inner.requests.l2_miss.increment(1);
@@ -371,11 +453,7 @@ impl<C: Codec> TieredCache<C> {
             )
             .await;
         }
-        Ok(Entry {
-            value,
-            ttl: self.l1_ttl(ttl),
-            epoch,
-        })
+        Ok(Entry::new(value, self.l1_ttl(ttl), epoch))
     }
 
     fn negative_ttl(&self) -> Duration {

@@ -467,3 +467,130 @@ async fn under_load_no_instance_serves_a_value_older_than_the_last_acknowledged_
     );
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_entry_past_its_refresh_mark_is_reloaded_in_the_background() {
+    let stop = CancellationToken::new();
+    // Refresh at 0 % of the TTL: every hit qualifies, so the test needs no clock.
+    let config = CacheConfig {
+        refresh_ahead: Some(0.0),
+        ..CacheConfig::default()
+    };
+    let cache = TieredCache::<RawBytes>::new("test", config, stop.clone())
+        .await
+        .expect("cache");
+    let version = Arc::new(AtomicUsize::new(1));
+    let load = {
+        let version = version.clone();
+        move || {
+            let version = version.clone();
+            async move {
+                Ok::<_, anyhow::Error>(Some(Bytes::from(
+                    version.load(Ordering::SeqCst).to_string(),
+                )))
+            }
+        }
+    };
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = {
+        let (calls, load) = (calls.clone(), load.clone());
+        move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            load()
+        }
+    };
+    assert_eq!(
+        cache
+            .get_or_load_refreshing("k", TTL, counted.clone())
+            .await
+            .expect("miss"),
+        Some(Bytes::from("1"))
+    );
+    version.store(2, Ordering::SeqCst);
+    // A hit: answered from the cache at once, and a reload starts behind it.
+    assert_eq!(
+        cache
+            .get_or_load_refreshing("k", TTL, counted.clone())
+            .await
+            .expect("hit"),
+        Some(Bytes::from("1"))
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let value = cache
+            .get_or_load("k", TTL, counted.clone())
+            .await
+            .expect("read");
+        if value == Some(Bytes::from("2")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refresh never landed"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "one load for the miss, one refresh; readers never waited on it"
+    );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_that_races_a_write_does_not_land() {
+    let stop = CancellationToken::new();
+    let config = CacheConfig {
+        refresh_ahead: Some(0.0),
+        ..CacheConfig::default()
+    };
+    let cache = TieredCache::<RawBytes>::new("test", config, stop.clone())
+        .await
+        .expect("cache");
+    let (release, released) = tokio::sync::watch::channel(false);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let calls = calls.clone();
+        move || {
+            let (calls, mut released) = (calls.clone(), released.clone());
+            async move {
+                // The first load answers at once; the refresh waits to be released.
+                if calls.fetch_add(1, Ordering::SeqCst) > 0 {
+                    let _ = released.wait_for(|r| *r).await;
+                    return Ok::<_, anyhow::Error>(Some(Bytes::from_static(b"stale")));
+                }
+                Ok(Some(Bytes::from_static(b"v1")))
+            }
+        }
+    };
+    cache
+        .get_or_load_refreshing("k", TTL, load.clone())
+        .await
+        .expect("miss");
+    cache
+        .get_or_load_refreshing("k", TTL, load.clone())
+        .await
+        .expect("hit starts a refresh");
+    cache.delete("k").await; // a write lands while the refresh is loading
+    release.send_replace(true);
+    let fresh = || async { Ok::<_, anyhow::Error>(Some(Bytes::from_static(b"v2"))) };
+    assert_eq!(
+        cache.get_or_load("k", TTL, fresh).await.expect("read"),
+        Some(Bytes::from_static(b"v2"))
+    );
+    // Whenever the refresh finishes, it must not replace what the write made current.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while calls.load(Ordering::SeqCst) < 2 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..100 {
+        assert_ne!(
+            cache.get_or_load("k", TTL, fresh).await.expect("read"),
+            Some(Bytes::from_static(b"stale"))
+        );
+        tokio::task::yield_now().await;
+    }
+    stop.cancel();
+}
