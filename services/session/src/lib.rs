@@ -56,6 +56,7 @@ fn cache_config(config: &Config) -> CacheConfig {
         prefix: "br:session:".into(),
         l1_max_bytes: c.max_bytes,
         negative_ttl: Duration::from_millis(c.negative_ttl_ms),
+        refresh_ahead: (c.refresh_ahead > 0.0).then_some(c.refresh_ahead.min(1.0)),
         redis,
         ..CacheConfig::default()
     }

@@ -55,17 +55,27 @@ impl SessionStore {
         &self.db
     }
 
-    /// Reads through the Get cache (L1, then Redis, then `load`); `None` is a NotFound, cached
-    /// briefly too.
+    /// A loader that owns a handle on the store, so that refresh-ahead can run it in the
+    /// background.
+    fn loader<F, Fut>(&self, load: F) -> impl Fn() -> Fut + Clone + Send + Sync + 'static
+    where
+        F: Fn(SessionStore) -> Fut + Clone + Send + Sync + 'static,
+    {
+        let store = self.clone();
+        move || load(store.clone())
+    }
+
+    /// Reads through the Get cache (L1, then Redis, then `load`; hot entries are refreshed
+    /// ahead of expiry in the background); `None` is a NotFound, cached briefly too.
     async fn cached<F, Fut>(&self, key: EntityKey, load: F) -> Result<Option<Cached>, SessionError>
     where
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<Option<Cached>, SessionError>>,
+        F: Fn() -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Option<Cached>, SessionError>> + Send + 'static,
     {
         match &self.cache {
             Some(cache) => cache
                 .tiered()
-                .get_or_load(KeyText::new(key).as_str(), cache.ttl(), load)
+                .get_or_load_refreshing(KeyText::new(key).as_str(), cache.ttl(), load)
                 .await
                 .map_err(|shared| (*shared).clone()),
             None => Box::pin(load()).await,
@@ -146,19 +156,22 @@ impl SessionStore {
     /// One boardroom by id.
     pub async fn get_boardroom(&self, id: Uuid) -> Result<Arc<Boardroom>, SessionError> {
         let found = self
-            .cached(EntityKey::Boardroom(id), || async move {
-                let row = self
-                    .db
-                    .timed(
-                        "boardroom.get",
-                        boardroom::Entity::find_by_id(id).one(self.db.conn()),
-                    )
-                    .await?;
-                Ok(match row {
-                    Some(row) => Some(Cached::Boardroom(Arc::new(boardroom_from(row)?))),
-                    None => None,
-                })
-            })
+            .cached(
+                EntityKey::Boardroom(id),
+                self.loader(move |store| async move {
+                    let row = store
+                        .db
+                        .timed(
+                            "boardroom.get",
+                            boardroom::Entity::find_by_id(id).one(store.db.conn()),
+                        )
+                        .await?;
+                    Ok(match row {
+                        Some(row) => Some(Cached::Boardroom(Arc::new(boardroom_from(row)?))),
+                        None => None,
+                    })
+                }),
+            )
             .await?;
         match found {
             Some(Cached::Boardroom(b)) => Ok(b),
@@ -284,20 +297,23 @@ impl SessionStore {
     /// One session by id.
     pub async fn get_session(&self, id: Uuid) -> Result<Arc<Session>, SessionError> {
         let found = self
-            .cached(EntityKey::Session(id), || async move {
-                let row = self
-                    .db
-                    .timed(
-                        "session.get",
-                        session::Entity::find_by_id(id)
-                            .select_only()
-                            .columns(session::ROW_COLUMNS)
-                            .into_model::<session::Row>()
-                            .one(self.db.conn()),
-                    )
-                    .await?;
-                Ok(row.map(|r| Cached::Session(Arc::new(session_from(r)))))
-            })
+            .cached(
+                EntityKey::Session(id),
+                self.loader(move |store| async move {
+                    let row = store
+                        .db
+                        .timed(
+                            "session.get",
+                            session::Entity::find_by_id(id)
+                                .select_only()
+                                .columns(session::ROW_COLUMNS)
+                                .into_model::<session::Row>()
+                                .one(store.db.conn()),
+                        )
+                        .await?;
+                    Ok(row.map(|r| Cached::Session(Arc::new(session_from(r)))))
+                }),
+            )
             .await?;
         match found {
             Some(Cached::Session(s)) => Ok(s),
@@ -455,23 +471,26 @@ impl SessionStore {
     /// One thread by id.
     pub async fn get_thread(&self, id: Uuid) -> Result<Arc<Thread>, SessionError> {
         let found = self
-            .cached(EntityKey::Thread(id), || async move {
-                let row = self
-                    .db
-                    .timed(
-                        "thread.get",
-                        thread::Entity::find_by_id(id)
-                            .select_only()
-                            .columns(thread::ROW_COLUMNS)
-                            .into_model::<thread::Row>()
-                            .one(self.db.conn()),
-                    )
-                    .await?;
-                Ok(match row {
-                    Some(r) => Some(Cached::Thread(Arc::new(thread_from(r)?))),
-                    None => None,
-                })
-            })
+            .cached(
+                EntityKey::Thread(id),
+                self.loader(move |store| async move {
+                    let row = store
+                        .db
+                        .timed(
+                            "thread.get",
+                            thread::Entity::find_by_id(id)
+                                .select_only()
+                                .columns(thread::ROW_COLUMNS)
+                                .into_model::<thread::Row>()
+                                .one(store.db.conn()),
+                        )
+                        .await?;
+                    Ok(match row {
+                        Some(r) => Some(Cached::Thread(Arc::new(thread_from(r)?))),
+                        None => None,
+                    })
+                }),
+            )
             .await?;
         match found {
             Some(Cached::Thread(t)) => Ok(t),

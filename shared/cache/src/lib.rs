@@ -348,14 +348,18 @@ impl<C: Codec> TieredCache<C> {
         Fut: Future<Output = Result<Option<C::Value>, E>> + Send + 'static,
         E: Send + Sync + 'static,
     {
-        if let Some(share) = self.inner.config.refresh_ahead
-            && let Some(hit) = self.inner.l1.get(key).await
-            && hit.value.is_some()
-            && hit.loaded_at.elapsed() >= hit.ttl.mul_f64(share)
+        if let Some(hit) = self.inner.l1.get(key).await
             && hit.epoch == self.stripe(key).load(Ordering::Acquire)
-            && !hit.refreshing.swap(true, Ordering::AcqRel)
         {
-            self.spawn_refresh(key.into(), hit.epoch, ttl, load.clone());
+            self.inner.requests.l1_hit.increment(1);
+            if let Some(share) = self.inner.config.refresh_ahead
+                && hit.value.is_some()
+                && hit.loaded_at.elapsed() >= hit.ttl.mul_f64(share)
+                && !hit.refreshing.swap(true, Ordering::AcqRel)
+            {
+                self.spawn_refresh(key.into(), hit.epoch, ttl, load);
+            }
+            return Ok(hit.value);
         }
         self.get_or_load(key, ttl, load).await
     }

@@ -397,6 +397,9 @@ pub struct EntityCacheConfig {
     pub negative_ttl_ms: u64,
     /// Memory bound of the cache (entries are weighed by their encoded size).
     pub max_bytes: u64,
+    /// Refresh-ahead: a hit on an entry older than this share of its TTL reloads it in the
+    /// background; 0 switches it off.
+    pub refresh_ahead: f64,
 }
 
 impl Default for EntityCacheConfig {
@@ -406,6 +409,7 @@ impl Default for EntityCacheConfig {
             ttl_ms: 60_000,
             negative_ttl_ms: 2_000,
             max_bytes: 64 * 1024 * 1024,
+            refresh_ahead: 0.8,
         }
     }
 }
