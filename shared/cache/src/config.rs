@@ -43,6 +43,9 @@ pub struct CacheConfig {
     /// Refresh-ahead: a hit on an entry older than this share of its TTL reloads it in the
     /// background (`get_or_load_refreshing`); `None` switches it off.
     pub refresh_ahead: Option<f64>,
+    /// Background refreshes running at once; a hit that finds none free is served and not
+    /// refreshed (the next one past the mark tries again).
+    pub max_concurrent_refreshes: usize,
     /// L2; `None` runs L1 + loader only (the embedded default).
     pub redis: Option<RedisSettings>,
 }
@@ -57,6 +60,7 @@ impl Default for CacheConfig {
             degraded_l1_ttl: Duration::from_secs(1),
             tombstone_ttl: Duration::from_secs(5),
             refresh_ahead: Some(0.8),
+            max_concurrent_refreshes: 4,
             redis: None,
         }
     }

@@ -130,11 +130,26 @@ impl<V> Expiry<Arc<str>, Entry<V>> for EntryTtl {
     ) -> Option<Duration> {
         Some(entry.ttl)
     }
+
+    /// A replaced entry (a refresh) lives its own TTL; moka's default would keep the old
+    /// entry's remaining time, and the refreshed value would expire when the old one would have.
+    fn expire_after_update(
+        &self,
+        _key: &Arc<str>,
+        entry: &Entry<V>,
+        _updated_at: std::time::Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.ttl)
+    }
 }
 
 struct Inner<C: Codec> {
     name: &'static str,
     requests: Requests,
+    /// Bounds background refreshes, so that a cohort of keys coming due together reloads
+    /// at a pace instead of as a burst that starves foreground calls.
+    refresh_slots: Arc<tokio::sync::Semaphore>,
     config: CacheConfig,
     negative_ttl_ms: AtomicU64,
     l1: Cache<Arc<str>, Entry<C::Value>>,
@@ -224,6 +239,9 @@ impl<C: Codec> TieredCache<C> {
             inner: Arc::new(Inner {
                 name,
                 requests: Requests::new(name),
+                refresh_slots: Arc::new(tokio::sync::Semaphore::new(
+                    config.max_concurrent_refreshes.max(1),
+                )),
                 negative_ttl_ms: AtomicU64::new(
                     u64::try_from(config.negative_ttl.as_millis()).unwrap_or(u64::MAX),
                 ),
@@ -355,9 +373,10 @@ impl<C: Codec> TieredCache<C> {
             if let Some(share) = self.inner.config.refresh_ahead
                 && hit.value.is_some()
                 && hit.loaded_at.elapsed() >= hit.ttl.mul_f64(share)
+                && let Ok(slot) = self.inner.refresh_slots.clone().try_acquire_owned()
                 && !hit.refreshing.swap(true, Ordering::AcqRel)
             {
-                self.spawn_refresh(key.into(), hit.epoch, ttl, load);
+                self.spawn_refresh(key.into(), hit.epoch, ttl, load, slot);
             }
             return Ok(hit.value);
         }
@@ -366,8 +385,14 @@ impl<C: Codec> TieredCache<C> {
 
     /// `epoch` is the write epoch the refreshed entry was current at: any write after it
     /// (even before this task runs) keeps the reload out.
-    fn spawn_refresh<F, Fut, E>(&self, key: Arc<str>, epoch: u64, ttl: Duration, load: F)
-    where
+    fn spawn_refresh<F, Fut, E>(
+        &self,
+        key: Arc<str>,
+        epoch: u64,
+        ttl: Duration,
+        load: F,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Option<C::Value>, E>> + Send + 'static,
         E: Send + Sync + 'static,
@@ -376,6 +401,7 @@ impl<C: Codec> TieredCache<C> {
         let stop = self.inner.stop.clone();
         // Owned: ends with the cache's stop token.
         tokio::spawn(async move {
+            let _slot = slot;
             let loaded = tokio::select! {
                 _ = stop.cancelled() => return,
                 loaded = load() => loaded,
