@@ -28,10 +28,16 @@ pub fn boardroom() -> Command {
 /// Starts `boardroom serve` with `args` on a fresh SQLite file and free ports, and waits for
 /// its "listening" log line.
 pub async fn serve(args: &[&str]) -> Server {
+    serve_with_env(args, &[]).await
+}
+
+/// [`serve`] with extra environment variables.
+pub async fn serve_with_env(args: &[&str], env: &[(&str, String)]) -> Server {
     let db = TestDatabase::sqlite();
     let mut child = boardroom()
         .arg("serve")
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("BOARDROOM_DATABASE__URL", &db.url)
         .env("BOARDROOM_SESSION__LISTEN__GRPC_ADDR", "127.0.0.1:0")
         .env("BOARDROOM_SESSION__LISTEN__ADMIN_ADDR", "127.0.0.1:0")

@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::binary::{boardroom, wait_for_log};
+use crate::binary::serve_with_env;
 
 struct Collector(mpsc::UnboundedSender<ExportTraceServiceRequest>);
 
@@ -50,29 +50,12 @@ async fn spans_continue_the_callers_trace_and_reach_the_collector() {
             ),
     );
 
-    let db = boardroom_testkit::TestDatabase::sqlite();
-    let mut child = boardroom()
-        .arg("serve")
-        .env("BOARDROOM_DATABASE__URL", &db.url)
-        .env("BOARDROOM_SESSION__LISTEN__GRPC_ADDR", "127.0.0.1:0")
-        .env("BOARDROOM_SESSION__LISTEN__ADMIN_ADDR", "127.0.0.1:0")
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://{collector_addr}"),
-        )
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut log = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
-        child.stderr.take().expect("stderr"),
-    ));
-    let line = wait_for_log(&mut log, "listening").await;
-    let event: serde_json::Value = serde_json::from_str(&line).expect("json");
-    let addr: std::net::SocketAddr = event["fields"]["grpc"]
-        .as_str()
-        .expect("grpc")
-        .parse()
-        .expect("addr");
+    let otlp = [(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        format!("http://{collector_addr}"),
+    )];
+    let mut server = serve_with_env(&[], &otlp).await;
+    let addr = server.grpc;
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent_id = "00f067aa0ba902b7";
@@ -104,15 +87,8 @@ async fn spans_continue_the_callers_trace_and_reach_the_collector() {
         .expect("call");
 
     // Stopping the server flushes the batch exporter.
-    let pid = child.id().expect("pid").to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+    server.signal("TERM");
+    let status = tokio::time::timeout(Duration::from_secs(30), server.child.wait())
         .await
         .expect("exits")
         .expect("status");

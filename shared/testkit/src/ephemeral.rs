@@ -148,10 +148,12 @@ pub(crate) fn start_postgres(data: &Path, port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn start_redis(data: &Path, port: u16) -> anyhow::Result<()> {
+/// A `redis-server` on `port` keeping nothing on disk, its working folder `data`.
+pub(crate) fn redis_command(data: &Path, port: u16) -> anyhow::Result<Command> {
     let redis = find_binary("redis-server")
         .ok_or_else(|| anyhow::anyhow!("redis-server is not installed"))?;
-    let status = Command::new(redis)
+    let mut command = Command::new(redis);
+    command
         .args([
             "--port",
             &port.to_string(),
@@ -161,12 +163,15 @@ pub(crate) fn start_redis(data: &Path, port: u16) -> anyhow::Result<()> {
             "",
             "--appendonly",
             "no",
-            "--daemonize",
-            "yes",
         ])
         .arg("--dir")
-        .arg(data)
-        .arg("--logfile")
+        .arg(data);
+    Ok(command)
+}
+
+pub(crate) fn start_redis(data: &Path, port: u16) -> anyhow::Result<()> {
+    let status = redis_command(data, port)?
+        .args(["--daemonize", "yes", "--logfile"])
         .arg(data.join("redis.log"))
         .status()?;
     anyhow::ensure!(status.success(), "redis-server failed to start");

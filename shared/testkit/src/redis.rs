@@ -140,20 +140,8 @@ impl PrivateRedis {
     /// Starts the server again on the same port and waits until it answers.
     pub fn restart(&mut self) {
         self.stop();
-        let binary = ephemeral::find_binary("redis-server").expect("redis-server is installed");
-        let child = std::process::Command::new(binary)
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
+        let child = ephemeral::redis_command(&self.dir, self.port)
+            .expect("redis-server is installed")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
