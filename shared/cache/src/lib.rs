@@ -256,6 +256,7 @@ impl<C: Codec> TieredCache<C> {
         if let Some(l2) = &cache.inner.l2 {
             l2.follow_invalidations(cache.clone());
         }
+        cache.report_size();
         metrics::gauge!("cache_l2_up", "cache" => name).set(if cache.l2_up() { 1.0 } else { 0.0 });
         Ok(cache)
     }
@@ -542,6 +543,29 @@ impl<C: Codec> TieredCache<C> {
             }
         }
         let _ = self.inner.events.send(invalidation);
+    }
+
+    /// Publishes `cache_l1_bytes` and `cache_l1_entries` every 5 s until the stop token.
+    fn report_size(&self) {
+        let cache = self.clone();
+        // Owned: ends with the cache's stop token.
+        tokio::spawn(async move {
+            let name = cache.inner.name;
+            let (bytes, entries) = (
+                metrics::gauge!("cache_l1_bytes", "cache" => name),
+                metrics::gauge!("cache_l1_entries", "cache" => name),
+            );
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = cache.inner.stop.cancelled() => return,
+                    _ = tick.tick() => {
+                        bytes.set(cache.inner.l1.weighted_size() as f64);
+                        entries.set(cache.inner.l1.entry_count() as f64);
+                    }
+                }
+            }
+        });
     }
 
     /// Bytes held by L1 (approximate until pending maintenance runs).

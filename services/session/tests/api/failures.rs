@@ -327,6 +327,10 @@ async fn metrics_count_calls_by_code_and_queries_by_name() {
         metric_value(&text, &["cache_requests_total", "result=\"hit\""]) >= 1.0,
         "the second get is a cache hit"
     );
+    assert!(
+        text.contains("cache_l1_bytes{cache=\"session\"}"),
+        "L1 size is reported"
+    );
     app.stop().await;
 }
 
