@@ -328,9 +328,10 @@ pub struct DatabaseConfig {
     pub statement_timeout_ms: u64,
     /// Queries slower than this are logged at WARN with their name.
     pub slow_query_ms: u64,
-    /// A pooled connection idle at least this long is pinged before use (stale after a
-    /// failover or a proxy timeout); busy connections are not, which saves a round trip per
-    /// query. 0 pings on every checkout.
+    /// Ping a pooled connection before use only once it has been idle this long; 0 (the
+    /// default) pings on every checkout. Skipping the ping saved ~2.5 % on list RPCs, but after
+    /// a database blip each dead pooled connection then fails one call before it is dropped
+    /// (seen in `database_down_is_unavailable_and_recovers`), so it stays opt-in.
     pub ping_idle_after_ms: u64,
     /// Apply pending migrations at start-up (the embedded default; Kubernetes runs a Job).
     pub migrate_on_start: bool,
@@ -347,7 +348,7 @@ impl Default for DatabaseConfig {
             max_lifetime_ms: 1_800_000,
             statement_timeout_ms: 5_000,
             slow_query_ms: 50,
-            ping_idle_after_ms: 30_000,
+            ping_idle_after_ms: 0,
             migrate_on_start: true,
         }
     }
