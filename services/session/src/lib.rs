@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use boardroom_cache::{CacheConfig, RedisSettings, TieredCache};
+use boardroom_cache::{CacheConfig, TieredCache};
 use boardroom_migrations::{Migrator, MigratorTrait};
 use boardroom_proto::session::v1::session_service_server::SessionServiceServer;
 use boardroom_runtime::Config;
@@ -47,18 +47,10 @@ pub struct Application {
 /// The tiered cache settings of the session service's Get cache.
 fn cache_config(config: &Config) -> CacheConfig {
     let c = &config.session.cache;
-    let redis = (!config.redis.url.is_empty()).then(|| RedisSettings {
-        url: config.redis.url.expose().to_owned(),
-        pool_size: config.redis.pool_size,
-        timeout: Duration::from_millis(config.redis.timeout_ms),
-    });
     CacheConfig {
-        prefix: "br:session:".into(),
-        l1_max_bytes: c.max_bytes,
         negative_ttl: Duration::from_millis(c.negative_ttl_ms),
         refresh_ahead: (c.refresh_ahead > 0.0).then_some(c.refresh_ahead.min(1.0)),
-        redis,
-        ..CacheConfig::default()
+        ..boardroom_runtime::caching::cache_config(config, "br:session:", c.max_bytes)
     }
 }
 

@@ -40,6 +40,9 @@ pub struct CacheConfig {
     /// How long a delete's tombstone keeps fills from storing a value in L2; longer than any
     /// load takes.
     pub tombstone_ttl: Duration,
+    /// Lifetime of a tag's version in Redis from the tag's first use; values under the tag
+    /// are misses after it (see `tags.rs`). At least the longest TTL written with tags.
+    pub tag_ttl: Duration,
     /// Refresh-ahead: a hit on an entry older than this share of its TTL reloads it in the
     /// background (`get_or_load_refreshing`); `None` switches it off.
     pub refresh_ahead: Option<f64>,
@@ -48,6 +51,30 @@ pub struct CacheConfig {
     pub max_concurrent_refreshes: usize,
     /// L2; `None` runs L1 + loader only (the embedded default).
     pub redis: Option<RedisSettings>,
+    /// Shed L1 when the process nears its memory limit; `None` never sheds.
+    pub memory: Option<MemoryPressure>,
+}
+
+/// When L1 gives memory back: the process's resident memory passes `limit_share` of its
+/// cgroup's limit (in a container) or of `ceiling_bytes` (outside one, or below the cgroup's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryPressure {
+    /// Share of the limit above which L1 sheds, in (0, 1].
+    pub limit_share: f64,
+    /// A limit for processes without a cgroup limit, or a lower one than the cgroup's.
+    pub ceiling_bytes: Option<u64>,
+    /// How often resident memory is read.
+    pub check_every: Duration,
+}
+
+impl Default for MemoryPressure {
+    fn default() -> Self {
+        Self {
+            limit_share: 0.85,
+            ceiling_bytes: None,
+            check_every: Duration::from_secs(1),
+        }
+    }
 }
 
 impl Default for CacheConfig {
@@ -59,9 +86,11 @@ impl Default for CacheConfig {
             negative_ttl: Duration::from_secs(2),
             degraded_l1_ttl: Duration::from_secs(1),
             tombstone_ttl: Duration::from_secs(5),
+            tag_ttl: Duration::from_secs(7 * 24 * 3600),
             refresh_ahead: Some(0.8),
             max_concurrent_refreshes: 4,
             redis: None,
+            memory: Some(MemoryPressure::default()),
         }
     }
 }

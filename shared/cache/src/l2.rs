@@ -7,21 +7,25 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use fred::interfaces::MetricsInterface;
 use fred::prelude::{
-    ClientInterface, ClientLike, Config, EventInterface, Expiration, KeysInterface, Pool,
+    Client, ClientInterface, ClientLike, Config, EventInterface, Expiration, KeysInterface, Pool,
     PubsubInterface, ReconnectPolicy, TrackingInterface,
 };
-use fred::types::RespVersion;
+use fred::types::{RespVersion, SetOptions, Value};
 use tokio::sync::watch;
 
+use crate::entry::TagStamp;
 use crate::{CacheError, Codec, Invalidation, RedisSettings, TieredCache};
 
-/// Stored values carry one tag byte: a value, "the loader found nothing", or a tombstone
-/// left by a delete.
+/// Stored values carry one tag byte: a value, a value with tag versions, "the loader found
+/// nothing", or a tombstone left by a delete.
 const FOUND: u8 = 1;
 const NOT_FOUND: u8 = 0;
 const TOMBSTONE: u8 = 2;
+/// `[3][tag count: u8]([tag length: u16][tag][version: u64])*[value]`, all big-endian.
+const TAGGED: u8 = 3;
 
 /// How a fill or a write lands in Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +37,94 @@ pub(crate) enum Write {
     IfAbsent,
 }
 
+/// A value (or cached NotFound) found in L2.
+pub(crate) struct Found {
+    /// `None`: a cached NotFound.
+    pub(crate) value: Option<Bytes>,
+    pub(crate) tags: Option<TagStamp>,
+}
+
+/// The stored form of a value; `None` for a cached NotFound.
+pub(crate) fn encode(value: Option<&Bytes>, tags: Option<&TagStamp>) -> Bytes {
+    let Some(value) = value else {
+        return Bytes::from_static(&[NOT_FOUND]);
+    };
+    match tags {
+        Some(tags) if !tags.is_empty() => {
+            let header: usize = tags.iter().map(|(tag, _)| 10 + tag.len()).sum();
+            let mut stored = BytesMut::with_capacity(2 + header + value.len());
+            stored.put_u8(TAGGED);
+            // Callers bound tags to u8 counts and u16 lengths (`MAX_TAGS`, `MAX_TAG_BYTES`).
+            stored.put_u8(u8::try_from(tags.len()).unwrap_or(u8::MAX));
+            for (tag, version) in tags.iter().take(usize::from(u8::MAX)) {
+                let len = tag.len().min(usize::from(u16::MAX));
+                stored.put_u16(u16::try_from(len).unwrap_or(u16::MAX));
+                stored.put_slice(&tag.as_bytes()[..len]);
+                stored.put_u64(*version);
+            }
+            stored.put_slice(value);
+            stored.freeze()
+        }
+        _ => {
+            let mut stored = BytesMut::with_capacity(1 + value.len());
+            stored.put_u8(FOUND);
+            stored.put_slice(value);
+            stored.freeze()
+        }
+    }
+}
+
+/// `None` for a tombstone or bytes that are not ours (a miss either way).
+pub(crate) fn decode(mut stored: Bytes) -> Option<Found> {
+    if stored.is_empty() {
+        return None;
+    }
+    match stored.get_u8() {
+        FOUND => Some(Found {
+            value: Some(stored),
+            tags: None,
+        }),
+        NOT_FOUND => Some(Found {
+            value: None,
+            tags: None,
+        }),
+        TAGGED => {
+            let count = usize::from(take::<1>(&mut stored)?[0]);
+            let mut tags = Vec::with_capacity(count);
+            for _ in 0..count {
+                let len = usize::from(u16::from_be_bytes(take::<2>(&mut stored)?));
+                if stored.len() < len {
+                    return None;
+                }
+                let tag = std::str::from_utf8(&stored.split_to(len)).ok()?.into();
+                tags.push((tag, u64::from_be_bytes(take::<8>(&mut stored)?)));
+            }
+            Some(Found {
+                value: Some(stored),
+                tags: Some(tags.into()),
+            })
+        }
+        _ => None, // TOMBSTONE, or not ours
+    }
+}
+
+fn take<const N: usize>(bytes: &mut Bytes) -> Option<[u8; N]> {
+    if bytes.len() < N {
+        return None;
+    }
+    let mut out = [0; N];
+    bytes.copy_to_slice(&mut out);
+    Some(out)
+}
+
+/// One write of a batch.
+pub(crate) struct L2Write {
+    pub(crate) key: String,
+    pub(crate) stored: Bytes,
+    pub(crate) ttl: Duration,
+    pub(crate) mode: Write,
+}
+
 pub(crate) struct Redis {
     name: &'static str,
     prefix: Arc<str>,
@@ -41,6 +133,11 @@ pub(crate) struct Redis {
     subscriber: fred::clients::Client,
     timeout: Duration,
     status: watch::Sender<bool>,
+    in_flight: metrics::Gauge,
+}
+
+fn millis(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
 impl Redis {
@@ -87,6 +184,7 @@ impl Redis {
             subscriber,
             timeout: settings.timeout,
             status,
+            in_flight: metrics::gauge!("cache_l2_commands_in_flight", "cache" => name),
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), redis.pool.wait_for_connect()).await;
         Ok(redis)
@@ -106,92 +204,219 @@ impl Redis {
         self.status.subscribe()
     }
 
-    fn observe(&self, op: &'static str, started: Instant) {
-        metrics::histogram!("cache_l2_duration_seconds", "cache" => self.name, "op" => op)
-            .record(started.elapsed().as_secs_f64());
+    /// Publishes the pool's state: connections up, and commands buffered in fred waiting for
+    /// a connection (the pool's wait queue). In-flight commands are counted as they run.
+    pub(crate) fn report_pool(&self) {
+        let clients = self.pool.clients();
+        let connected = clients.iter().filter(|c| c.is_connected()).count();
+        let queued: usize = clients.iter().map(|c| c.command_queue_len()).sum();
+        let name = self.name;
+        metrics::gauge!("cache_l2_pool_connections", "cache" => name, "state" => "connected")
+            .set(connected as f64);
+        metrics::gauge!("cache_l2_pool_connections", "cache" => name, "state" => "disconnected")
+            .set((clients.len() - connected) as f64);
+        metrics::gauge!("cache_l2_commands_queued", "cache" => name).set(queued as f64);
     }
 
-    /// `Some(Some(v))` a value, `Some(None)` a cached NotFound, `None` a miss (or a tombstone,
-    /// or L2 unavailable).
-    pub(crate) async fn get(&self, key: &str) -> Option<Option<Bytes>> {
+    /// Runs one L2 call on a connected pooled client, bounded by the timeout, timed under
+    /// `op`; `None` when L2 is unavailable, slow or failing (counted, never raised).
+    async fn run<T, F, Fut>(&self, op: &'static str, call: F) -> Option<T>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, fred::error::Error>>,
+    {
         let client = self.pool.next_connected();
         if !client.is_connected() {
             return None;
         }
+        self.in_flight.increment(1.0);
         let started = Instant::now();
-        let result =
-            tokio::time::timeout(self.timeout, client.get::<Option<Bytes>, _>(self.key(key))).await;
-        self.observe("get", started);
+        let result = tokio::time::timeout(self.timeout, call(client.clone())).await;
+        self.in_flight.decrement(1.0);
+        metrics::histogram!("cache_l2_duration_seconds", "cache" => self.name, "op" => op)
+            .record(started.elapsed().as_secs_f64());
         match result {
-            Ok(Ok(Some(stored))) => match stored.first() {
-                Some(&FOUND) => Some(Some(stored.slice(1..))),
-                Some(&NOT_FOUND) => Some(None),
-                _ => None, // TOMBSTONE, or not ours
-            },
-            Ok(Ok(None)) => None,
+            Ok(Ok(value)) => Some(value),
             Ok(Err(err)) => {
-                tracing::debug!(cache = self.name, error = %err, "L2 get failed");
+                tracing::debug!(cache = self.name, op, error = %err, "L2 call failed");
+                metrics::counter!("cache_l2_errors_total", "cache" => self.name).increment(1);
                 None
             }
-            Err(_) => None,
-        }
-    }
-
-    /// Best effort: a failed write is counted; the caller is not failed.
-    pub(crate) async fn set(&self, key: &str, value: Option<&Bytes>, ttl: Duration, mode: Write) {
-        let mut stored = BytesMut::with_capacity(1 + value.map_or(0, Bytes::len));
-        match value {
-            Some(v) => {
-                stored.put_u8(FOUND);
-                stored.put_slice(v);
+            Err(_) => {
+                metrics::counter!("cache_l2_errors_total", "cache" => self.name).increment(1);
+                None
             }
-            None => stored.put_u8(NOT_FOUND),
         }
-        let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
-        self.write(key, stored.freeze(), millis, mode).await;
     }
 
-    /// Replaces the value with a tombstone for `ttl`: fills that read the database before the
-    /// delete cannot land after it (they write only where nothing is stored).
-    pub(crate) async fn delete(&self, key: &str, tombstone_ttl: Duration) {
-        let millis = i64::try_from(tombstone_ttl.as_millis())
-            .unwrap_or(i64::MAX)
-            .max(1);
-        self.write(
-            key,
-            Bytes::from_static(&[TOMBSTONE]),
-            millis,
-            Write::Overwrite,
+    /// A value or cached NotFound; `None` for a miss, a tombstone, or L2 unavailable.
+    pub(crate) async fn get(&self, key: &str) -> Option<Found> {
+        let key = self.key(key);
+        self.run(
+            "get",
+            |c| async move { c.get::<Option<Bytes>, _>(key).await },
         )
-        .await;
+        .await
+        .flatten()
+        .and_then(decode)
     }
 
-    async fn write(&self, key: &str, stored: Bytes, millis: i64, mode: Write) {
-        let client = self.pool.next_connected();
-        if !client.is_connected() {
-            return;
+    /// Many keys and their remaining lifetimes in one round trip (MGET and PTTLs, pipelined);
+    /// `None` when L2 is unavailable.
+    pub(crate) async fn get_many_with_ttl(
+        &self,
+        keys: &[&str],
+    ) -> Option<Vec<Option<(Found, Duration)>>> {
+        let replies = self
+            .run("mget", |c| async move {
+                let pipeline = c.pipeline();
+                let () = pipeline
+                    .mget(keys.iter().map(|k| self.key(k)).collect::<Vec<_>>())
+                    .await?;
+                for key in keys {
+                    let () = pipeline.pttl(self.key(key)).await?;
+                }
+                pipeline.all::<Vec<Value>>().await
+            })
+            .await?;
+        let mut replies = replies.into_iter();
+        let stored: Vec<Option<Bytes>> = replies.next()?.convert().ok()?;
+        Some(
+            stored
+                .into_iter()
+                .zip(replies)
+                .map(|(stored, ttl)| {
+                    // PTTL: -1 no expiry (not ours), -2 gone since the MGET.
+                    let ttl = u64::try_from(ttl.as_i64()?).ok().filter(|ms| *ms > 0)?;
+                    Some((decode(stored?)?, Duration::from_millis(ttl)))
+                })
+                .collect(),
+        )
+    }
+
+    /// Stores one value; `true` once Redis acknowledged it.
+    pub(crate) async fn set(&self, key: &str, stored: Bytes, ttl: Duration, mode: Write) -> bool {
+        let key = self.key(key);
+        let condition = (mode == Write::IfAbsent).then_some(SetOptions::NX);
+        let op = if mode == Write::IfAbsent {
+            "fill"
+        } else {
+            "set"
+        };
+        self.run(op, |c| async move {
+            c.set::<Value, _, _>(
+                key,
+                stored,
+                Some(Expiration::PX(millis(ttl))),
+                condition,
+                false,
+            )
+            .await
+        })
+        .await
+        .is_some()
+    }
+
+    /// Replaces values with tombstones for `ttl`: fills that read the database before the
+    /// delete cannot land after it (they write only where nothing is stored).
+    pub(crate) async fn delete(&self, keys: &[&str], tombstone_ttl: Duration) -> bool {
+        let writes: Vec<L2Write> = keys
+            .iter()
+            .map(|key| L2Write {
+                key: (*key).to_owned(),
+                stored: Bytes::from_static(&[TOMBSTONE]),
+                ttl: tombstone_ttl,
+                mode: Write::Overwrite,
+            })
+            .collect();
+        self.write_many(&writes).await
+    }
+
+    /// Many writes in one pipelined round trip; `true` once Redis acknowledged all of them.
+    pub(crate) async fn write_many(&self, writes: &[L2Write]) -> bool {
+        if writes.len() == 1 {
+            let w = &writes[0];
+            return self.set(&w.key, w.stored.clone(), w.ttl, w.mode).await;
         }
-        let condition = (mode == Write::IfAbsent).then_some(fred::types::SetOptions::NX);
-        let started = Instant::now();
-        let write = client.set::<fred::types::Value, _, _>(
-            self.key(key),
-            stored,
-            Some(Expiration::PX(millis)),
-            condition,
-            false,
-        );
-        let result = tokio::time::timeout(self.timeout, write).await;
-        self.observe(
-            if mode == Write::IfAbsent {
-                "fill"
-            } else {
-                "set"
-            },
-            started,
-        );
-        if !matches!(result, Ok(Ok(_))) {
-            metrics::counter!("cache_l2_errors_total", "cache" => self.name).increment(1);
-        }
+        self.run("set_many", |c| async move {
+            let pipeline = c.pipeline();
+            for w in writes {
+                let condition = (w.mode == Write::IfAbsent).then_some(SetOptions::NX);
+                let () = pipeline
+                    .set(
+                        self.key(&w.key),
+                        w.stored.clone(),
+                        Some(Expiration::PX(millis(w.ttl))),
+                        condition,
+                        false,
+                    )
+                    .await?;
+            }
+            pipeline.all::<Value>().await
+        })
+        .await
+        .is_some()
+    }
+
+    /// The current versions of tag keys (MGET); `None` when L2 is unavailable.
+    pub(crate) async fn tag_versions(&self, tag_keys: &[&str]) -> Option<Vec<Option<u64>>> {
+        let keys: Vec<String> = tag_keys.iter().map(|k| self.key(k)).collect();
+        let found = self
+            .run("tag_versions", |c| async move {
+                c.mget::<Vec<Option<u64>>, _>(keys).await
+            })
+            .await?;
+        Some(found)
+    }
+
+    /// Gives each tag key a version if it has none (`SET NX GET`: the fresh one, else the one
+    /// it has), living `ttl` from now; one pipelined round trip. An existing version is not
+    /// touched (touching it would push an invalidation of the tag to every replica).
+    pub(crate) async fn ensure_tags(
+        &self,
+        tag_keys: &[(&str, u64)],
+        ttl: Duration,
+    ) -> Option<Vec<u64>> {
+        let existing = self
+            .run("tag_ensure", |c| async move {
+                let pipeline = c.pipeline();
+                for (key, fresh) in tag_keys {
+                    let () = pipeline
+                        .set(
+                            self.key(key),
+                            *fresh,
+                            Some(Expiration::PX(millis(ttl))),
+                            Some(SetOptions::NX),
+                            true,
+                        )
+                        .await?;
+                }
+                // Per reply: fred folds a one-command pipeline's array into its only value.
+                let replies = pipeline.try_all::<Value>().await;
+                replies
+                    .into_iter()
+                    .map(|reply| reply.map(|value| value.as_u64()))
+                    .collect::<Result<Vec<Option<u64>>, _>>()
+            })
+            .await?;
+        Some(
+            existing
+                .into_iter()
+                .zip(tag_keys)
+                .map(|(old, (_, fresh))| old.unwrap_or(*fresh))
+                .collect(),
+        )
+    }
+
+    /// Drops tag keys: every value stored under their current versions is stale from now on.
+    pub(crate) async fn drop_tags(&self, tag_keys: &[&str]) -> bool {
+        let keys: Vec<String> = tag_keys.iter().map(|k| self.key(k)).collect();
+        self.run(
+            "tag_invalidate",
+            |c| async move { c.del::<i64, _>(keys).await },
+        )
+        .await
+        .is_some()
     }
 
     /// Subscribes to invalidations and turns tracking on for our prefix, redirected to the
@@ -284,10 +509,15 @@ impl Redis {
                         }
                     }
                     failed = first(errors.recv(), sub_errors.recv()) => {
-                        if failed && !(l2.tracker.is_connected() && l2.subscriber.is_connected()) {
+                        // Once, on the way down (failed reconnects keep erroring): from here on
+                        // invalidations may be lost; entries made meanwhile get the degraded TTL.
+                        if failed
+                            && *l2.status.borrow()
+                            && !(l2.tracker.is_connected() && l2.subscriber.is_connected())
+                        {
                             tracing::warn!(cache = cache.name(), "L2 unreachable; serving L1 and the loader");
-                            l2.set_up(false);
                             cache.apply(Invalidation::All).await;
+                            l2.set_up(false);
                         }
                     }
                 }

@@ -28,20 +28,26 @@
 //!   fred reconnects with backoff and L2 resumes by itself.
 
 mod config;
+mod entry;
+mod kv;
 mod l2;
+mod pressure;
+mod tags;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use moka::Expiry;
 use moka::future::Cache;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-pub use config::{CacheConfig, L1Policy, RedisSettings};
+pub use config::{CacheConfig, L1Policy, MemoryPressure, RedisSettings};
+use entry::{Entry, EntryTtl};
+pub use kv::Item;
 use l2::{Redis, Write};
+pub use pressure::{cgroup_memory_limit, process_rss_bytes};
 
 /// Write epochs are kept per stripe of keys. Many stripes keep a write from casting doubt on
 /// many unrelated L1 entries (a doubted entry is refetched, from L2 usually): with 2^16 and a
@@ -53,6 +59,8 @@ const STRIPES: usize = 1 << 16;
 pub enum Invalidation {
     /// One key (without the prefix).
     Key(Arc<str>),
+    /// Every value stored under a tag.
+    Tag(Arc<str>),
     /// Everything: a flush in Redis, or a reconnect after which invalidations may be lost.
     All,
 }
@@ -94,56 +102,6 @@ impl Codec for RawBytes {
     }
 }
 
-#[derive(Clone)]
-struct Entry<V> {
-    /// `None`: the loader found nothing (negative entry).
-    value: Option<V>,
-    ttl: Duration,
-    /// The key's stripe write epoch when the fill began.
-    epoch: u64,
-    /// When the value was read from L2 or the loader.
-    loaded_at: Instant,
-    /// Set while a refresh-ahead of this entry runs, so only one runs.
-    refreshing: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl<V> Entry<V> {
-    fn new(value: Option<V>, ttl: Duration, epoch: u64) -> Self {
-        Self {
-            value,
-            ttl,
-            epoch,
-            loaded_at: Instant::now(),
-            refreshing: Arc::default(),
-        }
-    }
-}
-
-struct EntryTtl;
-
-impl<V> Expiry<Arc<str>, Entry<V>> for EntryTtl {
-    fn expire_after_create(
-        &self,
-        _key: &Arc<str>,
-        entry: &Entry<V>,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(entry.ttl)
-    }
-
-    /// A replaced entry (a refresh) lives its own TTL; moka's default would keep the old
-    /// entry's remaining time, and the refreshed value would expire when the old one would have.
-    fn expire_after_update(
-        &self,
-        _key: &Arc<str>,
-        entry: &Entry<V>,
-        _updated_at: std::time::Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(entry.ttl)
-    }
-}
-
 struct Inner<C: Codec> {
     name: &'static str,
     requests: Requests,
@@ -154,6 +112,10 @@ struct Inner<C: Codec> {
     negative_ttl_ms: AtomicU64,
     l1: Cache<Arc<str>, Entry<C::Value>>,
     l2: Option<Redis>,
+    /// Tag → its current version (in L2 mode, a coherent copy of Redis's).
+    tag_versions: Cache<Arc<str>, u64>,
+    /// Coarse time for "least recently hit", advanced by the memory watcher.
+    clock: AtomicU32,
     write_epochs: Box<[AtomicU64]>,
     events: broadcast::Sender<Invalidation>,
     stop: CancellationToken,
@@ -217,10 +179,7 @@ impl<C: Codec> TieredCache<C> {
                 L1Policy::Lru => moka::policy::EvictionPolicy::lru(),
                 L1Policy::TinyLfu => moka::policy::EvictionPolicy::tiny_lfu(),
             })
-            .weigher(|key: &Arc<str>, entry: &Entry<C::Value>| {
-                let bytes = 64 + key.len() + entry.value.as_ref().map_or(0, C::weight);
-                u32::try_from(bytes).unwrap_or(u32::MAX)
-            })
+            .weigher(|key: &Arc<str>, entry: &Entry<C::Value>| weigh::<C>(key, entry))
             .expire_after(EntryTtl)
             .eviction_listener(move |_k, _v, cause| {
                 if cause.was_evicted() {
@@ -248,6 +207,10 @@ impl<C: Codec> TieredCache<C> {
                 config,
                 l1,
                 l2,
+                tag_versions: Cache::builder()
+                    .max_capacity(tags::MAX_TRACKED_TAGS)
+                    .build(),
+                clock: AtomicU32::new(1),
                 write_epochs,
                 events,
                 stop,
@@ -257,6 +220,9 @@ impl<C: Codec> TieredCache<C> {
             l2.follow_invalidations(cache.clone());
         }
         cache.report_size();
+        if let Some(pressure) = cache.inner.config.memory.clone() {
+            cache.watch_memory(pressure);
+        }
         metrics::gauge!("cache_l2_up", "cache" => name).set(if cache.l2_up() { 1.0 } else { 0.0 });
         Ok(cache)
     }
@@ -281,13 +247,41 @@ impl<C: Codec> TieredCache<C> {
     }
 
     fn stripe(&self, key: &str) -> &AtomicU64 {
+        self.stripe_of(&[key])
+    }
+
+    /// The stripe of the concatenation of `parts`.
+    fn stripe_of(&self, parts: &[&str]) -> &AtomicU64 {
         // FNV-1a: cheap and good enough to spread keys over stripes.
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in key.as_bytes() {
+        for byte in parts.iter().flat_map(|part| part.as_bytes()) {
             hash ^= u64::from(*byte);
             hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
         }
         &self.inner.write_epochs[(hash as usize) % STRIPES]
+    }
+
+    /// The coarse clock, for "last hit" marks.
+    fn now(&self) -> u32 {
+        self.inner.clock.load(Ordering::Relaxed)
+    }
+
+    /// An L1 entry that may be served: no later write to its stripe, tags current. Marks
+    /// it hit for the memory watcher's coldness order.
+    async fn servable(&self, hit: &Entry<C::Value>, seen: u64) -> bool {
+        if hit.epoch != seen {
+            return false;
+        }
+        if let Some(stamp) = &hit.tags
+            && !self.stamp_current(stamp).await
+        {
+            return false;
+        }
+        let now = self.now();
+        if hit.state.touched.load(Ordering::Relaxed) != now {
+            hit.state.touched.store(now, Ordering::Relaxed);
+        }
+        true
     }
 
     fn l1_ttl(&self, ttl: Duration) -> Duration {
@@ -322,11 +316,11 @@ impl<C: Codec> TieredCache<C> {
         loop {
             let seen = stripe.load(Ordering::Acquire);
             if let Some(hit) = self.inner.l1.get(key).await {
-                if hit.epoch == seen {
+                if self.servable(&hit, seen).await {
                     self.inner.requests.l1_hit.increment(1);
                     return Ok(hit.value);
                 }
-                // Filled before a later write to this stripe: not to be trusted.
+                // Filled before a later write to this stripe, or a tag moved on.
                 self.inner.l1.invalidate(key).await;
             }
             let key: Arc<str> = key.into();
@@ -368,14 +362,16 @@ impl<C: Codec> TieredCache<C> {
         E: Send + Sync + 'static,
     {
         if let Some(hit) = self.inner.l1.get(key).await
-            && hit.epoch == self.stripe(key).load(Ordering::Acquire)
+            && self
+                .servable(&hit, self.stripe(key).load(Ordering::Acquire))
+                .await
         {
             self.inner.requests.l1_hit.increment(1);
             if let Some(share) = self.inner.config.refresh_ahead
                 && hit.value.is_some()
                 && hit.loaded_at.elapsed() >= hit.ttl.mul_f64(share)
                 && let Ok(slot) = self.inner.refresh_slots.clone().try_acquire_owned()
-                && !hit.refreshing.swap(true, Ordering::AcqRel)
+                && !hit.state.refreshing.swap(true, Ordering::AcqRel)
             {
                 self.spawn_refresh(key.into(), hit.epoch, ttl, load, slot);
             }
@@ -418,14 +414,17 @@ impl<C: Codec> TieredCache<C> {
                     cache
                         .inner
                         .l1
-                        .insert(key, Entry::new(value, cache.l1_ttl(ttl), epoch))
+                        .insert(
+                            key,
+                            Entry::new(value, cache.l1_ttl(ttl), epoch, cache.now()),
+                        )
                         .await;
                 }
                 // A write raced the reload (the next read loads afresh) or the load failed (the
                 // current value stays until its TTL; the next hit past the mark tries again).
                 _ => {
                     if let Some(current) = cache.inner.l1.get(&key).await {
-                        current.refreshing.store(false, Ordering::Release);
+                        current.state.refreshing.store(false, Ordering::Release);
                     }
                 }
             }
@@ -446,12 +445,15 @@ impl<C: Codec> TieredCache<C> {
         let name = self.inner.name;
         let epoch = self.stripe(key).load(Ordering::Acquire);
         self.inner.requests.l1_miss.increment(1);
-        // A value that does not decode (another version wrote it) is a miss.
+        // A value that does not decode (another version wrote it) is a miss, and so is one
+        // stored under a tag version that has moved on.
         if let Some(l2) = &self.inner.l2
             && let Some(found) = l2.get(key).await
-            && let Some(value) = found
-                .map(C::decode)
-                .map_or(Some(None), |decoded| decoded.map(Some))
+            && let Some(value) = decode_found::<C>(found.value)
+            && match &found.tags {
+                Some(stamp) => self.stamp_current(stamp).await,
+                None => true,
+            }
         {
             self.inner.requests.l2_hit.increment(1);
             let ttl = if value.is_some() {
@@ -459,7 +461,7 @@ impl<C: Codec> TieredCache<C> {
             } else {
                 self.negative_ttl()
             };
-            return Ok(Entry::new(value, self.l1_ttl(ttl), epoch));
+            return Ok(Entry::new(value, self.l1_ttl(ttl), epoch, self.now()).with_tags(found.tags));
         }
         if self.inner.l2.is_some() {
             self.inner.requests.l2_miss.increment(1);
@@ -476,15 +478,10 @@ impl<C: Codec> TieredCache<C> {
             self.negative_ttl()
         };
         if let Some(l2) = &self.inner.l2 {
-            l2.set(
-                key,
-                value.as_ref().map(C::encode).as_ref(),
-                ttl,
-                Write::IfAbsent,
-            )
-            .await;
+            let stored = l2::encode(value.as_ref().map(C::encode).as_ref(), None);
+            l2.set(key, stored, ttl, Write::IfAbsent).await;
         }
-        Ok(Entry::new(value, self.l1_ttl(ttl), epoch))
+        Ok(Entry::new(value, self.l1_ttl(ttl), epoch, self.now()))
     }
 
     fn negative_ttl(&self) -> Duration {
@@ -499,53 +496,47 @@ impl<C: Codec> TieredCache<C> {
         );
     }
 
-    /// Stores `value` for `ttl` (L2, and every replica's L1 forgets the old one). Never
-    /// fails: with L2 down, only this instance's L1 is updated (by forgetting).
-    ///
-    /// Last writer wins, as in Redis: two concurrent `set`s of one key can land in either
-    /// order. A value derived from a record that several writers may change at once should be
-    /// invalidated with [`TieredCache::delete`] after the write and refilled by the loader.
-    pub async fn set(&self, key: &str, value: C::Value, ttl: Duration) {
-        if let Some(l2) = &self.inner.l2 {
-            l2.set(key, Some(&C::encode(&value)), ttl, Write::Overwrite)
-                .await;
-        }
-        self.forget_local(key).await;
-    }
-
-    /// Removes `key` everywhere. In L2 a tombstone stays for `tombstone_ttl`, so that a fill
-    /// which read the database before this delete cannot store the old value after it.
-    pub async fn delete(&self, key: &str) {
-        if let Some(l2) = &self.inner.l2 {
-            l2.delete(key, self.inner.config.tombstone_ttl).await;
-        }
-        self.forget_local(key).await;
-    }
-
     async fn forget_local(&self, key: &str) {
         self.stripe(key).fetch_add(1, Ordering::AcqRel);
         self.inner.l1.invalidate(key).await;
     }
 
-    /// Applies an invalidation pushed by Redis (or a local reset).
+    /// Applies an invalidation pushed by Redis (or made here while no push will come).
     pub(crate) async fn apply(&self, invalidation: Invalidation) {
+        let invalidation = match invalidation {
+            Invalidation::Key(key) => match key.strip_prefix(tags::TAG_PREFIX) {
+                Some(tag) => Invalidation::Tag(tag.into()),
+                None => Invalidation::Key(key),
+            },
+            other => other,
+        };
+        let name = self.inner.name;
         match &invalidation {
             Invalidation::Key(key) => {
                 self.forget_local(key).await;
-                metrics::counter!("cache_invalidations_total", "cache" => self.inner.name, "scope" => "key").increment(1);
+                metrics::counter!("cache_invalidations_total", "cache" => name, "scope" => "key")
+                    .increment(1);
+            }
+            Invalidation::Tag(tag) => {
+                self.forget_tag(tag).await;
+                metrics::counter!("cache_invalidations_total", "cache" => name, "scope" => "tag")
+                    .increment(1);
             }
             Invalidation::All => {
                 for stripe in self.inner.write_epochs.iter() {
                     stripe.fetch_add(1, Ordering::AcqRel);
                 }
                 self.inner.l1.invalidate_all();
-                metrics::counter!("cache_invalidations_total", "cache" => self.inner.name, "scope" => "all").increment(1);
+                self.inner.tag_versions.invalidate_all();
+                metrics::counter!("cache_invalidations_total", "cache" => name, "scope" => "all")
+                    .increment(1);
             }
         }
         let _ = self.inner.events.send(invalidation);
     }
 
-    /// Publishes `cache_l1_bytes` and `cache_l1_entries` every 5 s until the stop token.
+    /// Publishes `cache_l1_bytes`, `cache_l1_entries` and the Redis pool gauges every 5 s
+    /// until the stop token.
     fn report_size(&self) {
         let cache = self.clone();
         // Owned: ends with the cache's stop token.
@@ -562,10 +553,18 @@ impl<C: Codec> TieredCache<C> {
                     _ = tick.tick() => {
                         bytes.set(cache.inner.l1.weighted_size() as f64);
                         entries.set(cache.inner.l1.entry_count() as f64);
+                        if let Some(l2) = &cache.inner.l2 {
+                            l2.report_pool();
+                        }
                     }
                 }
             }
         });
+    }
+
+    /// Entries in L1 (approximate until pending maintenance runs).
+    pub fn l1_entries(&self) -> u64 {
+        self.inner.l1.entry_count()
     }
 
     /// Bytes held by L1 (approximate until pending maintenance runs).
@@ -580,5 +579,24 @@ impl<C: Codec> TieredCache<C> {
 
     pub(crate) fn name(&self) -> &'static str {
         self.inner.name
+    }
+}
+
+/// L1's weight of an entry: key, value and a fixed overhead.
+fn weigh<C: Codec>(key: &str, entry: &Entry<C::Value>) -> u32 {
+    let tags: usize = entry
+        .tags
+        .as_ref()
+        .map_or(0, |stamp| stamp.iter().map(|(tag, _)| 24 + tag.len()).sum());
+    let bytes = 64 + key.len() + tags + entry.value.as_ref().map_or(0, C::weight);
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
+/// A value found in L2 through the codec: `Some(None)` a cached NotFound, `None` bytes the
+/// codec does not read (a miss).
+fn decode_found<C: Codec>(found: Option<Bytes>) -> Option<Option<C::Value>> {
+    match found {
+        None => Some(None),
+        Some(bytes) => C::decode(bytes).map(Some),
     }
 }

@@ -84,8 +84,12 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Redis, the shared L2 of the caches (none on the embedded default).
     pub redis: RedisConfig,
+    /// When the caches give memory back.
+    pub memory: MemoryConfig,
     /// The session service.
     pub session: SessionConfig,
+    /// The cache service.
+    pub cache: CacheServiceConfig,
 }
 
 impl Config {
@@ -123,6 +127,29 @@ impl Config {
                 "key `session.default_page_size` must be in 1..=`session.max_page_size`".into(),
             ));
         }
+        let m = &self.memory;
+        if !(m.limit_share > 0.0 && m.limit_share <= 1.0) {
+            return Err(ConfigError(
+                "key `memory.limit_share` must be in (0, 1]".into(),
+            ));
+        }
+        let l = &self.cache.limits;
+        if l.min_ttl_ms == 0 || l.min_ttl_ms > l.max_ttl_ms {
+            return Err(ConfigError(
+                "key `cache.limits.min_ttl_ms` must be in 1..=`cache.limits.max_ttl_ms`".into(),
+            ));
+        }
+        if !(l.min_ttl_ms..=l.max_ttl_ms).contains(&l.default_ttl_ms) {
+            return Err(ConfigError(
+                "key `cache.limits.default_ttl_ms` must be within `min_ttl_ms..=max_ttl_ms`".into(),
+            ));
+        }
+        if l.max_tags > 255 || l.max_tag_bytes > 1024 || l.max_batch == 0 {
+            return Err(ConfigError(
+                "keys `cache.limits.max_tags` (<= 255), `max_tag_bytes` (<= 1024) and `max_batch` (> 0)"
+                    .into(),
+            ));
+        }
         if self.auth.enabled && self.auth.tokens.is_empty() && self.auth.tokens_dir.is_none() {
             return Err(ConfigError(
                 "key `auth.enabled` is true but neither `auth.tokens` nor `auth.tokens_dir` is set"
@@ -149,6 +176,12 @@ impl Config {
         }
         if self.redis != new.redis {
             changed.push("redis");
+        }
+        if self.memory != new.memory {
+            changed.push("memory");
+        }
+        if self.cache != new.cache {
+            changed.push("cache");
         }
         if self.telemetry.format != new.telemetry.format
             || self.telemetry.otlp_endpoint != new.telemetry.otlp_endpoint
@@ -376,6 +409,28 @@ impl Default for RedisConfig {
     }
 }
 
+/// When the caches give memory back (see `boardroom_cache::MemoryPressure`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Share of the memory limit above which the caches shed their coldest entries.
+    pub limit_share: f64,
+    /// The limit outside a container (or below the cgroup's); 0: the cgroup's only.
+    pub ceiling_bytes: u64,
+    /// How often resident memory is read.
+    pub check_every_ms: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            limit_share: 0.85,
+            ceiling_bytes: 0,
+            check_every_ms: 1_000,
+        }
+    }
+}
+
 /// Addresses of one service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -442,6 +497,82 @@ impl Default for SessionConfig {
             default_page_size: 50,
             max_page_size: 1000,
             max_advisors: 16,
+        }
+    }
+}
+
+/// What L1 keeps when full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L1Policy {
+    /// Least recently used (the default: best on moving hot sets, `benches/hit_ratio.rs`).
+    #[default]
+    Lru,
+    /// TinyLFU admission (best when popularity is stable and skewed).
+    Tinylfu,
+}
+
+/// What one cache service request may carry; over a limit is INVALID_ARGUMENT naming it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheLimits {
+    /// Longest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes.
+    pub max_value_bytes: usize,
+    /// Shortest TTL.
+    pub min_ttl_ms: u64,
+    /// Longest TTL.
+    pub max_ttl_ms: u64,
+    /// TTL of an entry written without one.
+    pub default_ttl_ms: u64,
+    /// Most keys, entries or tags in one request.
+    pub max_batch: usize,
+    /// Most tags on one entry.
+    pub max_tags: usize,
+    /// Longest tag, in bytes.
+    pub max_tag_bytes: usize,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 512,
+            max_value_bytes: 1024 * 1024,
+            min_ttl_ms: 100,
+            max_ttl_ms: 7 * 24 * 3_600_000,
+            default_ttl_ms: 300_000,
+            max_batch: 1_000,
+            max_tags: 16,
+            max_tag_bytes: 128,
+        }
+    }
+}
+
+/// The cache service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheServiceConfig {
+    /// Where it listens.
+    pub listen: Listen,
+    /// Memory bound of its L1, in bytes of keys and values.
+    pub l1_max_bytes: u64,
+    /// What L1 keeps when full.
+    pub l1_policy: L1Policy,
+    /// Request limits.
+    pub limits: CacheLimits,
+}
+
+impl Default for CacheServiceConfig {
+    fn default() -> Self {
+        Self {
+            listen: Listen {
+                grpc_addr: ([127, 0, 0, 1], 50053).into(),
+                admin_addr: ([127, 0, 0, 1], 9093).into(),
+            },
+            l1_max_bytes: 128 * 1024 * 1024,
+            l1_policy: L1Policy::default(),
+            limits: CacheLimits::default(),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! What every Boardroom service shares: typed config, telemetry, metrics and the admin port,
 //! caller authentication, the gRPC server stack and client channels, the database pool,
-//! signals and status helpers.
+//! signals and status helpers, and the settings of the tiered caches.
 
 pub mod auth;
+pub mod caching;
 pub mod client;
 pub mod config;
 pub mod db;

@@ -12,7 +12,9 @@ mod service;
 
 pub use postgres::{TestDatabase, ephemeral_postgres_url, postgres_admin_url, sqlite_database};
 pub use redis::{PrivateRedis, ephemeral_redis_url, redis_url};
-pub use service::{FlakyProxy, channel, metric_value, scrape_metrics, test_config};
+pub use service::{
+    FlakyProxy, channel, metric_value, scrape_metrics, service_test_config, test_config,
+};
 
 /// Where a test server came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -157,7 +157,7 @@ impl PrivateRedis {
         }
     }
 
-    /// Sends one command (inline protocol) and returns the raw reply.
+    /// Sends one command (inline protocol) and returns the raw reply (a bulk reply whole).
     pub async fn command(&self, command: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
@@ -167,10 +167,30 @@ impl PrivateRedis {
             .write_all(format!("{command}\r\n").as_bytes())
             .await
             .expect("writes");
-        let mut reply = vec![0u8; 512];
-        let n = stream.read(&mut reply).await.expect("reads");
-        String::from_utf8_lossy(&reply[..n]).into_owned()
+        let mut reply = Vec::new();
+        let mut chunk = vec![0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk).await.expect("reads");
+            reply.extend_from_slice(&chunk[..n]);
+            if n == 0 || reply_complete(&reply) {
+                return String::from_utf8_lossy(&reply).into_owned();
+            }
+        }
     }
+}
+
+/// Whether `reply` holds a whole RESP reply: a line, or a bulk string of its stated length.
+fn reply_complete(reply: &[u8]) -> bool {
+    let Some(line_end) = reply.windows(2).position(|w| w == b"\r\n") else {
+        return false;
+    };
+    if reply.first() != Some(&b'$') {
+        return true;
+    }
+    let len: i64 = String::from_utf8_lossy(&reply[1..line_end])
+        .parse()
+        .unwrap_or(0);
+    len < 0 || reply.len() >= line_end + 2 + len as usize + 2
 }
 
 impl Drop for PrivateRedis {

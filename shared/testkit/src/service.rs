@@ -18,16 +18,23 @@ use crate::TestDatabase;
 /// A config for one test: the given database, every listener on port 0, small pools and
 /// short timeouts so that failures show quickly.
 pub fn test_config(db: &TestDatabase) -> Config {
-    let mut config = Config::default();
+    let mut config = service_test_config();
     config.database.url = Secret::new(db.url.clone());
     config.database.max_connections = 8;
     config.database.acquire_timeout_ms = 1_000;
     config.database.migrate_on_start = true;
+    config
+}
+
+/// A config for one test of a service without a database: every listener on port 0.
+pub fn service_test_config() -> Config {
+    let mut config = Config::default();
     let any_port = Listen {
         grpc_addr: ([127, 0, 0, 1], 0).into(),
         admin_addr: ([127, 0, 0, 1], 0).into(),
     };
-    config.session.listen = any_port;
+    config.session.listen = any_port.clone();
+    config.cache.listen = any_port;
     config
 }
 
