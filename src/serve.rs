@@ -17,6 +17,8 @@ pub enum Service {
     All,
     /// The session service.
     Session,
+    /// The cache service.
+    Cache,
     /// The session service's benchmark baseline (same stack, constant answers).
     SessionEcho,
 }
@@ -62,6 +64,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let service_name = match args.service {
         Service::All => "boardroom",
         Service::Session => "boardroom-session",
+        Service::Cache => "boardroom-cache",
         Service::SessionEcho => "boardroom-session-echo",
     };
     let telemetry = init_telemetry(service_name, &config.telemetry)?;
@@ -70,24 +73,44 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (live_tx, live_rx) = watch::channel(Arc::new(config.clone()));
     let reloader = reload_on_sighup(file, reloads, live_tx, &telemetry, shutdown.clone());
 
-    let services = async {
-        let result = match args.service {
-            Service::All | Service::Session => {
-                let app = boardroom_session::Application::build(&config)
-                    .await?
-                    .with_live_config(live_rx);
-                tracing::info!(grpc = %app.local_addr()?, admin = %app.admin_addr()?, "session service listening");
-                app.run_until_stopped(shutdown.clone()).await
-            }
-            Service::SessionEcho => {
-                let server = boardroom_session::echo::bind(&config).await?;
-                tracing::info!(grpc = %server.local_addr()?, "session echo baseline listening");
-                server.run(shutdown.clone()).await
-            }
-        };
-        // A service that fails stops the others too.
+    let session = || async {
+        let app = boardroom_session::Application::build(&config)
+            .await?
+            .with_live_config(live_rx.clone());
+        tracing::info!(grpc = %app.local_addr()?, admin = %app.admin_addr()?, "session service listening");
+        app.run_until_stopped(shutdown.clone()).await
+    };
+    let cache = || async {
+        let app = boardroom_cache_service::Application::build(&config).await?;
+        tracing::info!(grpc = %app.local_addr()?, admin = %app.admin_addr()?, l2 = !config.redis.url.is_empty(), "cache service listening");
+        app.run_until_stopped(shutdown.clone()).await
+    };
+    // A service that fails stops the others too.
+    let stopping_all = |result: anyhow::Result<()>| {
         shutdown.cancel();
         result
+    };
+    let services = async {
+        match args.service {
+            Service::All => {
+                let (session, cache) =
+                    tokio::join!(async { stopping_all(session().await) }, async {
+                        stopping_all(cache().await)
+                    },);
+                session.and(cache)
+            }
+            Service::Session => stopping_all(session().await),
+            Service::Cache => stopping_all(cache().await),
+            Service::SessionEcho => {
+                let result = async {
+                    let server = boardroom_session::echo::bind(&config).await?;
+                    tracing::info!(grpc = %server.local_addr()?, "session echo baseline listening");
+                    server.run(shutdown.clone()).await
+                }
+                .await;
+                stopping_all(result)
+            }
+        }
     };
     let (result, ()) = tokio::join!(services, reloader);
     telemetry.shutdown();

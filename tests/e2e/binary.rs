@@ -11,8 +11,11 @@ use tokio::process::{Child, ChildStderr, Command};
 /// A running `boardroom serve` process.
 pub struct Server {
     pub child: Child,
+    /// The session service's (or, with `--service cache`, the cache service's) addresses.
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    /// The cache service's gRPC address, when it runs.
+    pub cache_grpc: Option<SocketAddr>,
     pub log: Lines<BufReader<ChildStderr>>,
     pub db: TestDatabase,
 }
@@ -41,25 +44,42 @@ pub async fn serve_with_env(args: &[&str], env: &[(&str, String)]) -> Server {
         .env("BOARDROOM_DATABASE__URL", &db.url)
         .env("BOARDROOM_SESSION__LISTEN__GRPC_ADDR", "127.0.0.1:0")
         .env("BOARDROOM_SESSION__LISTEN__ADMIN_ADDR", "127.0.0.1:0")
+        .env("BOARDROOM_CACHE__LISTEN__GRPC_ADDR", "127.0.0.1:0")
+        .env("BOARDROOM_CACHE__LISTEN__ADMIN_ADDR", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning boardroom serve");
     let mut log = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let line = wait_for_log(&mut log, "listening").await;
-    let event: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
-    let addr = |key: &str| -> SocketAddr {
-        event["fields"][key]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    // One "listening" line per service: `all` runs the session and the cache service.
+    let services = match args.iter().position(|a| *a == "--service") {
+        Some(i) => 1 + usize::from(args.get(i + 1) == Some(&"all")),
+        None => 2,
     };
-    let (grpc, admin) = (addr("grpc"), addr("admin"));
-    assert_ne!(grpc.port(), 0, "no address in {line}");
+    let (mut session, mut cache) = (None, None);
+    for _ in 0..services {
+        let line = wait_for_log(&mut log, "listening").await;
+        let event: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        let addr = |key: &str| -> SocketAddr {
+            event["fields"][key]
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+        };
+        let addrs = (addr("grpc"), addr("admin"));
+        assert_ne!(addrs.0.port(), 0, "no address in {line}");
+        if line.contains("cache service") {
+            cache = Some(addrs);
+        } else {
+            session = Some(addrs);
+        }
+    }
+    let (grpc, admin) = session.or(cache).expect("a service listens");
     Server {
         child,
         grpc,
         admin,
+        cache_grpc: cache.map(|(grpc, _)| grpc),
         log,
         db,
     }

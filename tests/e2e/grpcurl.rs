@@ -77,6 +77,44 @@ async fn grpcurl_sees_reflection_health_and_field_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_default_serves_the_cache_service_to_grpcurl() {
+    let server = serve(&[]).await;
+    let addr = server
+        .cache_grpc
+        .expect("`serve` runs the cache service")
+        .to_string();
+    let (ok, set) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"namespace":"e2e","entry":{"key":"k","value":"dmFsdWU=","ttl":"30s","tags":["t"]}}"#,
+        &addr,
+        "boardroom.cache.v1.CacheService/Set",
+    ]);
+    assert!(ok, "{set}");
+    assert!(
+        !set.contains("replicated"),
+        "L1 only: not replicated ({set})"
+    );
+    let (ok, got) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"namespace":"e2e","keys":["k","absent"]}"#,
+        &addr,
+        "boardroom.cache.v1.CacheService/GetMany",
+    ]);
+    assert!(ok && got.contains(r#""value": "dmFsdWU=""#), "{got}");
+    let (ok, refused) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"namespace":"e2e","entry":{"key":"k","ttl":"0.001s"}}"#,
+        &addr,
+        "boardroom.cache.v1.CacheService/Set",
+    ]);
+    assert!(!ok && refused.contains("min_ttl_ms"), "{refused}");
+    assert!(refused.contains(r#""field":"entry.ttl""#), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_the_call_in_flight_then_exits_cleanly() {
     let mut server = serve(&[]).await;
     let mut client = SessionServiceClient::new(channel(server.grpc).await);

@@ -13,3 +13,12 @@ pub mod session {
         tonic::include_proto!("boardroom.session.v1");
     }
 }
+
+/// `boardroom.cache.v1`: the tiered cache as a service.
+pub mod cache {
+    /// Version 1 of the cache contract.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all)]
+        tonic::include_proto!("boardroom.cache.v1");
+    }
+}

@@ -1,0 +1,35 @@
+//! Errors of the cache service, and their gRPC codes.
+
+use boardroom_runtime::status::bad_request;
+use tonic::Status;
+
+/// What a cache call can fail with (the cache itself never fails a call).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CacheServiceError {
+    /// Fields out of bounds: `(field, what is wrong)`.
+    #[error("invalid argument: {0:?}")]
+    InvalidArgument(Vec<(String, String)>),
+    /// The caller asked for a namespace that is not its own.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+}
+
+impl CacheServiceError {
+    /// One field violation.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![(field.into(), description.into())])
+    }
+}
+
+impl From<CacheServiceError> for Status {
+    fn from(err: CacheServiceError) -> Self {
+        match err {
+            CacheServiceError::InvalidArgument(violations) => bad_request(
+                violations
+                    .iter()
+                    .map(|(field, description)| (field.as_str(), description.as_str())),
+            ),
+            CacheServiceError::PermissionDenied(message) => Status::permission_denied(message),
+        }
+    }
+}
