@@ -31,7 +31,8 @@ impl Rng {
     }
 }
 
-fn zipf_trace(s: f64) -> Vec<u64> {
+/// An endless Zipf(`s`) key stream over `KEYS` keys.
+fn zipf_keys(s: f64) -> impl Iterator<Item = u64> {
     let mut cdf = Vec::with_capacity(KEYS as usize);
     let mut total = 0.0;
     for rank in 1..=KEYS {
@@ -39,14 +40,29 @@ fn zipf_trace(s: f64) -> Vec<u64> {
         cdf.push(total);
     }
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    (0..REQUESTS)
-        .map(|_| {
-            let target = rng.unit() * total;
-            // Scatter ranks over the key space so that hot keys are not adjacent ids.
-            let rank = cdf.partition_point(|c| *c < target) as u64;
-            rank.wrapping_mul(0x9e37_79b9) % KEYS
-        })
-        .collect()
+    std::iter::repeat_with(move || {
+        let target = rng.unit() * total;
+        // Scatter ranks over the key space so that hot keys are not adjacent ids.
+        let rank = cdf.partition_point(|c| *c < target) as u64;
+        rank.wrapping_mul(0x9e37_79b9) % KEYS
+    })
+}
+
+fn zipf_trace(s: f64) -> Vec<u64> {
+    zipf_keys(s).take(REQUESTS).collect()
+}
+
+/// L1 + L2 in steady state: the share of the last `measured` of `total` requests whose key
+/// was requested before (L2 holding every key loaded, as Redis does with room for them).
+fn steady_l1_l2_hit_ratio(total: usize, measured: usize) -> f64 {
+    let mut seen = HashSet::with_capacity(KEYS as usize);
+    let mut hits = 0usize;
+    for (i, key) in zipf_keys(0.99).take(total).enumerate() {
+        if !seen.insert(key) && i >= total - measured {
+            hits += 1;
+        }
+    }
+    hits as f64 / measured as f64
 }
 
 fn sliding_trace() -> Vec<u64> {
@@ -126,4 +142,11 @@ async fn main() {
             );
         }
     }
+    let (total, measured) = (40_000_000, 10_000_000);
+    println!(
+        "\nZipf(0.99), L1 + L2 in steady state (the last {}M of {}M requests): {:.1} %",
+        measured / 1_000_000,
+        total / 1_000_000,
+        steady_l1_l2_hit_ratio(total, measured) * 100.0
+    );
 }

@@ -61,3 +61,42 @@ async fn a_write_through_one_replica_is_seen_by_the_other() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_entity_past_its_refresh_mark_is_reloaded_in_the_background_as_metrics_show() {
+    use boardroom_testkit::{metric_value, scrape_metrics};
+    use std::time::{Duration, Instant};
+
+    let mut app = spawn_app_with(TestDatabase::sqlite(), |c| {
+        c.session.cache.ttl_ms = 5_000;
+        // Past 5 % of the TTL (250 ms), a hit reloads the entity in the background.
+        c.session.cache.refresh_ahead = 0.05;
+    })
+    .await;
+    let board = app.boardroom("owner").await;
+    let get = || pb::GetBoardroomRequest {
+        id: board.id.clone(),
+    };
+    let metric = |text: &str, name: &str| metric_value(text, &[name, "cache=\"session\""]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = app.client.get_boardroom(get()).await.expect("get");
+        assert_eq!(
+            got.into_inner().boardroom.expect("boardroom").name,
+            board.name
+        );
+        let text = scrape_metrics(app.admin).await;
+        if metric(&text, "cache_refreshes_total") >= 1.0 {
+            assert_eq!(
+                metric(&text, "cache_loads_total"),
+                1.0,
+                "only the first read loaded in the foreground"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refresh within 20 s");
+        // Polling: the refresh mark is a point in time the test waits to pass.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    app.stop().await;
+}
