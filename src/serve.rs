@@ -19,6 +19,8 @@ pub enum Service {
     Session,
     /// The cache service.
     Cache,
+    /// The LLM gateway.
+    LlmGateway,
     /// The session service's benchmark baseline (same stack, constant answers).
     SessionEcho,
 }
@@ -65,6 +67,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Service::All => "boardroom",
         Service::Session => "boardroom-session",
         Service::Cache => "boardroom-cache",
+        Service::LlmGateway => "boardroom-llm-gateway",
         Service::SessionEcho => "boardroom-session-echo",
     };
     let telemetry = init_telemetry(service_name, &config.telemetry)?;
@@ -85,6 +88,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(grpc = %app.local_addr()?, admin = %app.admin_addr()?, l2 = !config.redis.url.is_empty(), "cache service listening");
         app.run_until_stopped(shutdown.clone()).await
     };
+    let llm = || async {
+        let app = boardroom_llm_gateway::Application::build(&config).await?;
+        tracing::info!(grpc = %app.local_addr()?, admin = %app.admin_addr()?, models = config.llm.models.len(), "llm-gateway service listening");
+        app.run_until_stopped(shutdown.clone()).await
+    };
     // A service that fails stops the others too.
     let stopping_all = |result: anyhow::Result<()>| {
         shutdown.cancel();
@@ -93,14 +101,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let services = async {
         match args.service {
             Service::All => {
-                let (session, cache) =
-                    tokio::join!(async { stopping_all(session().await) }, async {
-                        stopping_all(cache().await)
-                    },);
-                session.and(cache)
+                let (session, cache, llm) = tokio::join!(
+                    async { stopping_all(session().await) },
+                    async { stopping_all(cache().await) },
+                    async { stopping_all(llm().await) },
+                );
+                session.and(cache).and(llm)
             }
             Service::Session => stopping_all(session().await),
             Service::Cache => stopping_all(cache().await),
+            Service::LlmGateway => stopping_all(llm().await),
             Service::SessionEcho => {
                 let result = async {
                     let server = boardroom_session::echo::bind(&config).await?;

@@ -115,6 +115,32 @@ async fn the_embedded_default_serves_the_cache_service_to_grpcurl() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_default_serves_the_llm_gateway_on_its_mock_provider() {
+    let server = serve(&[]).await;
+    let addr = server
+        .llm_grpc
+        .expect("`serve` runs the gateway")
+        .to_string();
+    let (ok, answer) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"model":"mock","messages":[{"role":"ROLE_USER","content":"Should we raise prices?"}],"temperature":0}"#,
+        &addr,
+        "boardroom.llm.v1.LlmGatewayService/Chat",
+    ]);
+    assert!(ok, "{answer}");
+    assert!(answer.contains(r#""provider": "mock""#), "{answer}");
+    let (ok, streamed) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"chat":{"model":"mock","messages":[{"role":"ROLE_USER","content":"Should we raise prices?"}],"temperature":0}}"#,
+        &addr,
+        "boardroom.llm.v1.LlmGatewayService/ChatStream",
+    ]);
+    assert!(ok && streamed.contains("CACHE_OUTCOME_EXACT"), "{streamed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_the_call_in_flight_then_exits_cleanly() {
     let mut server = serve(&[]).await;
     let mut client = SessionServiceClient::new(channel(server.grpc).await);

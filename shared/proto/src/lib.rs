@@ -22,3 +22,12 @@ pub mod cache {
         tonic::include_proto!("boardroom.cache.v1");
     }
 }
+
+/// `boardroom.llm.v1`: the LLM gateway.
+pub mod llm {
+    /// Version 1 of the LLM gateway contract.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all)]
+        tonic::include_proto!("boardroom.llm.v1");
+    }
+}

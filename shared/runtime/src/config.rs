@@ -10,6 +10,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod llm;
+
+pub use llm::{
+    BreakerConfig, DeploymentConfig, LlmConfig, LlmTimeouts, ModelAlias, Price, ProviderKind,
+    ResponseCacheConfig, RetryConfig,
+};
+
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -90,6 +97,8 @@ pub struct Config {
     pub session: SessionConfig,
     /// The cache service.
     pub cache: CacheServiceConfig,
+    /// The LLM gateway.
+    pub llm: LlmConfig,
 }
 
 impl Config {
@@ -150,6 +159,7 @@ impl Config {
                     .into(),
             ));
         }
+        self.llm.check().map_err(ConfigError)?;
         if self.auth.enabled && self.auth.tokens.is_empty() && self.auth.tokens_dir.is_none() {
             return Err(ConfigError(
                 "key `auth.enabled` is true but neither `auth.tokens` nor `auth.tokens_dir` is set"
@@ -182,6 +192,9 @@ impl Config {
         }
         if self.cache != new.cache {
             changed.push("cache");
+        }
+        if self.llm != new.llm {
+            changed.push("llm");
         }
         if self.telemetry.format != new.telemetry.format
             || self.telemetry.otlp_endpoint != new.telemetry.otlp_endpoint

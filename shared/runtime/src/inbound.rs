@@ -147,6 +147,8 @@ where
             }
             let deadline = client_timeout(req.headers())
                 .map_or(shared.request_timeout, |t| t.min(shared.request_timeout));
+            req.extensions_mut()
+                .insert(CallDeadline(observer.started + deadline));
             let permit = if exempt {
                 None
             } else {
@@ -171,6 +173,12 @@ where
         Box::pin(fut.instrument(span))
     }
 }
+
+/// When the call must be answered by: min(`server.request_timeout_ms`, the client's
+/// `grpc-timeout`) from its arrival. In the request's extensions, for handlers that retry or
+/// stream (the layer's own bound covers a unary call, and a stream only until its headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallDeadline(pub std::time::Instant);
 
 async fn admit(shared: &Shared, deadline: Duration) -> Result<OwnedSemaphorePermit, Status> {
     if let Ok(permit) = shared.permits.clone().try_acquire_owned() {

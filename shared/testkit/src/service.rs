@@ -34,7 +34,8 @@ pub fn service_test_config() -> Config {
         admin_addr: ([127, 0, 0, 1], 0).into(),
     };
     config.session.listen = any_port.clone();
-    config.cache.listen = any_port;
+    config.cache.listen = any_port.clone();
+    config.llm.listen = any_port;
     config
 }
 

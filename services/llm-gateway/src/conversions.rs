@@ -1,0 +1,252 @@
+//! Proto ↔ domain, with every field checked (all violations reported at once).
+
+use boardroom_proto::llm::v1 as pb;
+
+use crate::domain::{
+    CacheOutcome, CachePolicy, ChatAnswer, ChatRequest, Completion, FinishReason, Message, Params,
+    Role, ToolCall, ToolDef, Usage,
+};
+use crate::error::GatewayError;
+
+/// Bounds of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Most messages.
+    pub max_messages: usize,
+    /// Most bytes of message text.
+    pub max_prompt_bytes: usize,
+}
+
+#[derive(Default)]
+struct Violations(Vec<(String, String)>);
+
+impl Violations {
+    fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push((field.into(), description.into()));
+    }
+    fn finish<T>(self, value: T) -> Result<T, GatewayError> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(GatewayError::InvalidArgument(self.0))
+        }
+    }
+}
+
+fn role(v: &mut Violations, field: String, role: i32) -> Role {
+    match pb::Role::try_from(role) {
+        Ok(pb::Role::System) => Role::System,
+        Ok(pb::Role::User) => Role::User,
+        Ok(pb::Role::Assistant) => Role::Assistant,
+        Ok(pb::Role::Tool) => Role::Tool,
+        Ok(pb::Role::Unspecified) | Err(_) => {
+            v.add(field, "must be SYSTEM, USER, ASSISTANT or TOOL");
+            Role::User
+        }
+    }
+}
+
+/// A checked chat request.
+pub fn chat_request(
+    request: pb::ChatRequest,
+    limits: RequestLimits,
+) -> Result<ChatRequest, GatewayError> {
+    let mut v = Violations::default();
+    if request.model.is_empty() {
+        v.add("model", "must not be empty");
+    }
+    if request.messages.is_empty() {
+        v.add("messages", "must hold at least one message");
+    } else if request.messages.len() > limits.max_messages {
+        v.add(
+            "messages",
+            format!(
+                "{} messages; the limit llm.max_messages is {}",
+                request.messages.len(),
+                limits.max_messages
+            ),
+        );
+    }
+    let bytes: usize = request.messages.iter().map(|m| m.content.len()).sum();
+    if bytes > limits.max_prompt_bytes {
+        v.add(
+            "messages",
+            format!(
+                "{bytes} bytes of text; the limit llm.max_prompt_bytes is {}",
+                limits.max_prompt_bytes
+            ),
+        );
+    }
+    let messages: Vec<Message> = request
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = role(&mut v, format!("messages[{i}].role"), m.role);
+            if role == Role::Tool && m.tool_call_id.is_empty() {
+                v.add(
+                    format!("messages[{i}].tool_call_id"),
+                    "required on a TOOL message",
+                );
+            }
+            Message {
+                role,
+                content: m.content,
+                tool_calls: m
+                    .tool_calls
+                    .into_iter()
+                    .map(|c| ToolCall {
+                        id: c.id,
+                        name: c.name,
+                        arguments: c.arguments_json,
+                    })
+                    .collect(),
+                tool_call_id: (!m.tool_call_id.is_empty()).then_some(m.tool_call_id),
+                name: (!m.name.is_empty()).then_some(m.name),
+            }
+        })
+        .collect();
+    let tools: Vec<ToolDef> = request
+        .tools
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if t.name.is_empty() {
+                v.add(format!("tools[{i}].name"), "must not be empty");
+            }
+            if !t.parameters_json_schema.is_empty()
+                && serde_json::from_str::<serde_json::Value>(&t.parameters_json_schema).is_err()
+            {
+                v.add(format!("tools[{i}].parameters_json_schema"), "must be JSON");
+            }
+            ToolDef {
+                name: t.name,
+                description: t.description,
+                parameters: t.parameters_json_schema,
+            }
+        })
+        .collect();
+    if let Some(t) = request.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        v.add("temperature", "must be within 0 and 2");
+    }
+    if let Some(p) = request.top_p
+        && !(p > 0.0 && p <= 1.0)
+    {
+        v.add("top_p", "must be within (0, 1]");
+    }
+    if request.max_tokens == Some(0) {
+        v.add("max_tokens", "must be > 0 when set");
+    }
+    if request.stop.len() > 4 {
+        v.add("stop", "at most 4 stop sequences");
+    }
+    let cache_policy = match pb::CachePolicy::try_from(request.cache_policy) {
+        Ok(pb::CachePolicy::Unspecified) => CachePolicy::Default,
+        Ok(pb::CachePolicy::Bypass) => CachePolicy::Bypass,
+        Ok(pb::CachePolicy::CacheOnly) => CachePolicy::CacheOnly,
+        Ok(pb::CachePolicy::Force) => CachePolicy::Force,
+        Err(_) => {
+            v.add("cache_policy", "unknown value");
+            CachePolicy::Default
+        }
+    };
+    v.finish(ChatRequest {
+        model: request.model,
+        messages,
+        tools,
+        params: Params {
+            temperature: request.temperature,
+            top_p: request.top_p,
+            max_tokens: request.max_tokens,
+            stop: request.stop,
+            seed: request.seed,
+        },
+        request_id: request.request_id,
+        cache_policy,
+    })
+}
+
+fn finish_reason(reason: FinishReason) -> i32 {
+    (match reason {
+        FinishReason::Stop => pb::FinishReason::Stop,
+        FinishReason::Length => pb::FinishReason::Length,
+        FinishReason::ToolCalls => pb::FinishReason::ToolCalls,
+        FinishReason::ContentFilter => pb::FinishReason::ContentFilter,
+    }) as i32
+}
+
+fn cache_outcome(outcome: CacheOutcome) -> i32 {
+    (match outcome {
+        CacheOutcome::Miss => pb::CacheOutcome::Miss,
+        CacheOutcome::Exact => pb::CacheOutcome::Exact,
+        CacheOutcome::Coalesced => pb::CacheOutcome::Coalesced,
+    }) as i32
+}
+
+/// A tool call on the wire.
+pub fn tool_call(call: ToolCall) -> pb::ToolCall {
+    pb::ToolCall {
+        id: call.id,
+        name: call.name,
+        arguments_json: call.arguments,
+    }
+}
+
+/// Usage on the wire.
+pub fn usage(usage: Usage, cost_micros: u64) -> pb::Usage {
+    pb::Usage {
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        cost_micros,
+    }
+}
+
+/// The response of a completion; `with_content: false` for a stream's final event.
+pub fn chat_response(
+    completion: Completion,
+    deployment: String,
+    cache: CacheOutcome,
+    cost_micros: u64,
+    with_content: bool,
+) -> pb::ChatResponse {
+    let usage = if cache == CacheOutcome::Miss {
+        usage(completion.usage, cost_micros)
+    } else {
+        pb::Usage::default()
+    };
+    pb::ChatResponse {
+        message: Some(pb::Message {
+            role: pb::Role::Assistant as i32,
+            content: if with_content {
+                completion.content
+            } else {
+                String::new()
+            },
+            tool_calls: if with_content {
+                completion.tool_calls.into_iter().map(tool_call).collect()
+            } else {
+                Vec::new()
+            },
+            tool_call_id: String::new(),
+            name: String::new(),
+        }),
+        finish_reason: finish_reason(completion.finish_reason),
+        usage: Some(usage),
+        model: completion.model,
+        provider: deployment,
+        cache: cache_outcome(cache),
+    }
+}
+
+/// A unary answer on the wire.
+pub fn answer(answer: ChatAnswer) -> pb::ChatResponse {
+    chat_response(
+        answer.completion,
+        answer.deployment,
+        answer.cache,
+        answer.cost_micros,
+        true,
+    )
+}

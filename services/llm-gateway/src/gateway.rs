@@ -1,0 +1,575 @@
+//! The gateway's core: aliases → deployments, retries and fallback within the caller's
+//! deadline, circuit breakers, the exact response cache, coalescing of identical requests in
+//! flight, and accounting.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use boardroom_cache::TieredCache;
+use boardroom_runtime::config::{Price, RetryConfig};
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt};
+
+use crate::breaker::Breaker;
+use crate::domain::{
+    CacheOutcome, CachePolicy, ChatAnswer, ChatRequest, Chunk, Completion, Embeddings,
+};
+use crate::error::GatewayError;
+use crate::provider::{ChunkStream, Provider, ProviderError};
+use crate::response_cache::{AnswerCodec, CachedAnswer, cache_key};
+
+/// One deployment: a provider endpoint + model, its breaker and its price.
+pub struct Deployment {
+    /// Its name in config.
+    pub name: String,
+    /// What answers it.
+    pub provider: Arc<dyn Provider>,
+    /// Its circuit.
+    pub breaker: Breaker,
+    /// Its price per million tokens.
+    pub price: Price,
+}
+
+impl Deployment {
+    fn cost_micros(&self, usage: crate::domain::Usage) -> u64 {
+        (u64::from(usage.input_tokens) * self.price.input_per_million_micros
+            + u64::from(usage.output_tokens) * self.price.output_per_million_micros)
+            / 1_000_000
+    }
+}
+
+/// A model alias: deployments in fallback order.
+#[derive(Clone)]
+pub struct Alias {
+    /// Fallback order.
+    pub deployments: Arc<[Arc<Deployment>]>,
+    /// Semantic cache on.
+    pub semantic_cache: bool,
+}
+
+type Flight = Shared<BoxFuture<'static, Result<(Completion, Arc<Deployment>), GatewayError>>>;
+
+/// The gateway.
+pub struct Gateway {
+    aliases: BTreeMap<String, Alias>,
+    cache: Option<(TieredCache<AnswerCodec>, Duration)>,
+    inflight: Mutex<HashMap<String, Flight>>,
+    retry: RetryConfig,
+    total_timeout: Duration,
+}
+
+/// An answer on its way: the first chunk is already in (retries and fallback are over).
+pub struct AnswerStream {
+    /// The chunks, ending with `Chunk::Done` or an error.
+    pub chunks: ChunkStream,
+    /// Where it comes from.
+    pub meta: StreamMeta,
+}
+
+/// Where a streamed answer comes from.
+#[derive(Clone)]
+pub struct StreamMeta {
+    /// The deployment serving it.
+    pub deployment: String,
+    /// How it was obtained.
+    pub cache: CacheOutcome,
+    /// The deployment, for accounting (none for a cached answer).
+    deployment_ref: Option<Arc<Deployment>>,
+    /// Stores the assembled answer when it completes (cacheable requests).
+    cache_key: Option<String>,
+}
+
+/// Full jitter: a random share of `cap`.
+fn jitter(cap: Duration) -> Duration {
+    let random = RandomState::new().hash_one(Instant::now());
+    cap.mul_f64((random % 10_000) as f64 / 10_000.0)
+}
+
+impl Gateway {
+    /// A gateway over `aliases`.
+    pub fn new(
+        aliases: BTreeMap<String, Alias>,
+        cache: Option<(TieredCache<AnswerCodec>, Duration)>,
+        retry: RetryConfig,
+        total_timeout: Duration,
+    ) -> Self {
+        Self {
+            aliases,
+            cache,
+            inflight: Mutex::new(HashMap::new()),
+            retry,
+            total_timeout,
+        }
+    }
+
+    /// Every alias, with its deployments.
+    pub fn aliases(&self) -> &BTreeMap<String, Alias> {
+        &self.aliases
+    }
+
+    fn alias(&self, model: &str) -> Result<&Alias, GatewayError> {
+        self.aliases
+            .get(model)
+            .ok_or_else(|| GatewayError::UnknownModel(model.to_owned()))
+    }
+
+    /// One complete answer: from the cache when allowed, else shared with an identical
+    /// request in flight, else from the first deployment that answers.
+    pub async fn chat(
+        &self,
+        request: ChatRequest,
+        deadline: Instant,
+        caller: &str,
+    ) -> Result<ChatAnswer, GatewayError> {
+        let started = Instant::now();
+        let alias = self.alias(&request.model)?.clone();
+        let request = Arc::new(request);
+        let upstream = Arc::new(Mutex::new(Duration::ZERO));
+        let answer = self
+            .chat_inner(&alias, request.clone(), deadline, &upstream)
+            .await;
+        let upstream = *upstream.lock().unwrap_or_else(|e| e.into_inner());
+        metrics::histogram!("llm_gateway_overhead_seconds", "rpc" => "chat")
+            .record(started.elapsed().saturating_sub(upstream).as_secs_f64());
+        let (completion, deployment, cache) = answer.inspect_err(|err| {
+            metrics::counter!("llm_requests_total", "model" => request.model.clone(), "result" => err.kind()).increment(1);
+        })?;
+        let cost_micros = match (&deployment, cache) {
+            (Some(d), CacheOutcome::Miss) => account(d, &completion, caller),
+            _ => 0,
+        };
+        metrics::counter!("llm_requests_total", "model" => request.model.clone(), "result" => cache_label(cache)).increment(1);
+        Ok(ChatAnswer {
+            deployment: deployment.map_or_else(String::new, |d| d.name.clone()),
+            completion,
+            cache,
+            cost_micros,
+        })
+    }
+
+    async fn chat_inner(
+        &self,
+        alias: &Alias,
+        request: Arc<ChatRequest>,
+        deadline: Instant,
+        upstream: &Arc<Mutex<Duration>>,
+    ) -> Result<(Completion, Option<Arc<Deployment>>, CacheOutcome), GatewayError> {
+        let retry = self.retry.clone();
+        let total = self.total_timeout;
+        let call = {
+            let (deployments, request, upstream) =
+                (alias.deployments.clone(), request.clone(), upstream.clone());
+            move || {
+                let (deployments, request, upstream, retry) = (
+                    deployments.clone(),
+                    request.clone(),
+                    upstream.clone(),
+                    retry.clone(),
+                );
+                async move {
+                    call_with_fallback(&deployments, &request, deadline, &retry, total, &upstream)
+                        .await
+                }
+            }
+        };
+        if let (true, Some((cache, ttl))) = (request.cacheable(), &self.cache) {
+            let key = cache_key(&request);
+            if request.cache_policy == CachePolicy::CacheOnly {
+                return match cache.get(&key).await {
+                    Some(hit) => Ok((hit.completion.clone(), None, CacheOutcome::Exact)),
+                    None => Err(GatewayError::NotCached),
+                };
+            }
+            let loaded: Arc<Mutex<Option<Arc<Deployment>>>> = Arc::default();
+            let found = cache
+                .get_or_load(&key, *ttl, || {
+                    let (call, loaded) = (call.clone(), loaded.clone());
+                    async move {
+                        let (completion, deployment) = call().await?;
+                        let answer = CachedAnswer {
+                            completion,
+                            deployment: deployment.name.clone(),
+                        };
+                        *loaded.lock().unwrap_or_else(|e| e.into_inner()) = Some(deployment);
+                        Ok::<_, GatewayError>(Some(Arc::new(answer)))
+                    }
+                })
+                .await
+                .map_err(|err| (*err).clone())?
+                .ok_or(GatewayError::NotCached)?;
+            let deployment = loaded.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let outcome = if deployment.is_some() {
+                CacheOutcome::Miss
+            } else {
+                CacheOutcome::Exact
+            };
+            let deployment = deployment.or_else(|| {
+                alias
+                    .deployments
+                    .iter()
+                    .find(|d| d.name == found.deployment)
+                    .cloned()
+            });
+            return Ok((found.completion.clone(), deployment, outcome));
+        }
+        if request.cache_policy == CachePolicy::Bypass {
+            let (completion, deployment) = call().await?;
+            return Ok((completion, Some(deployment), CacheOutcome::Miss));
+        }
+        // Coalesce identical requests in flight: one upstream call, every waiter the answer.
+        let key = cache_key(&request);
+        let (flight, leader) = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            match inflight.get(&key) {
+                Some(flight) => (flight.clone(), false),
+                None => {
+                    let flight = call().boxed().shared();
+                    inflight.insert(key.clone(), flight.clone());
+                    (flight, true)
+                }
+            }
+        };
+        let result = flight.await;
+        if leader {
+            self.inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+        }
+        let (completion, deployment) = result?;
+        let outcome = if leader {
+            CacheOutcome::Miss
+        } else {
+            CacheOutcome::Coalesced
+        };
+        Ok((completion, Some(deployment), outcome))
+    }
+
+    /// An answer as it is generated. A cached answer streams as one delta. Retries and
+    /// fallback happen until the first chunk arrives; after it, a broken upstream ends the
+    /// stream with an error.
+    pub async fn chat_stream(
+        &self,
+        request: ChatRequest,
+        deadline: Instant,
+    ) -> Result<AnswerStream, GatewayError> {
+        let started = Instant::now();
+        let alias = self.alias(&request.model)?.clone();
+        let key = (request.cacheable() && self.cache.is_some()).then(|| cache_key(&request));
+        if let (Some(key), Some((cache, _))) = (&key, &self.cache)
+            && let Some(hit) = cache.get(key).await
+        {
+            let completion = hit.completion.clone();
+            let mut chunks = Vec::new();
+            if !completion.content.is_empty() {
+                chunks.push(Ok(Chunk::Delta(completion.content.clone())));
+            }
+            chunks.extend(
+                completion
+                    .tool_calls
+                    .iter()
+                    .cloned()
+                    .map(|c| Ok(Chunk::ToolCall(c))),
+            );
+            chunks.push(Ok(Chunk::Done {
+                finish_reason: completion.finish_reason,
+                usage: completion.usage,
+                model: completion.model.clone(),
+            }));
+            metrics::counter!("llm_requests_total", "model" => request.model.clone(), "result" => "exact").increment(1);
+            return Ok(AnswerStream {
+                chunks: Box::pin(futures::stream::iter(chunks)),
+                meta: StreamMeta {
+                    deployment: hit.deployment.clone(),
+                    cache: CacheOutcome::Exact,
+                    deployment_ref: None,
+                    cache_key: None,
+                },
+            });
+        }
+        if request.cache_policy == CachePolicy::CacheOnly {
+            return Err(GatewayError::NotCached);
+        }
+        let (first, rest, deployment) = stream_with_fallback(
+            &alias.deployments,
+            &request,
+            deadline,
+            &self.retry,
+            self.total_timeout,
+        )
+        .await
+        .inspect_err(|err| {
+            metrics::counter!("llm_requests_total", "model" => request.model.clone(), "result" => err.kind()).increment(1);
+        })?;
+        metrics::histogram!("llm_time_to_first_token_seconds", "deployment" => deployment.name.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("llm_requests_total", "model" => request.model.clone(), "result" => "miss").increment(1);
+        let chunks = futures::stream::once(async move { Ok(first) }).chain(rest);
+        Ok(AnswerStream {
+            chunks: Box::pin(chunks),
+            meta: StreamMeta {
+                deployment: deployment.name.clone(),
+                cache: CacheOutcome::Miss,
+                deployment_ref: Some(deployment),
+                cache_key: key,
+            },
+        })
+    }
+
+    /// Accounts a completed stream and caches its assembled answer (only a complete,
+    /// successful one). Returns its cost.
+    pub async fn finish_stream(
+        &self,
+        stream: &StreamMeta,
+        completion: Completion,
+        caller: &str,
+        elapsed_after_first: Duration,
+    ) -> u64 {
+        let Some(deployment) = &stream.deployment_ref else {
+            return 0;
+        };
+        if completion.usage.output_tokens > 1 && !elapsed_after_first.is_zero() {
+            metrics::histogram!("llm_output_tokens_per_second", "deployment" => deployment.name.clone())
+                .record(f64::from(completion.usage.output_tokens) / elapsed_after_first.as_secs_f64());
+        }
+        let cost = account(deployment, &completion, caller);
+        if let (Some(key), Some((cache, ttl))) = (&stream.cache_key, &self.cache) {
+            let answer = CachedAnswer {
+                completion,
+                deployment: deployment.name.clone(),
+            };
+            cache.set(key, Arc::new(answer), *ttl).await;
+        }
+        cost
+    }
+
+    /// Embeddings through the alias's deployments, with retries and fallback.
+    pub async fn embed(
+        &self,
+        model: &str,
+        inputs: Vec<String>,
+        deadline: Instant,
+        caller: &str,
+    ) -> Result<(Embeddings, String), GatewayError> {
+        let alias = self.alias(model)?.clone();
+        let mut last = None;
+        for deployment in routable(&alias.deployments)? {
+            for attempt in 0..self.retry.max_attempts {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    return Err(GatewayError::DeadlineExceeded);
+                }
+                let result = tokio::time::timeout(
+                    remaining.min(self.total_timeout),
+                    deployment.provider.embed(&inputs),
+                )
+                .await
+                .unwrap_or(Err(ProviderError::Timeout("total")));
+                match result {
+                    Ok(embeddings) => {
+                        deployment.breaker.success();
+                        let usage = embeddings.usage;
+                        metrics::counter!("llm_tokens_total", "deployment" => deployment.name.clone(), "direction" => "input", "caller" => caller.to_owned())
+                            .increment(u64::from(usage.input_tokens));
+                        return Ok((embeddings, deployment.name.clone()));
+                    }
+                    Err(err) => {
+                        if let Some(next) =
+                            settle(deployment, &err, attempt, &self.retry, deadline)?
+                        {
+                            tokio::time::sleep(next).await;
+                            last = Some(err);
+                            continue;
+                        }
+                        last = Some(err);
+                        break;
+                    }
+                }
+            }
+        }
+        Err(unavailable(last))
+    }
+}
+
+fn cache_label(outcome: CacheOutcome) -> &'static str {
+    match outcome {
+        CacheOutcome::Miss => "miss",
+        CacheOutcome::Exact => "exact",
+        CacheOutcome::Coalesced => "coalesced",
+    }
+}
+
+/// Tokens and cost of an answer the deployment produced, per caller.
+fn account(deployment: &Deployment, completion: &Completion, caller: &str) -> u64 {
+    let usage = completion.usage;
+    let name = deployment.name.clone();
+    metrics::counter!("llm_tokens_total", "deployment" => name.clone(), "direction" => "input", "caller" => caller.to_owned())
+        .increment(u64::from(usage.input_tokens));
+    metrics::counter!("llm_tokens_total", "deployment" => name.clone(), "direction" => "output", "caller" => caller.to_owned())
+        .increment(u64::from(usage.output_tokens));
+    let cost = deployment.cost_micros(usage);
+    metrics::counter!("llm_cost_micros_total", "deployment" => name, "caller" => caller.to_owned())
+        .increment(cost);
+    cost
+}
+
+/// Deployments whose circuit lets a call through, in fallback order; when every circuit is
+/// open, UNAVAILABLE.
+fn routable(deployments: &[Arc<Deployment>]) -> Result<Vec<&Arc<Deployment>>, GatewayError> {
+    let open: Vec<&Arc<Deployment>> = deployments
+        .iter()
+        .filter(|d| !d.breaker.is_open())
+        .collect();
+    if open.is_empty() {
+        // Every circuit is open: let a due probe through, if any.
+        let probing: Vec<&Arc<Deployment>> =
+            deployments.iter().filter(|d| d.breaker.allow()).collect();
+        if probing.is_empty() {
+            return Err(GatewayError::Unavailable {
+                message: "every deployment's circuit is open".into(),
+                retry_after: None,
+            });
+        }
+        return Ok(probing);
+    }
+    Ok(open)
+}
+
+/// After a failed attempt: records it on the breaker, and says how long to wait before
+/// retrying the same deployment (`None`: move on to the next one). A request the upstream
+/// rejects as invalid ends everything.
+fn settle(
+    deployment: &Deployment,
+    err: &ProviderError,
+    attempt: u32,
+    retry: &RetryConfig,
+    deadline: Instant,
+) -> Result<Option<Duration>, GatewayError> {
+    tracing::debug!(deployment = %deployment.name, attempt, error = %err, "upstream call failed");
+    if err.caller_fault() {
+        return Err(GatewayError::Rejected(err.to_string()));
+    }
+    deployment.breaker.failure();
+    if !err.retryable() || attempt + 1 >= retry.max_attempts {
+        metrics::counter!("llm_fallbacks_total", "deployment" => deployment.name.clone())
+            .increment(1);
+        return Ok(None);
+    }
+    let cap = Duration::from_millis(retry.max_backoff_ms);
+    let wait = match err.retry_after() {
+        Some(after) if after > cap => return Ok(None),
+        Some(after) => after,
+        None => jitter(
+            Duration::from_millis(retry.base_backoff_ms.saturating_mul(1 << attempt.min(16)))
+                .min(cap),
+        ),
+    };
+    if Instant::now() + wait >= deadline {
+        return Ok(None);
+    }
+    metrics::counter!("llm_retries_total", "deployment" => deployment.name.clone()).increment(1);
+    Ok(Some(wait))
+}
+
+fn unavailable(last: Option<ProviderError>) -> GatewayError {
+    GatewayError::Unavailable {
+        retry_after: last.as_ref().and_then(ProviderError::retry_after),
+        message: last.map_or_else(
+            || "no deployment could be tried".into(),
+            |err| format!("every deployment failed; last: {err}"),
+        ),
+    }
+}
+
+async fn call_with_fallback(
+    deployments: &[Arc<Deployment>],
+    request: &ChatRequest,
+    deadline: Instant,
+    retry: &RetryConfig,
+    total: Duration,
+    upstream: &Mutex<Duration>,
+) -> Result<(Completion, Arc<Deployment>), GatewayError> {
+    let mut last = None;
+    for deployment in routable(deployments)? {
+        for attempt in 0..retry.max_attempts {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(GatewayError::DeadlineExceeded);
+            }
+            let started = Instant::now();
+            let in_flight =
+                metrics::gauge!("llm_upstream_in_flight", "deployment" => deployment.name.clone());
+            in_flight.increment(1.0);
+            let result =
+                tokio::time::timeout(remaining.min(total), deployment.provider.chat(request))
+                    .await
+                    .unwrap_or(Err(ProviderError::Timeout("total")));
+            in_flight.decrement(1.0);
+            let took = started.elapsed();
+            *upstream.lock().unwrap_or_else(|e| e.into_inner()) += took;
+            metrics::histogram!("llm_upstream_duration_seconds", "deployment" => deployment.name.clone())
+                .record(took.as_secs_f64());
+            match result {
+                Ok(completion) => {
+                    deployment.breaker.success();
+                    return Ok((completion, deployment.clone()));
+                }
+                Err(err) => {
+                    let next = settle(deployment, &err, attempt, retry, deadline)?;
+                    last = Some(err);
+                    match next {
+                        Some(wait) => tokio::time::sleep(wait).await,
+                        None => break,
+                    }
+                }
+            }
+        }
+    }
+    Err(unavailable(last))
+}
+
+async fn stream_with_fallback(
+    deployments: &[Arc<Deployment>],
+    request: &ChatRequest,
+    deadline: Instant,
+    retry: &RetryConfig,
+    total: Duration,
+) -> Result<(Chunk, ChunkStream, Arc<Deployment>), GatewayError> {
+    let mut last = None;
+    for deployment in routable(deployments)? {
+        for attempt in 0..retry.max_attempts {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(GatewayError::DeadlineExceeded);
+            }
+            let started = async {
+                let mut stream = deployment.provider.chat_stream(request).await?;
+                match stream.next().await {
+                    Some(Ok(first)) => Ok((first, stream)),
+                    Some(Err(err)) => Err(err),
+                    None => Err(ProviderError::StreamBroken("no chunk".into())),
+                }
+            };
+            let result = tokio::time::timeout(remaining.min(total), started)
+                .await
+                .unwrap_or(Err(ProviderError::Timeout("first token")));
+            match result {
+                Ok((first, rest)) => {
+                    deployment.breaker.success();
+                    return Ok((first, rest, deployment.clone()));
+                }
+                Err(err) => {
+                    let next = settle(deployment, &err, attempt, retry, deadline)?;
+                    last = Some(err);
+                    match next {
+                        Some(wait) => tokio::time::sleep(wait).await,
+                        None => break,
+                    }
+                }
+            }
+        }
+    }
+    Err(unavailable(last))
+}

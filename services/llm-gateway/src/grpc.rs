@@ -1,0 +1,219 @@
+//! The gRPC skin of the gateway.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use boardroom_proto::llm::v1 as pb;
+use boardroom_proto::llm::v1::llm_gateway_service_server::LlmGatewayService;
+use boardroom_runtime::auth::CallerIdentity;
+use boardroom_runtime::inbound::CallDeadline;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::conversions::{self as conv, RequestLimits};
+use crate::domain::{Chunk, Completion};
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+
+/// Implements `boardroom.llm.v1.LlmGatewayService`.
+#[derive(Clone)]
+pub struct LlmGrpc {
+    gateway: Arc<Gateway>,
+    limits: RequestLimits,
+}
+
+impl std::fmt::Debug for LlmGrpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmGrpc").finish_non_exhaustive()
+    }
+}
+
+impl LlmGrpc {
+    /// Serves `gateway`.
+    pub fn new(gateway: Arc<Gateway>, limits: RequestLimits) -> Self {
+        Self { gateway, limits }
+    }
+}
+
+/// The caller's name for accounting ("anonymous" without authentication).
+fn caller<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<CallerIdentity>()
+        .map_or_else(|| "anonymous".to_owned(), |c| c.name().to_owned())
+}
+
+fn deadline<T>(request: &Request<T>) -> Instant {
+    request
+        .extensions()
+        .get::<CallDeadline>()
+        .map_or_else(|| Instant::now() + Duration::from_secs(30), |d| d.0)
+}
+
+type ChatEvents = Pin<Box<dyn Stream<Item = Result<pb::ChatStreamResponse, Status>> + Send>>;
+
+fn event(event: pb::chat_stream_response::Event) -> pb::ChatStreamResponse {
+    pb::ChatStreamResponse { event: Some(event) }
+}
+
+#[tonic::async_trait]
+impl LlmGatewayService for LlmGrpc {
+    async fn chat(
+        &self,
+        request: Request<pb::ChatRequest>,
+    ) -> Result<Response<pb::ChatResponse>, Status> {
+        let (caller, deadline) = (caller(&request), deadline(&request));
+        let chat = conv::chat_request(request.into_inner(), self.limits)?;
+        let answer = self.gateway.chat(chat, deadline, &caller).await?;
+        Ok(Response::new(conv::answer(answer)))
+    }
+
+    type ChatStreamStream = ChatEvents;
+
+    async fn chat_stream(
+        &self,
+        request: Request<pb::ChatStreamRequest>,
+    ) -> Result<Response<Self::ChatStreamStream>, Status> {
+        let (caller, deadline) = (caller(&request), deadline(&request));
+        let Some(chat) = request.into_inner().chat else {
+            return Err(
+                GatewayError::InvalidArgument(vec![("chat".into(), "required".into())]).into(),
+            );
+        };
+        let chat = conv::chat_request(chat, self.limits)?;
+        let answer = self.gateway.chat_stream(chat, deadline).await?;
+        let (mut chunks, meta) = (answer.chunks, answer.meta);
+        let (tx, rx) = mpsc::channel(64);
+        let gateway = self.gateway.clone();
+        // Owned by the call: ends when the caller goes away (dropping the upstream stream
+        // cancels the upstream request), at the deadline, or at the end of the answer.
+        tokio::spawn(async move {
+            let first_at = Instant::now();
+            let mut content = String::new();
+            let mut calls = Vec::new();
+            loop {
+                let next = tokio::select! {
+                    _ = tx.closed() => return,
+                    next = tokio::time::timeout_at(deadline.into(), chunks.next()) => next,
+                };
+                let message = match next {
+                    Err(_) => Err(Status::deadline_exceeded("deadline exceeded mid-stream")),
+                    Ok(None) => Err(Status::unavailable(
+                        "the upstream stream ended without a finish",
+                    )),
+                    Ok(Some(Err(err))) => Err(Status::unavailable(format!(
+                        "the upstream stream broke: {err}"
+                    ))),
+                    Ok(Some(Ok(Chunk::Delta(text)))) => {
+                        content.push_str(&text);
+                        Ok(event(pb::chat_stream_response::Event::Delta(text)))
+                    }
+                    Ok(Some(Ok(Chunk::ToolCall(call)))) => {
+                        calls.push(call.clone());
+                        Ok(event(pb::chat_stream_response::Event::ToolCall(
+                            conv::tool_call(call),
+                        )))
+                    }
+                    Ok(Some(Ok(Chunk::Done {
+                        finish_reason,
+                        usage,
+                        model,
+                    }))) => {
+                        let completion = Completion {
+                            content: std::mem::take(&mut content),
+                            tool_calls: std::mem::take(&mut calls),
+                            finish_reason,
+                            usage,
+                            model,
+                        };
+                        let cost = gateway
+                            .finish_stream(&meta, completion.clone(), &caller, first_at.elapsed())
+                            .await;
+                        let done = conv::chat_response(
+                            completion,
+                            meta.deployment.clone(),
+                            meta.cache,
+                            cost,
+                            false,
+                        );
+                        let _ = tx
+                            .send(Ok(event(pb::chat_stream_response::Event::Done(done))))
+                            .await;
+                        return;
+                    }
+                };
+                let failed = message.is_err();
+                if tx.send(message).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn embed(
+        &self,
+        request: Request<pb::EmbedRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
+        let (caller, deadline) = (caller(&request), deadline(&request));
+        let request = request.into_inner();
+        let mut violations = Vec::new();
+        if request.model.is_empty() {
+            violations.push(("model".to_owned(), "must not be empty".to_owned()));
+        }
+        if request.inputs.is_empty() {
+            violations.push((
+                "inputs".to_owned(),
+                "must hold at least one text".to_owned(),
+            ));
+        }
+        if request.inputs.iter().map(String::len).sum::<usize>() > self.limits.max_prompt_bytes {
+            violations.push((
+                "inputs".to_owned(),
+                format!(
+                    "over the limit llm.max_prompt_bytes ({})",
+                    self.limits.max_prompt_bytes
+                ),
+            ));
+        }
+        if !violations.is_empty() {
+            return Err(GatewayError::InvalidArgument(violations).into());
+        }
+        let (embeddings, deployment) = self
+            .gateway
+            .embed(&request.model, request.inputs, deadline, &caller)
+            .await?;
+        Ok(Response::new(pb::EmbedResponse {
+            embeddings: embeddings
+                .vectors
+                .into_iter()
+                .map(|values| pb::Embedding { values })
+                .collect(),
+            model: embeddings.model,
+            provider: deployment,
+            usage: Some(conv::usage(embeddings.usage, 0)),
+        }))
+    }
+
+    async fn list_models(
+        &self,
+        _request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        Ok(Response::new(pb::ListModelsResponse {
+            models: self
+                .gateway
+                .aliases()
+                .iter()
+                .map(|(alias, a)| pb::Model {
+                    alias: alias.clone(),
+                    deployments: a.deployments.iter().map(|d| d.name.clone()).collect(),
+                    semantic_cache: a.semantic_cache,
+                })
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,164 @@
+//! The LLM gateway: one pooled, cached, resilient gRPC API over every model the boardroom's
+//! advisors use. Model aliases route to deployments (mock or OpenAI-compatible HTTP), with
+//! retries, fallback, circuit breakers, an exact response cache in the tiered cache,
+//! coalescing of identical requests in flight, and token/cost accounting.
+
+pub mod breaker;
+pub mod conversions;
+pub mod domain;
+pub mod error;
+pub mod gateway;
+pub mod grpc;
+pub mod provider;
+pub mod response_cache;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use boardroom_cache::TieredCache;
+use boardroom_proto::llm::v1::llm_gateway_service_server::LlmGatewayServiceServer;
+use boardroom_runtime::Config;
+use boardroom_runtime::caching::cache_config;
+use boardroom_runtime::config::ProviderKind;
+use boardroom_runtime::server::GrpcServer;
+use tokio_util::sync::CancellationToken;
+
+pub use error::GatewayError;
+
+use crate::breaker::Breaker;
+use crate::conversions::RequestLimits;
+use crate::gateway::{Alias, Deployment, Gateway};
+use crate::grpc::LlmGrpc;
+use crate::provider::Provider;
+use crate::provider::mock::{MockProvider, MockSettings};
+use crate::provider::openai::{OpenAiProvider, OpenAiSettings};
+
+/// A built gateway: providers' clients made, cache connected, listeners bound.
+#[derive(Debug)]
+pub struct Application {
+    server: GrpcServer,
+    cache_stop: CancellationToken,
+}
+
+/// The gateway described by `config.llm`.
+pub async fn build_gateway(
+    config: &Config,
+    cache_stop: &CancellationToken,
+) -> anyhow::Result<Gateway> {
+    let llm = &config.llm;
+    let t = &llm.timeouts;
+    let mut deployments: BTreeMap<String, Arc<Deployment>> = BTreeMap::new();
+    for (name, d) in &llm.deployments {
+        let provider: Arc<dyn Provider> = match d.provider {
+            ProviderKind::Mock => Arc::new(MockProvider::new(MockSettings {
+                model: d.model.clone(),
+                latency: Duration::from_millis(d.mock_latency_ms),
+                ttft: Duration::from_millis(d.mock_ttft_ms),
+                tokens_per_second: d.mock_tokens_per_second,
+                output_tokens: d.mock_output_tokens,
+            })),
+            ProviderKind::Openai => Arc::new(OpenAiProvider::new(OpenAiSettings {
+                name: name.clone(),
+                base_url: d.base_url.clone(),
+                model: d.model.clone(),
+                api_key: d.api_key.expose().to_owned(),
+                connect_timeout: Duration::from_millis(t.connect_ms),
+                headers_timeout: Duration::from_millis(t.headers_ms),
+                first_token_timeout: Duration::from_millis(t.first_token_ms),
+                max_idle_connections: d.max_idle_connections,
+            })?),
+        };
+        deployments.insert(
+            name.clone(),
+            Arc::new(Deployment {
+                name: name.clone(),
+                provider,
+                breaker: Breaker::new(
+                    name,
+                    llm.breaker.failure_threshold,
+                    Duration::from_millis(llm.breaker.open_ms),
+                ),
+                price: llm.prices.get(&d.model).cloned().unwrap_or_default(),
+            }),
+        );
+    }
+    let aliases = llm
+        .models
+        .iter()
+        .map(|(alias, model)| {
+            let chain: Vec<Arc<Deployment>> = model
+                .deployments
+                .iter()
+                .filter_map(|name| deployments.get(name).cloned())
+                .collect();
+            (
+                alias.clone(),
+                Alias {
+                    deployments: chain.into(),
+                    semantic_cache: model.semantic_cache,
+                },
+            )
+        })
+        .collect();
+    let cache = if llm.cache.enabled {
+        let settings = cache_config(config, "br:llm:", llm.cache.max_bytes);
+        let cache = TieredCache::new("llm", settings, cache_stop.clone()).await?;
+        Some((cache, Duration::from_millis(llm.cache.ttl_ms)))
+    } else {
+        None
+    };
+    Ok(Gateway::new(
+        aliases,
+        cache,
+        llm.retry.clone(),
+        Duration::from_millis(t.total_ms),
+    ))
+}
+
+impl Application {
+    /// Builds the gateway and binds the listeners.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        // One crypto provider for every TLS user (upstream HTTPS, tonic).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        boardroom_runtime::metrics::metrics_handle()?;
+        let cache_stop = CancellationToken::new();
+        let gateway = Arc::new(build_gateway(config, &cache_stop).await?);
+        let limits = RequestLimits {
+            max_messages: config.llm.max_messages,
+            max_prompt_bytes: config.llm.max_prompt_bytes,
+        };
+        let max_message = config.server.max_message_bytes;
+        let service = LlmGatewayServiceServer::new(LlmGrpc::new(gateway, limits))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
+        let server = GrpcServer::bind(
+            "llm-gateway",
+            &config.llm.listen,
+            &config.server,
+            &config.auth,
+        )
+        .await?
+        .add_service(service);
+        Ok(Self { server, cache_stop })
+    }
+
+    /// The bound gRPC address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.server.local_addr()
+    }
+
+    /// The bound admin HTTP address.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.server.admin_addr()
+    }
+
+    /// Serves until `shutdown`, then drains; the cache's Redis connections close last.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let served = self.server.run(shutdown).await;
+        self.cache_stop.cancel();
+        served
+    }
+}

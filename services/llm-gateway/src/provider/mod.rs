@@ -1,0 +1,96 @@
+//! Providers: what answers a deployment. One trait, implementations chosen by config
+//! (`mock`, the embedded default; `openai`, any OpenAI-compatible HTTP endpoint).
+
+pub mod mock;
+pub mod openai;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use futures::future::BoxFuture;
+
+use crate::domain::{ChatRequest, Chunk, Completion, Embeddings};
+
+/// A stream of answer pieces; ends after `Chunk::Done`, or with an error.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, ProviderError>> + Send>>;
+
+/// What went wrong upstream.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    /// No connection (refused, reset, DNS): retryable.
+    #[error("connect: {0}")]
+    Connect(String),
+    /// An HTTP error status; 429 and 5xx are retryable.
+    #[error("upstream answered {status}: {body}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// `Retry-After`, when given.
+        retry_after: Option<Duration>,
+        /// The start of the body, for the log.
+        body: String,
+    },
+    /// A time bound passed: "headers", "first token" or "total".
+    #[error("no {0} in time")]
+    Timeout(&'static str),
+    /// The answer was not what the protocol says: not retried here, but another deployment
+    /// may do better.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The stream broke after it started: never retried (tokens were sent).
+    #[error("stream broken: {0}")]
+    StreamBroken(String),
+}
+
+impl ProviderError {
+    /// Whether the same deployment may be tried again.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Connect(_) | Self::Timeout(_) => true,
+            Self::Status { status, .. } => *status == 429 || *status >= 500,
+            Self::Protocol(_) | Self::StreamBroken(_) => false,
+        }
+    }
+
+    /// Whether the request itself is at fault (a 4xx other than 429): no other deployment
+    /// would take it either.
+    pub fn caller_fault(&self) -> bool {
+        matches!(self, Self::Status { status, .. } if (400..500).contains(status) && *status != 429 && *status != 408)
+    }
+
+    /// The upstream's `Retry-After`.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// One deployment's model behind one endpoint.
+pub trait Provider: Send + Sync + 'static {
+    /// A complete answer.
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<Completion, ProviderError>>;
+
+    /// An answer as it is generated. Resolves once the upstream accepted the request (its
+    /// headers arrived); the first chunk may take longer.
+    fn chat_stream<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>>;
+
+    /// Embeddings of `inputs`, in order.
+    fn embed<'a>(
+        &'a self,
+        inputs: &'a [String],
+    ) -> BoxFuture<'a, Result<Embeddings, ProviderError>>;
+}
+
+/// Rough token count of a text (4 bytes a token), for providers that do not count.
+pub fn estimate_tokens(text: &str) -> u32 {
+    u32::try_from(text.len().div_ceil(4)).unwrap_or(u32::MAX)
+}

@@ -1,0 +1,128 @@
+use std::net::SocketAddr;
+
+use boardroom_proto::llm::v1 as pb;
+use boardroom_proto::llm::v1::llm_gateway_service_client::LlmGatewayServiceClient;
+use boardroom_runtime::Config;
+use boardroom_runtime::config::{DeploymentConfig, ModelAlias, ProviderKind};
+use boardroom_testkit::{channel, service_test_config};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+pub type Client = LlmGatewayServiceClient<Channel>;
+
+pub struct TestApp {
+    pub client: Client,
+    pub admin: SocketAddr,
+    pub shutdown: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn spawn_app(configure: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = service_test_config();
+    configure(&mut config);
+    let app = boardroom_llm_gateway::Application::build(&config)
+        .await
+        .expect("building the gateway");
+    let addr = app.local_addr().expect("bound");
+    let admin = app.admin_addr().expect("bound");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    TestApp {
+        client: LlmGatewayServiceClient::new(channel(addr).await),
+        admin,
+        shutdown,
+    }
+}
+
+/// A deployment on a fake (or real) OpenAI-compatible upstream.
+pub fn upstream(base_url: &str) -> DeploymentConfig {
+    DeploymentConfig {
+        provider: ProviderKind::Openai,
+        model: "gpt-fake".into(),
+        base_url: base_url.to_owned(),
+        ..DeploymentConfig::default()
+    }
+}
+
+/// Alias `model` over `deployments` (name, config), in fallback order.
+pub fn route(config: &mut Config, model: &str, deployments: Vec<(&str, DeploymentConfig)>) {
+    config.llm.models.insert(
+        model.to_owned(),
+        ModelAlias {
+            deployments: deployments.iter().map(|(n, _)| (*n).to_owned()).collect(),
+            semantic_cache: false,
+        },
+    );
+    for (name, deployment) in deployments {
+        config.llm.deployments.insert(name.to_owned(), deployment);
+    }
+    // Retries in tests wait little.
+    config.llm.retry.base_backoff_ms = 5;
+}
+
+pub fn user(text: &str) -> pb::Message {
+    pb::Message {
+        role: pb::Role::User as i32,
+        content: text.to_owned(),
+        ..pb::Message::default()
+    }
+}
+
+pub fn chat(model: &str, text: &str, temperature: f32) -> pb::ChatRequest {
+    pb::ChatRequest {
+        model: model.to_owned(),
+        messages: vec![user(text)],
+        temperature: Some(temperature),
+        ..pb::ChatRequest::default()
+    }
+}
+
+/// A stream's events until it ends: (text of the deltas, the final response, an error).
+pub async fn drain(
+    client: &mut Client,
+    request: pb::ChatRequest,
+) -> (String, Option<pb::ChatResponse>, Option<tonic::Status>) {
+    let mut stream = match client
+        .chat_stream(pb::ChatStreamRequest {
+            chat: Some(request),
+        })
+        .await
+    {
+        Ok(stream) => stream.into_inner(),
+        Err(status) => return (String::new(), None, Some(status)),
+    };
+    let (mut text, mut done) = (String::new(), None);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(pb::ChatStreamResponse {
+                event: Some(pb::chat_stream_response::Event::Delta(delta)),
+            }) => text.push_str(&delta),
+            Ok(pb::ChatStreamResponse {
+                event: Some(pb::chat_stream_response::Event::Done(response)),
+            }) => done = Some(response),
+            Ok(_) => {}
+            Err(status) => return (text, done, Some(status)),
+        }
+    }
+    (text, done, None)
+}
+
+/// The fields named by an INVALID_ARGUMENT.
+pub fn fields(status: &tonic::Status) -> Vec<String> {
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    status
+        .get_error_details()
+        .bad_request()
+        .expect("BadRequest")
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect()
+}

@@ -1,0 +1,249 @@
+//! The LLM gateway's settings: model aliases, deployments, resilience, caching, prices.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Listen, Secret};
+
+/// What serves a deployment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// The built-in deterministic provider (the embedded default).
+    #[default]
+    Mock,
+    /// Any OpenAI-compatible HTTP endpoint (OpenAI, vLLM, Ollama, llama.cpp, LiteLLM).
+    Openai,
+}
+
+/// One provider endpoint + model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeploymentConfig {
+    /// What serves it.
+    pub provider: ProviderKind,
+    /// The provider's model name.
+    pub model: String,
+    /// `http(s)://host:port/v1` (OpenAI-compatible only).
+    pub base_url: String,
+    /// Bearer key (OpenAI-compatible only); never logged.
+    pub api_key: Secret,
+    /// Idle keep-alive connections kept per host.
+    pub max_idle_connections: usize,
+    /// Mock only: time to the whole answer (unary) in ms.
+    pub mock_latency_ms: u64,
+    /// Mock only: time to the first token (streams) in ms.
+    pub mock_ttft_ms: u64,
+    /// Mock only: tokens per second after the first (streams); 0: all at once.
+    pub mock_tokens_per_second: u32,
+    /// Mock only: tokens in an answer (bounded by the request's `max_tokens`).
+    pub mock_output_tokens: u32,
+}
+
+impl Default for DeploymentConfig {
+    fn default() -> Self {
+        Self {
+            provider: ProviderKind::Mock,
+            model: "mock-1".into(),
+            base_url: String::new(),
+            api_key: Secret::default(),
+            max_idle_connections: 64,
+            mock_latency_ms: 0,
+            mock_ttft_ms: 0,
+            mock_tokens_per_second: 0,
+            mock_output_tokens: 24,
+        }
+    }
+}
+
+/// A model alias callers name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelAlias {
+    /// Deployments in fallback order.
+    pub deployments: Vec<String>,
+    /// Semantic cache on for this alias.
+    pub semantic_cache: bool,
+}
+
+/// Retries of one deployment before falling back to the next.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts per deployment (1: no retry).
+    pub max_attempts: u32,
+    /// First backoff; doubles each retry, with full jitter.
+    pub base_backoff_ms: u64,
+    /// Longest backoff (a `Retry-After` longer than the remaining deadline is not waited).
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 2,
+            base_backoff_ms: 50,
+            max_backoff_ms: 2_000,
+        }
+    }
+}
+
+/// Upstream time bounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmTimeouts {
+    /// TCP (+ TLS) connect.
+    pub connect_ms: u64,
+    /// From sending the request to the response headers.
+    pub headers_ms: u64,
+    /// From the headers to the first streamed token.
+    pub first_token_ms: u64,
+    /// The whole call (the caller's deadline may be shorter).
+    pub total_ms: u64,
+}
+
+impl Default for LlmTimeouts {
+    fn default() -> Self {
+        Self {
+            connect_ms: 2_000,
+            headers_ms: 30_000,
+            first_token_ms: 30_000,
+            total_ms: 120_000,
+        }
+    }
+}
+
+/// Circuit breaker per deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the circuit.
+    pub failure_threshold: u32,
+    /// How long it stays open before one probe call is let through.
+    pub open_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            open_ms: 10_000,
+        }
+    }
+}
+
+/// The exact response cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponseCacheConfig {
+    /// Feature switch.
+    pub enabled: bool,
+    /// Lifetime of a cached response.
+    pub ttl_ms: u64,
+    /// Memory bound of its L1.
+    pub max_bytes: u64,
+}
+
+impl Default for ResponseCacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ttl_ms: 3_600_000,
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Price of a provider model, per million tokens, in micro-dollars.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Price {
+    /// Per million prompt tokens.
+    pub input_per_million_micros: u64,
+    /// Per million completion tokens.
+    pub output_per_million_micros: u64,
+}
+
+/// The LLM gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmConfig {
+    /// Where it listens.
+    pub listen: Listen,
+    /// Alias → deployments.
+    pub models: BTreeMap<String, ModelAlias>,
+    /// Deployment name → endpoint and model.
+    pub deployments: BTreeMap<String, DeploymentConfig>,
+    /// Retries per deployment.
+    pub retry: RetryConfig,
+    /// Upstream time bounds.
+    pub timeouts: LlmTimeouts,
+    /// Circuit breaker per deployment.
+    pub breaker: BreakerConfig,
+    /// The exact response cache.
+    pub cache: ResponseCacheConfig,
+    /// Provider model → price.
+    pub prices: BTreeMap<String, Price>,
+    /// Most messages in one request.
+    pub max_messages: usize,
+    /// Largest request, in bytes of message text.
+    pub max_prompt_bytes: usize,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        let mock = DeploymentConfig::default();
+        Self {
+            listen: Listen {
+                grpc_addr: ([127, 0, 0, 1], 50054).into(),
+                admin_addr: ([127, 0, 0, 1], 9094).into(),
+            },
+            models: [(
+                "mock".to_owned(),
+                ModelAlias {
+                    deployments: vec!["mock".into()],
+                    semantic_cache: false,
+                },
+            )]
+            .into(),
+            deployments: [("mock".to_owned(), mock)].into(),
+            retry: RetryConfig::default(),
+            timeouts: LlmTimeouts::default(),
+            breaker: BreakerConfig::default(),
+            cache: ResponseCacheConfig::default(),
+            prices: BTreeMap::new(),
+            max_messages: 1_000,
+            max_prompt_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl LlmConfig {
+    /// Every alias names known deployments; OpenAI-compatible ones have a URL.
+    pub fn check(&self) -> Result<(), String> {
+        for (alias, model) in &self.models {
+            if model.deployments.is_empty() {
+                return Err(format!("key `llm.models.{alias}.deployments` is empty"));
+            }
+            for name in &model.deployments {
+                if !self.deployments.contains_key(name) {
+                    return Err(format!(
+                        "key `llm.models.{alias}.deployments` names `{name}`, which is not in `llm.deployments`"
+                    ));
+                }
+            }
+        }
+        for (name, d) in &self.deployments {
+            if d.provider == ProviderKind::Openai && d.base_url.is_empty() {
+                return Err(format!(
+                    "key `llm.deployments.{name}.base_url` is required for provider `openai`"
+                ));
+            }
+        }
+        if self.retry.max_attempts == 0 {
+            return Err("key `llm.retry.max_attempts` must be > 0".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,270 @@
+//! A local fake OpenAI-compatible server speaking the real protocol (`/v1/chat/completions`
+//! with SSE streaming, `/v1/embeddings`), that a test can tell to answer 429 with
+//! `Retry-After`, fail with 500, hang, or drop the connection mid-stream.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+/// What the next call gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Behavior {
+    /// A normal answer: `echo: <last message>`.
+    Answer,
+    /// This status, with `Retry-After: secs` when given.
+    Status(u16, Option<u64>),
+    /// Never answer (not even headers).
+    Hang,
+    /// Stream two deltas, then close the connection without `[DONE]`.
+    DropMidStream,
+}
+
+#[derive(Default)]
+struct FakeState {
+    script: Mutex<VecDeque<Behavior>>,
+    calls: AtomicUsize,
+    in_flight: AtomicUsize,
+    bodies: Mutex<Vec<Value>>,
+    latency_ms: AtomicU64,
+}
+
+/// The running fake; stops when dropped.
+pub struct FakeOpenAi {
+    addr: SocketAddr,
+    state: Arc<FakeState>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl std::fmt::Debug for FakeOpenAi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeOpenAi")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+fn last_message(body: &Value) -> String {
+    body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn chunk(model: &str, delta: Value, finish: Option<&str>) -> Bytes {
+    let event = json!({
+        "id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    });
+    Bytes::from(format!("data: {event}\n\n"))
+}
+
+async fn chat(State(state): State<Arc<FakeState>>, body: axum::Json<Value>) -> Response {
+    let body = body.0;
+    state.calls.fetch_add(1, Ordering::SeqCst);
+    state
+        .bodies
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(body.clone());
+    let behavior = state
+        .script
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop_front()
+        .unwrap_or(Behavior::Answer);
+    let latency = state.latency_ms.load(Ordering::Relaxed);
+    state.in_flight.fetch_add(1, Ordering::SeqCst);
+    let _done = InFlight(state.clone());
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    match behavior {
+        Behavior::Hang => {
+            std::future::pending::<()>().await;
+            unreachable!("pending never completes")
+        }
+        Behavior::Status(status, retry_after) => {
+            let mut response = (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                axum::Json(json!({"error": {"message": "scripted failure", "type": "fake"}})),
+            )
+                .into_response();
+            if let Some(secs) = retry_after {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_str(&secs.to_string())
+                        .unwrap_or(HeaderValue::from_static("1")),
+                );
+            }
+            response
+        }
+        Behavior::Answer | Behavior::DropMidStream => {
+            let model = body["model"].as_str().unwrap_or("fake").to_owned();
+            let text = format!("echo: {}", last_message(&body));
+            let words: Vec<String> = text.split(' ').map(str::to_owned).collect();
+            let completion_tokens = words.len() as u64;
+            if body["stream"].as_bool() != Some(true) {
+                return axum::Json(json!({
+                    "id": "chatcmpl-fake", "object": "chat.completion", "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": completion_tokens, "total_tokens": 10 + completion_tokens},
+                }))
+                .into_response();
+            }
+            let include_usage = body["stream_options"]["include_usage"].as_bool() == Some(true);
+            let mut events: Vec<Result<Bytes, std::io::Error>> = Vec::new();
+            events.push(Ok(chunk(
+                &model,
+                json!({"role": "assistant", "content": ""}),
+                None,
+            )));
+            for (i, word) in words.iter().enumerate() {
+                let piece = if i == 0 {
+                    word.clone()
+                } else {
+                    format!(" {word}")
+                };
+                events.push(Ok(chunk(&model, json!({"content": piece}), None)));
+            }
+            if behavior == Behavior::DropMidStream {
+                events.truncate(3);
+                // Sent and flushed first; then the connection breaks (hyper aborts on a body
+                // error, and would send nothing at all if the error were already queued).
+                let sent = futures::stream::iter(events);
+                let broken = futures::stream::once(async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err(std::io::Error::other("connection dropped mid-stream"))
+                });
+                return Response::builder()
+                    .header(header::CONTENT_TYPE, "text/event-stream")
+                    .body(Body::from_stream(futures::StreamExt::chain(sent, broken)))
+                    .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+            } else {
+                events.push(Ok(chunk(&model, json!({}), Some("stop"))));
+                if include_usage {
+                    let usage = json!({
+                        "id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": model, "choices": [],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": completion_tokens, "total_tokens": 10 + completion_tokens},
+                    });
+                    events.push(Ok(Bytes::from(format!("data: {usage}\n\n"))));
+                }
+                events.push(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
+            }
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .body(Body::from_stream(futures::stream::iter(events)))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        }
+    }
+}
+
+struct InFlight(Arc<FakeState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn embeddings(State(state): State<Arc<FakeState>>, body: axum::Json<Value>) -> Response {
+    state.calls.fetch_add(1, Ordering::SeqCst);
+    let inputs: Vec<String> = body["input"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| json!({"object": "embedding", "index": i, "embedding": [text.len() as f32, 1.0, 0.0]}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": inputs.len(), "total_tokens": inputs.len()}}))
+        .into_response()
+}
+
+impl FakeOpenAi {
+    /// Starts on a free port of 127.0.0.1.
+    pub async fn start() -> Self {
+        let state = Arc::new(FakeState::default());
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/v1/embeddings", post(embeddings))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the fake upstream");
+        let addr = listener.local_addr().expect("bound");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopped = stop.clone();
+        // Owned: ends when the fake is dropped (its stop token).
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stopped.cancelled().await })
+                .await;
+        });
+        Self { addr, state, stop }
+    }
+
+    /// `http://127.0.0.1:PORT/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// The next calls get these behaviors, in order; then normal answers.
+    pub fn script(&self, behaviors: impl IntoIterator<Item = Behavior>) {
+        self.state
+            .script
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(behaviors);
+    }
+
+    /// Delay before every answer.
+    pub fn set_latency(&self, latency: Duration) {
+        self.state
+            .latency_ms
+            .store(latency.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Requests received so far.
+    pub fn calls(&self) -> usize {
+        self.state.calls.load(Ordering::SeqCst)
+    }
+
+    /// Requests being answered now.
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The last chat request's JSON body.
+    pub fn last_body(&self) -> Option<Value> {
+        self.state
+            .bodies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last()
+            .cloned()
+    }
+}
+
+impl Drop for FakeOpenAi {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
