@@ -31,6 +31,14 @@ pub enum GatewayError {
     /// The caller's deadline passed.
     #[error("deadline exceeded")]
     DeadlineExceeded,
+    /// The caller is over one of its limits.
+    #[error("{message}")]
+    ResourceExhausted {
+        /// Which limit.
+        message: String,
+        /// When enough budget is back.
+        retry_after: Duration,
+    },
 }
 
 impl GatewayError {
@@ -43,6 +51,7 @@ impl GatewayError {
             Self::Rejected(_) => "rejected",
             Self::Unavailable { .. } => "unavailable",
             Self::DeadlineExceeded => "deadline_exceeded",
+            Self::ResourceExhausted { .. } => "resource_exhausted",
         }
     }
 }
@@ -70,6 +79,17 @@ impl From<GatewayError> for Status {
                 retry_after.map_or(1, |d| u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX)),
             ),
             GatewayError::DeadlineExceeded => Status::deadline_exceeded("deadline exceeded"),
+            GatewayError::ResourceExhausted {
+                message,
+                retry_after,
+            } => {
+                let mut status = Status::resource_exhausted(message);
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                if let Ok(value) = secs.to_string().parse() {
+                    status.metadata_mut().insert("retry-after", value);
+                }
+                status
+            }
         }
     }
 }

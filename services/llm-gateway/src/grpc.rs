@@ -15,14 +15,17 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::conversions::{self as conv, RequestLimits};
-use crate::domain::{Chunk, Completion};
+use crate::domain::{CacheOutcome, ChatRequest, Chunk, Completion};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::limits::{Admission, Limiter};
+use crate::provider::estimate_tokens;
 
 /// Implements `boardroom.llm.v1.LlmGatewayService`.
 #[derive(Clone)]
 pub struct LlmGrpc {
     gateway: Arc<Gateway>,
+    limiter: Arc<Limiter>,
     limits: RequestLimits,
 }
 
@@ -34,8 +37,25 @@ impl std::fmt::Debug for LlmGrpc {
 
 impl LlmGrpc {
     /// Serves `gateway`.
-    pub fn new(gateway: Arc<Gateway>, limits: RequestLimits) -> Self {
-        Self { gateway, limits }
+    pub fn new(gateway: Arc<Gateway>, limiter: Arc<Limiter>, limits: RequestLimits) -> Self {
+        Self {
+            gateway,
+            limiter,
+            limits,
+        }
+    }
+
+    /// Reserves the call's tokens against the caller's budget.
+    fn admit(&self, caller: &str, chat: &ChatRequest) -> Result<Admission, GatewayError> {
+        let prompt: u32 = chat
+            .messages
+            .iter()
+            .map(|m| estimate_tokens(&m.content))
+            .sum();
+        self.limiter.admit(
+            caller,
+            self.limiter.reservation(prompt, chat.params.max_tokens),
+        )
     }
 }
 
@@ -68,8 +88,16 @@ impl LlmGatewayService for LlmGrpc {
     ) -> Result<Response<pb::ChatResponse>, Status> {
         let (caller, deadline) = (caller(&request), deadline(&request));
         let chat = conv::chat_request(request.into_inner(), self.limits)?;
-        let answer = self.gateway.chat(chat, deadline, &caller).await?;
-        Ok(Response::new(conv::answer(answer)))
+        let admission = self.admit(&caller, &chat)?;
+        let answer = self.gateway.chat(chat, deadline, &caller).await;
+        admission.settle(match &answer {
+            Ok(a) if a.cache == CacheOutcome::Miss => {
+                let usage = a.completion.usage;
+                u64::from(usage.input_tokens) + u64::from(usage.output_tokens)
+            }
+            _ => 0,
+        });
+        Ok(Response::new(conv::answer(answer?)))
     }
 
     type ChatStreamStream = ChatEvents;
@@ -85,7 +113,14 @@ impl LlmGatewayService for LlmGrpc {
             );
         };
         let chat = conv::chat_request(chat, self.limits)?;
-        let answer = self.gateway.chat_stream(chat, deadline).await?;
+        let admission = self.admit(&caller, &chat)?;
+        let answer = match self.gateway.chat_stream(chat, deadline).await {
+            Ok(answer) => answer,
+            Err(err) => {
+                admission.settle(0);
+                return Err(err.into());
+            }
+        };
         let (mut chunks, meta) = (answer.chunks, answer.meta);
         let (tx, rx) = mpsc::channel(64);
         let gateway = self.gateway.clone();
@@ -130,9 +165,16 @@ impl LlmGatewayService for LlmGrpc {
                             usage,
                             model,
                         };
+                        let used = u64::from(completion.usage.input_tokens)
+                            + u64::from(completion.usage.output_tokens);
                         let cost = gateway
                             .finish_stream(&meta, completion.clone(), &caller, first_at.elapsed())
                             .await;
+                        admission.settle(if meta.cache == CacheOutcome::Miss {
+                            used
+                        } else {
+                            0
+                        });
                         let done = conv::chat_response(
                             completion,
                             meta.deployment.clone(),
@@ -183,10 +225,18 @@ impl LlmGatewayService for LlmGrpc {
         if !violations.is_empty() {
             return Err(GatewayError::InvalidArgument(violations).into());
         }
-        let (embeddings, deployment) = self
+        let prompt: u32 = request.inputs.iter().map(|t| estimate_tokens(t)).sum();
+        let admission = self.limiter.admit(&caller, u64::from(prompt))?;
+        let embedded = self
             .gateway
             .embed(&request.model, request.inputs, deadline, &caller)
-            .await?;
+            .await;
+        admission.settle(
+            embedded
+                .as_ref()
+                .map_or(0, |(e, _)| u64::from(e.usage.input_tokens)),
+        );
+        let (embeddings, deployment) = embedded?;
         Ok(Response::new(pb::EmbedResponse {
             embeddings: embeddings
                 .vectors

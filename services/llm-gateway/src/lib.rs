@@ -9,6 +9,7 @@ pub mod domain;
 pub mod error;
 pub mod gateway;
 pub mod grpc;
+pub mod limits;
 pub mod provider;
 pub mod response_cache;
 
@@ -131,7 +132,13 @@ impl Application {
             max_prompt_bytes: config.llm.max_prompt_bytes,
         };
         let max_message = config.server.max_message_bytes;
-        let service = LlmGatewayServiceServer::new(LlmGrpc::new(gateway, limits))
+        let l = &config.llm.limits;
+        let limiter = Arc::new(limits::Limiter::new(
+            l.default.clone(),
+            l.callers.clone().into_iter().collect(),
+            l.default_output_tokens,
+        ));
+        let service = LlmGatewayServiceServer::new(LlmGrpc::new(gateway, limiter, limits))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
         let server = GrpcServer::bind(

@@ -13,8 +13,8 @@ use std::time::Duration;
 mod llm;
 
 pub use llm::{
-    BreakerConfig, DeploymentConfig, LlmConfig, LlmTimeouts, ModelAlias, Price, ProviderKind,
-    ResponseCacheConfig, RetryConfig,
+    BreakerConfig, CallerLimits, DeploymentConfig, LlmConfig, LlmLimits, LlmTimeouts, ModelAlias,
+    Price, ProviderKind, ResponseCacheConfig, RetryConfig,
 };
 
 use figment::Figment;

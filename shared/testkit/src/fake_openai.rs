@@ -201,12 +201,17 @@ async fn embeddings(State(state): State<Arc<FakeState>>, body: axum::Json<Value>
 impl FakeOpenAi {
     /// Starts on a free port of 127.0.0.1.
     pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    /// Starts on `addr` (benchmarks that point other proxies at it need a known port).
+    pub async fn start_on(addr: &str) -> Self {
         let state = Arc::new(FakeState::default());
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/embeddings", post(embeddings))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .expect("binding the fake upstream");
         let addr = listener.local_addr().expect("bound");

@@ -4,4 +4,5 @@
 mod caching;
 mod chat;
 mod helpers;
+mod limits;
 mod resilience;

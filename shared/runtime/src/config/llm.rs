@@ -165,6 +165,40 @@ pub struct Price {
     pub output_per_million_micros: u64,
 }
 
+/// One caller's limits; 0 leaves a limit off.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallerLimits {
+    /// Calls per minute.
+    pub requests_per_minute: u64,
+    /// Tokens (prompt + output) per minute, reserved before each call.
+    pub tokens_per_minute: u64,
+    /// Calls in flight.
+    pub max_concurrent: usize,
+}
+
+/// Limits of every caller, and per caller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmLimits {
+    /// Every caller without its own entry.
+    pub default: CallerLimits,
+    /// Caller (its auth identity, or `anonymous`) → its limits.
+    pub callers: BTreeMap<String, CallerLimits>,
+    /// Output tokens reserved for a call without `max_tokens`.
+    pub default_output_tokens: u32,
+}
+
+impl Default for LlmLimits {
+    fn default() -> Self {
+        Self {
+            default: CallerLimits::default(),
+            callers: BTreeMap::new(),
+            default_output_tokens: 512,
+        }
+    }
+}
+
 /// The LLM gateway.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -185,6 +219,8 @@ pub struct LlmConfig {
     pub cache: ResponseCacheConfig,
     /// Provider model → price.
     pub prices: BTreeMap<String, Price>,
+    /// Per-caller rate and concurrency limits.
+    pub limits: LlmLimits,
     /// Most messages in one request.
     pub max_messages: usize,
     /// Largest request, in bytes of message text.
@@ -213,6 +249,7 @@ impl Default for LlmConfig {
             breaker: BreakerConfig::default(),
             cache: ResponseCacheConfig::default(),
             prices: BTreeMap::new(),
+            limits: LlmLimits::default(),
             max_messages: 1_000,
             max_prompt_bytes: 1024 * 1024,
         }

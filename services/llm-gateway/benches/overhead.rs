@@ -1,0 +1,265 @@
+//! The gateway's added latency: the same open-loop load (unique prompts, so no cache hits and
+//! no coalescing) sent straight to a fake OpenAI-compatible upstream and through the gateway,
+//! in one run; overhead = through − direct at p50, p99 and p99.9. Latency counts from each
+//! request's scheduled time, so queueing is charged (no coordinated omission). Upstream,
+//! gateway and load generator each run on their own single-threaded tokio runtime.
+//!
+//! `cargo bench -p boardroom-llm-gateway --bench overhead` (env: `OVERHEAD_SECONDS`, default 8;
+//! `OVERHEAD_UPSTREAM`, default 127.0.0.1:18090, the fake's address; `OVERHEAD_LITELLM`, the
+//! `/v1` URL of a LiteLLM proxy routed to that fake as model `fake`, with its key in
+//! `LITELLM_MASTER_KEY`, to compare at 100 requests/s).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use boardroom_proto::llm::v1 as pb;
+use boardroom_proto::llm::v1::llm_gateway_service_client::LlmGatewayServiceClient;
+use boardroom_runtime::config::{DeploymentConfig, ModelAlias, ProviderKind};
+use boardroom_testkit::{FakeOpenAi, service_test_config};
+use hdrhistogram::Histogram;
+
+type Call = Arc<dyn Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[derive(Clone, Copy)]
+struct Summary {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    errors: u64,
+}
+
+/// Sends `rps` calls a second for `seconds`, each at its scheduled time, and returns the
+/// latency percentiles in ms (the first second left out as warm-up).
+async fn open_loop(rps: u32, seconds: u64, call: Call) -> Summary {
+    let histogram = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+    ));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let total = u64::from(rps) * seconds;
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let at = start + Duration::from_secs_f64(i as f64 / f64::from(rps));
+        tokio::time::sleep_until(at).await;
+        let (call, histogram, errors) = (call.clone(), histogram.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let ok = call(i).await;
+            let micros = at.elapsed().as_micros() as u64;
+            if !ok {
+                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            } else if i >= u64::from(rps) {
+                let _ = histogram.lock().expect("lock").record(micros.max(1));
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let h = histogram.lock().expect("lock");
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Summary {
+        p50: ms(0.5),
+        p99: ms(0.99),
+        p999: ms(0.999),
+        errors: errors.load(std::sync::atomic::Ordering::Relaxed),
+    }
+}
+
+fn direct(client: reqwest::Client, url: String, model: &'static str, key: Option<String>) -> Call {
+    Arc::new(move |i| {
+        let (client, url, key) = (client.clone(), url.clone(), key.clone());
+        Box::pin(async move {
+            let body = serde_json::json!({
+                "model": model,
+                "messages": [{"role": "user", "content": format!("unique prompt {i}")}],
+                "temperature": 0.7,
+                "stream": false,
+            });
+            let mut request = client.post(&url).json(&body);
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            match request.send().await {
+                Ok(response) if response.status().is_success() => response.bytes().await.is_ok(),
+                _ => false,
+            }
+        })
+    })
+}
+
+fn through(clients: Vec<LlmGatewayServiceClient<tonic::transport::Channel>>) -> Call {
+    Arc::new(move |i| {
+        let mut client = clients[(i as usize) % clients.len()].clone();
+        Box::pin(async move {
+            client
+                .chat(pb::ChatRequest {
+                    model: "gpt".into(),
+                    messages: vec![pb::Message {
+                        role: pb::Role::User as i32,
+                        content: format!("unique prompt {i}"),
+                        ..pb::Message::default()
+                    }],
+                    temperature: Some(0.7),
+                    ..pb::ChatRequest::default()
+                })
+                .await
+                .is_ok()
+        })
+    })
+}
+
+fn row(label: &str, d: Summary, g: Summary) {
+    println!(
+        "| {label} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {} / {} |",
+        d.p50,
+        d.p99,
+        d.p999,
+        g.p50,
+        g.p99,
+        g.p999,
+        g.p50 - d.p50,
+        g.p99 - d.p99,
+        g.p999 - d.p999,
+        d.errors,
+        g.errors
+    );
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let seconds: u64 = std::env::var("OVERHEAD_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    let upstream_addr =
+        std::env::var("OVERHEAD_UPSTREAM").unwrap_or_else(|_| "127.0.0.1:18090".into());
+    let (upstream_rt, gateway_rt, client_rt) = (runtime(), runtime(), runtime());
+    let fake = upstream_rt.block_on(FakeOpenAi::start_on(&upstream_addr));
+
+    let mut config = service_test_config();
+    config.telemetry.log_level = "warn".into();
+    config.server.max_pending = 100_000;
+    config.llm.models.insert(
+        "gpt".into(),
+        ModelAlias {
+            deployments: vec!["fake".into()],
+            semantic_cache: false,
+        },
+    );
+    config.llm.deployments.insert(
+        "fake".into(),
+        DeploymentConfig {
+            provider: ProviderKind::Openai,
+            model: "fake".into(),
+            base_url: fake.base_url(),
+            max_idle_connections: 512,
+            ..DeploymentConfig::default()
+        },
+    );
+    let app = gateway_rt
+        .block_on(boardroom_llm_gateway::Application::build(&config))
+        .expect("gateway");
+    let addr = app.local_addr().expect("bound");
+    let stop = tokio_util::sync::CancellationToken::new();
+    gateway_rt.spawn(app.run_until_stopped(stop.clone()));
+
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .tcp_nodelay(true)
+        .build()
+        .expect("client");
+    let url = format!("{}/chat/completions", fake.base_url());
+    let grpc: Vec<_> = client_rt.block_on(async {
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            clients.push(LlmGatewayServiceClient::new(
+                boardroom_testkit::channel(addr).await,
+            ));
+        }
+        clients
+    });
+    let run =
+        |rps: u32, seconds: u64, call: Call| client_rt.block_on(open_loop(rps, seconds, call));
+    let straight = || direct(http.clone(), url.clone(), "fake", None);
+
+    println!("{seconds} s per run (the first second left out), unique prompts, open loop.\n");
+    println!(
+        "| upstream latency, rate | direct p50 / p99 / p99.9 ms | through the gateway | overhead | errors (direct / gateway) |"
+    );
+    println!("|---|---|---|---|---|");
+    for latency in [0u64, 50] {
+        fake.set_latency(Duration::from_millis(latency));
+        for rps in [500u32, 2000] {
+            let d = run(rps, seconds, straight());
+            let g = run(rps, seconds, through(grpc.clone()));
+            row(&format!("{latency} ms, {rps}/s"), d, g);
+        }
+    }
+
+    fake.set_latency(Duration::ZERO);
+    println!("\nHigher rates, upstream 0 ms (stops at the first with p99 overhead >= 5 ms):\n");
+    let mut best = None;
+    for rps in [3000u32, 4000, 5000, 6000, 8000] {
+        let d = run(rps, seconds.min(5), straight());
+        let g = run(rps, seconds.min(5), through(grpc.clone()));
+        row(&format!("0 ms, {rps}/s"), d, g);
+        if g.p99 - d.p99 < 5.0 && g.errors == 0 {
+            best = Some(rps);
+        } else {
+            break;
+        }
+    }
+    println!(
+        "\nHighest rate with p99 overhead < 5 ms: {}",
+        best.map_or("below 3000/s".to_owned(), |r| format!("{r}/s"))
+    );
+
+    if let Ok(litellm) = std::env::var("OVERHEAD_LITELLM") {
+        let key = std::env::var("LITELLM_MASTER_KEY").ok();
+        fake.set_latency(Duration::from_millis(50));
+        println!("\nAgainst the LiteLLM proxy (upstream 50 ms, 100/s):\n");
+        println!("| path | p50 / p99 / p99.9 ms | overhead p50 / p99 / p99.9 | errors |");
+        println!("|---|---|---|---|");
+        let d = run(100, seconds, straight());
+        let l = run(
+            100,
+            seconds,
+            direct(
+                http.clone(),
+                format!("{litellm}/chat/completions"),
+                "fake",
+                key,
+            ),
+        );
+        let g = run(100, seconds, through(grpc.clone()));
+        for (name, s) in [
+            ("direct", d),
+            ("LiteLLM proxy", l),
+            ("Boardroom gateway", g),
+        ] {
+            println!(
+                "| {name} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {} |",
+                s.p50,
+                s.p99,
+                s.p999,
+                s.p50 - d.p50,
+                s.p99 - d.p99,
+                s.p999 - d.p999,
+                s.errors
+            );
+        }
+        println!(
+            "\nLiteLLM's p99 overhead ÷ the gateway's: {:.0}×",
+            (l.p99 - d.p99) / (g.p99 - d.p99).max(0.01)
+        );
+    }
+    stop.cancel();
+}
