@@ -12,6 +12,7 @@ use boardroom_runtime::config::{Price, RetryConfig};
 use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, StreamExt};
 
+use crate::balance::{self, PeakEwma};
 use crate::breaker::Breaker;
 use crate::domain::{
     CacheOutcome, CachePolicy, ChatAnswer, ChatRequest, Chunk, Completion, Embeddings,
@@ -30,6 +31,10 @@ pub struct Deployment {
     pub breaker: Breaker,
     /// Its price per million tokens.
     pub price: Price,
+    /// Its share of the alias's traffic.
+    pub weight: u32,
+    /// Its load estimate.
+    pub load: PeakEwma,
 }
 
 impl Deployment {
@@ -40,11 +45,13 @@ impl Deployment {
     }
 }
 
-/// A model alias: deployments in fallback order.
+/// A model alias: balanced deployments, then fallbacks in order.
 #[derive(Clone)]
 pub struct Alias {
-    /// Fallback order.
+    /// Balanced by power of two choices.
     pub deployments: Arc<[Arc<Deployment>]>,
+    /// Tried in order when the balanced ones fail.
+    pub fallbacks: Arc<[Arc<Deployment>]>,
     /// Semantic cache on.
     pub semantic_cache: bool,
 }
@@ -159,18 +166,16 @@ impl Gateway {
         let retry = self.retry.clone();
         let total = self.total_timeout;
         let call = {
-            let (deployments, request, upstream) =
-                (alias.deployments.clone(), request.clone(), upstream.clone());
+            let (alias, request, upstream) = (alias.clone(), request.clone(), upstream.clone());
             move || {
-                let (deployments, request, upstream, retry) = (
-                    deployments.clone(),
+                let (alias, request, upstream, retry) = (
+                    alias.clone(),
                     request.clone(),
                     upstream.clone(),
                     retry.clone(),
                 );
                 async move {
-                    call_with_fallback(&deployments, &request, deadline, &retry, total, &upstream)
-                        .await
+                    call_with_fallback(&alias, &request, deadline, &retry, total, &upstream).await
                 }
             }
         };
@@ -209,6 +214,7 @@ impl Gateway {
                 alias
                     .deployments
                     .iter()
+                    .chain(alias.fallbacks.iter())
                     .find(|d| d.name == found.deployment)
                     .cloned()
             });
@@ -293,7 +299,7 @@ impl Gateway {
             return Err(GatewayError::NotCached);
         }
         let (first, rest, deployment) = stream_with_fallback(
-            &alias.deployments,
+            &alias,
             &request,
             deadline,
             &self.retry,
@@ -355,18 +361,24 @@ impl Gateway {
     ) -> Result<(Embeddings, String), GatewayError> {
         let alias = self.alias(model)?.clone();
         let mut last = None;
-        for deployment in routable(&alias.deployments)? {
+        for deployment in routable(&alias)? {
             for attempt in 0..self.retry.max_attempts {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 if remaining.is_zero() {
                     return Err(GatewayError::DeadlineExceeded);
                 }
+                let call = deployment.load.start();
                 let result = tokio::time::timeout(
                     remaining.min(self.total_timeout),
                     deployment.provider.embed(&inputs),
                 )
                 .await
                 .unwrap_or(Err(ProviderError::Timeout("total")));
+                if result.is_err() {
+                    call.failed();
+                } else {
+                    drop(call);
+                }
                 match result {
                     Ok(embeddings) => {
                         deployment.breaker.success();
@@ -377,7 +389,7 @@ impl Gateway {
                     }
                     Err(err) => {
                         if let Some(next) =
-                            settle(deployment, &err, attempt, &self.retry, deadline)?
+                            settle(&deployment, &err, attempt, &self.retry, deadline)?
                         {
                             tokio::time::sleep(next).await;
                             last = Some(err);
@@ -415,26 +427,36 @@ fn account(deployment: &Deployment, completion: &Completion, caller: &str) -> u6
     cost
 }
 
-/// Deployments whose circuit lets a call through, in fallback order; when every circuit is
-/// open, UNAVAILABLE.
-fn routable(deployments: &[Arc<Deployment>]) -> Result<Vec<&Arc<Deployment>>, GatewayError> {
-    let open: Vec<&Arc<Deployment>> = deployments
+/// The deployments to try, in order: the balanced ones whose circuit lets a call through,
+/// ordered by power of two choices, then the fallbacks in their order; when every circuit is
+/// open, a due probe, else UNAVAILABLE.
+fn routable(alias: &Alias) -> Result<Vec<Arc<Deployment>>, GatewayError> {
+    let closed = |d: &&Arc<Deployment>| !d.breaker.is_open();
+    let balanced: Vec<(Arc<Deployment>, u32, f64)> = alias
+        .deployments
         .iter()
-        .filter(|d| !d.breaker.is_open())
+        .filter(closed)
+        .map(|d| (d.clone(), d.weight, d.load.cost()))
         .collect();
-    if open.is_empty() {
+    let mut chosen = balance::order(balanced);
+    chosen.extend(alias.fallbacks.iter().filter(closed).cloned());
+    if chosen.is_empty() {
         // Every circuit is open: let a due probe through, if any.
-        let probing: Vec<&Arc<Deployment>> =
-            deployments.iter().filter(|d| d.breaker.allow()).collect();
-        if probing.is_empty() {
+        chosen = alias
+            .deployments
+            .iter()
+            .chain(alias.fallbacks.iter())
+            .filter(|d| d.breaker.allow())
+            .cloned()
+            .collect();
+        if chosen.is_empty() {
             return Err(GatewayError::Unavailable {
                 message: "every deployment's circuit is open".into(),
                 retry_after: None,
             });
         }
-        return Ok(probing);
     }
-    Ok(open)
+    Ok(chosen)
 }
 
 /// After a failed attempt: records it on the breaker, and says how long to wait before
@@ -484,7 +506,7 @@ fn unavailable(last: Option<ProviderError>) -> GatewayError {
 }
 
 async fn call_with_fallback(
-    deployments: &[Arc<Deployment>],
+    alias: &Alias,
     request: &ChatRequest,
     deadline: Instant,
     retry: &RetryConfig,
@@ -492,7 +514,7 @@ async fn call_with_fallback(
     upstream: &Mutex<Duration>,
 ) -> Result<(Completion, Arc<Deployment>), GatewayError> {
     let mut last = None;
-    for deployment in routable(deployments)? {
+    for deployment in routable(alias)? {
         for attempt in 0..retry.max_attempts {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -502,10 +524,16 @@ async fn call_with_fallback(
             let in_flight =
                 metrics::gauge!("llm_upstream_in_flight", "deployment" => deployment.name.clone());
             in_flight.increment(1.0);
+            let call = deployment.load.start();
             let result =
                 tokio::time::timeout(remaining.min(total), deployment.provider.chat(request))
                     .await
                     .unwrap_or(Err(ProviderError::Timeout("total")));
+            if result.is_err() {
+                call.failed();
+            } else {
+                drop(call);
+            }
             in_flight.decrement(1.0);
             let took = started.elapsed();
             *upstream.lock().unwrap_or_else(|e| e.into_inner()) += took;
@@ -517,7 +545,7 @@ async fn call_with_fallback(
                     return Ok((completion, deployment.clone()));
                 }
                 Err(err) => {
-                    let next = settle(deployment, &err, attempt, retry, deadline)?;
+                    let next = settle(&deployment, &err, attempt, retry, deadline)?;
                     last = Some(err);
                     match next {
                         Some(wait) => tokio::time::sleep(wait).await,
@@ -531,14 +559,14 @@ async fn call_with_fallback(
 }
 
 async fn stream_with_fallback(
-    deployments: &[Arc<Deployment>],
+    alias: &Alias,
     request: &ChatRequest,
     deadline: Instant,
     retry: &RetryConfig,
     total: Duration,
 ) -> Result<(Chunk, ChunkStream, Arc<Deployment>), GatewayError> {
     let mut last = None;
-    for deployment in routable(deployments)? {
+    for deployment in routable(alias)? {
         for attempt in 0..retry.max_attempts {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -552,16 +580,23 @@ async fn stream_with_fallback(
                     None => Err(ProviderError::StreamBroken("no chunk".into())),
                 }
             };
+            let call = deployment.load.start();
             let result = tokio::time::timeout(remaining.min(total), started)
                 .await
                 .unwrap_or(Err(ProviderError::Timeout("first token")));
+            // Time to the first chunk is what a stream's latency means for balancing.
+            if result.is_err() {
+                call.failed();
+            } else {
+                drop(call);
+            }
             match result {
                 Ok((first, rest)) => {
                     deployment.breaker.success();
                     return Ok((first, rest, deployment.clone()));
                 }
                 Err(err) => {
-                    let next = settle(deployment, &err, attempt, retry, deadline)?;
+                    let next = settle(&deployment, &err, attempt, retry, deadline)?;
                     last = Some(err);
                     match next {
                         Some(wait) => tokio::time::sleep(wait).await,

@@ -260,7 +260,12 @@ impl LlmGatewayService for LlmGrpc {
                 .iter()
                 .map(|(alias, a)| pb::Model {
                     alias: alias.clone(),
-                    deployments: a.deployments.iter().map(|d| d.name.clone()).collect(),
+                    deployments: a
+                        .deployments
+                        .iter()
+                        .chain(a.fallbacks.iter())
+                        .map(|d| d.name.clone())
+                        .collect(),
                     semantic_cache: a.semantic_cache,
                 })
                 .collect(),

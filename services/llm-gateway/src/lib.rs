@@ -3,6 +3,7 @@
 //! retries, fallback, circuit breakers, an exact response cache in the tiered cache,
 //! coalescing of identical requests in flight, and token/cost accounting.
 
+pub mod balance;
 pub mod breaker;
 pub mod conversions;
 pub mod domain;
@@ -82,6 +83,8 @@ pub async fn build_gateway(
                     Duration::from_millis(llm.breaker.open_ms),
                 ),
                 price: llm.prices.get(&d.model).cloned().unwrap_or_default(),
+                weight: d.weight,
+                load: balance::PeakEwma::default(),
             }),
         );
     }
@@ -89,15 +92,17 @@ pub async fn build_gateway(
         .models
         .iter()
         .map(|(alias, model)| {
-            let chain: Vec<Arc<Deployment>> = model
-                .deployments
-                .iter()
-                .filter_map(|name| deployments.get(name).cloned())
-                .collect();
+            let named = |names: &[String]| -> Arc<[Arc<Deployment>]> {
+                names
+                    .iter()
+                    .filter_map(|name| deployments.get(name).cloned())
+                    .collect()
+            };
             (
                 alias.clone(),
                 Alias {
-                    deployments: chain.into(),
+                    deployments: named(&model.deployments),
+                    fallbacks: named(&model.fallbacks),
                     semantic_cache: model.semantic_cache,
                 },
             )

@@ -51,12 +51,15 @@ pub fn upstream(base_url: &str) -> DeploymentConfig {
     }
 }
 
-/// Alias `model` over `deployments` (name, config), in fallback order.
+/// Alias `model` on the first of `deployments` (name, config), the others its fallbacks in
+/// order.
 pub fn route(config: &mut Config, model: &str, deployments: Vec<(&str, DeploymentConfig)>) {
+    let names: Vec<String> = deployments.iter().map(|(n, _)| (*n).to_owned()).collect();
     config.llm.models.insert(
         model.to_owned(),
         ModelAlias {
-            deployments: deployments.iter().map(|(n, _)| (*n).to_owned()).collect(),
+            deployments: names[..1].to_vec(),
+            fallbacks: names[1..].to_vec(),
             semantic_cache: false,
         },
     );

@@ -193,3 +193,32 @@ async fn a_caller_that_gives_up_cancels_the_upstream_call() {
     }
     assert_eq!(fake.calls(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balanced_deployments_send_most_calls_to_the_faster_one() {
+    let (slow, fast) = (FakeOpenAi::start().await, FakeOpenAi::start().await);
+    slow.set_latency(Duration::from_millis(150));
+    let app = spawn_app(|c| {
+        route(c, "gpt", vec![("slow", upstream(&slow.base_url()))]);
+        c.llm
+            .deployments
+            .insert("fast".into(), upstream(&fast.base_url()));
+        let alias = c.llm.models.get_mut("gpt").expect("alias");
+        alias.deployments.push("fast".into());
+    })
+    .await;
+    let mut client = app.client.clone();
+    for i in 0..40 {
+        client
+            .chat(chat("gpt", &format!("q{i}"), 0.5))
+            .await
+            .expect("answered");
+    }
+    assert_eq!(slow.calls() + fast.calls(), 40);
+    assert!(
+        fast.calls() >= 35,
+        "peak-EWMA steers to the fast one: {} / {}",
+        fast.calls(),
+        slow.calls()
+    );
+}

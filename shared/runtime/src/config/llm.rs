@@ -31,6 +31,9 @@ pub struct DeploymentConfig {
     pub api_key: Secret,
     /// Idle keep-alive connections kept per host.
     pub max_idle_connections: usize,
+    /// Share of its alias's traffic relative to the others (power of two choices samples by
+    /// weight, then takes the lower expected latency).
+    pub weight: u32,
     /// Mock only: time to the whole answer (unary) in ms.
     pub mock_latency_ms: u64,
     /// Mock only: time to the first token (streams) in ms.
@@ -49,6 +52,7 @@ impl Default for DeploymentConfig {
             base_url: String::new(),
             api_key: Secret::default(),
             max_idle_connections: 64,
+            weight: 1,
             mock_latency_ms: 0,
             mock_ttft_ms: 0,
             mock_tokens_per_second: 0,
@@ -61,8 +65,10 @@ impl Default for DeploymentConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelAlias {
-    /// Deployments in fallback order.
+    /// Deployments balanced by power of two choices over peak-EWMA latency (and weight).
     pub deployments: Vec<String>,
+    /// Deployments tried in this order when the balanced ones fail.
+    pub fallbacks: Vec<String>,
     /// Semantic cache on for this alias.
     pub semantic_cache: bool,
 }
@@ -239,6 +245,7 @@ impl Default for LlmConfig {
                 "mock".to_owned(),
                 ModelAlias {
                     deployments: vec!["mock".into()],
+                    fallbacks: Vec::new(),
                     semantic_cache: false,
                 },
             )]
@@ -263,7 +270,7 @@ impl LlmConfig {
             if model.deployments.is_empty() {
                 return Err(format!("key `llm.models.{alias}.deployments` is empty"));
             }
-            for name in &model.deployments {
+            for name in model.deployments.iter().chain(&model.fallbacks) {
                 if !self.deployments.contains_key(name) {
                     return Err(format!(
                         "key `llm.models.{alias}.deployments` names `{name}`, which is not in `llm.deployments`"
