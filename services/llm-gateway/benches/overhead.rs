@@ -116,6 +116,65 @@ fn through(clients: Vec<LlmGatewayServiceClient<tonic::transport::Channel>>) -> 
     })
 }
 
+/// A streamed request straight to the upstream; done at the first content event.
+fn first_token_direct(client: reqwest::Client, url: String) -> Call {
+    Arc::new(move |i| {
+        let (client, url) = (client.clone(), url.clone());
+        Box::pin(async move {
+            use futures::StreamExt;
+            let body = serde_json::json!({
+                "model": "fake",
+                "messages": [{"role": "user", "content": format!("unique prompt {i}")}],
+                "temperature": 0.7,
+                "stream": true,
+            });
+            let Ok(response) = client.post(&url).json(&body).send().await else {
+                return false;
+            };
+            let mut body = response.bytes_stream();
+            let mut seen = Vec::new();
+            while let Some(Ok(bytes)) = body.next().await {
+                seen.extend_from_slice(&bytes);
+                if seen.windows(9).any(|w| w == b"\"content\"") && seen.windows(5).any(|w| w == b"echo:") {
+                    return true;
+                }
+            }
+            false
+        })
+    })
+}
+
+/// A ChatStream through the gateway; done at the first delta.
+fn first_token_through(clients: Vec<LlmGatewayServiceClient<tonic::transport::Channel>>) -> Call {
+    Arc::new(move |i| {
+        let mut client = clients[(i as usize) % clients.len()].clone();
+        Box::pin(async move {
+            let request = pb::ChatStreamRequest {
+                chat: Some(pb::ChatRequest {
+                    model: "gpt".into(),
+                    messages: vec![pb::Message {
+                        role: pb::Role::User as i32,
+                        content: format!("unique prompt {i}"),
+                        ..pb::Message::default()
+                    }],
+                    temperature: Some(0.7),
+                    ..pb::ChatRequest::default()
+                }),
+            };
+            let Ok(stream) = client.chat_stream(request).await else {
+                return false;
+            };
+            let mut stream = stream.into_inner();
+            matches!(
+                stream.message().await,
+                Ok(Some(pb::ChatStreamResponse {
+                    event: Some(pb::chat_stream_response::Event::Delta(_))
+                }))
+            )
+        })
+    })
+}
+
 fn row(label: &str, d: Summary, g: Summary) {
     println!(
         "| {label} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {} / {} |",
@@ -165,12 +224,20 @@ fn main() {
             ..DeploymentConfig::default()
         },
     );
-    let app = gateway_rt
-        .block_on(boardroom_llm_gateway::Application::build(&config))
-        .expect("gateway");
-    let addr = app.local_addr().expect("bound");
     let stop = tokio_util::sync::CancellationToken::new();
-    gateway_rt.spawn(app.run_until_stopped(stop.clone()));
+    // An external gateway (its own process, pinned apart: bench/llm-overhead.sh), else one
+    // in this process on its own runtime.
+    let addr: std::net::SocketAddr = match std::env::var("OVERHEAD_GATEWAY") {
+        Ok(addr) => addr.parse().expect("OVERHEAD_GATEWAY is host:port"),
+        Err(_) => {
+            let app = gateway_rt
+                .block_on(boardroom_llm_gateway::Application::build(&config))
+                .expect("gateway");
+            let addr = app.local_addr().expect("bound");
+            gateway_rt.spawn(app.run_until_stopped(stop.clone()));
+            addr
+        }
+    };
 
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(512)
@@ -203,6 +270,27 @@ fn main() {
             let d = run(rps, seconds, straight());
             let g = run(rps, seconds, through(grpc.clone()));
             row(&format!("{latency} ms, {rps}/s"), d, g);
+        }
+    }
+
+    if !only_litellm {
+        fake.set_latency(Duration::from_millis(50));
+        println!("\nStreaming, time to the first token (upstream 50 ms, 500/s):\n");
+        println!("| path | TTFT p50 / p99 / p99.9 ms | added p50 / p99 / p99.9 | errors |");
+        println!("|---|---|---|---|");
+        let d = run(500, seconds, first_token_direct(http.clone(), url.clone()));
+        let g = run(500, seconds, first_token_through(grpc.clone()));
+        for (name, s) in [("direct (SSE)", d), ("through the gateway (ChatStream)", g)] {
+            println!(
+                "| {name} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {} |",
+                s.p50,
+                s.p99,
+                s.p999,
+                s.p50 - d.p50,
+                s.p99 - d.p99,
+                s.p999 - d.p999,
+                s.errors
+            );
         }
     }
 
