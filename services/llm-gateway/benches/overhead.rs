@@ -135,7 +135,9 @@ fn first_token_direct(client: reqwest::Client, url: String) -> Call {
             let mut seen = Vec::new();
             while let Some(Ok(bytes)) = body.next().await {
                 seen.extend_from_slice(&bytes);
-                if seen.windows(9).any(|w| w == b"\"content\"") && seen.windows(5).any(|w| w == b"echo:") {
+                if seen.windows(9).any(|w| w == b"\"content\"")
+                    && seen.windows(5).any(|w| w == b"echo:")
+                {
                     return true;
                 }
             }

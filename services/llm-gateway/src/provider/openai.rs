@@ -61,6 +61,7 @@ impl OpenAiProvider {
     /// Builds the deployment's pooled client.
     pub fn new(settings: OpenAiSettings) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
+            .connector_layer(CountConnects::layer(settings.name.clone()))
             .connect_timeout(settings.connect_timeout)
             .pool_max_idle_per_host(settings.max_idle_connections)
             .pool_idle_timeout(Duration::from_secs(90))
@@ -179,6 +180,51 @@ impl OpenAiProvider {
             status: status.as_u16(),
             retry_after,
             body: body.chars().take(300).collect(),
+        })
+    }
+}
+
+/// Counts the connections the pool opens (`llm_upstream_connections_opened_total`): against
+/// `llm_requests_total` it shows how well keep-alive reuses them.
+#[derive(Clone)]
+struct CountConnects<S> {
+    inner: S,
+    opened: metrics::Counter,
+}
+
+impl CountConnects<()> {
+    fn layer<S>(deployment: String) -> impl tower::Layer<S, Service = CountConnects<S>> + Clone {
+        let opened =
+            metrics::counter!("llm_upstream_connections_opened_total", "deployment" => deployment);
+        tower::layer::layer_fn(move |inner| CountConnects {
+            inner,
+            opened: opened.clone(),
+        })
+    }
+}
+
+impl<S, R> tower::Service<R> for CountConnects<S>
+where
+    S: tower::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let (connecting, opened) = (self.inner.call(request), self.opened.clone());
+        Box::pin(async move {
+            let connection = connecting.await?;
+            opened.increment(1);
+            Ok(connection)
         })
     }
 }

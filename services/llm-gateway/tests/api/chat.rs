@@ -134,6 +134,19 @@ async fn an_openai_compatible_upstream_serves_chat_streams_with_usage_and_embedd
         .expect("embed")
         .into_inner();
     assert_eq!(embedded.embeddings[1].values[0], 3.0, "in input order");
+
+    let metrics = boardroom_testkit::scrape_metrics(app.admin).await;
+    let opened = boardroom_testkit::metric_value(
+        &metrics,
+        &[
+            "llm_upstream_connections_opened_total",
+            "deployment=\"fake\"",
+        ],
+    );
+    assert!(
+        (1.0..3.0).contains(&opened),
+        "three calls, kept-alive connections reused: {opened} opened"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
