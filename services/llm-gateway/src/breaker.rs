@@ -1,6 +1,7 @@
 //! A circuit breaker per deployment: `failure_threshold` consecutive failures open it for
 //! `open_for`; then one probe call is let through (half-open): its success closes the
-//! circuit, its failure opens it again.
+//! circuit, its failure opens it again, and a probe that never reports (its caller went away)
+//! is replaced by a new one after `open_for`.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 enum State {
     Closed { failures: u32 },
     Open { until: Instant },
-    HalfOpen,
+    HalfOpen { since: Instant },
 }
 
 /// One deployment's breaker. The lock is held for a few instructions, never across `.await`.
@@ -42,30 +43,34 @@ impl Breaker {
         });
     }
 
-    /// Whether a call may go out now (an open circuit past its time lets one probe through).
+    /// Whether a call may go out now: always when closed; when open past its time (or
+    /// half-open with a probe that never reported), this call becomes the one probe.
     pub fn allow(&self) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
         match *state {
             State::Closed { .. } => true,
-            State::Open { until } if Instant::now() >= until => {
-                *state = State::HalfOpen;
+            State::Open { until } if now >= until => {
+                *state = State::HalfOpen { since: now };
                 true
             }
-            State::Open { .. } | State::HalfOpen => false,
+            State::HalfOpen { since } if now >= since + self.open_for => {
+                *state = State::HalfOpen { since: now };
+                true
+            }
+            State::Open { .. } | State::HalfOpen { .. } => false,
         }
     }
 
-    /// Whether the circuit is open now (for routing around it).
-    pub fn is_open(&self) -> bool {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match *state {
-            State::Open { until } => Instant::now() < until,
-            State::HalfOpen => true,
-            State::Closed { .. } => false,
-        }
+    /// Whether the circuit is closed (calls flow without probing).
+    pub fn is_closed(&self) -> bool {
+        matches!(
+            *self.state.lock().unwrap_or_else(|e| e.into_inner()),
+            State::Closed { .. }
+        )
     }
 
-    /// A call succeeded.
+    /// A call succeeded (or was answered, even with a rejection of the request itself).
     pub fn success(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if *state != (State::Closed { failures: 0 }) {
@@ -88,7 +93,7 @@ impl Breaker {
                 };
                 false
             }
-            State::HalfOpen | State::Open { .. } => true,
+            State::HalfOpen { .. } | State::Open { .. } => true,
         };
         if open {
             *state = State::Open {
@@ -106,23 +111,35 @@ mod tests {
 
     #[test]
     fn opens_after_the_threshold_and_closes_after_a_good_probe() {
-        let breaker = Breaker::new("d", 3, Duration::ZERO);
+        let breaker = Breaker::new("d", 3, Duration::from_millis(0));
         breaker.failure();
         breaker.failure();
-        assert!(!breaker.is_open());
+        assert!(breaker.is_closed());
         breaker.failure();
-        assert!(matches!(
-            *breaker.state.lock().expect("lock"),
-            State::Open { .. }
-        ));
-        // Open for zero time: the next call is the probe, and only it.
+        assert!(!breaker.is_closed());
+        // Open for zero time: the next call is the probe.
         assert!(breaker.allow());
-        assert!(!breaker.allow(), "one probe at a time");
         breaker.failure();
         assert!(breaker.allow(), "reopened, and due again");
         breaker.success();
-        assert!(!breaker.is_open());
+        assert!(breaker.is_closed());
         assert!(breaker.allow());
+    }
+
+    #[test]
+    fn one_probe_at_a_time_and_a_lost_probe_is_replaced() {
+        let breaker = Breaker::new("d", 1, Duration::from_secs(60));
+        breaker.failure();
+        assert!(!breaker.allow(), "open");
+        *breaker.state.lock().expect("lock") = State::Open {
+            until: Instant::now(),
+        };
+        assert!(breaker.allow(), "due: this call probes");
+        assert!(!breaker.allow(), "one probe at a time");
+        *breaker.state.lock().expect("lock") = State::HalfOpen {
+            since: Instant::now() - Duration::from_secs(61),
+        };
+        assert!(breaker.allow(), "the probe never reported: a new one");
     }
 
     #[test]

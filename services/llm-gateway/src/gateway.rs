@@ -39,8 +39,11 @@ pub struct Deployment {
 
 impl Deployment {
     fn cost_micros(&self, usage: crate::domain::Usage) -> u64 {
-        (u64::from(usage.input_tokens) * self.price.input_per_million_micros
-            + u64::from(usage.output_tokens) * self.price.output_per_million_micros)
+        u64::from(usage.input_tokens)
+            .saturating_mul(self.price.input_per_million_micros)
+            .saturating_add(
+                u64::from(usage.output_tokens).saturating_mul(self.price.output_per_million_micros),
+            )
             / 1_000_000
     }
 }
@@ -58,11 +61,32 @@ pub struct Alias {
 
 type Flight = Shared<BoxFuture<'static, Result<(Completion, Arc<Deployment>), GatewayError>>>;
 
+/// Identical requests in flight: key → (flight id, the shared call).
+type Flights = Arc<Mutex<HashMap<String, (u64, Flight)>>>;
+
+/// Removes its flight from the map when the flight ends or is dropped (every waiter gone),
+/// unless a newer flight took the key meanwhile.
+struct FlightEntry {
+    flights: Flights,
+    key: String,
+    id: u64,
+}
+
+impl Drop for FlightEntry {
+    fn drop(&mut self) {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        if flights.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            flights.remove(&self.key);
+        }
+    }
+}
+
 /// The gateway.
 pub struct Gateway {
     aliases: BTreeMap<String, Alias>,
     cache: Option<(TieredCache<AnswerCodec>, Duration)>,
-    inflight: Mutex<HashMap<String, Flight>>,
+    inflight: Flights,
+    next_flight: std::sync::atomic::AtomicU64,
     retry: RetryConfig,
     total_timeout: Duration,
 }
@@ -88,6 +112,24 @@ pub struct StreamMeta {
     cache_key: Option<String>,
 }
 
+/// `llm_upstream_in_flight` for one call, decremented however the call ends.
+struct InFlightGauge(metrics::Gauge);
+
+impl InFlightGauge {
+    fn enter(deployment: &str) -> Self {
+        let gauge =
+            metrics::gauge!("llm_upstream_in_flight", "deployment" => deployment.to_owned());
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlightGauge {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 /// Full jitter: a random share of `cap`.
 fn jitter(cap: Duration) -> Duration {
     let random = RandomState::new().hash_one(Instant::now());
@@ -105,7 +147,8 @@ impl Gateway {
         Self {
             aliases,
             cache,
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Flights::default(),
+            next_flight: std::sync::atomic::AtomicU64::new(0),
             retry,
             total_timeout,
         }
@@ -167,7 +210,7 @@ impl Gateway {
         let total = self.total_timeout;
         let call = {
             let (alias, request, upstream) = (alias.clone(), request.clone(), upstream.clone());
-            move || {
+            move |deadline: Instant| {
                 let (alias, request, upstream, retry) = (
                     alias.clone(),
                     request.clone(),
@@ -192,7 +235,7 @@ impl Gateway {
                 .get_or_load(&key, *ttl, || {
                     let (call, loaded) = (call.clone(), loaded.clone());
                     async move {
-                        let (completion, deployment) = call().await?;
+                        let (completion, deployment) = call(deadline).await?;
                         let answer = CachedAnswer {
                             completion,
                             deployment: deployment.name.clone(),
@@ -220,30 +263,46 @@ impl Gateway {
             });
             return Ok((found.completion.clone(), deployment, outcome));
         }
+        if request.cache_policy == CachePolicy::CacheOnly {
+            return Err(GatewayError::NotCached); // the cache is off
+        }
         if request.cache_policy == CachePolicy::Bypass {
-            let (completion, deployment) = call().await?;
+            let (completion, deployment) = call(deadline).await?;
             return Ok((completion, Some(deployment), CacheOutcome::Miss));
         }
         // Coalesce identical requests in flight: one upstream call, every waiter the answer.
+        // The flight removes itself from the map when it ends or when every waiter is gone; it
+        // runs to the gateway's own bound, not its first caller's deadline (a later caller may
+        // wait longer), and each waiter waits until its own deadline.
         let key = cache_key(&request);
         let (flight, leader) = {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             match inflight.get(&key) {
-                Some(flight) => (flight.clone(), false),
+                Some((_, flight)) => (flight.clone(), false),
                 None => {
-                    let flight = call().boxed().shared();
-                    inflight.insert(key.clone(), flight.clone());
+                    let entry = FlightEntry {
+                        flights: self.inflight.clone(),
+                        key: key.clone(),
+                        id: self
+                            .next_flight
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    };
+                    let id = entry.id;
+                    let call = call(Instant::now() + self.total_timeout);
+                    let flight = async move {
+                        let _entry = entry;
+                        call.await
+                    }
+                    .boxed()
+                    .shared();
+                    inflight.insert(key, (id, flight.clone()));
                     (flight, true)
                 }
             }
         };
-        let result = flight.await;
-        if leader {
-            self.inflight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
-        }
+        let result = tokio::time::timeout_at(deadline.into(), flight)
+            .await
+            .map_err(|_| GatewayError::DeadlineExceeded)?;
         let (completion, deployment) = result?;
         let outcome = if leader {
             CacheOutcome::Miss
@@ -322,6 +381,13 @@ impl Gateway {
                 cache_key: key,
             },
         })
+    }
+
+    /// A stream broke after its first chunk: the deployment's breaker hears of it.
+    pub fn stream_broke(&self, stream: &StreamMeta) {
+        if let Some(deployment) = &stream.deployment_ref {
+            deployment.breaker.failure();
+        }
     }
 
     /// Accounts a completed stream and caches its assembled answer (only a complete,
@@ -431,30 +497,21 @@ fn account(deployment: &Deployment, completion: &Completion, caller: &str) -> u6
 /// ordered by power of two choices, then the fallbacks in their order; when every circuit is
 /// open, a due probe, else UNAVAILABLE.
 fn routable(alias: &Alias) -> Result<Vec<Arc<Deployment>>, GatewayError> {
-    let closed = |d: &&Arc<Deployment>| !d.breaker.is_open();
+    // A closed circuit lets the call through; an open one only as its one due probe.
+    let usable = |d: &&Arc<Deployment>| d.breaker.is_closed() || d.breaker.allow();
     let balanced: Vec<(Arc<Deployment>, u32, f64)> = alias
         .deployments
         .iter()
-        .filter(closed)
+        .filter(usable)
         .map(|d| (d.clone(), d.weight, d.load.cost()))
         .collect();
     let mut chosen = balance::order(balanced);
-    chosen.extend(alias.fallbacks.iter().filter(closed).cloned());
+    chosen.extend(alias.fallbacks.iter().filter(usable).cloned());
     if chosen.is_empty() {
-        // Every circuit is open: let a due probe through, if any.
-        chosen = alias
-            .deployments
-            .iter()
-            .chain(alias.fallbacks.iter())
-            .filter(|d| d.breaker.allow())
-            .cloned()
-            .collect();
-        if chosen.is_empty() {
-            return Err(GatewayError::Unavailable {
-                message: "every deployment's circuit is open".into(),
-                retry_after: None,
-            });
-        }
+        return Err(GatewayError::Unavailable {
+            message: "every deployment's circuit is open".into(),
+            retry_after: None,
+        });
     }
     Ok(chosen)
 }
@@ -471,6 +528,8 @@ fn settle(
 ) -> Result<Option<Duration>, GatewayError> {
     tracing::debug!(deployment = %deployment.name, attempt, error = %err, "upstream call failed");
     if err.caller_fault() {
+        // The deployment answered: it is healthy, the request is not.
+        deployment.breaker.success();
         return Err(GatewayError::Rejected(err.to_string()));
     }
     deployment.breaker.failure();
@@ -521,9 +580,7 @@ async fn call_with_fallback(
                 return Err(GatewayError::DeadlineExceeded);
             }
             let started = Instant::now();
-            let in_flight =
-                metrics::gauge!("llm_upstream_in_flight", "deployment" => deployment.name.clone());
-            in_flight.increment(1.0);
+            let _in_flight = InFlightGauge::enter(&deployment.name);
             let call = deployment.load.start();
             let result =
                 tokio::time::timeout(remaining.min(total), deployment.provider.chat(request))
@@ -534,7 +591,6 @@ async fn call_with_fallback(
             } else {
                 drop(call);
             }
-            in_flight.decrement(1.0);
             let took = started.elapsed();
             *upstream.lock().unwrap_or_else(|e| e.into_inner()) += took;
             metrics::histogram!("llm_upstream_duration_seconds", "deployment" => deployment.name.clone())

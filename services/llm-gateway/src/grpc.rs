@@ -140,9 +140,12 @@ impl LlmGatewayService for LlmGrpc {
                     Ok(None) => Err(Status::unavailable(
                         "the upstream stream ended without a finish",
                     )),
-                    Ok(Some(Err(err))) => Err(Status::unavailable(format!(
-                        "the upstream stream broke: {err}"
-                    ))),
+                    Ok(Some(Err(err))) => {
+                        gateway.stream_broke(&meta);
+                        Err(Status::unavailable(format!(
+                            "the upstream stream broke: {err}"
+                        )))
+                    }
                     Ok(Some(Ok(Chunk::Delta(text)))) => {
                         content.push_str(&text);
                         Ok(event(pb::chat_stream_response::Event::Delta(text)))

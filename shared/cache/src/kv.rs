@@ -146,7 +146,14 @@ impl<C: Codec> TieredCache<C> {
                 continue; // L1 fills from L2 on the next read; the push tells the others.
             }
             let epoch = self.stripe(&item.key).load(Ordering::Acquire);
-            let entry = Entry::new(Some(item.value), self.l1_ttl(item.ttl), epoch, self.now())
+            // Not in Redis while Redis is configured: other replicas keep the old value and
+            // will not hear of this one, so it lives here only briefly.
+            let ttl = if self.inner.l2.is_some() {
+                item.ttl.min(self.inner.config.degraded_l1_ttl)
+            } else {
+                item.ttl
+            };
+            let entry = Entry::new(Some(item.value), ttl, epoch, self.now())
                 .with_tags(stamp_of(&item.tags, &versions));
             let key: Arc<str> = item.key.into();
             self.admit(&key, entry).await;

@@ -110,8 +110,11 @@ impl<C: Codec> TieredCache<C> {
     }
 
     /// The versions values written now with these tags are stamped with: a version for each
-    /// tag, created where it has none (living `tag_ttl` in Redis). With L2 down
-    /// (`local_only`), the local versions (or fresh ones) are used.
+    /// tag, created where it has none (living `tag_ttl` in Redis). Without L2 the local
+    /// versions are the truth. With L2 configured but unreachable (`local_only`, or the
+    /// version could not be made), a tag with no confirmed version gets a one-off version that
+    /// is never remembered: its values are misses, since no replica could hear of a later
+    /// invalidation of a version Redis never had.
     pub(crate) async fn stamp(
         &self,
         tags: &[Arc<str>],
@@ -119,21 +122,25 @@ impl<C: Codec> TieredCache<C> {
     ) -> HashMap<Arc<str>, u64> {
         let mut versions = HashMap::with_capacity(tags.len());
         let mut missing = Vec::new();
+        let mut seen = std::collections::HashSet::with_capacity(tags.len());
         for tag in tags {
-            if versions.contains_key(tag) || missing.contains(tag) {
+            if !seen.insert(tag) {
                 continue;
             }
             match self.inner.tag_versions.get(tag).await {
                 Some(version) => {
                     versions.insert(tag.clone(), version);
                 }
-                None if local_only || self.inner.l2.is_none() => {
+                None if self.inner.l2.is_none() => {
                     let version = self
                         .inner
                         .tag_versions
                         .get_with(tag.clone(), async { fresh_version() })
                         .await;
                     versions.insert(tag.clone(), version);
+                }
+                None if local_only => {
+                    versions.insert(tag.clone(), fresh_version());
                 }
                 None => missing.push(tag.clone()),
             }
@@ -155,16 +162,10 @@ impl<C: Codec> TieredCache<C> {
                         versions.insert(tag, version);
                     }
                 }
-                // Unreachable: stamped with local versions; L1 (and these versions) are
-                // cleared when L2 comes back.
+                // Unconfirmed: one-off versions, never remembered (see above).
                 None => {
                     for tag in missing {
-                        let version = self
-                            .inner
-                            .tag_versions
-                            .get_with(tag.clone(), async { fresh_version() })
-                            .await;
-                        versions.insert(tag, version);
+                        versions.insert(tag, fresh_version());
                     }
                 }
             }

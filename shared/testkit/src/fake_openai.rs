@@ -28,6 +28,9 @@ pub enum Behavior {
     Hang,
     /// Stream two deltas, then close the connection without `[DONE]`.
     DropMidStream,
+    /// Stream the role-only first event, then nothing (headers and the event arrive in time;
+    /// the first token never does).
+    StallAfterRole,
 }
 
 #[derive(Default)]
@@ -110,6 +113,19 @@ async fn chat(State(state): State<Arc<FakeState>>, body: axum::Json<Value>) -> R
                 );
             }
             response
+        }
+        Behavior::StallAfterRole => {
+            let model = body["model"].as_str().unwrap_or("fake").to_owned();
+            let role = futures::stream::iter([Ok::<_, std::io::Error>(chunk(
+                &model,
+                json!({"role": "assistant", "content": ""}),
+                None,
+            ))]);
+            let stalled = futures::stream::pending::<Result<Bytes, std::io::Error>>();
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .body(Body::from_stream(futures::StreamExt::chain(role, stalled)))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
         }
         Behavior::Answer | Behavior::DropMidStream => {
             let model = body["model"].as_str().unwrap_or("fake").to_owned();

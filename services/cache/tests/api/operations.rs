@@ -221,7 +221,7 @@ async fn with_redis_down_calls_succeed_unreplicated_and_replication_resumes() {
     wait(true).await;
     let set = |key: &str| pb::SetRequest {
         namespace: "n".into(),
-        entry: Some(entry(key, "v", &["t"])),
+        entry: Some(entry(key, "v", &[])),
     };
     assert!(
         client

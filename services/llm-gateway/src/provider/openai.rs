@@ -173,8 +173,8 @@ impl OpenAiProvider {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|secs| secs.is_finite() && *secs >= 0.0)
-            .map(Duration::from_secs_f64);
+            // Bounded: an absurd value must not overflow (it is passed on, not waited).
+            .and_then(|secs| Duration::try_from_secs_f64(secs.clamp(0.0, 86_400.0)).ok());
         let body = response.text().await.unwrap_or_default();
         Err(ProviderError::Status {
             status: status.as_u16(),
@@ -420,7 +420,8 @@ impl Provider for OpenAiProvider {
 }
 
 /// Turns SSE events into chunks: deltas as they come, then the assembled tool calls and
-/// `Done` at `[DONE]`. The first event is awaited at most `first_token`; a stream that ends
+/// `Done` at `[DONE]`. The first token (text or a tool call; not a role-only event) is
+/// awaited at most `first_token`; a stream that ends
 /// or fails before `[DONE]` ends with `StreamBroken`.
 fn async_stream<S, E>(events: S, first_token: Duration, model: String) -> ChunkStream
 where
@@ -429,7 +430,9 @@ where
 {
     struct State<S> {
         events: std::pin::Pin<Box<S>>,
-        first: bool,
+        /// Until a chunk is out, every event is awaited at most until this instant (a
+        /// role-only first event does not count as the first token).
+        first_by: Option<tokio::time::Instant>,
         finish: Option<String>,
         usage: Option<WireUsage>,
         model: String,
@@ -439,7 +442,7 @@ where
     }
     let state = State {
         events: Box::pin(events),
-        first: true,
+        first_by: Some(tokio::time::Instant::now() + first_token),
         finish: None,
         usage: None,
         model,
@@ -455,18 +458,16 @@ where
             if s.ended {
                 return None;
             }
-            let next = if s.first {
-                match tokio::time::timeout(first_token, s.events.next()).await {
+            let next = match s.first_by {
+                Some(by) => match tokio::time::timeout_at(by, s.events.next()).await {
                     Ok(next) => next,
                     Err(_) => {
                         s.ended = true;
                         return Some((Err(ProviderError::Timeout("first token")), s));
                     }
-                }
-            } else {
-                s.events.next().await
+                },
+                None => s.events.next().await,
             };
-            s.first = false;
             let event = match next {
                 Some(Ok(event)) => event,
                 Some(Err(err)) => {
@@ -510,9 +511,13 @@ where
                     s.finish = Some(reason);
                 }
                 if let Some(delta) = choice.delta {
+                    if !delta.tool_calls.is_empty() {
+                        s.first_by = None;
+                    }
                     s.calls.add(delta.tool_calls);
                     if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
                         s.pending.push_back(Chunk::Delta(text));
+                        s.first_by = None;
                     }
                 }
             }

@@ -153,3 +153,29 @@ async fn a_hundred_identical_requests_in_flight_make_one_upstream_call() {
     let (calls, _) = hundred_at_once(0.0).await;
     assert_eq!(calls, 1, "cacheable: single-flight through the cache");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coalesced_call_outlives_its_first_callers_deadline_for_the_next_one() {
+    let fake = FakeOpenAi::start().await;
+    fake.set_latency(Duration::from_millis(1_000));
+    let app = spawn_app(|c| route(c, "gpt", vec![("a", upstream(&fake.base_url()))])).await;
+    let mut request = tonic::Request::new(chat("gpt", "same", 0.5));
+    request.set_timeout(Duration::from_millis(300));
+    let err = app.client.clone().chat(request).await.expect_err("gave up");
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    let answer = app
+        .client
+        .clone()
+        .chat(chat("gpt", "same", 0.5))
+        .await
+        .expect("answered: the first caller's deadline is not the flight's")
+        .into_inner();
+    assert_eq!(answer.message.expect("message").content, "echo: same");
+    assert!(
+        fake.calls() <= 2,
+        "joined the flight, or a new one after it was dropped"
+    );
+}

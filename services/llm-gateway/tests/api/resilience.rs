@@ -37,6 +37,7 @@ async fn five_hundreds_and_hangs_fall_back_to_the_next_deployment() {
             ],
         );
         c.llm.timeouts.headers_ms = 300;
+        c.llm.timeouts.first_token_ms = 300;
     })
     .await;
     let mut client = app.client.clone();
@@ -61,6 +62,20 @@ async fn five_hundreds_and_hangs_fall_back_to_the_next_deployment() {
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "the headers timeout fired"
+    );
+
+    // A stream whose first token never comes (after a role-only event) falls back too.
+    a.script([Behavior::StallAfterRole, Behavior::StallAfterRole]);
+    let started = Instant::now();
+    let (text, done, error) = drain(&mut client, chat("gpt", "stalled", 0.5)).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(
+        (text.as_str(), done.expect("done").provider.as_str()),
+        ("echo: stalled", "b")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the first-token timeout fired"
     );
 
     // A stream falls back too, as long as nothing was sent.
