@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod limits;
 pub mod provider;
 pub mod response_cache;
+pub mod semantic_guard;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
