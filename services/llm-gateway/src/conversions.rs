@@ -182,6 +182,7 @@ fn cache_outcome(outcome: CacheOutcome) -> i32 {
         CacheOutcome::Miss => pb::CacheOutcome::Miss,
         CacheOutcome::Exact => pb::CacheOutcome::Exact,
         CacheOutcome::Coalesced => pb::CacheOutcome::Coalesced,
+        CacheOutcome::Semantic => pb::CacheOutcome::Semantic,
     }) as i32
 }
 

@@ -188,6 +188,8 @@ pub enum CacheOutcome {
     Exact,
     /// Shared with an identical request in flight.
     Coalesced,
+    /// From the semantic cache: a prompt that means the same.
+    Semantic,
 }
 
 /// The gateway's answer to a chat request.

@@ -20,6 +20,7 @@ use crate::domain::{
 use crate::error::GatewayError;
 use crate::provider::{ChunkStream, Provider, ProviderError};
 use crate::response_cache::{AnswerCodec, CachedAnswer, cache_key};
+use crate::semantic::{SemanticIndex, prompt_and_scope};
 
 /// One deployment: a provider endpoint + model, its breaker and its price.
 pub struct Deployment {
@@ -85,6 +86,8 @@ impl Drop for FlightEntry {
 pub struct Gateway {
     aliases: BTreeMap<String, Alias>,
     cache: Option<(TieredCache<AnswerCodec>, Duration)>,
+    /// The semantic index and the alias that embeds prompts.
+    semantic: Option<(SemanticIndex, String)>,
     inflight: Flights,
     next_flight: std::sync::atomic::AtomicU64,
     retry: RetryConfig,
@@ -141,12 +144,14 @@ impl Gateway {
     pub fn new(
         aliases: BTreeMap<String, Alias>,
         cache: Option<(TieredCache<AnswerCodec>, Duration)>,
+        semantic: Option<(SemanticIndex, String)>,
         retry: RetryConfig,
         total_timeout: Duration,
     ) -> Self {
         Self {
             aliases,
             cache,
+            semantic,
             inflight: Flights::default(),
             next_flight: std::sync::atomic::AtomicU64::new(0),
             retry,
@@ -231,24 +236,57 @@ impl Gateway {
                 };
             }
             let loaded: Arc<Mutex<Option<Arc<Deployment>>>> = Arc::default();
+            let semantic_hit = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let semantic = self
+                .semantic
+                .as_ref()
+                .filter(|_| alias.semantic_cache)
+                .zip(prompt_and_scope(&request));
             let found = cache
                 .get_or_load(&key, *ttl, || {
-                    let (call, loaded) = (call.clone(), loaded.clone());
+                    let (call, loaded, semantic_hit) =
+                        (call.clone(), loaded.clone(), semantic_hit.clone());
+                    let key = key.clone();
+                    let semantic = semantic.clone();
                     async move {
+                        // Semantic: a prompt that means the same in this scope.
+                        let mut remember = None;
+                        if let Some(((index, embedder), (prompt, scope))) = semantic {
+                            let embedded = self
+                                .embed(embedder, vec![prompt.clone()], deadline, "semantic-cache")
+                                .await;
+                            if let Ok((mut embeddings, _)) = embedded
+                                && !embeddings.vectors.is_empty()
+                            {
+                                let vector = embeddings.vectors.swap_remove(0);
+                                if let Some(answer_key) = index.find(&scope, &prompt, &vector).await
+                                    && let Some(answer) = cache.get(&answer_key).await
+                                {
+                                    semantic_hit.store(true, std::sync::atomic::Ordering::Release);
+                                    return Ok::<_, GatewayError>(Some(answer));
+                                }
+                                remember = Some((index, scope, prompt, vector));
+                            }
+                        }
                         let (completion, deployment) = call(deadline).await?;
                         let answer = CachedAnswer {
                             completion,
                             deployment: deployment.name.clone(),
                         };
                         *loaded.lock().unwrap_or_else(|e| e.into_inner()) = Some(deployment);
-                        Ok::<_, GatewayError>(Some(Arc::new(answer)))
+                        if let Some((index, scope, prompt, vector)) = remember {
+                            index.remember(&scope, prompt, vector, key).await;
+                        }
+                        Ok(Some(Arc::new(answer)))
                     }
                 })
                 .await
                 .map_err(|err| (*err).clone())?
                 .ok_or(GatewayError::NotCached)?;
             let deployment = loaded.lock().unwrap_or_else(|e| e.into_inner()).take();
-            let outcome = if deployment.is_some() {
+            let outcome = if semantic_hit.load(std::sync::atomic::Ordering::Acquire) {
+                CacheOutcome::Semantic
+            } else if deployment.is_some() {
                 CacheOutcome::Miss
             } else {
                 CacheOutcome::Exact
@@ -476,6 +514,7 @@ fn cache_label(outcome: CacheOutcome) -> &'static str {
         CacheOutcome::Miss => "miss",
         CacheOutcome::Exact => "exact",
         CacheOutcome::Coalesced => "coalesced",
+        CacheOutcome::Semantic => "semantic",
     }
 }
 

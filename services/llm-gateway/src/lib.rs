@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod limits;
 pub mod provider;
 pub mod response_cache;
+pub mod semantic;
 pub mod semantic_guard;
 
 use std::collections::BTreeMap;
@@ -116,9 +117,25 @@ pub async fn build_gateway(
     } else {
         None
     };
+    let semantic = if llm.cache.enabled && llm.models.values().any(|m| m.semantic_cache) {
+        let settings = cache_config(config, "br:llm-sem:", llm.cache.max_bytes / 4);
+        let scopes = TieredCache::new("llm_semantic", settings, cache_stop.clone()).await?;
+        Some((
+            semantic::SemanticIndex::new(
+                scopes,
+                Duration::from_millis(llm.cache.ttl_ms),
+                llm.semantic.threshold,
+                llm.semantic.max_entries_per_scope,
+            ),
+            llm.semantic.embedding_model.clone(),
+        ))
+    } else {
+        None
+    };
     Ok(Gateway::new(
         aliases,
         cache,
+        semantic,
         llm.retry.clone(),
         Duration::from_millis(t.total_ms),
     ))

@@ -14,7 +14,7 @@ mod llm;
 
 pub use llm::{
     BreakerConfig, CallerLimits, DeploymentConfig, LlmConfig, LlmLimits, LlmTimeouts, ModelAlias,
-    Price, ProviderKind, ResponseCacheConfig, RetryConfig,
+    Price, ProviderKind, ResponseCacheConfig, RetryConfig, SemanticConfig,
 };
 
 use figment::Figment;

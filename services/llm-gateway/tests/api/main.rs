@@ -6,3 +6,4 @@ mod chat;
 mod helpers;
 mod limits;
 mod resilience;
+mod semantic;

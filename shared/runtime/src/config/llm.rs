@@ -171,6 +171,28 @@ pub struct Price {
     pub output_per_million_micros: u64,
 }
 
+/// The semantic response cache (on per alias with `models.<alias>.semantic_cache`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SemanticConfig {
+    /// The alias that embeds prompts.
+    pub embedding_model: String,
+    /// Least cosine similarity of a cached prompt to be considered (the guard decides then).
+    pub threshold: f32,
+    /// Prompts remembered per scope (alias + conversation before the prompt + parameters).
+    pub max_entries_per_scope: usize,
+}
+
+impl Default for SemanticConfig {
+    fn default() -> Self {
+        Self {
+            embedding_model: "mock".into(),
+            threshold: 0.85,
+            max_entries_per_scope: 1_000,
+        }
+    }
+}
+
 /// One caller's limits; 0 leaves a limit off.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -223,6 +245,8 @@ pub struct LlmConfig {
     pub breaker: BreakerConfig,
     /// The exact response cache.
     pub cache: ResponseCacheConfig,
+    /// The semantic response cache.
+    pub semantic: SemanticConfig,
     /// Provider model → price.
     pub prices: BTreeMap<String, Price>,
     /// Per-caller rate and concurrency limits.
@@ -255,6 +279,7 @@ impl Default for LlmConfig {
             timeouts: LlmTimeouts::default(),
             breaker: BreakerConfig::default(),
             cache: ResponseCacheConfig::default(),
+            semantic: SemanticConfig::default(),
             prices: BTreeMap::new(),
             limits: LlmLimits::default(),
             max_messages: 1_000,
@@ -284,6 +309,14 @@ impl LlmConfig {
                     "key `llm.deployments.{name}.base_url` is required for provider `openai`"
                 ));
             }
+        }
+        if self.models.values().any(|m| m.semantic_cache)
+            && !self.models.contains_key(&self.semantic.embedding_model)
+        {
+            return Err(format!(
+                "key `llm.semantic.embedding_model` names `{}`, which is not in `llm.models`",
+                self.semantic.embedding_model
+            ));
         }
         if self.retry.max_attempts == 0 {
             return Err("key `llm.retry.max_attempts` must be > 0".into());

@@ -1,0 +1,162 @@
+//! The semantic response cache: a request whose prompt means the same as one answered before,
+//! in the same scope, gets that answer. Scope = the alias, the conversation before the
+//! prompt, the tools and the parameters (a prompt is only compared with prompts asked in the
+//! same situation). A candidate must be at least `threshold` similar (cosine of embeddings
+//! from the configured embedding alias) AND pass the guard (`semantic_guard.rs`).
+//!
+//! Each scope's prompts (text, vector, the exact-cache key of their answer) are one entry of
+//! a tiered cache: in L1 as a shared list (a lookup decodes nothing), in Redis so replicas
+//! share them, kept coherent by the cache's tracking. An insert rewrites the scope's list
+//! (last writer wins between replicas: a lost entry only costs a future hit). Lookups scan
+//! the scope linearly: scopes are bounded by `max_entries_per_scope`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use boardroom_cache::{Codec, TieredCache};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::domain::{ChatRequest, Role};
+use crate::semantic_guard::{cosine, meaning_differs};
+
+/// One remembered prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Remembered {
+    /// The prompt's text.
+    pub prompt: String,
+    /// Its embedding.
+    pub vector: Vec<f32>,
+    /// The exact-cache key of its answer.
+    pub answer_key: String,
+}
+
+/// A scope's prompts: JSON in Redis, a shared list in L1.
+#[derive(Debug, Clone, Copy)]
+pub struct ScopeCodec;
+
+impl Codec for ScopeCodec {
+    type Value = Arc<Vec<Remembered>>;
+    fn encode(value: &Self::Value) -> Bytes {
+        Bytes::from(serde_json::to_vec(value.as_ref()).unwrap_or_default())
+    }
+    fn decode(bytes: Bytes) -> Option<Self::Value> {
+        serde_json::from_slice(&bytes).ok().map(Arc::new)
+    }
+    fn weight(value: &Self::Value) -> usize {
+        value
+            .iter()
+            .map(|r| 64 + r.prompt.len() + r.answer_key.len() + 4 * r.vector.len())
+            .sum()
+    }
+}
+
+/// The prompt a request is compared by, and the scope it is compared in; `None` when the
+/// request does not end with a user message.
+pub fn prompt_and_scope(request: &ChatRequest) -> Option<(String, String)> {
+    let (last, before) = request.messages.split_last()?;
+    if last.role != Role::User {
+        return None;
+    }
+    #[derive(Serialize)]
+    struct Scope<'a> {
+        model: &'a str,
+        before: &'a [crate::domain::Message],
+        tools: &'a [crate::domain::ToolDef],
+        params: &'a crate::domain::Params,
+    }
+    let scope = serde_json::to_vec(&Scope {
+        model: &request.model,
+        before,
+        tools: &request.tools,
+        params: &request.params,
+    })
+    .unwrap_or_default();
+    let digest = Sha256::digest(&scope);
+    let mut key = String::from("s:");
+    for byte in &digest[..20] {
+        key.push_str(&format!("{byte:02x}"));
+    }
+    Some((last.content.clone(), key))
+}
+
+/// The semantic index.
+pub struct SemanticIndex {
+    scopes: TieredCache<ScopeCodec>,
+    ttl: Duration,
+    threshold: f32,
+    max_entries: usize,
+}
+
+impl SemanticIndex {
+    /// An index over `scopes`.
+    pub fn new(
+        scopes: TieredCache<ScopeCodec>,
+        ttl: Duration,
+        threshold: f32,
+        max_entries: usize,
+    ) -> Self {
+        Self {
+            scopes,
+            ttl,
+            threshold,
+            max_entries: max_entries.max(1),
+        }
+    }
+
+    /// The answer key of the most similar remembered prompt that passes the guard.
+    pub async fn find(&self, scope: &str, prompt: &str, vector: &[f32]) -> Option<String> {
+        let remembered = self.scopes.get(scope).await?;
+        let mut candidates: Vec<(f32, &Remembered)> = remembered
+            .iter()
+            .map(|r| (cosine(vector, &r.vector), r))
+            .filter(|(similarity, _)| *similarity >= self.threshold)
+            .collect();
+        candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (similarity, candidate) in candidates {
+            match meaning_differs(prompt, &candidate.prompt) {
+                None => {
+                    metrics::counter!("llm_semantic_lookups_total", "result" => "hit").increment(1);
+                    tracing::debug!(similarity, "semantic hit");
+                    return Some(candidate.answer_key.clone());
+                }
+                Some(reason) => {
+                    metrics::counter!("llm_semantic_guard_rejections_total", "reason" => reason)
+                        .increment(1);
+                }
+            }
+        }
+        metrics::counter!("llm_semantic_lookups_total", "result" => "miss").increment(1);
+        None
+    }
+
+    /// Remembers a prompt whose answer is under `answer_key`.
+    pub async fn remember(
+        &self,
+        scope: &str,
+        prompt: String,
+        vector: Vec<f32>,
+        answer_key: String,
+    ) {
+        let mut entries: Vec<Remembered> = self
+            .scopes
+            .get(scope)
+            .await
+            .map(|list| list.as_ref().clone())
+            .unwrap_or_default();
+        if entries.iter().any(|r| r.prompt == prompt) {
+            return;
+        }
+        entries.push(Remembered {
+            prompt,
+            vector,
+            answer_key,
+        });
+        if entries.len() > self.max_entries {
+            let excess = entries.len() - self.max_entries;
+            entries.drain(..excess);
+        }
+        self.scopes.set(scope, Arc::new(entries), self.ttl).await;
+    }
+}
