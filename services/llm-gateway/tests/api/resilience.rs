@@ -138,7 +138,8 @@ async fn every_deployment_failing_is_unavailable_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_circuit_opens_after_consecutive_failures_and_calls_skip_the_deployment() {
+async fn the_circuit_opens_after_consecutive_failures_skips_the_deployment_and_closes_after_a_good_probe()
+ {
     let (a, b) = (FakeOpenAi::start().await, FakeOpenAi::start().await);
     let app = spawn_app(|c| {
         route(
@@ -151,7 +152,7 @@ async fn the_circuit_opens_after_consecutive_failures_and_calls_skip_the_deploym
         );
         c.llm.retry.max_attempts = 1;
         c.llm.breaker.failure_threshold = 2;
-        c.llm.breaker.open_ms = 60_000;
+        c.llm.breaker.open_ms = 1_000;
     })
     .await;
     let mut client = app.client.clone();
@@ -177,6 +178,34 @@ async fn the_circuit_opens_after_consecutive_failures_and_calls_skip_the_deploym
         boardroom_testkit::metric_value(&metrics, &["llm_circuit_open", "deployment=\"a\""]),
         1.0
     );
+
+    // After `open_ms` one probe goes to a; a answers again, so the circuit closes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut i = 5;
+    loop {
+        let answer = client
+            .chat(chat("gpt", &format!("q{i}"), 0.5))
+            .await
+            .expect("answered");
+        if answer.into_inner().provider == "a" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never got its probe");
+        i += 1;
+        // Polling: the probe is due once the open period has passed.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = boardroom_testkit::scrape_metrics(app.admin).await;
+    assert_eq!(
+        boardroom_testkit::metric_value(&metrics, &["llm_circuit_open", "deployment=\"a\""]),
+        0.0,
+        "closed again"
+    );
+    let answer = client
+        .chat(chat("gpt", "after", 0.5))
+        .await
+        .expect("answered");
+    assert_eq!(answer.into_inner().provider, "a");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
