@@ -107,7 +107,8 @@ async fn a_streamed_answer_is_cached_assembled_and_a_broken_one_not_at_all() {
 
 async fn hundred_at_once(temperature: f32) -> (usize, Vec<i32>) {
     let fake = FakeOpenAi::start().await;
-    fake.set_latency(Duration::from_millis(300));
+    // Long enough for all 100 calls to arrive while the first is in flight, on a busy machine.
+    fake.set_latency(Duration::from_millis(2_000));
     let app = spawn_app(|c| route(c, "gpt", vec![("a", upstream(&fake.base_url()))])).await;
     let calls: Vec<_> = (0..100)
         .map(|_| {

@@ -56,7 +56,7 @@ async fn a_burst_cannot_overshoot_the_token_budget_because_tokens_are_reserved_f
             .deployments
             .get_mut("mock")
             .expect("mock")
-            .mock_latency_ms = 300;
+            .mock_latency_ms = 2_000;
     })
     .await;
     let calls: Vec<_> = (0..10)
