@@ -7,41 +7,32 @@ use std::time::Duration;
 use boardroom_cache::{Invalidation, Item};
 use boardroom_proto::cache::v1 as pb;
 use boardroom_runtime::config::CacheLimits;
+use boardroom_runtime::status::Violations;
 use bytes::Bytes;
 
 use crate::error::CacheServiceError;
 use crate::namespace::Namespace;
 
-/// Collects every violation of a request, so the caller learns them all at once.
-#[derive(Default)]
-struct Violations(Vec<(String, String)>);
-
-impl Violations {
-    fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push((field.into(), description.into()));
-    }
-
-    fn over(&mut self, field: impl Into<String>, what: &str, size: usize, limit: &str, max: usize) {
-        self.add(
-            field,
-            format!("{what} is {size}; the limit cache.limits.{limit} is {max}"),
-        );
-    }
-
-    fn finish<T>(self, value: T) -> Result<T, CacheServiceError> {
-        if self.0.is_empty() {
-            Ok(value)
-        } else {
-            Err(CacheServiceError::InvalidArgument(self.0))
-        }
-    }
+/// "`what` is `size`; the limit cache.limits.`limit` is `max`".
+fn over(
+    v: &mut Violations,
+    field: impl Into<String>,
+    what: &str,
+    size: usize,
+    limit: &str,
+    max: usize,
+) {
+    v.add(
+        field,
+        format!("{what} is {size}; the limit cache.limits.{limit} is {max}"),
+    );
 }
 
 fn check_batch(v: &mut Violations, field: &str, len: usize, limits: &CacheLimits) {
     if len == 0 {
         v.add(field, "must not be empty");
     } else if len > limits.max_batch {
-        v.over(field, "the count", len, "max_batch", limits.max_batch);
+        over(v, field, "the count", len, "max_batch", limits.max_batch);
     }
 }
 
@@ -49,7 +40,8 @@ fn check_key(v: &mut Violations, field: &str, key: &str, limits: &CacheLimits) {
     if key.is_empty() {
         v.add(field, "must not be empty");
     } else if key.len() > limits.max_key_bytes {
-        v.over(
+        over(
+            v,
             field,
             "the key length in bytes",
             key.len(),
@@ -63,7 +55,8 @@ fn check_tag(v: &mut Violations, field: &str, tag: &str, limits: &CacheLimits) {
     if tag.is_empty() {
         v.add(field, "must not be empty");
     } else if tag.len() > limits.max_tag_bytes {
-        v.over(
+        over(
+            v,
             field,
             "the tag length in bytes",
             tag.len(),
@@ -77,7 +70,7 @@ fn check_tag(v: &mut Violations, field: &str, tag: &str, limits: &CacheLimits) {
 pub fn key(ns: &Namespace, key: &str, limits: &CacheLimits) -> Result<String, CacheServiceError> {
     let mut v = Violations::default();
     check_key(&mut v, "key", key, limits);
-    v.finish(ns.key(key))
+    Ok(v.finish(ns.key(key))?)
 }
 
 /// A batch of keys, in the namespace.
@@ -91,7 +84,7 @@ pub fn keys(
     for (i, key) in keys.iter().enumerate() {
         check_key(&mut v, &format!("keys[{i}]"), key, limits);
     }
-    v.finish(keys.iter().map(|key| ns.key(key)).collect())
+    Ok(v.finish(keys.iter().map(|key| ns.key(key)).collect())?)
 }
 
 /// A batch of tags, in the namespace.
@@ -105,7 +98,7 @@ pub fn tags(
     for (i, tag) in tags.iter().enumerate() {
         check_tag(&mut v, &format!("tags[{i}]"), tag, limits);
     }
-    v.finish(tags.iter().map(|tag| ns.key(tag)).collect())
+    Ok(v.finish(tags.iter().map(|tag| ns.key(tag)).collect())?)
 }
 
 fn ttl(
@@ -153,7 +146,8 @@ fn entry(
 ) -> Item<Bytes> {
     check_key(v, &format!("{field}.key"), &entry.key, limits);
     if entry.value.len() > limits.max_value_bytes {
-        v.over(
+        over(
+            v,
             format!("{field}.value"),
             "the value size in bytes",
             entry.value.len(),
@@ -163,7 +157,8 @@ fn entry(
     }
     let ttl = ttl(v, format!("{field}.ttl"), entry.ttl.as_ref(), limits);
     if entry.tags.len() > limits.max_tags {
-        v.over(
+        over(
+            v,
             format!("{field}.tags"),
             "the tag count",
             entry.tags.len(),
@@ -197,7 +192,7 @@ pub fn single_entry(
     };
     let mut v = Violations::default();
     let item = entry(&mut v, "entry", ns, e, limits);
-    v.finish(item)
+    Ok(v.finish(item)?)
 }
 
 /// SetMany's entries: all valid, or none written.
@@ -213,7 +208,7 @@ pub fn entries(
         .enumerate()
         .map(|(i, e)| entry(&mut v, &format!("entries[{i}]"), ns, e, limits))
         .collect();
-    v.finish(items)
+    Ok(v.finish(items)?)
 }
 
 /// A lookup's answer.

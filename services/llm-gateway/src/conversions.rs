@@ -1,6 +1,7 @@
 //! Proto ↔ domain, with every field checked (all violations reported at once).
 
 use boardroom_proto::llm::v1 as pb;
+use boardroom_runtime::status::Violations;
 
 use crate::domain::{
     CacheOutcome, CachePolicy, ChatAnswer, ChatRequest, Completion, FinishReason, Message, Params,
@@ -15,22 +16,6 @@ pub struct RequestLimits {
     pub max_messages: usize,
     /// Most bytes of message text.
     pub max_prompt_bytes: usize,
-}
-
-#[derive(Default)]
-struct Violations(Vec<(String, String)>);
-
-impl Violations {
-    fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push((field.into(), description.into()));
-    }
-    fn finish<T>(self, value: T) -> Result<T, GatewayError> {
-        if self.0.is_empty() {
-            Ok(value)
-        } else {
-            Err(GatewayError::InvalidArgument(self.0))
-        }
-    }
 }
 
 fn role(v: &mut Violations, field: String, role: i32) -> Role {
@@ -152,7 +137,7 @@ pub fn chat_request(
             CachePolicy::Default
         }
     };
-    v.finish(ChatRequest {
+    Ok(v.finish(ChatRequest {
         model: request.model,
         messages,
         tools,
@@ -165,7 +150,7 @@ pub fn chat_request(
         },
         request_id: request.request_id,
         cache_policy,
-    })
+    })?)
 }
 
 fn finish_reason(reason: FinishReason) -> i32 {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use boardroom_runtime::status::{bad_request, unavailable};
+use boardroom_runtime::status::{Violations, unavailable};
 use tonic::Status;
 
 /// What a gateway call can fail with.
@@ -10,7 +10,7 @@ use tonic::Status;
 pub enum GatewayError {
     /// Fields out of bounds: `(field, what is wrong)`.
     #[error("invalid argument: {0:?}")]
-    InvalidArgument(Vec<(String, String)>),
+    InvalidArgument(Violations),
     /// No such model alias.
     #[error("unknown model `{0}`")]
     UnknownModel(String),
@@ -56,14 +56,16 @@ impl GatewayError {
     }
 }
 
+impl From<Violations> for GatewayError {
+    fn from(violations: Violations) -> Self {
+        Self::InvalidArgument(violations)
+    }
+}
+
 impl From<GatewayError> for Status {
     fn from(err: GatewayError) -> Self {
         match err {
-            GatewayError::InvalidArgument(violations) => bad_request(
-                violations
-                    .iter()
-                    .map(|(field, description)| (field.as_str(), description.as_str())),
-            ),
+            GatewayError::InvalidArgument(violations) => violations.to_status(),
             GatewayError::UnknownModel(model) => {
                 Status::not_found(format!("unknown model alias `{model}`"))
             }

@@ -464,48 +464,19 @@ impl Gateway {
         caller: &str,
     ) -> Result<(Embeddings, String), GatewayError> {
         let alias = self.alias(model)?.clone();
-        let mut last = None;
-        for deployment in routable(&alias)? {
-            for attempt in 0..self.retry.max_attempts {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                if remaining.is_zero() {
-                    return Err(GatewayError::DeadlineExceeded);
-                }
-                let call = deployment.load.start();
-                let result = tokio::time::timeout(
-                    remaining.min(self.total_timeout),
-                    deployment.provider.embed(&inputs),
-                )
-                .await
-                .unwrap_or(Err(ProviderError::Timeout("total")));
-                if result.is_err() {
-                    call.failed();
-                } else {
-                    drop(call);
-                }
-                match result {
-                    Ok(embeddings) => {
-                        deployment.breaker.success();
-                        let usage = embeddings.usage;
-                        metrics::counter!("llm_tokens_total", "deployment" => deployment.name.clone(), "direction" => "input", "caller" => caller.to_owned())
-                            .increment(u64::from(usage.input_tokens));
-                        return Ok((embeddings, deployment.name.clone()));
-                    }
-                    Err(err) => {
-                        if let Some(next) =
-                            settle(&deployment, &err, attempt, &self.retry, deadline)?
-                        {
-                            tokio::time::sleep(next).await;
-                            last = Some(err);
-                            continue;
-                        }
-                        last = Some(err);
-                        break;
-                    }
-                }
-            }
-        }
-        Err(unavailable(last))
+        let inputs = &inputs;
+        let (embeddings, deployment) = with_fallback(
+            &alias,
+            deadline,
+            &self.retry,
+            self.total_timeout,
+            "total",
+            |deployment| async move { deployment.provider.embed(inputs).await },
+        )
+        .await?;
+        metrics::counter!("llm_tokens_total", "deployment" => deployment.name.clone(), "direction" => "input", "caller" => caller.to_owned())
+            .increment(u64::from(embeddings.usage.input_tokens));
+        Ok((embeddings, deployment.name.clone()))
     }
 }
 
@@ -603,44 +574,44 @@ fn unavailable(last: Option<ProviderError>) -> GatewayError {
     }
 }
 
-async fn call_with_fallback(
+/// Tries the alias's deployments in order, each up to `retry.max_attempts` times, every
+/// attempt bounded by the caller's deadline and `total` (`bound` names it in the error, and
+/// its time counts in the deployment's load); the first success wins.
+async fn with_fallback<T, F, Fut>(
     alias: &Alias,
-    request: &ChatRequest,
     deadline: Instant,
     retry: &RetryConfig,
     total: Duration,
-    upstream: &Mutex<Duration>,
-) -> Result<(Completion, Arc<Deployment>), GatewayError> {
+    bound: &'static str,
+    mut attempt: F,
+) -> Result<(T, Arc<Deployment>), GatewayError>
+where
+    F: FnMut(Arc<Deployment>) -> Fut,
+    Fut: Future<Output = Result<T, ProviderError>>,
+{
     let mut last = None;
     for deployment in routable(alias)? {
-        for attempt in 0..retry.max_attempts {
+        for n in 0..retry.max_attempts {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(GatewayError::DeadlineExceeded);
             }
-            let started = Instant::now();
-            let _in_flight = InFlightGauge::enter(&deployment.name);
             let call = deployment.load.start();
-            let result =
-                tokio::time::timeout(remaining.min(total), deployment.provider.chat(request))
-                    .await
-                    .unwrap_or(Err(ProviderError::Timeout("total")));
+            let result = tokio::time::timeout(remaining.min(total), attempt(deployment.clone()))
+                .await
+                .unwrap_or(Err(ProviderError::Timeout(bound)));
             if result.is_err() {
                 call.failed();
             } else {
                 drop(call);
             }
-            let took = started.elapsed();
-            *upstream.lock().unwrap_or_else(|e| e.into_inner()) += took;
-            metrics::histogram!("llm_upstream_duration_seconds", "deployment" => deployment.name.clone())
-                .record(took.as_secs_f64());
             match result {
-                Ok(completion) => {
+                Ok(value) => {
                     deployment.breaker.success();
-                    return Ok((completion, deployment.clone()));
+                    return Ok((value, deployment));
                 }
                 Err(err) => {
-                    let next = settle(&deployment, &err, attempt, retry, deadline)?;
+                    let next = settle(&deployment, &err, n, retry, deadline)?;
                     last = Some(err);
                     match next {
                         Some(wait) => tokio::time::sleep(wait).await,
@@ -653,6 +624,52 @@ async fn call_with_fallback(
     Err(unavailable(last))
 }
 
+/// Time on the upstream of one chat attempt, recorded however the attempt ends (a timeout
+/// drops it unfinished).
+struct UpstreamTimer<'a> {
+    deployment: &'a str,
+    started: Instant,
+    total: &'a Mutex<Duration>,
+}
+
+impl Drop for UpstreamTimer<'_> {
+    fn drop(&mut self) {
+        let took = self.started.elapsed();
+        *self.total.lock().unwrap_or_else(|e| e.into_inner()) += took;
+        metrics::histogram!("llm_upstream_duration_seconds", "deployment" => self.deployment.to_owned())
+            .record(took.as_secs_f64());
+    }
+}
+
+async fn call_with_fallback(
+    alias: &Alias,
+    request: &ChatRequest,
+    deadline: Instant,
+    retry: &RetryConfig,
+    total: Duration,
+    upstream: &Mutex<Duration>,
+) -> Result<(Completion, Arc<Deployment>), GatewayError> {
+    with_fallback(
+        alias,
+        deadline,
+        retry,
+        total,
+        "total",
+        |deployment| async move {
+            let _in_flight = InFlightGauge::enter(&deployment.name);
+            let _timer = UpstreamTimer {
+                deployment: &deployment.name,
+                started: Instant::now(),
+                total: upstream,
+            };
+            deployment.provider.chat(request).await
+        },
+    )
+    .await
+}
+
+/// A stream's attempt ends at its first chunk: time to it is what a stream's latency means
+/// for balancing, and after it nothing is retried.
 async fn stream_with_fallback(
     alias: &Alias,
     request: &ChatRequest,
@@ -660,46 +677,21 @@ async fn stream_with_fallback(
     retry: &RetryConfig,
     total: Duration,
 ) -> Result<(Chunk, ChunkStream, Arc<Deployment>), GatewayError> {
-    let mut last = None;
-    for deployment in routable(alias)? {
-        for attempt in 0..retry.max_attempts {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(GatewayError::DeadlineExceeded);
+    let ((first, rest), deployment) = with_fallback(
+        alias,
+        deadline,
+        retry,
+        total,
+        "first token",
+        |deployment| async move {
+            let mut stream = deployment.provider.chat_stream(request).await?;
+            match stream.next().await {
+                Some(Ok(first)) => Ok((first, stream)),
+                Some(Err(err)) => Err(err),
+                None => Err(ProviderError::StreamBroken("no chunk".into())),
             }
-            let started = async {
-                let mut stream = deployment.provider.chat_stream(request).await?;
-                match stream.next().await {
-                    Some(Ok(first)) => Ok((first, stream)),
-                    Some(Err(err)) => Err(err),
-                    None => Err(ProviderError::StreamBroken("no chunk".into())),
-                }
-            };
-            let call = deployment.load.start();
-            let result = tokio::time::timeout(remaining.min(total), started)
-                .await
-                .unwrap_or(Err(ProviderError::Timeout("first token")));
-            // Time to the first chunk is what a stream's latency means for balancing.
-            if result.is_err() {
-                call.failed();
-            } else {
-                drop(call);
-            }
-            match result {
-                Ok((first, rest)) => {
-                    deployment.breaker.success();
-                    return Ok((first, rest, deployment.clone()));
-                }
-                Err(err) => {
-                    let next = settle(&deployment, &err, attempt, retry, deadline)?;
-                    last = Some(err);
-                    match next {
-                        Some(wait) => tokio::time::sleep(wait).await,
-                        None => break,
-                    }
-                }
-            }
-        }
-    }
-    Err(unavailable(last))
+        },
+    )
+    .await?;
+    Ok((first, rest, deployment))
 }

@@ -8,6 +8,7 @@ use boardroom_proto::llm::v1 as pb;
 use boardroom_proto::llm::v1::llm_gateway_service_server::LlmGatewayService;
 use boardroom_runtime::auth::CallerIdentity;
 use boardroom_runtime::inbound::CallDeadline;
+use boardroom_runtime::status::Violations;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -108,9 +109,7 @@ impl LlmGatewayService for LlmGrpc {
     ) -> Result<Response<Self::ChatStreamStream>, Status> {
         let (caller, deadline) = (caller(&request), deadline(&request));
         let Some(chat) = request.into_inner().chat else {
-            return Err(
-                GatewayError::InvalidArgument(vec![("chat".into(), "required".into())]).into(),
-            );
+            return Err(GatewayError::InvalidArgument(Violations::one("chat", "required")).into());
         };
         let chat = conv::chat_request(chat, self.limits)?;
         let admission = self.admit(&caller, &chat)?;
@@ -206,28 +205,23 @@ impl LlmGatewayService for LlmGrpc {
     ) -> Result<Response<pb::EmbedResponse>, Status> {
         let (caller, deadline) = (caller(&request), deadline(&request));
         let request = request.into_inner();
-        let mut violations = Vec::new();
+        let mut violations = Violations::default();
         if request.model.is_empty() {
-            violations.push(("model".to_owned(), "must not be empty".to_owned()));
+            violations.add("model", "must not be empty");
         }
         if request.inputs.is_empty() {
-            violations.push((
-                "inputs".to_owned(),
-                "must hold at least one text".to_owned(),
-            ));
+            violations.add("inputs", "must hold at least one text");
         }
         if request.inputs.iter().map(String::len).sum::<usize>() > self.limits.max_prompt_bytes {
-            violations.push((
-                "inputs".to_owned(),
+            violations.add(
+                "inputs",
                 format!(
                     "over the limit llm.max_prompt_bytes ({})",
                     self.limits.max_prompt_bytes
                 ),
-            ));
+            );
         }
-        if !violations.is_empty() {
-            return Err(GatewayError::InvalidArgument(violations).into());
-        }
+        violations.finish(()).map_err(GatewayError::from)?;
         let prompt: u32 = request.inputs.iter().map(|t| estimate_tokens(t)).sum();
         let admission = self.limiter.admit(&caller, u64::from(prompt))?;
         let embedded = self

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use boardroom_runtime::config::CallerLimits;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use boardroom_runtime::status::Violations;
+
 use crate::error::GatewayError;
 
 struct Buckets {
@@ -145,13 +147,13 @@ impl Limiter {
             }
             if l.tokens_per_minute > 0 {
                 if tokens > l.tokens_per_minute {
-                    return Err(GatewayError::InvalidArgument(vec![(
-                        "max_tokens".into(),
+                    return Err(GatewayError::InvalidArgument(Violations::one(
+                        "max_tokens",
                         format!(
                             "the call reserves {tokens} tokens, more than the caller's whole tokens_per_minute ({})",
                             l.tokens_per_minute
                         ),
-                    )]));
+                    )));
                 }
                 if buckets.tokens < tokens as f64 {
                     let wait = wait_for(tokens as f64 - buckets.tokens, l.tokens_per_minute);

@@ -61,12 +61,17 @@ pub fn cache_key(request: &ChatRequest) -> String {
         tools: &request.tools,
         params: &request.params,
     };
-    let bytes = serde_json::to_vec(&normalised).unwrap_or_default();
-    let digest = Sha256::digest(&bytes);
-    let mut key = String::with_capacity(2 + 40);
-    key.push_str("c:");
+    digest_key("c:", &serde_json::to_vec(&normalised).unwrap_or_default())
+}
+
+/// `prefix` + hex of the first 160 bits of SHA-256 of `bytes`: a cache key for content.
+pub(crate) fn digest_key(prefix: &str, bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = Sha256::digest(bytes);
+    let mut key = String::with_capacity(prefix.len() + 40);
+    key.push_str(prefix);
     for byte in &digest[..20] {
-        key.push_str(&format!("{byte:02x}"));
+        let _ = write!(key, "{byte:02x}");
     }
     key
 }

@@ -16,9 +16,9 @@ use std::time::Duration;
 use boardroom_cache::{Codec, TieredCache};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::domain::{ChatRequest, Role};
+use crate::response_cache::digest_key;
 use crate::semantic_guard::{cosine, meaning_differs};
 
 /// One remembered prompt.
@@ -73,12 +73,7 @@ pub fn prompt_and_scope(request: &ChatRequest) -> Option<(String, String)> {
         params: &request.params,
     })
     .unwrap_or_default();
-    let digest = Sha256::digest(&scope);
-    let mut key = String::from("s:");
-    for byte in &digest[..20] {
-        key.push_str(&format!("{byte:02x}"));
-    }
-    Some((last.content.clone(), key))
+    Some((last.content.clone(), digest_key("s:", &scope)))
 }
 
 /// The semantic index.

@@ -14,6 +14,44 @@ pub fn bad_request<'a>(violations: impl IntoIterator<Item = (&'a str, &'a str)>)
     Status::with_error_details(Code::InvalidArgument, summary.join("; "), details)
 }
 
+/// Field problems of a request, collected so that the caller learns them all at once; INVALID_ARGUMENT
+/// with a `google.rpc.BadRequest` naming each field.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Violations(Vec<(String, String)>);
+
+impl Violations {
+    /// One problem.
+    pub fn one(field: impl Into<String>, description: impl Into<String>) -> Self {
+        let mut v = Self::default();
+        v.add(field, description);
+        v
+    }
+
+    /// Records a problem with `field`.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push((field.into(), description.into()));
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `value` when nothing was recorded, else the problems.
+    pub fn finish<T>(self, value: T) -> Result<T, Violations> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(self)
+        }
+    }
+
+    /// The INVALID_ARGUMENT status.
+    pub fn to_status(&self) -> Status {
+        bad_request(self.0.iter().map(|(f, d)| (f.as_str(), d.as_str())))
+    }
+}
+
 /// UNAVAILABLE with `retry-after` (seconds) in the metadata.
 pub fn unavailable(message: impl Into<String>, retry_after_secs: u32) -> Status {
     let mut status = Status::unavailable(message);
