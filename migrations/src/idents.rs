@@ -43,3 +43,58 @@ pub enum Threads {
     CreatedAt,
     UpdatedAt,
 }
+
+/// `conversation_threads`: the conversation service's head row of a thread (seq counter,
+/// state version, turn lease).
+#[derive(DeriveIden, Debug, Clone, Copy)]
+pub enum ConversationThreads {
+    Table,
+    ThreadId,
+    LastSeq,
+    StateVersion,
+    RunningTurn,
+    LeaseUntil,
+    CreatedAt,
+    UpdatedAt,
+}
+
+/// `messages`: a thread's messages, append-only, keyed `(thread_id, seq)`.
+#[derive(DeriveIden, Debug, Clone, Copy)]
+pub enum Messages {
+    Table,
+    ThreadId,
+    Seq,
+    Role,
+    Author,
+    Content,
+    TurnId,
+    RequestId,
+    CreatedAt,
+}
+
+/// `checkpoints`: versions of a thread's workflow state, keyed `(thread_id, version)`.
+#[derive(DeriveIden, Debug, Clone, Copy)]
+pub enum Checkpoints {
+    Table,
+    ThreadId,
+    Version,
+    ParentVersion,
+    CoversSeq,
+    State,
+    Pinned,
+    CreatedAt,
+}
+
+/// `turns`: completed turns, their idempotency key and recorded outcome.
+#[derive(DeriveIden, Debug, Clone, Copy)]
+pub enum Turns {
+    Table,
+    Id,
+    ThreadId,
+    RequestId,
+    FirstSeq,
+    LastSeq,
+    StateVersion,
+    Outcome,
+    CreatedAt,
+}

@@ -11,8 +11,11 @@ mod idents;
 mod index;
 mod m0001_create_tables;
 mod m0002_list_indexes;
+mod m0003_conversations;
 
-pub use idents::{Boardrooms, Sessions, Threads};
+pub use idents::{
+    Boardrooms, Checkpoints, ConversationThreads, Messages, Sessions, Threads, Turns,
+};
 
 /// Every migration, in order.
 #[derive(Debug)]
@@ -24,6 +27,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m0001_create_tables::Migration),
             Box::new(m0002_list_indexes::Migration),
+            Box::new(m0003_conversations::Migration),
         ]
     }
 }

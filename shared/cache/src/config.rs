@@ -33,6 +33,9 @@ pub struct CacheConfig {
     pub l1_max_bytes: u64,
     /// What L1 keeps when full.
     pub l1_policy: L1Policy,
+    /// An L1 entry not read or written this long leaves L1 (Redis keeps it); `None` keeps
+    /// entries until their TTL or eviction.
+    pub l1_idle: Option<Duration>,
     /// Lifetime of a cached NotFound.
     pub negative_ttl: Duration,
     /// L1 lifetime cap while L2 is down (no invalidations arrive then).
@@ -83,6 +86,7 @@ impl Default for CacheConfig {
             prefix: "br:".into(),
             l1_max_bytes: 64 * 1024 * 1024,
             l1_policy: L1Policy::default(),
+            l1_idle: None,
             negative_ttl: Duration::from_secs(2),
             degraded_l1_ttl: Duration::from_secs(1),
             tombstone_ttl: Duration::from_secs(5),

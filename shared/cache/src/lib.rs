@@ -172,7 +172,11 @@ impl<C: Codec> TieredCache<C> {
         config: CacheConfig,
         stop: CancellationToken,
     ) -> Result<Self, CacheError> {
-        let l1 = Cache::builder()
+        let mut l1 = Cache::builder();
+        if let Some(idle) = config.l1_idle {
+            l1 = l1.time_to_idle(idle);
+        }
+        let l1 = l1
             .name(name)
             .max_capacity(config.l1_max_bytes)
             .eviction_policy(match config.l1_policy {

@@ -31,3 +31,12 @@ pub mod llm {
         tonic::include_proto!("boardroom.llm.v1");
     }
 }
+
+/// `boardroom.conversation.v1`: messages, workflow state and turns.
+pub mod conversation {
+    /// Version 1 of the conversation contract.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all)]
+        tonic::include_proto!("boardroom.conversation.v1");
+    }
+}

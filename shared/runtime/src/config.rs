@@ -10,7 +10,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod conversation;
 mod llm;
+
+pub use conversation::{ConversationConfig, StateCacheConfig};
 
 pub use llm::{
     BreakerConfig, CallerLimits, DeploymentConfig, LlmConfig, LlmLimits, LlmTimeouts, ModelAlias,
@@ -99,6 +102,8 @@ pub struct Config {
     pub cache: CacheServiceConfig,
     /// The LLM gateway.
     pub llm: LlmConfig,
+    /// The conversation service.
+    pub conversation: ConversationConfig,
 }
 
 impl Config {
@@ -160,6 +165,7 @@ impl Config {
             ));
         }
         self.llm.check().map_err(ConfigError)?;
+        self.conversation.check().map_err(ConfigError)?;
         if self.auth.enabled && self.auth.tokens.is_empty() && self.auth.tokens_dir.is_none() {
             return Err(ConfigError(
                 "key `auth.enabled` is true but neither `auth.tokens` nor `auth.tokens_dir` is set"
@@ -195,6 +201,9 @@ impl Config {
         }
         if self.llm != new.llm {
             changed.push("llm");
+        }
+        if self.conversation != new.conversation {
+            changed.push("conversation");
         }
         if self.telemetry.format != new.telemetry.format
             || self.telemetry.otlp_endpoint != new.telemetry.otlp_endpoint

@@ -1,0 +1,135 @@
+//! The conversation service's settings.
+
+use serde::{Deserialize, Serialize};
+
+use super::Listen;
+
+/// The conversation service: its peers, the turn workflow's bounds, state caching and
+/// checkpoint retention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConversationConfig {
+    /// Where it listens.
+    pub listen: Listen,
+    /// The session service (`http://host:port`; several are balanced).
+    pub session_addresses: Vec<String>,
+    /// The LLM gateway.
+    pub llm_addresses: Vec<String>,
+    /// The model alias of the moderator's synthesis.
+    pub moderator_model: String,
+    /// The model alias of background summarisation.
+    pub summary_model: String,
+    /// Sampling temperature of advisors and the moderator (0 makes answers cacheable).
+    pub temperature: f32,
+    /// Most tokens one advisor answer may generate.
+    pub max_answer_tokens: u32,
+    /// Advisors streaming at once within one turn.
+    pub max_parallel_advisors: usize,
+    /// Bound of one advisor's answer (every tool round included).
+    pub advisor_timeout_ms: u64,
+    /// Bound of a whole turn; also the lease a running turn holds on its thread, so a turn
+    /// whose instance died stops blocking the thread after this long.
+    pub turn_timeout_ms: u64,
+    /// Tool rounds per advisor per turn.
+    pub max_tool_rounds: u32,
+    /// Token budget of one advisor's context: system prompt + summary + recent messages.
+    pub context_budget_tokens: u32,
+    /// When the messages after the summary exceed this many tokens, the older ones are
+    /// folded into the rolling summary in the background.
+    pub history_budget_tokens: u32,
+    /// Most tokens of the rolling summary.
+    pub summary_max_tokens: u32,
+    /// Checkpoints kept per thread (fork points are kept as well).
+    pub checkpoint_retention: u32,
+    /// Hot state and thread lookups.
+    pub state_cache: StateCacheConfig,
+    /// How long a thread's boardroom and status, looked up in the session service, are reused.
+    pub context_ttl_ms: u64,
+    /// Largest message content.
+    pub max_message_bytes: usize,
+    /// Page size when a List request says 0.
+    pub default_page_size: u32,
+    /// Largest page a List request may ask for.
+    pub max_page_size: u32,
+}
+
+impl Default for ConversationConfig {
+    fn default() -> Self {
+        Self {
+            listen: Listen {
+                grpc_addr: ([127, 0, 0, 1], 50052).into(),
+                admin_addr: ([127, 0, 0, 1], 9092).into(),
+            },
+            session_addresses: vec!["http://127.0.0.1:50051".into()],
+            llm_addresses: vec!["http://127.0.0.1:50054".into()],
+            moderator_model: "mock".into(),
+            summary_model: "mock".into(),
+            temperature: 0.7,
+            max_answer_tokens: 512,
+            max_parallel_advisors: 8,
+            advisor_timeout_ms: 60_000,
+            turn_timeout_ms: 120_000,
+            max_tool_rounds: 2,
+            context_budget_tokens: 3_000,
+            history_budget_tokens: 6_000,
+            summary_max_tokens: 400,
+            checkpoint_retention: 10,
+            state_cache: StateCacheConfig::default(),
+            context_ttl_ms: 5_000,
+            max_message_bytes: 32 * 1024,
+            default_page_size: 50,
+            max_page_size: 1000,
+        }
+    }
+}
+
+impl ConversationConfig {
+    /// Cross-field rules.
+    pub(super) fn check(&self) -> Result<(), String> {
+        if self.default_page_size == 0 || self.default_page_size > self.max_page_size {
+            return Err(
+                "key `conversation.default_page_size` must be in 1..=`max_page_size`".into(),
+            );
+        }
+        if self.max_parallel_advisors == 0 || self.checkpoint_retention == 0 {
+            return Err(
+                "keys `conversation.max_parallel_advisors` and `checkpoint_retention` must be > 0"
+                    .into(),
+            );
+        }
+        if self.advisor_timeout_ms == 0 || self.advisor_timeout_ms > self.turn_timeout_ms {
+            return Err(
+                "key `conversation.advisor_timeout_ms` must be in 1..=`turn_timeout_ms`".into(),
+            );
+        }
+        if self.history_budget_tokens < self.context_budget_tokens / 2 {
+            return Err(
+                "key `conversation.history_budget_tokens` must be >= half of `context_budget_tokens`"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The hot state cache: L1 in the instance, Redis when configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateCacheConfig {
+    /// L1 bound, in bytes of state.
+    pub max_bytes: u64,
+    /// Time to live of a state in Redis and L1.
+    pub ttl_ms: u64,
+    /// An L1 state untouched this long leaves memory.
+    pub idle_ms: u64,
+}
+
+impl Default for StateCacheConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 32 * 1024 * 1024,
+            ttl_ms: 60 * 60 * 1000,
+            idle_ms: 10 * 60 * 1000,
+        }
+    }
+}
