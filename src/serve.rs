@@ -21,6 +21,8 @@ pub enum Service {
     Cache,
     /// The LLM gateway.
     LlmGateway,
+    /// The conversation service.
+    Conversation,
     /// The session service's benchmark baseline (same stack, constant answers).
     SessionEcho,
 }
@@ -62,55 +64,81 @@ fn load_config(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let file = args.config.clone();
-    let config = load_config(file.as_deref())?;
+    let mut config = load_config(file.as_deref())?;
     let service_name = match args.service {
         Service::All => "boardroom",
         Service::Session => "boardroom-session",
         Service::Cache => "boardroom-cache",
         Service::LlmGateway => "boardroom-llm-gateway",
+        Service::Conversation => "boardroom-conversation",
         Service::SessionEcho => "boardroom-session-echo",
     };
     let telemetry = init_telemetry(service_name, &config.telemetry)?;
+    // Two services of one process must not race to migrate one database: migrate once here.
+    if config.database.migrate_on_start
+        && matches!(
+            args.service,
+            Service::All | Service::Session | Service::Conversation
+        )
+    {
+        let db = Database::connect(&config.database).await?;
+        Migrator::up(db.conn(), None).await?;
+        config.database.migrate_on_start = false;
+    }
     let shutdown = CancellationToken::new();
     let reloads = boardroom_runtime::signals::watch_signals(shutdown.clone())?;
     let (live_tx, live_rx) = watch::channel(Arc::new(config.clone()));
     let reloader = reload_on_sighup(file, reloads, live_tx, &telemetry, shutdown.clone());
 
-    let session = || async {
-        let app = boardroom_session::Application::build(&config)
-            .await?
-            .with_live_config(live_rx.clone());
-        tracing::info!(grpc = %app.local_addr()?, admin = %app.admin_addr()?, "session service listening");
-        app.run_until_stopped(shutdown.clone()).await
-    };
-    let cache = || async {
-        let app = boardroom_cache_service::Application::build(&config).await?;
-        tracing::info!(grpc = %app.local_addr()?, admin = %app.admin_addr()?, l2 = !config.redis.url.is_empty(), "cache service listening");
-        app.run_until_stopped(shutdown.clone()).await
-    };
-    let llm = || async {
-        let app = boardroom_llm_gateway::Application::build(&config).await?;
-        tracing::info!(grpc = %app.local_addr()?, admin = %app.admin_addr()?, models = config.llm.models.len(), "llm-gateway service listening");
-        app.run_until_stopped(shutdown.clone()).await
-    };
     // A service that fails stops the others too.
     let stopping_all = |result: anyhow::Result<()>| {
         shutdown.cancel();
         result
     };
+    let run = |app: Built| {
+        let shutdown = shutdown.clone();
+        async move { stopping_all(app.run(shutdown).await) }
+    };
     let services = async {
         match args.service {
             Service::All => {
-                let (session, cache, llm) = tokio::join!(
-                    async { stopping_all(session().await) },
-                    async { stopping_all(cache().await) },
-                    async { stopping_all(llm().await) },
-                );
-                session.and(cache).and(llm)
+                let built = async {
+                    let session = Built::session(&config, &live_rx).await?;
+                    let cache = Built::cache(&config).await?;
+                    let llm = Built::llm(&config).await?;
+                    // In one process the conversation service calls its neighbours.
+                    let mut peers = config.clone();
+                    peers.conversation.session_addresses = vec![loopback_url(session.addr)];
+                    peers.conversation.llm_addresses = vec![loopback_url(llm.addr)];
+                    let conversation = Built::conversation(&peers).await?;
+                    anyhow::Ok((session, cache, llm, conversation))
+                }
+                .await;
+                match built {
+                    Ok((session, cache, llm, conversation)) => {
+                        let (session, cache, llm, conversation) =
+                            tokio::join!(run(session), run(cache), run(llm), run(conversation));
+                        session.and(cache).and(llm).and(conversation)
+                    }
+                    Err(err) => stopping_all(Err(err)),
+                }
             }
-            Service::Session => stopping_all(session().await),
-            Service::Cache => stopping_all(cache().await),
-            Service::LlmGateway => stopping_all(llm().await),
+            Service::Session => match Built::session(&config, &live_rx).await {
+                Ok(app) => run(app).await,
+                Err(err) => stopping_all(Err(err)),
+            },
+            Service::Cache => match Built::cache(&config).await {
+                Ok(app) => run(app).await,
+                Err(err) => stopping_all(Err(err)),
+            },
+            Service::LlmGateway => match Built::llm(&config).await {
+                Ok(app) => run(app).await,
+                Err(err) => stopping_all(Err(err)),
+            },
+            Service::Conversation => match Built::conversation(&config).await {
+                Ok(app) => run(app).await,
+                Err(err) => stopping_all(Err(err)),
+            },
             Service::SessionEcho => {
                 let result = async {
                     let server = boardroom_session::echo::bind(&config).await?;
@@ -125,6 +153,72 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (result, ()) = tokio::join!(services, reloader);
     telemetry.shutdown();
     result
+}
+
+/// `http://` + an address to reach a bound listener at (loopback for an unspecified IP).
+fn loopback_url(addr: std::net::SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        addr.ip()
+    };
+    format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
+}
+
+/// A service built (listeners bound, dependencies connected), ready to run.
+struct Built {
+    addr: std::net::SocketAddr,
+    run: Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, anyhow::Result<()>> + Send>,
+}
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+impl Built {
+    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        (self.run)(shutdown).await
+    }
+
+    async fn session(config: &Config, live: &watch::Receiver<Arc<Config>>) -> anyhow::Result<Self> {
+        let app = boardroom_session::Application::build(config)
+            .await?
+            .with_live_config(live.clone());
+        let addr = app.local_addr()?;
+        tracing::info!(grpc = %addr, admin = %app.admin_addr()?, "session service listening");
+        Ok(Self {
+            addr,
+            run: Box::new(|stop| Box::pin(app.run_until_stopped(stop))),
+        })
+    }
+
+    async fn cache(config: &Config) -> anyhow::Result<Self> {
+        let app = boardroom_cache_service::Application::build(config).await?;
+        let addr = app.local_addr()?;
+        tracing::info!(grpc = %addr, admin = %app.admin_addr()?, l2 = !config.redis.url.is_empty(), "cache service listening");
+        Ok(Self {
+            addr,
+            run: Box::new(|stop| Box::pin(app.run_until_stopped(stop))),
+        })
+    }
+
+    async fn llm(config: &Config) -> anyhow::Result<Self> {
+        let app = boardroom_llm_gateway::Application::build(config).await?;
+        let addr = app.local_addr()?;
+        tracing::info!(grpc = %addr, admin = %app.admin_addr()?, models = config.llm.models.len(), "llm-gateway service listening");
+        Ok(Self {
+            addr,
+            run: Box::new(|stop| Box::pin(app.run_until_stopped(stop))),
+        })
+    }
+
+    async fn conversation(config: &Config) -> anyhow::Result<Self> {
+        let app = boardroom_conversation::Application::build(config).await?;
+        let addr = app.local_addr()?;
+        tracing::info!(grpc = %addr, admin = %app.admin_addr()?, "conversation service listening");
+        Ok(Self {
+            addr,
+            run: Box::new(|stop| Box::pin(app.run_until_stopped(stop))),
+        })
+    }
 }
 
 /// Applies a reloaded config on every SIGHUP: the log level and the settings the services

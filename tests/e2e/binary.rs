@@ -18,6 +18,8 @@ pub struct Server {
     pub cache_grpc: Option<SocketAddr>,
     /// The LLM gateway's gRPC address, when it runs.
     pub llm_grpc: Option<SocketAddr>,
+    /// The conversation service's gRPC address, when it runs.
+    pub conversation_grpc: Option<SocketAddr>,
     pub log: Lines<BufReader<ChildStderr>>,
     pub db: TestDatabase,
 }
@@ -50,17 +52,20 @@ pub async fn serve_with_env(args: &[&str], env: &[(&str, String)]) -> Server {
         .env("BOARDROOM_CACHE__LISTEN__ADMIN_ADDR", "127.0.0.1:0")
         .env("BOARDROOM_LLM__LISTEN__GRPC_ADDR", "127.0.0.1:0")
         .env("BOARDROOM_LLM__LISTEN__ADMIN_ADDR", "127.0.0.1:0")
+        .env("BOARDROOM_CONVERSATION__LISTEN__GRPC_ADDR", "127.0.0.1:0")
+        .env("BOARDROOM_CONVERSATION__LISTEN__ADMIN_ADDR", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning boardroom serve");
     let mut log = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    // One "listening" line per service: `all` runs the session, cache and LLM gateway.
+    // One "listening" line per service: `all` runs the session, cache, LLM gateway and
+    // conversation services.
     let services = match args.iter().position(|a| *a == "--service") {
         Some(i) if args.get(i + 1) != Some(&"all") => 1,
-        _ => 3,
+        _ => 4,
     };
-    let (mut session, mut cache, mut llm) = (None, None, None);
+    let (mut session, mut cache, mut llm, mut conversation) = (None, None, None, None);
     for _ in 0..services {
         let line = wait_for_log(&mut log, "listening").await;
         let event: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
@@ -76,17 +81,24 @@ pub async fn serve_with_env(args: &[&str], env: &[(&str, String)]) -> Server {
             cache = Some(addrs);
         } else if line.contains("llm-gateway service") {
             llm = Some(addrs);
+        } else if line.contains("conversation service") {
+            conversation = Some(addrs);
         } else {
             session = Some(addrs);
         }
     }
-    let (grpc, admin) = session.or(cache).or(llm).expect("a service listens");
+    let (grpc, admin) = session
+        .or(cache)
+        .or(llm)
+        .or(conversation)
+        .expect("a service listens");
     Server {
         child,
         grpc,
         admin,
         cache_grpc: cache.map(|(grpc, _)| grpc),
         llm_grpc: llm.map(|(grpc, _)| grpc),
+        conversation_grpc: conversation.map(|(grpc, _)| grpc),
         log,
         db,
     }

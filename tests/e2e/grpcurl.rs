@@ -140,6 +140,73 @@ async fn the_embedded_default_serves_the_llm_gateway_on_its_mock_provider() {
     assert!(ok && streamed.contains("CACHE_OUTCOME_EXACT"), "{streamed}");
 }
 
+/// The JSON answer of a unary grpcurl call.
+fn grpcurl_json(addr: &str, method: &str, body: &str) -> serde_json::Value {
+    let (ok, answer) = grpcurl(&["-plaintext", "-d", body, addr, method]);
+    assert!(ok, "{method}: {answer}");
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{method}: {e}: {answer}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_default_runs_a_boardroom_turn_end_to_end() {
+    let server = serve(&[]).await;
+    let sessions = server.grpc.to_string();
+    let conversation = server
+        .conversation_grpc
+        .expect("`serve` runs the conversation service")
+        .to_string();
+    let boardroom = grpcurl_json(
+        &sessions,
+        "boardroom.session.v1.SessionService/CreateBoardroom",
+        r#"{"owner_id":"o","name":"Board","advisors":[{"name":"CFO","model":"mock"},{"name":"CTO","model":"mock"}]}"#,
+    );
+    let session = grpcurl_json(
+        &sessions,
+        "boardroom.session.v1.SessionService/CreateSession",
+        &format!(
+            r#"{{"boardroom_id":"{}","user_id":"u","title":"t"}}"#,
+            boardroom["boardroom"]["id"].as_str().expect("id")
+        ),
+    );
+    let thread = grpcurl_json(
+        &sessions,
+        "boardroom.session.v1.SessionService/CreateThread",
+        &format!(
+            r#"{{"session_id":"{}","thread_type":"THREAD_TYPE_MAIN","title":"t"}}"#,
+            session["session"]["id"].as_str().expect("id")
+        ),
+    );
+    let thread_id = thread["thread"]["id"].as_str().expect("id");
+    let (ok, events) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        &format!(
+            r#"{{"thread_id":"{thread_id}","content":"Should we raise prices?","request_id":"r1"}}"#
+        ),
+        &conversation,
+        "boardroom.conversation.v1.ConversationService/RunTurn",
+    ]);
+    assert!(ok, "{events}");
+    for expected in [
+        "turnStarted",
+        "advisorDelta",
+        "moderatorDelta",
+        "turnCompleted",
+    ] {
+        assert!(
+            events.contains(expected),
+            "{expected} missing from {events}"
+        );
+    }
+    let state = grpcurl_json(
+        &conversation,
+        "boardroom.conversation.v1.ConversationService/GetState",
+        &format!(r#"{{"thread_id":"{thread_id}"}}"#),
+    );
+    // user + 2 advisors + moderator (int64 fields are JSON strings)
+    assert_eq!(state["lastSeq"], "4", "{state}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_the_call_in_flight_then_exits_cleanly() {
     let mut server = serve(&[]).await;

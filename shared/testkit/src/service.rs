@@ -35,6 +35,7 @@ pub fn service_test_config() -> Config {
     };
     config.session.listen = any_port.clone();
     config.cache.listen = any_port.clone();
+    config.conversation.listen = any_port.clone();
     config.llm.listen = any_port;
     config
 }

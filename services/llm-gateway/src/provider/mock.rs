@@ -2,7 +2,8 @@
 //! The text is derived from the prompt (same prompt, same answer), at a configured latency,
 //! time to first token and token rate; embeddings are deterministic bags of hashed words, so
 //! texts sharing words are close. It asks for a tool when the last user message says
-//! `use tool <name>` and the request offers that tool.
+//! `use tool <name> <argument>` and the request offers that tool; the argument fills the
+//! tool's first required parameter.
 
 use std::time::Duration;
 
@@ -143,10 +144,22 @@ impl MockProvider {
         let asked = last.content.split("use tool ").nth(1)?;
         let name = asked.split_whitespace().next()?;
         let tool = request.tools.iter().find(|t| t.name == name)?;
+        // The rest of the line fills the tool's first required argument.
+        let rest = asked[name.len()..]
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim();
+        let arguments = serde_json::from_str::<serde_json::Value>(&tool.parameters)
+            .ok()
+            .and_then(|schema| schema.get("required")?.get(0)?.as_str().map(str::to_owned))
+            .filter(|_| !rest.is_empty())
+            .map(|field| serde_json::json!({ field: rest }).to_string())
+            .unwrap_or_else(|| "{}".into());
         Some(ToolCall {
             id: format!("call_{:x}", fnv(&last.content, 7) & 0xffff_ffff),
             name: tool.name.clone(),
-            arguments: "{}".into(),
+            arguments,
         })
     }
 }

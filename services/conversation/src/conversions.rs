@@ -1,0 +1,232 @@
+//! Proto ↔ domain, and domain errors → gRPC status (exhaustive: a new error must pick a code).
+
+use boardroom_proto::conversation::v1 as pb;
+use boardroom_runtime::status::Violations;
+use chrono::{DateTime, Utc};
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::domain::{
+    Checkpoint, ConversationState, FailureReason, Message, Role, StateView, TurnEvent, Usage,
+};
+use crate::error::ConversationError;
+
+impl From<ConversationError> for Status {
+    fn from(err: ConversationError) -> Self {
+        match err {
+            ConversationError::Invalid(v) => v.to_status(),
+            ConversationError::NotFound { .. } => Status::not_found(err.to_string()),
+            ConversationError::FailedPrecondition(m) => Status::failed_precondition(m),
+            ConversationError::Aborted(m) => Status::aborted(m),
+            ConversationError::Unavailable(m) => boardroom_runtime::status::unavailable(m, 1),
+            ConversationError::NoAnswer => {
+                boardroom_runtime::status::unavailable(err.to_string(), 1)
+            }
+            ConversationError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
+            ConversationError::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
+/// A required UUID field.
+pub fn uuid_field(field: &str, text: &str) -> Result<Uuid, ConversationError> {
+    if text.is_empty() {
+        return Err(ConversationError::invalid(field, "is required"));
+    }
+    Uuid::parse_str(text).map_err(|_| ConversationError::invalid(field, "is not a UUID"))
+}
+
+/// An optional idempotency key.
+pub fn request_id(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// A role of AppendMessage.
+pub fn role_from(value: i32) -> Result<Role, ConversationError> {
+    match pb::Role::try_from(value) {
+        Ok(pb::Role::User) => Ok(Role::User),
+        Ok(pb::Role::System) => Ok(Role::System),
+        Ok(pb::Role::Unspecified) => Err(ConversationError::Invalid(Violations::one(
+            "role",
+            "is required (ROLE_USER or ROLE_SYSTEM)",
+        ))),
+        _ => Err(ConversationError::invalid(
+            "role",
+            "must be ROLE_USER or ROLE_SYSTEM",
+        )),
+    }
+}
+
+fn role_to(role: Role) -> pb::Role {
+    match role {
+        Role::User => pb::Role::User,
+        Role::Advisor => pb::Role::Advisor,
+        Role::Moderator => pb::Role::Moderator,
+        Role::Tool => pb::Role::Tool,
+        Role::System => pb::Role::System,
+    }
+}
+
+/// A stored message.
+pub fn message_to(m: &Message) -> pb::Message {
+    pb::Message {
+        thread_id: m.thread_id.to_string(),
+        seq: m.seq,
+        role: role_to(m.role) as i32,
+        author: m.author.clone(),
+        content: m.content.clone(),
+        turn_id: m.turn_id.map(|t| t.to_string()).unwrap_or_default(),
+        create_time: Some(timestamp(m.created_at)),
+    }
+}
+
+/// A state.
+pub fn state_to(thread_id: Uuid, s: &ConversationState) -> pb::ConversationState {
+    pb::ConversationState {
+        thread_id: thread_id.to_string(),
+        version: s.version,
+        covers_seq: s.covers_seq,
+        summary: s.summary.clone(),
+        summarized_through_seq: s.summarized_through_seq,
+        advisors: s
+            .advisors
+            .iter()
+            .map(|(name, m)| pb::AdvisorMemory {
+                advisor: name.clone(),
+                last_answer: m.last_answer.clone(),
+                turns: m.turns,
+            })
+            .collect(),
+        turns: s.turns,
+    }
+}
+
+/// GetState's answer.
+pub fn state_view_to(view: &StateView) -> pb::GetStateResponse {
+    pb::GetStateResponse {
+        state: Some(state_to(view.thread_id, &view.state)),
+        last_seq: view.last_seq,
+        running_turn_id: view.running_turn.map(|t| t.to_string()).unwrap_or_default(),
+    }
+}
+
+/// A checkpoint's metadata.
+pub fn checkpoint_to(c: &Checkpoint) -> pb::Checkpoint {
+    pb::Checkpoint {
+        thread_id: c.thread_id.to_string(),
+        version: c.version,
+        parent_version: c.parent_version.unwrap_or(0),
+        covers_seq: c.covers_seq,
+        pinned: c.pinned,
+        stored_bytes: c.stored_bytes,
+        create_time: Some(timestamp(c.created_at)),
+    }
+}
+
+fn usage_to(u: Usage) -> pb::Usage {
+    pb::Usage {
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+        cost_micros: u.cost_micros,
+    }
+}
+
+fn reason_to(r: FailureReason) -> pb::FailureReason {
+    match r {
+        FailureReason::Timeout => pb::FailureReason::Timeout,
+        FailureReason::Upstream => pb::FailureReason::Upstream,
+        FailureReason::Cancelled => pb::FailureReason::Cancelled,
+        FailureReason::NoAnswer => pb::FailureReason::NoAnswer,
+        FailureReason::Conflict => pb::FailureReason::Conflict,
+        FailureReason::Storage => pb::FailureReason::Storage,
+        FailureReason::RateLimited => pb::FailureReason::RateLimited,
+    }
+}
+
+/// One turn event.
+pub fn event_to(event: TurnEvent) -> pb::RunTurnResponse {
+    use pb::run_turn_response::Event;
+    let event = match event {
+        TurnEvent::Started {
+            turn_id,
+            advisors,
+            replayed,
+        } => Event::TurnStarted(pb::TurnStarted {
+            turn_id: turn_id.to_string(),
+            advisors,
+            replayed,
+        }),
+        TurnEvent::AdvisorStarted { advisor, model } => {
+            Event::AdvisorStarted(pb::AdvisorStarted { advisor, model })
+        }
+        TurnEvent::AdvisorDelta { advisor, text } => {
+            Event::AdvisorDelta(pb::AdvisorDelta { advisor, text })
+        }
+        TurnEvent::ToolCalled {
+            advisor,
+            call_id,
+            name,
+            arguments_json,
+        } => Event::ToolCalled(pb::ToolCalled {
+            advisor,
+            call_id,
+            name,
+            arguments_json,
+        }),
+        TurnEvent::ToolResult {
+            advisor,
+            call_id,
+            name,
+            content,
+            is_error,
+        } => Event::ToolResult(pb::ToolResult {
+            advisor,
+            call_id,
+            name,
+            content,
+            is_error,
+        }),
+        TurnEvent::AdvisorFinished {
+            advisor,
+            usage,
+            content,
+        } => Event::AdvisorFinished(pb::AdvisorFinished {
+            advisor,
+            usage: Some(usage_to(usage)),
+            content,
+        }),
+        TurnEvent::AdvisorFailed(f) => Event::AdvisorFailed(pb::AdvisorFailed {
+            advisor: f.advisor,
+            reason: reason_to(f.reason) as i32,
+            message: f.message,
+        }),
+        TurnEvent::ModeratorDelta { text } => Event::ModeratorDelta(pb::ModeratorDelta { text }),
+        TurnEvent::Completed {
+            turn_id,
+            state_version,
+            first_seq,
+            last_seq,
+            usage,
+            replayed,
+        } => Event::TurnCompleted(pb::TurnCompleted {
+            turn_id: turn_id.to_string(),
+            state_version,
+            first_seq,
+            last_seq,
+            usage: Some(usage_to(usage)),
+            replayed,
+        }),
+        TurnEvent::Failed { reason, message } => Event::TurnFailed(pb::TurnFailed {
+            reason: reason_to(reason) as i32,
+            message,
+        }),
+    };
+    pb::RunTurnResponse { event: Some(event) }
+}

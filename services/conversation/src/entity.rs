@@ -1,0 +1,100 @@
+//! sea-orm entities of the conversation tables.
+
+/// `conversation_threads`: a thread's seq counter, state version and turn lease.
+pub mod head {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "conversation_threads")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub thread_id: Uuid,
+        pub last_seq: i64,
+        pub state_version: i64,
+        pub running_turn: Option<Uuid>,
+        pub lease_until: Option<DateTimeUtc>,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `messages`.
+pub mod message {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "messages")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub thread_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub seq: i64,
+        pub role: String,
+        pub author: String,
+        #[sea_orm(column_type = "Text")]
+        pub content: String,
+        pub turn_id: Option<Uuid>,
+        pub request_id: Option<String>,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `checkpoints`.
+pub mod checkpoint {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "checkpoints")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub thread_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub version: i64,
+        pub parent_version: Option<i64>,
+        pub covers_seq: i64,
+        #[sea_orm(column_type = "Blob")]
+        pub state: Vec<u8>,
+        pub pinned: bool,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `turns`.
+pub mod turn {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "turns")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub thread_id: Uuid,
+        pub request_id: Option<String>,
+        pub first_seq: i64,
+        pub last_seq: i64,
+        pub state_version: i64,
+        #[sea_orm(column_type = "JsonBinary")]
+        pub outcome: Json,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

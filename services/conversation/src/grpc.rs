@@ -1,0 +1,160 @@
+//! The gRPC skin of the conversation service: validate, convert, call the domain.
+
+use std::pin::Pin;
+
+use boardroom_proto::conversation::v1 as pb;
+use boardroom_proto::conversation::v1::conversation_service_server::ConversationService;
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::conversions::{self as conv, request_id, uuid_field};
+use crate::domain::{Direction, NewMessage, TurnRequest};
+use crate::turns::Conversations;
+
+/// Implements `boardroom.conversation.v1.ConversationService`.
+#[derive(Debug, Clone)]
+pub struct ConversationGrpc {
+    domain: Conversations,
+}
+
+impl ConversationGrpc {
+    /// Serves `domain`.
+    pub fn new(domain: Conversations) -> Self {
+        Self { domain }
+    }
+}
+
+type TurnStream = Pin<Box<dyn Stream<Item = Result<pb::RunTurnResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ConversationService for ConversationGrpc {
+    async fn append_message(
+        &self,
+        request: Request<pb::AppendMessageRequest>,
+    ) -> Result<Response<pb::AppendMessageResponse>, Status> {
+        let r = request.into_inner();
+        let thread_id = uuid_field("thread_id", &r.thread_id)?;
+        let role = conv::role_from(r.role)?;
+        let message = self
+            .domain
+            .append(
+                thread_id,
+                NewMessage {
+                    role,
+                    author: r.author,
+                    content: r.content,
+                },
+                request_id(r.request_id),
+            )
+            .await?;
+        Ok(Response::new(pb::AppendMessageResponse {
+            message: Some(conv::message_to(&message)),
+        }))
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        let r = request.into_inner();
+        let thread_id = uuid_field("thread_id", &r.thread_id)?;
+        let direction = match pb::Direction::try_from(r.direction) {
+            Ok(pb::Direction::Backward) => Direction::Backward,
+            Ok(pb::Direction::Forward | pb::Direction::Unspecified) => Direction::Forward,
+            Err(_) => {
+                return Err(Status::from(crate::error::ConversationError::invalid(
+                    "direction",
+                    "is not a Direction",
+                )));
+            }
+        };
+        let page = self
+            .domain
+            .list_messages(thread_id, direction, r.page_size, &r.page_token)
+            .await?;
+        Ok(Response::new(pb::ListMessagesResponse {
+            messages: page.items.iter().map(conv::message_to).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    type RunTurnStream = TurnStream;
+
+    async fn run_turn(
+        &self,
+        request: Request<pb::RunTurnRequest>,
+    ) -> Result<Response<Self::RunTurnStream>, Status> {
+        let r = request.into_inner();
+        let thread_id = uuid_field("thread_id", &r.thread_id)?;
+        let events = self
+            .domain
+            .run_turn(TurnRequest {
+                thread_id,
+                content: r.content,
+                author: r.author,
+                request_id: request_id(r.request_id),
+                advisors: r.advisors,
+            })
+            .await?;
+        let stream = ReceiverStream::new(events).map(|e| Ok(conv::event_to(e)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_state(
+        &self,
+        request: Request<pb::GetStateRequest>,
+    ) -> Result<Response<pb::GetStateResponse>, Status> {
+        let thread_id = uuid_field("thread_id", &request.into_inner().thread_id)?;
+        let view = self.domain.get_state(thread_id).await?;
+        Ok(Response::new(conv::state_view_to(&view)))
+    }
+
+    async fn list_checkpoints(
+        &self,
+        request: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        let r = request.into_inner();
+        let thread_id = uuid_field("thread_id", &r.thread_id)?;
+        let page = self
+            .domain
+            .list_checkpoints(thread_id, r.page_size, &r.page_token)
+            .await?;
+        Ok(Response::new(pb::ListCheckpointsResponse {
+            checkpoints: page.items.iter().map(conv::checkpoint_to).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn fork_thread(
+        &self,
+        request: Request<pb::ForkThreadRequest>,
+    ) -> Result<Response<pb::ForkThreadResponse>, Status> {
+        let r = request.into_inner();
+        let thread_id = uuid_field("thread_id", &r.thread_id)?;
+        let (target, state) = self
+            .domain
+            .fork(thread_id, r.version, r.title, request_id(r.request_id))
+            .await?;
+        Ok(Response::new(pb::ForkThreadResponse {
+            thread_id: target.to_string(),
+            state: Some(conv::state_to(target, &state)),
+        }))
+    }
+
+    async fn cancel_turn(
+        &self,
+        request: Request<pb::CancelTurnRequest>,
+    ) -> Result<Response<pb::CancelTurnResponse>, Status> {
+        let r = request.into_inner();
+        let thread_id = uuid_field("thread_id", &r.thread_id)?;
+        let turn_id = if r.turn_id.is_empty() {
+            None
+        } else {
+            Some(uuid_field("turn_id", &r.turn_id)?)
+        };
+        Ok(Response::new(pb::CancelTurnResponse {
+            cancelled: self.domain.cancel(thread_id, turn_id),
+        }))
+    }
+}

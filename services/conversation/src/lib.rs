@@ -1,0 +1,176 @@
+//! The conversation service: a thread's messages, its workflow state and checkpoints, and the
+//! turn workflow that answers a user's message with every advisor of the boardroom in
+//! parallel, then a moderator's synthesis.
+
+pub mod conversions;
+pub mod domain;
+pub mod entity;
+pub mod error;
+pub mod grpc;
+pub mod page;
+pub mod peers;
+pub mod state;
+pub mod store;
+pub mod turns;
+pub mod workflow;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use boardroom_cache::TieredCache;
+use boardroom_migrations::{Migrator, MigratorTrait};
+use boardroom_proto::conversation::v1::conversation_service_server::ConversationServiceServer;
+use boardroom_runtime::Config;
+use boardroom_runtime::client::{ChannelFactory, OutboundInterceptor};
+use boardroom_runtime::db::Database;
+use boardroom_runtime::server::GrpcServer;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ConversationError;
+pub use store::ConversationStore;
+pub use turns::Conversations;
+
+use crate::grpc::ConversationGrpc;
+use crate::peers::{Directory, Gateway};
+use crate::turns::Limits;
+use crate::workflow::tools::Toolbox;
+use crate::workflow::{Settings, Workflow};
+
+/// A built conversation service: database connected (and migrated if configured), hot state
+/// cache up, channels to the session service and the gateway set up (they connect lazily),
+/// listeners bound.
+#[derive(Debug)]
+pub struct Application {
+    server: GrpcServer,
+    domain: Conversations,
+    stop: CancellationToken,
+}
+
+impl Application {
+    /// Connects, migrates (when `database.migrate_on_start`) and binds.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let db = Database::connect(&config.database).await?;
+        if config.database.migrate_on_start {
+            Migrator::up(db.conn(), None).await?;
+        }
+        Self::with_database(config, db).await
+    }
+
+    /// Binds a service over an already connected (and migrated) database.
+    pub async fn with_database(config: &Config, db: Database) -> anyhow::Result<Self> {
+        boardroom_runtime::metrics::metrics_handle()?;
+        let c = &config.conversation;
+        let stop = CancellationToken::new();
+        let hot = TieredCache::new(
+            "conversation_state",
+            boardroom_cache::CacheConfig {
+                l1_idle: Some(Duration::from_millis(c.state_cache.idle_ms)),
+                // Keys name immutable versions: nothing to refresh.
+                refresh_ahead: None,
+                ..boardroom_runtime::caching::cache_config(
+                    config,
+                    "br:conv:",
+                    c.state_cache.max_bytes,
+                )
+            },
+            stop.clone(),
+        )
+        .await?;
+        let channels = ChannelFactory::new(config.client.clone());
+        let interceptor = OutboundInterceptor::new(&config.auth.outgoing_token)?;
+        let directory = Directory::new(
+            channels.channel(&c.session_addresses)?,
+            interceptor.clone(),
+            Duration::from_millis(c.context_ttl_ms),
+        );
+        let gateway = Gateway::new(channels.channel(&c.llm_addresses)?, interceptor);
+        let store = ConversationStore::new(db, c.checkpoint_retention);
+        let workflow = Workflow {
+            tools: Toolbox::new(store.clone()),
+            store: store.clone(),
+            gateway,
+            settings: std::sync::Arc::new(Settings {
+                moderator_model: c.moderator_model.clone(),
+                temperature: c.temperature,
+                max_answer_tokens: c.max_answer_tokens,
+                max_parallel_advisors: c.max_parallel_advisors,
+                advisor_timeout: Duration::from_millis(c.advisor_timeout_ms),
+                max_tool_rounds: c.max_tool_rounds,
+                context_budget_tokens: c.context_budget_tokens,
+            }),
+        };
+        let domain = Conversations::new(
+            store,
+            directory,
+            workflow,
+            hot,
+            Limits {
+                max_message_bytes: c.max_message_bytes,
+                default_page_size: c.default_page_size,
+                max_page_size: c.max_page_size,
+                turn_timeout: Duration::from_millis(c.turn_timeout_ms),
+                context_budget_tokens: c.context_budget_tokens,
+                history_budget_tokens: c.history_budget_tokens,
+                summary_model: c.summary_model.clone(),
+                summary_max_tokens: c.summary_max_tokens,
+                state_ttl: Duration::from_millis(c.state_cache.ttl_ms),
+            },
+            stop.clone(),
+        );
+        let max_message = config.server.max_message_bytes;
+        let service = ConversationServiceServer::new(ConversationGrpc::new(domain.clone()))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
+        let server = GrpcServer::bind("conversation", &c.listen, &config.server, &config.auth)
+            .await?
+            .add_service(service);
+        Ok(Self {
+            server,
+            domain,
+            stop,
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.server.local_addr()
+    }
+
+    /// The bound admin HTTP address.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.server.admin_addr()
+    }
+
+    /// The domain behind the service.
+    pub fn domain(&self) -> &Conversations {
+        &self.domain
+    }
+
+    /// Serves until `shutdown`, drains (running turns finish within the drain period), then
+    /// stops background summaries and the cache.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Application {
+            server,
+            domain,
+            stop,
+        } = self;
+        let pool = domain
+            .store()
+            .database()
+            .clone()
+            .report_pool("conversation", shutdown.clone());
+        let (served, ()) = tokio::join!(server.run(shutdown), pool);
+        stop.cancel();
+        domain.drained().await;
+        served
+    }
+}
+
+/// Builds and runs the service until `shutdown`.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    Application::build(&config)
+        .await?
+        .run_until_stopped(shutdown)
+        .await
+}

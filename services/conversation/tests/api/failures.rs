@@ -1,0 +1,200 @@
+use std::time::Duration;
+
+use boardroom_proto::conversation::v1 as pb;
+use boardroom_proto::conversation::v1::run_turn_response::Event;
+use boardroom_testkit::{Behavior, FakeOpenAi};
+use futures::StreamExt;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_advisor_is_reported_and_the_turn_completes_with_the_others() {
+    let broken = FakeOpenAi::start().await;
+    broken.script(std::iter::repeat_n(Behavior::Status(500, None), 50));
+    let suite = suite(|c| upstream_alias(c, "broken", &broken.base_url())).await;
+    let thread = suite
+        .thread_with(&[("cfo", "mock"), ("cto", "broken"), ("coo", "mock")])
+        .await;
+    let events = run(&suite.client, turn(&thread, "Cut costs?", "failing"))
+        .await
+        .expect("RunTurn");
+    let done = completed(&events);
+    let failed: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::AdvisorFailed(f) => Some(f.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "{events:#?}");
+    assert_eq!(failed[0].advisor, "cto");
+    assert_eq!(failed[0].reason, pb::FailureReason::Upstream as i32);
+    // user + 2 answers + moderator
+    assert_eq!(done.last_seq - done.first_seq + 1, 4);
+    let authors: Vec<String> = suite
+        .messages(&thread)
+        .await
+        .iter()
+        .map(|m| m.author.clone())
+        .collect();
+    assert_eq!(authors, ["user", "cfo", "coo", "moderator"]);
+    // The failure is part of the recorded outcome.
+    let replay = run(&suite.client, turn(&thread, "Cut costs?", "failing"))
+        .await
+        .expect("replay");
+    assert!(
+        replay
+            .iter()
+            .any(|e| matches!(e, Event::AdvisorFailed(f) if f.advisor == "cto"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advisor_past_its_deadline_times_out_and_the_others_answer() {
+    let slow = FakeOpenAi::start().await;
+    slow.script(std::iter::repeat_n(Behavior::Hang, 10));
+    let suite = suite(|c| {
+        upstream_alias(c, "slow", &slow.base_url());
+        c.conversation.advisor_timeout_ms = 300;
+    })
+    .await;
+    let thread = suite.thread_with(&[("cfo", "mock"), ("cto", "slow")]).await;
+    let events = run(&suite.client, turn(&thread, "Hire now?", ""))
+        .await
+        .expect("RunTurn");
+    completed(&events);
+    assert!(events.iter().any(|e| matches!(e,
+        Event::AdvisorFailed(f) if f.advisor == "cto" && f.reason == pb::FailureReason::Timeout as i32)));
+    // The hung upstream call was cancelled, not left running.
+    eventually(Duration::from_secs(5), || async {
+        (slow.in_flight() == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_advisor_fails_the_turn_fails_and_stores_nothing() {
+    let broken = FakeOpenAi::start().await;
+    broken.script(std::iter::repeat_n(Behavior::Status(500, None), 50));
+    let suite = suite(|c| upstream_alias(c, "broken", &broken.base_url())).await;
+    let thread = suite.thread_with(&[("cto", "broken")]).await;
+    let events = run(&suite.client, turn(&thread, "Anything?", ""))
+        .await
+        .expect("RunTurn");
+    match events.last() {
+        Some(Event::TurnFailed(f)) => assert_eq!(f.reason, pb::FailureReason::NoAnswer as i32),
+        other => panic!("{other:?}"),
+    }
+    let state = suite.state(&thread).await;
+    assert_eq!(
+        (state.last_seq, state.state.expect("state").version),
+        (0, 0)
+    );
+    assert!(state.running_turn_id.is_empty(), "the lease was released");
+}
+
+/// Starts a turn on a hanging upstream and returns its stream once the advisor has started.
+async fn hanging_turn(
+    suite: &Suite,
+    thread: &str,
+) -> (String, tonic::Streaming<pb::RunTurnResponse>) {
+    let mut stream = suite
+        .client
+        .clone()
+        .run_turn(turn(thread, "Think hard", "hanging"))
+        .await
+        .expect("RunTurn")
+        .into_inner();
+    let mut turn_id = String::new();
+    while let Some(event) = stream.next().await {
+        match event.expect("event").event {
+            Some(Event::TurnStarted(s)) => turn_id = s.turn_id,
+            Some(Event::AdvisorStarted(_)) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    (turn_id, stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_turn_cancels_the_upstream_calls_and_stores_nothing() {
+    let slow = FakeOpenAi::start().await;
+    slow.script(std::iter::repeat_n(Behavior::Hang, 10));
+    let suite = suite(|c| upstream_alias(c, "slow", &slow.base_url())).await;
+    let thread = suite.thread_with(&[("cto", "slow")]).await;
+    let (turn_id, mut stream) = hanging_turn(&suite, &thread).await;
+    eventually(Duration::from_secs(5), || async {
+        (slow.in_flight() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(suite.state(&thread).await.running_turn_id, turn_id);
+
+    let cancelled = suite
+        .client
+        .clone()
+        .cancel_turn(pb::CancelTurnRequest {
+            thread_id: thread.clone(),
+            turn_id: turn_id.clone(),
+        })
+        .await
+        .expect("CancelTurn")
+        .into_inner();
+    assert!(cancelled.cancelled);
+    let mut last = None;
+    while let Some(event) = stream.next().await {
+        last = event.expect("event").event;
+    }
+    match last {
+        Some(Event::TurnFailed(f)) => assert_eq!(f.reason, pb::FailureReason::Cancelled as i32),
+        other => panic!("{other:?}"),
+    }
+    // Observable at the gateway's upstream: the call is gone.
+    eventually(Duration::from_secs(5), || async {
+        (slow.in_flight() == 0).then_some(())
+    })
+    .await;
+    let state = suite.state(&thread).await;
+    assert_eq!(state.last_seq, 0);
+    assert!(state.running_turn_id.is_empty());
+    // Nothing runs any more: cancelling again finds nothing.
+    let again = suite
+        .client
+        .clone()
+        .cancel_turn(pb::CancelTurnRequest {
+            thread_id: thread,
+            turn_id: String::new(),
+        })
+        .await
+        .expect("CancelTurn")
+        .into_inner();
+    assert!(!again.cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_cancels_its_turn() {
+    let slow = FakeOpenAi::start().await;
+    slow.script(std::iter::repeat_n(Behavior::Hang, 10));
+    let suite = suite(|c| upstream_alias(c, "slow", &slow.base_url())).await;
+    let thread = suite.thread_with(&[("cto", "slow"), ("cfo", "mock")]).await;
+    let (_turn_id, stream) = hanging_turn(&suite, &thread).await;
+    eventually(Duration::from_secs(5), || async {
+        (slow.in_flight() == 1).then_some(())
+    })
+    .await;
+    drop(stream);
+    eventually(Duration::from_secs(5), || async {
+        (slow.in_flight() == 0).then_some(())
+    })
+    .await;
+    // The lease is released: the thread takes a new turn at once.
+    eventually(Duration::from_secs(5), || async {
+        suite
+            .state(&thread)
+            .await
+            .running_turn_id
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(suite.state(&thread).await.last_seq, 0);
+}

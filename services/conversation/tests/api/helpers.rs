@@ -1,0 +1,287 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use boardroom_proto::conversation::v1 as pb;
+use boardroom_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
+use boardroom_proto::conversation::v1::run_turn_response::Event;
+use boardroom_proto::session::v1 as spb;
+use boardroom_proto::session::v1::session_service_client::SessionServiceClient;
+use boardroom_runtime::Config;
+use boardroom_runtime::config::{DeploymentConfig, ModelAlias, ProviderKind, Secret};
+use boardroom_testkit::{TestDatabase, channel, redis_url, test_config};
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+pub type Client = ConversationServiceClient<Channel>;
+
+/// The session service, the gateway (mock provider) and the conversation service, real
+/// servers on free ports over one PostgreSQL database and the real Redis.
+pub struct Suite {
+    pub client: Client,
+    pub sessions: SessionServiceClient<Channel>,
+    pub admin: SocketAddr,
+    pub gateway_admin: SocketAddr,
+    pub config: Config,
+    /// Kept alive for the test (it drops its schema).
+    _db: TestDatabase,
+    conversation: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+    others: CancellationToken,
+}
+
+impl Drop for Suite {
+    fn drop(&mut self) {
+        self.others.cancel();
+        if let Some((stop, _)) = &self.conversation {
+            stop.cancel();
+        }
+    }
+}
+
+/// A model alias on an OpenAI-compatible upstream (a fake, in tests).
+pub fn upstream_alias(config: &mut Config, alias: &str, base_url: &str) {
+    config.llm.deployments.insert(
+        alias.to_owned(),
+        DeploymentConfig {
+            provider: ProviderKind::Openai,
+            model: "gpt-fake".into(),
+            base_url: base_url.to_owned(),
+            ..DeploymentConfig::default()
+        },
+    );
+    config.llm.models.insert(
+        alias.to_owned(),
+        ModelAlias {
+            deployments: vec![alias.to_owned()],
+            fallbacks: vec![],
+            semantic_cache: false,
+        },
+    );
+    config.llm.retry.base_backoff_ms = 5;
+}
+
+/// The mock model's latency.
+pub fn mock_latency(config: &mut Config, latency_ms: u64) {
+    if let Some(mock) = config.llm.deployments.get_mut("mock") {
+        mock.mock_latency_ms = latency_ms;
+    }
+}
+
+pub async fn suite(configure: impl FnOnce(&mut Config)) -> Suite {
+    let db = TestDatabase::postgres().await;
+    let mut config = test_config(&db);
+    config.redis.url = Secret::new(redis_url().await.0);
+    mock_latency(&mut config, 0);
+    configure(&mut config);
+    let others = CancellationToken::new();
+    let gateway = boardroom_llm_gateway::Application::build(&config)
+        .await
+        .expect("building the gateway");
+    let gateway_addr = gateway.local_addr().expect("bound");
+    let gateway_admin = gateway.admin_addr().expect("bound");
+    tokio::spawn(gateway.run_until_stopped(others.clone()));
+    let session = boardroom_session::Application::build(&config)
+        .await
+        .expect("building the session service");
+    let session_addr = session.local_addr().expect("bound");
+    tokio::spawn(session.run_until_stopped(others.clone()));
+    config.conversation.session_addresses = vec![format!("http://{session_addr}")];
+    config.conversation.llm_addresses = vec![format!("http://{gateway_addr}")];
+    let mut suite = Suite {
+        client: ConversationServiceClient::new(channel(session_addr).await),
+        sessions: SessionServiceClient::new(channel(session_addr).await),
+        admin: session_addr,
+        gateway_admin,
+        config,
+        _db: db,
+        conversation: None,
+        others,
+    };
+    suite.start_conversation().await;
+    suite
+}
+
+impl Suite {
+    /// (Re)starts the conversation service with `self.config`.
+    pub async fn start_conversation(&mut self) {
+        let app = boardroom_conversation::Application::build(&self.config)
+            .await
+            .expect("building the conversation service");
+        let addr = app.local_addr().expect("bound");
+        self.admin = app.admin_addr().expect("bound");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+        self.client = ConversationServiceClient::new(channel(addr).await);
+        self.conversation = Some((stop, task));
+    }
+
+    /// Stops the conversation service and waits until it has.
+    pub async fn stop_conversation(&mut self) {
+        if let Some((stop, task)) = self.conversation.take() {
+            stop.cancel();
+            task.await.expect("joined").expect("stopped cleanly");
+        }
+    }
+
+    /// A boardroom with these advisors (name, model alias), a session and a thread in it.
+    pub async fn thread_with(&self, advisors: &[(&str, &str)]) -> String {
+        let mut sessions = self.sessions.clone();
+        let boardroom = sessions
+            .create_boardroom(spb::CreateBoardroomRequest {
+                owner_id: "owner".into(),
+                name: "board".into(),
+                advisors: advisors
+                    .iter()
+                    .map(|(name, model)| spb::Advisor {
+                        name: (*name).into(),
+                        role: format!("the {name}"),
+                        system_prompt: format!("You are the {name}."),
+                        model: (*model).into(),
+                    })
+                    .collect(),
+                request_id: String::new(),
+            })
+            .await
+            .expect("boardroom")
+            .into_inner()
+            .boardroom
+            .expect("boardroom");
+        let session = sessions
+            .create_session(spb::CreateSessionRequest {
+                boardroom_id: boardroom.id,
+                user_id: "user".into(),
+                title: "s".into(),
+                request_id: String::new(),
+            })
+            .await
+            .expect("session")
+            .into_inner()
+            .session
+            .expect("session");
+        sessions
+            .create_thread(spb::CreateThreadRequest {
+                session_id: session.id,
+                thread_type: spb::ThreadType::Main as i32,
+                title: "t".into(),
+                request_id: String::new(),
+            })
+            .await
+            .expect("thread")
+            .into_inner()
+            .thread
+            .expect("thread")
+            .id
+    }
+
+    /// A thread whose boardroom has `n` advisors on the mock model.
+    pub async fn thread(&self, n: usize) -> String {
+        let names: Vec<String> = (0..n).map(|i| format!("advisor{i}")).collect();
+        let advisors: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "mock")).collect();
+        self.thread_with(&advisors).await
+    }
+
+    pub async fn state(&self, thread: &str) -> pb::GetStateResponse {
+        self.client
+            .clone()
+            .get_state(pb::GetStateRequest {
+                thread_id: thread.into(),
+            })
+            .await
+            .expect("GetState")
+            .into_inner()
+    }
+
+    /// Every message of a thread, oldest first.
+    pub async fn messages(&self, thread: &str) -> Vec<pb::Message> {
+        let (mut all, mut token) = (Vec::new(), String::new());
+        loop {
+            let page = self
+                .client
+                .clone()
+                .list_messages(pb::ListMessagesRequest {
+                    thread_id: thread.into(),
+                    direction: pb::Direction::Forward as i32,
+                    page_size: 1000,
+                    page_token: token,
+                })
+                .await
+                .expect("ListMessages")
+                .into_inner();
+            all.extend(page.messages);
+            if page.next_page_token.is_empty() {
+                return all;
+            }
+            token = page.next_page_token;
+        }
+    }
+}
+
+pub fn turn(thread: &str, content: &str, request_id: &str) -> pb::RunTurnRequest {
+    pb::RunTurnRequest {
+        thread_id: thread.into(),
+        content: content.into(),
+        author: "user".into(),
+        request_id: request_id.into(),
+        advisors: vec![],
+    }
+}
+
+/// Runs a turn to its end: every event, or the status it was refused with.
+pub async fn run(
+    client: &Client,
+    request: pb::RunTurnRequest,
+) -> Result<Vec<Event>, tonic::Status> {
+    let mut stream = client.clone().run_turn(request).await?.into_inner();
+    let mut events = Vec::new();
+    while let Some(item) = stream.next().await {
+        events.push(item?.event.expect("an event"));
+    }
+    Ok(events)
+}
+
+/// The TurnCompleted of a turn's events (panics with the events otherwise).
+pub fn completed(events: &[Event]) -> pb::TurnCompleted {
+    match events.last() {
+        Some(Event::TurnCompleted(done)) => done.clone(),
+        other => panic!("the turn did not complete: {other:?} in {events:#?}"),
+    }
+}
+
+/// Runs a turn that must complete.
+pub async fn complete_turn(client: &Client, thread: &str, content: &str) -> pb::TurnCompleted {
+    let events = run(client, turn(thread, content, ""))
+        .await
+        .expect("RunTurn");
+    completed(&events)
+}
+
+/// The fields an INVALID_ARGUMENT names.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Polls `check` until it returns `Some`, for at most `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
