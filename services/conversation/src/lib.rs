@@ -9,6 +9,7 @@ pub mod error;
 pub mod grpc;
 pub mod page;
 pub mod peers;
+pub mod recent;
 pub mod state;
 pub mod store;
 pub mod turns;
@@ -105,6 +106,10 @@ impl Application {
             directory,
             workflow,
             hot,
+            recent::RecentWindows::new(
+                c.state_cache.recent_max_bytes,
+                Duration::from_millis(c.state_cache.idle_ms),
+            ),
             Limits {
                 max_message_bytes: c.max_message_bytes,
                 default_page_size: c.default_page_size,

@@ -39,10 +39,22 @@ pub struct TurnWrite {
     pub thread_id: Uuid,
     pub turn_id: Uuid,
     pub request_id: Option<String>,
+    /// The state the turn started from; the new state builds on it unless a summary was
+    /// stored meanwhile (then on that).
+    pub base: Arc<ConversationState>,
     pub messages: Vec<NewMessage>,
     /// Per advisor that answered: its answer, shortened.
     pub memory: Vec<(String, String)>,
     pub outcome: TurnOutcome,
+}
+
+/// What storing a turn produced.
+#[derive(Debug, Clone)]
+pub struct StoredTurn {
+    pub record: TurnRecord,
+    pub state: ConversationState,
+    /// The turn's messages as stored (with their seqs).
+    pub messages: Vec<Message>,
 }
 
 /// The thread's head: seq counter, state version, lease.
@@ -156,8 +168,12 @@ impl ConversationStore {
         &self.db
     }
 
-    /// Creates the thread's head row unless it exists.
-    async fn ensure_head(&self, conn: &impl ConnectionTrait, thread_id: Uuid) -> Result<(), DbErr> {
+    /// Creates the thread's head row unless it exists; whether it did.
+    async fn ensure_head(
+        &self,
+        conn: &impl ConnectionTrait,
+        thread_id: Uuid,
+    ) -> Result<bool, DbErr> {
         let at = now();
         head::Entity::insert(head::ActiveModel {
             thread_id: Set(thread_id),
@@ -171,7 +187,7 @@ impl ConversationStore {
         .on_conflict_do_nothing()
         .exec_without_returning(conn)
         .await
-        .map(|_| ())
+        .map(|inserted| matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0))
     }
 
     /// The thread's head, if the thread was ever written to.
@@ -374,26 +390,35 @@ impl ConversationStore {
         turn_id: Uuid,
         until: DateTime<Utc>,
     ) -> Result<Option<Head>, ConversationError> {
-        self.ensure_head(self.db.conn(), thread_id).await?;
-        let at = now();
-        let rows = self
-            .db
-            .timed(
-                "conversation_acquire_lease",
-                head::Entity::update_many()
-                    .col_expr(head::Column::RunningTurn, Expr::value(Some(turn_id)))
-                    .col_expr(head::Column::LeaseUntil, Expr::value(Some(until)))
-                    .col_expr(head::Column::UpdatedAt, Expr::value(at))
-                    .filter(head::Column::ThreadId.eq(thread_id))
-                    .filter(
-                        head::Column::RunningTurn
-                            .is_null()
-                            .or(head::Column::LeaseUntil.lt(at)),
-                    )
-                    .exec_with_returning(self.db.conn()),
-            )
-            .await?;
-        Ok(rows.into_iter().next().map(Head::from))
+        // The head usually exists: one statement. A thread's first turn creates it and retries.
+        for _ in 0..2 {
+            let at = now();
+            let rows = self
+                .db
+                .timed(
+                    "conversation_acquire_lease",
+                    head::Entity::update_many()
+                        .col_expr(head::Column::RunningTurn, Expr::value(Some(turn_id)))
+                        .col_expr(head::Column::LeaseUntil, Expr::value(Some(until)))
+                        .col_expr(head::Column::UpdatedAt, Expr::value(at))
+                        .filter(head::Column::ThreadId.eq(thread_id))
+                        .filter(
+                            head::Column::RunningTurn
+                                .is_null()
+                                .or(head::Column::LeaseUntil.lt(at)),
+                        )
+                        .exec_with_returning(self.db.conn()),
+                )
+                .await?;
+            if let Some(head) = rows.into_iter().next() {
+                return Ok(Some(Head::from(head)));
+            }
+            if !self.ensure_head(self.db.conn(), thread_id).await? {
+                // It exists, so another turn holds an unexpired lease.
+                return Ok(None);
+            }
+        }
+        Ok(None)
     }
 
     /// Gives the lease back (a turn that failed or was cancelled); a no-op when it was lost.
@@ -431,10 +456,7 @@ impl ConversationStore {
     /// Stores a turn: its messages (one batch, consecutive seqs), its checkpoint (merged into
     /// whatever state is latest now) and its record, in one transaction that also releases
     /// the lease and prunes old checkpoints. Fails with `Aborted` if the turn lost its lease.
-    pub async fn persist_turn(
-        &self,
-        write: TurnWrite,
-    ) -> Result<(TurnRecord, ConversationState), ConversationError> {
+    pub async fn persist_turn(&self, write: TurnWrite) -> Result<StoredTurn, ConversationError> {
         let retention = *self.retention;
         let result = self
             .db
@@ -448,46 +470,63 @@ impl ConversationStore {
                         Err(err) => return Err(err),
                     };
                 let version = head.state_version;
-                let previous = state_in(&txn, write.thread_id, version - 1)
-                    .await
-                    .map_err(|e| DbErr::Custom(e.to_string()))?;
-                let next = previous.after_turn(version, head.last_seq, &write.memory);
+                let next = if write.base.version == version - 1 {
+                    write.base.after_turn(version, head.last_seq, &write.memory)
+                } else {
+                    state_in(&txn, write.thread_id, version - 1)
+                        .await
+                        .map_err(|e| DbErr::Custom(e.to_string()))?
+                        .after_turn(version, head.last_seq, &write.memory)
+                };
                 let at = now();
-                let rows = write
+                let stored: Vec<Message> = write
                     .messages
                     .iter()
                     .enumerate()
-                    .map(|(i, m)| message::ActiveModel {
-                        thread_id: Set(write.thread_id),
-                        seq: Set(first + i64::try_from(i).unwrap_or(0)),
-                        role: Set(m.role.as_str().to_owned()),
-                        author: Set(m.author.clone()),
-                        content: Set(m.content.clone()),
-                        turn_id: Set(Some(write.turn_id)),
-                        request_id: Set(None),
-                        created_at: Set(at),
-                    });
+                    .map(|(i, m)| Message {
+                        thread_id: write.thread_id,
+                        seq: first + i64::try_from(i).unwrap_or(0),
+                        role: m.role,
+                        author: m.author.clone(),
+                        content: m.content.clone(),
+                        turn_id: Some(write.turn_id),
+                        created_at: at,
+                    })
+                    .collect();
+                let rows = stored.iter().map(|m| message::ActiveModel {
+                    thread_id: Set(m.thread_id),
+                    seq: Set(m.seq),
+                    role: Set(m.role.as_str().to_owned()),
+                    author: Set(m.author.clone()),
+                    content: Set(m.content.clone()),
+                    turn_id: Set(m.turn_id),
+                    request_id: Set(None),
+                    created_at: Set(at),
+                });
                 message::Entity::insert_many(rows)
                     .exec_without_returning(&txn)
                     .await?;
                 insert_checkpoint(&txn, write.thread_id, &next, Some(version - 1), false).await?;
-                turn::Entity::insert(turn::ActiveModel {
-                    id: Set(write.turn_id),
-                    thread_id: Set(write.thread_id),
-                    request_id: Set(write.request_id.clone()),
-                    first_seq: Set(first),
-                    last_seq: Set(head.last_seq),
-                    state_version: Set(version),
-                    outcome: Set(serde_json::to_value(&write.outcome)
-                        .map_err(|e| DbErr::Custom(e.to_string()))?),
-                    created_at: Set(at),
-                })
-                .exec_without_returning(&txn)
-                .await?;
+                // Only a turn that can be retried by its request id needs its outcome kept.
+                if write.request_id.is_some() {
+                    turn::Entity::insert(turn::ActiveModel {
+                        id: Set(write.turn_id),
+                        thread_id: Set(write.thread_id),
+                        request_id: Set(write.request_id.clone()),
+                        first_seq: Set(first),
+                        last_seq: Set(head.last_seq),
+                        state_version: Set(version),
+                        outcome: Set(serde_json::to_value(&write.outcome)
+                            .map_err(|e| DbErr::Custom(e.to_string()))?),
+                        created_at: Set(at),
+                    })
+                    .exec_without_returning(&txn)
+                    .await?;
+                }
                 prune(&txn, write.thread_id, version, retention).await?;
                 txn.commit().await?;
-                Ok(Some((
-                    TurnRecord {
+                Ok(Some(StoredTurn {
+                    record: TurnRecord {
                         id: write.turn_id,
                         thread_id: write.thread_id,
                         first_seq: first,
@@ -495,8 +534,9 @@ impl ConversationStore {
                         state_version: version,
                         outcome: write.outcome.clone(),
                     },
-                    next,
-                )))
+                    state: next,
+                    messages: stored,
+                }))
             })
             .await;
         match result {

@@ -19,12 +19,11 @@ use crate::domain::{
 use crate::error::ConversationError;
 use crate::page;
 use crate::peers::{ChatCall, Directory};
+use crate::recent::{RECENT_LIMIT, RecentWindows};
 use crate::state::StateCodec;
 use crate::store::{self, ConversationStore};
 use crate::workflow::{TurnInput, Workflow, context};
 
-/// Most messages after the summary read to build advisors' contexts.
-const RECENT_LIMIT: u64 = 64;
 /// Most messages folded into the summary by one summarisation call.
 const FOLD_LIMIT: u64 = 200;
 /// Events buffered per turn stream before the workflow waits for the client.
@@ -58,6 +57,7 @@ pub struct Conversations {
     directory: Directory,
     workflow: Workflow,
     hot: TieredCache<StateCodec>,
+    recent: RecentWindows,
     limits: Arc<Limits>,
     running: Arc<Mutex<HashMap<Uuid, Running>>>,
     summarising: Arc<Mutex<HashSet<Uuid>>>,
@@ -86,6 +86,7 @@ impl Conversations {
         directory: Directory,
         workflow: Workflow,
         hot: TieredCache<StateCodec>,
+        recent: RecentWindows,
         limits: Limits,
         shutdown: CancellationToken,
     ) -> Self {
@@ -94,6 +95,7 @@ impl Conversations {
             directory,
             workflow,
             hot,
+            recent,
             limits: Arc::new(limits),
             running: Arc::default(),
             summarising: Arc::default(),
@@ -438,8 +440,13 @@ impl Conversations {
         let prepared = async {
             let state = self.state(thread_id, head.state_version).await?;
             let recent = self
-                .store
-                .recent_messages(thread_id, state.summarized_through_seq, RECENT_LIMIT)
+                .recent
+                .get(
+                    &self.store,
+                    thread_id,
+                    state.summarized_through_seq,
+                    head.last_seq,
+                )
                 .await?;
             Ok::<_, ConversationError>((state, recent))
         }
@@ -459,7 +466,7 @@ impl Conversations {
             content: request.content,
             advisors,
             state,
-            recent,
+            recent: Arc::new(recent),
             last_seq: head.last_seq,
         };
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
@@ -493,7 +500,12 @@ impl Conversations {
             .map(|m| estimate_tokens(&m.content))
             .sum::<u32>()
             + estimate_tokens(&input.content);
-        let recent_full = input.recent.len() as u64 >= RECENT_LIMIT;
+        let recent_full = input.recent.len() >= RECENT_LIMIT;
+        let (recent, last_seq, after_seq) = (
+            input.recent.clone(),
+            input.last_seq,
+            input.state.summarized_through_seq,
+        );
         let _ = tx
             .send(TurnEvent::Started {
                 turn_id,
@@ -502,14 +514,17 @@ impl Conversations {
             })
             .await;
         metrics::gauge!("conversation_turns_running").increment(1.0);
+        // The run first: a turn that finished (and committed) is reported as done even if the
+        // caller left or a cancel arrived in the same instant.
         let outcome = tokio::select! {
-            _ = cancel.cancelled() => Err((FailureReason::Cancelled, "the turn was cancelled".to_owned())),
-            _ = tx.closed() => Err((FailureReason::Cancelled, "the caller went away".to_owned())),
+            biased;
             run = tokio::time::timeout(self.limits.turn_timeout, self.workflow.execute(input, &tx)) => match run {
                 Ok(Ok(done)) => Ok(done),
                 Ok(Err(err)) => Err((failure_reason(&err), err.to_string())),
                 Err(_) => Err((FailureReason::Timeout, "the turn passed conversation.turn_timeout_ms".to_owned())),
             },
+            _ = cancel.cancelled() => Err((FailureReason::Cancelled, "the turn was cancelled".to_owned())),
+            _ = tx.closed() => Err((FailureReason::Cancelled, "the caller went away".to_owned())),
         };
         metrics::gauge!("conversation_turns_running").decrement(1.0);
         if let Ok(mut running) = self.running.lock()
@@ -520,12 +535,19 @@ impl Conversations {
             running.remove(&thread_id);
         }
         match outcome {
-            Ok((record, state)) => {
+            Ok(stored) => {
                 metrics::counter!("conversation_turns_total", "outcome" => "completed")
                     .increment(1);
+                self.recent
+                    .after_turn(thread_id, after_seq, &recent, last_seq, &stored.messages)
+                    .await;
+                let _ = tx.send(completed(&stored.record, false)).await;
+                drop(tx);
+                // After the caller has its answer: the next turn (here or on another
+                // instance) finds the state warm.
+                let state = stored.state;
                 self.remember(thread_id, &state).await;
                 let turn_tokens: u32 = estimate_tokens(&state.summary);
-                let _ = tx.send(completed(&record, false)).await;
                 if recent_full || unsummarised + turn_tokens > self.limits.history_budget_tokens {
                     self.summarise_later(thread_id);
                 }

@@ -23,13 +23,13 @@ use uuid::Uuid;
 
 use crate::domain::{
     Advisor, AdvisorFailure, ConversationState, FailureReason, Message, NewMessage, Role,
-    TurnEvent, TurnOutcome, TurnRecord, Usage,
+    TurnEvent, TurnOutcome, Usage,
 };
 use crate::error::ConversationError;
 use crate::peers::{
     ChatCall, ChatMessage, ChatRole, Gateway, ModelError, ModelEvent, ToolInvocation,
 };
-use crate::store::{ConversationStore, TurnWrite};
+use crate::store::{ConversationStore, StoredTurn, TurnWrite};
 use tools::{TOOLS, Toolbox};
 
 /// The workflow's bounds and models.
@@ -55,7 +55,7 @@ pub struct TurnInput {
     pub advisors: Vec<Advisor>,
     pub state: Arc<ConversationState>,
     /// The most recent messages after the summary, oldest first.
-    pub recent: Vec<Message>,
+    pub recent: Arc<Vec<Message>>,
     /// The thread's last seq when the turn started (what a search may see).
     pub last_seq: i64,
 }
@@ -83,7 +83,7 @@ impl Node {
 /// Where an edge leads.
 enum Next {
     Go(Node),
-    End(Box<(TurnRecord, ConversationState)>),
+    End(Box<StoredTurn>),
 }
 
 /// One advisor's progress through the turn.
@@ -133,7 +133,7 @@ impl Workflow {
         &self,
         input: TurnInput,
         events: &Events,
-    ) -> Result<(TurnRecord, ConversationState), ConversationError> {
+    ) -> Result<StoredTurn, ConversationError> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.settings.advisor_timeout;
         let advisors = input
@@ -474,18 +474,19 @@ impl Workflow {
                 content: text.clone(),
             });
         }
-        let (record, state) = self
+        let stored = self
             .store
             .persist_turn(TurnWrite {
                 thread_id: input.thread_id,
                 turn_id: input.turn_id,
                 request_id: input.request_id.clone(),
+                base: input.state.clone(),
                 messages,
                 memory,
                 outcome,
             })
             .await?;
-        Ok(Next::End(Box::new((record, state))))
+        Ok(Next::End(Box::new(stored)))
     }
 }
 

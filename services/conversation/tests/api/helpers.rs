@@ -24,6 +24,8 @@ pub struct Suite {
     pub sessions: SessionServiceClient<Channel>,
     pub admin: SocketAddr,
     pub gateway_admin: SocketAddr,
+    #[allow(dead_code)] // the benches call the gateway directly
+    pub gateway_addr: SocketAddr,
     pub config: Config,
     /// Kept alive for the test (it drops its schema).
     _db: TestDatabase,
@@ -62,15 +64,20 @@ pub fn upstream_alias(config: &mut Config, alias: &str, base_url: &str) {
     config.llm.retry.base_backoff_ms = 5;
 }
 
-/// The mock model's latency.
+/// The mock model's latency (unary) and time to first token (streams).
 pub fn mock_latency(config: &mut Config, latency_ms: u64) {
     if let Some(mock) = config.llm.deployments.get_mut("mock") {
         mock.mock_latency_ms = latency_ms;
+        mock.mock_ttft_ms = latency_ms;
     }
 }
 
 pub async fn suite(configure: impl FnOnce(&mut Config)) -> Suite {
-    let db = TestDatabase::postgres().await;
+    suite_on(TestDatabase::postgres().await, configure).await
+}
+
+/// The suite over `db` (PostgreSQL or SQLite).
+pub async fn suite_on(db: TestDatabase, configure: impl FnOnce(&mut Config)) -> Suite {
     let mut config = test_config(&db);
     config.redis.url = Secret::new(redis_url().await.0);
     mock_latency(&mut config, 0);
@@ -94,6 +101,7 @@ pub async fn suite(configure: impl FnOnce(&mut Config)) -> Suite {
         sessions: SessionServiceClient::new(channel(session_addr).await),
         admin: session_addr,
         gateway_admin,
+        gateway_addr,
         config,
         _db: db,
         conversation: None,

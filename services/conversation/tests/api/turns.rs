@@ -285,3 +285,98 @@ async fn tool_calls_of_a_round_run_as_a_batch_and_feed_the_answers() {
         "{found}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_allocates_seqs_and_runs_turns_the_same_way() {
+    let suite = suite_on(boardroom_testkit::TestDatabase::sqlite(), |_| {}).await;
+    let thread = suite.thread(2).await;
+    let appends = (0..10).map(|i| {
+        let mut client = suite.client.clone();
+        let thread = thread.clone();
+        async move {
+            client
+                .append_message(pb::AppendMessageRequest {
+                    thread_id: thread,
+                    role: pb::Role::System as i32,
+                    author: String::new(),
+                    content: format!("note {i}"),
+                    request_id: String::new(),
+                })
+                .await
+                .expect("append")
+                .into_inner()
+                .message
+                .expect("message")
+                .seq
+        }
+    });
+    let mut seqs = futures::future::join_all(appends).await;
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=10).collect::<Vec<i64>>());
+    let (a, b) = tokio::join!(
+        run(&suite.client, turn(&thread, "one", "sqlite-1")),
+        run(&suite.client, turn(&thread, "two", "sqlite-2")),
+    );
+    let completed_turns = [a, b]
+        .into_iter()
+        .filter_map(|outcome| match outcome {
+            Ok(events) => Some(completed(&events)),
+            Err(status) => {
+                assert_eq!(status.code(), Code::Aborted, "{status:?}");
+                None
+            }
+        })
+        .count();
+    let seqs: Vec<i64> = suite
+        .messages(&thread)
+        .await
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=10 + 4 * completed_turns as i64).collect::<Vec<_>>()
+    );
+    let replay = run(&suite.client, turn(&thread, "one", "sqlite-1")).await;
+    if let Ok(events) = replay {
+        // Replayed if it had completed, else run now.
+        completed(&events);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_messages_come_from_memory_and_appends_are_read_incrementally() {
+    let suite = suite(|_| {}).await;
+    let thread = suite.thread(1).await;
+    let window = |result: &'static str| {
+        let admin = suite.admin;
+        async move {
+            boardroom_testkit::metric_value(
+                &boardroom_testkit::scrape_metrics(admin).await,
+                &["conversation_recent_window_total", &format!("result=\"{result}\"")],
+            )
+        }
+    };
+    let (miss, hit, extended) = (window("miss").await, window("hit").await, window("extended").await);
+    complete_turn(&suite.client, &thread, "first").await;
+    assert_eq!(window("miss").await - miss, 1.0);
+    complete_turn(&suite.client, &thread, "second").await;
+    assert_eq!(window("hit").await - hit, 1.0, "the window the first turn left");
+    suite
+        .client
+        .clone()
+        .append_message(pb::AppendMessageRequest {
+            thread_id: thread.clone(),
+            role: pb::Role::User as i32,
+            author: "user".into(),
+            content: "a note between turns".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("append");
+    let done = complete_turn(&suite.client, &thread, "third").await;
+    assert_eq!(done.first_seq, 8);
+    assert_eq!(window("extended").await - extended, 1.0, "only the appended message was read");
+    complete_turn(&suite.client, &thread, "fourth").await;
+    assert_eq!(window("hit").await - hit, 2.0);
+}

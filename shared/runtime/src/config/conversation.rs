@@ -118,6 +118,8 @@ impl ConversationConfig {
 pub struct StateCacheConfig {
     /// L1 bound, in bytes of state.
     pub max_bytes: u64,
+    /// Bound of the threads' recent messages kept in memory (what advisors' contexts read).
+    pub recent_max_bytes: u64,
     /// Time to live of a state in Redis and L1.
     pub ttl_ms: u64,
     /// An L1 state untouched this long leaves memory.
@@ -128,6 +130,7 @@ impl Default for StateCacheConfig {
     fn default() -> Self {
         Self {
             max_bytes: 32 * 1024 * 1024,
+            recent_max_bytes: 32 * 1024 * 1024,
             ttl_ms: 60 * 60 * 1000,
             idle_ms: 10 * 60 * 1000,
         }
