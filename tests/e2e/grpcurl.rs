@@ -341,8 +341,9 @@ async fn sighup_reloads_live_settings_and_refuses_a_bad_file() {
     write(quiet, "60000");
     let mut child = crate::binary::boardroom()
         .env_remove("RUST_LOG")
-        .args(["serve", "--config"])
-        .arg(&file)
+        // The file named by the environment, as Kubernetes may give it.
+        .env("BOARDROOM_CONFIG", &file)
+        .args(["serve", "--service", "session"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");

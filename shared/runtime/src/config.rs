@@ -118,7 +118,8 @@ impl Config {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment.merge(Env::prefixed("BOARDROOM_").split("__"))
+        // `BOARDROOM_CONFIG` names the file (the CLI reads it); it is not a key.
+        figment.merge(Env::prefixed("BOARDROOM_").ignore(&["config"]).split("__"))
     }
 
     /// Checks cross-field rules serde cannot express.
