@@ -9,17 +9,16 @@ use boardroom_proto::llm::v1 as llm;
 use boardroom_proto::llm::v1::llm_gateway_service_client::LlmGatewayServiceClient;
 use boardroom_proto::session::v1 as session;
 use boardroom_proto::session::v1::session_service_client::SessionServiceClient;
-use boardroom_runtime::client::OutboundInterceptor;
+use boardroom_runtime::client::{BalancedChannel, OutboundInterceptor};
 use futures::{Stream, StreamExt};
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::domain::{Advisor, FailureReason, ThreadContext, Usage};
 use crate::error::ConversationError;
 
-type Intercepted = InterceptedService<Channel, OutboundInterceptor>;
+type Intercepted = InterceptedService<BalancedChannel, OutboundInterceptor>;
 
 fn parse_uuid(text: &str, what: &str) -> Result<Uuid, ConversationError> {
     Uuid::parse_str(text)
@@ -54,7 +53,7 @@ impl std::fmt::Debug for Directory {
 
 impl Directory {
     /// A directory over `channel`, caching up to 100k thread contexts for `ttl`.
-    pub fn new(channel: Channel, interceptor: OutboundInterceptor, ttl: Duration) -> Self {
+    pub fn new(channel: BalancedChannel, interceptor: OutboundInterceptor, ttl: Duration) -> Self {
         Self {
             client: SessionServiceClient::with_interceptor(channel, interceptor),
             contexts: moka::future::Cache::builder()
@@ -315,7 +314,7 @@ fn usage_of(done: &llm::ChatResponse) -> Usage {
 
 impl Gateway {
     /// A gateway client over `channel`.
-    pub fn new(channel: Channel, interceptor: OutboundInterceptor) -> Self {
+    pub fn new(channel: BalancedChannel, interceptor: OutboundInterceptor) -> Self {
         Self {
             client: LlmGatewayServiceClient::with_interceptor(channel, interceptor),
         }

@@ -1,13 +1,19 @@
 //! Outgoing gRPC channels for service-to-service calls: timeouts, keep-alive, optional TLS,
-//! balancing over several addresses, and an interceptor that adds the caller's bearer token
+//! client-side balancing over every address of a name (re-resolved), and an interceptor that adds the caller's bearer token
 //! and the W3C trace context.
 
+mod resolve;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::metadata::{AsciiMetadataValue, MetadataKey};
 use tonic::service::Interceptor;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 use tonic::{Request, Status};
+
+pub use resolve::{BalancedChannel, Resolution, Resolve, SystemDns};
 
 use crate::config::{ClientConfig, Secret};
 
@@ -15,29 +21,82 @@ use crate::config::{ClientConfig, Secret};
 #[derive(Debug, Clone)]
 pub struct ChannelFactory {
     config: ClientConfig,
+    resolver: Arc<dyn Resolve>,
 }
 
 impl ChannelFactory {
-    /// A factory for channels configured by `config`.
+    /// A factory for channels configured by `config`, resolving names with the system DNS.
     pub fn new(config: ClientConfig) -> Self {
-        Self { config }
-    }
-
-    /// A lazily connecting channel to `addresses` (`http://host:port`). With several, calls
-    /// are balanced over all of them (power of two choices over pending requests).
-    pub fn channel(&self, addresses: &[String]) -> anyhow::Result<Channel> {
-        let endpoints = addresses
-            .iter()
-            .map(|a| self.endpoint(a))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        match endpoints.as_slice() {
-            [] => anyhow::bail!("no address to connect to"),
-            [one] => Ok(one.connect_lazy()),
-            _ => Ok(Channel::balance_list(endpoints.into_iter())),
+        Self {
+            config,
+            resolver: Arc::new(SystemDns),
         }
     }
 
-    fn endpoint(&self, address: &str) -> anyhow::Result<Endpoint> {
+    /// The same, resolving names with `resolver` (tests control what a name resolves to).
+    pub fn with_resolver(config: ClientConfig, resolver: Arc<dyn Resolve>) -> Self {
+        Self { config, resolver }
+    }
+
+    /// A lazily connecting channel to `addresses` (`http://host:port`), balanced over every
+    /// address they stand for (power of two choices over calls in flight). IP addresses are
+    /// used as given; a name (a headless Service) is resolved to all its addresses and
+    /// re-resolved every `client.resolve_interval_ms` and after a failed call.
+    pub fn channel(&self, addresses: &[String]) -> anyhow::Result<BalancedChannel> {
+        if addresses.is_empty() {
+            anyhow::bail!("no address to connect to");
+        }
+        let mut targets = Vec::new();
+        for address in addresses {
+            let uri: Uri = address.parse()?;
+            let host = uri
+                .host()
+                .ok_or_else(|| anyhow::anyhow!("{address}: no host"))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let https = uri.scheme_str() == Some("https");
+            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+            let this = self.clone();
+            let (scheme, tls_name) = (if https { "https" } else { "http" }, host.clone());
+            targets.push(resolve::Target {
+                host,
+                port,
+                endpoint: Arc::new(move |addr: SocketAddr| {
+                    this.endpoint(&format!("{scheme}://{addr}"), Some(&tls_name))
+                }),
+            });
+        }
+        let literal: Option<Vec<SocketAddr>> = targets
+            .iter()
+            .map(|t| {
+                t.host
+                    .parse::<IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, t.port))
+            })
+            .collect();
+        match literal {
+            Some(addrs) => {
+                let endpoints = targets
+                    .iter()
+                    .zip(addrs)
+                    .map(|(t, addr)| (t.endpoint)(addr))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                Ok(BalancedChannel::fixed(match endpoints.as_slice() {
+                    [one] => one.connect_lazy(),
+                    _ => Channel::balance_list(endpoints.into_iter()),
+                }))
+            }
+            None => Ok(resolve::resolving_channel(
+                targets,
+                self.resolver.clone(),
+                Duration::from_millis(self.config.resolve_interval_ms.max(10)),
+            )),
+        }
+    }
+
+    fn endpoint(&self, address: &str, tls_name: Option<&str>) -> anyhow::Result<Endpoint> {
         let c = &self.config;
         let mut endpoint = Endpoint::from_shared(address.to_owned())?
             .connect_timeout(Duration::from_millis(c.connect_timeout_ms))
@@ -49,6 +108,10 @@ impl ChannelFactory {
         if let Some(ca) = &c.ca_path {
             let mut tls =
                 ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca)?));
+            // Connected by IP, verified by the name the address was given as.
+            if let Some(name) = tls_name {
+                tls = tls.domain_name(name);
+            }
             if let (Some(cert), Some(key)) = (&c.cert_path, &c.key_path) {
                 tls = tls.identity(Identity::from_pem(
                     std::fs::read(cert)?,

@@ -343,6 +343,8 @@ pub struct ClientConfig {
     pub request_timeout_ms: u64,
     /// HTTP/2 keep-alive PING interval.
     pub keepalive_interval_ms: u64,
+    /// How often a service name (a headless Service) is resolved again to follow its pods.
+    pub resolve_interval_ms: u64,
     /// PEM CA bundle to verify servers with (enables TLS).
     pub ca_path: Option<PathBuf>,
     /// PEM client certificate and key for mTLS.
@@ -357,6 +359,7 @@ impl Default for ClientConfig {
             connect_timeout_ms: 2_000,
             request_timeout_ms: 10_000,
             keepalive_interval_ms: 20_000,
+            resolve_interval_ms: 5_000,
             ca_path: None,
             cert_path: None,
             key_path: None,
