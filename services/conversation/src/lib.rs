@@ -86,7 +86,8 @@ impl Application {
             Duration::from_millis(c.context_ttl_ms),
         );
         let gateway = Gateway::new(channels.channel(&c.llm_addresses)?, interceptor);
-        let store = ConversationStore::new(db, c.checkpoint_retention);
+        let leases = Database::connect_relaxed(&config.database).await?;
+        let store = ConversationStore::new(db, leases, c.checkpoint_retention);
         let workflow = Workflow {
             tools: Toolbox::new(store.clone()),
             store: store.clone(),

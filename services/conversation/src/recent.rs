@@ -1,5 +1,6 @@
-//! Each thread's recent messages (after its summary), kept in this instance's memory so that a
-//! turn does not read them back from the database. Seqs are never rewritten, so a window that
+//! Each thread's recent messages (after its summary) and the state its last turn here left,
+//! kept in this instance's memory so that a turn reads neither back (from the database, from
+//! Redis). Seqs are never rewritten, so a window that
 //! ends at seq S is a correct prefix for as long as the summary does not move: a turn reads
 //! only the messages after S (none, unless another instance or an append wrote some).
 
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::domain::Message;
+use crate::domain::{ConversationState, Message};
 use crate::error::ConversationError;
 use crate::store::ConversationStore;
 
@@ -22,6 +23,8 @@ struct Window {
     /// The last seq the window has.
     through_seq: i64,
     messages: Vec<Message>,
+    /// The state the last turn stored here left (versions never change, so it stays right).
+    state: Option<Arc<ConversationState>>,
 }
 
 /// Recent-message windows by thread, bounded by bytes, leaving memory when idle.
@@ -44,7 +47,10 @@ fn weight(window: &Window) -> u32 {
         .iter()
         .map(|m| 96 + m.author.len() + m.content.len())
         .sum();
-    u32::try_from(bytes + 64).unwrap_or(u32::MAX)
+    let state = window.state.as_ref().map_or(0, |s| {
+        <crate::state::StateCodec as boardroom_cache::Codec>::weight(s)
+    });
+    u32::try_from(bytes + state + 64).unwrap_or(u32::MAX)
 }
 
 /// Keeps the newest `RECENT_LIMIT` messages after `after_seq`.
@@ -67,6 +73,16 @@ impl RecentWindows {
         }
     }
 
+    /// The state at `version` of a thread, if the last turn here left exactly that one.
+    pub async fn state(&self, thread_id: Uuid, version: i64) -> Option<Arc<ConversationState>> {
+        self.windows
+            .get(&thread_id)
+            .await?
+            .state
+            .clone()
+            .filter(|s| s.version == version)
+    }
+
     /// The newest messages after `after_seq` of a thread whose last seq is `last_seq`.
     pub async fn get(
         &self,
@@ -77,6 +93,7 @@ impl RecentWindows {
     ) -> Result<Vec<Message>, ConversationError> {
         let limit = RECENT_LIMIT as u64;
         let cached = self.windows.get(&thread_id).await;
+        let state = cached.as_ref().and_then(|w| w.state.clone());
         let messages = match cached {
             Some(w) if w.after_seq <= after_seq && w.through_seq == last_seq => {
                 metrics::counter!("conversation_recent_window_total", "result" => "hit")
@@ -99,7 +116,7 @@ impl RecentWindows {
                 store.recent_messages(thread_id, after_seq, limit).await?
             }
         };
-        self.put(thread_id, after_seq, last_seq, messages.clone())
+        self.put(thread_id, after_seq, last_seq, messages.clone(), state)
             .await;
         Ok(messages)
     }
@@ -113,6 +130,7 @@ impl RecentWindows {
         previous: &[Message],
         previous_last_seq: i64,
         stored: &[Message],
+        state: Arc<ConversationState>,
     ) {
         let Some(first) = stored.first() else {
             return;
@@ -125,11 +143,24 @@ impl RecentWindows {
         let mut messages = previous.to_vec();
         messages.extend(stored.iter().cloned());
         let through = stored.last().map_or(previous_last_seq, |m| m.seq);
-        self.put(thread_id, after_seq, through, trim(messages, after_seq))
-            .await;
+        self.put(
+            thread_id,
+            after_seq,
+            through,
+            trim(messages, after_seq),
+            Some(state),
+        )
+        .await;
     }
 
-    async fn put(&self, thread_id: Uuid, after_seq: i64, through_seq: i64, messages: Vec<Message>) {
+    async fn put(
+        &self,
+        thread_id: Uuid,
+        after_seq: i64,
+        through_seq: i64,
+        messages: Vec<Message>,
+        state: Option<Arc<ConversationState>>,
+    ) {
         self.windows
             .insert(
                 thread_id,
@@ -137,6 +168,7 @@ impl RecentWindows {
                     after_seq,
                     through_seq,
                     messages,
+                    state,
                 }),
             )
             .await;

@@ -79,6 +79,9 @@ impl From<head::Model> for Head {
 #[derive(Clone, Debug)]
 pub struct ConversationStore {
     db: Database,
+    /// Lease writes: on PostgreSQL without waiting for the WAL flush. A lease lost in a crash
+    /// costs nothing durable: the turn's own write is fenced on its lease and fails.
+    leases: Database,
     retention: Arc<i64>,
 }
 
@@ -155,10 +158,12 @@ impl ConversationState {
 }
 
 impl ConversationStore {
-    /// A store over `db`, keeping `retention` checkpoints per thread (plus fork points).
-    pub fn new(db: Database, retention: u32) -> Self {
+    /// A store over `db` (and `leases`, see [`Database::connect_relaxed`]), keeping
+    /// `retention` checkpoints per thread (plus fork points).
+    pub fn new(db: Database, leases: Database, retention: u32) -> Self {
         Self {
             db,
+            leases,
             retention: Arc::new(i64::from(Ord::max(retention, 1))),
         }
     }
@@ -407,7 +412,7 @@ impl ConversationStore {
                                 .is_null()
                                 .or(head::Column::LeaseUntil.lt(at)),
                         )
-                        .exec_with_returning(self.db.conn()),
+                        .exec_with_returning(self.leases.conn()),
                 )
                 .await?;
             if let Some(head) = rows.into_iter().next() {
@@ -427,7 +432,7 @@ impl ConversationStore {
         thread_id: Uuid,
         turn_id: Uuid,
     ) -> Result<(), ConversationError> {
-        self.db
+        self.leases
             .timed(
                 "conversation_release_lease",
                 head::Entity::update_many()
@@ -438,7 +443,7 @@ impl ConversationStore {
                     )
                     .filter(head::Column::ThreadId.eq(thread_id))
                     .filter(head::Column::RunningTurn.eq(turn_id))
-                    .exec(self.db.conn()),
+                    .exec(self.leases.conn()),
             )
             .await?;
         Ok(())

@@ -438,7 +438,10 @@ impl Conversations {
             return self.replay(done).await;
         }
         let prepared = async {
-            let state = self.state(thread_id, head.state_version).await?;
+            let state = match self.recent.state(thread_id, head.state_version).await {
+                Some(state) => state,
+                None => self.state(thread_id, head.state_version).await?,
+            };
             let recent = self
                 .recent
                 .get(
@@ -538,14 +541,21 @@ impl Conversations {
             Ok(stored) => {
                 metrics::counter!("conversation_turns_total", "outcome" => "completed")
                     .increment(1);
+                let state = Arc::new(stored.state);
                 self.recent
-                    .after_turn(thread_id, after_seq, &recent, last_seq, &stored.messages)
+                    .after_turn(
+                        thread_id,
+                        after_seq,
+                        &recent,
+                        last_seq,
+                        &stored.messages,
+                        state.clone(),
+                    )
                     .await;
                 let _ = tx.send(completed(&stored.record, false)).await;
                 drop(tx);
                 // After the caller has its answer: the next turn (here or on another
                 // instance) finds the state warm.
-                let state = stored.state;
                 self.remember(thread_id, &state).await;
                 let turn_tokens: u32 = estimate_tokens(&state.summary);
                 if recent_full || unsummarised + turn_tokens > self.limits.history_budget_tokens {

@@ -23,9 +23,25 @@ impl Database {
     /// Opens the pool described by `config`. SQLite runs in WAL mode with a busy timeout so
     /// that readers and the single writer do not block each other.
     pub async fn connect(config: &DatabaseConfig) -> Result<Self, DbErr> {
+        Self::open(config, false).await
+    }
+
+    /// A second, small pool whose PostgreSQL commits do not wait for the WAL flush
+    /// (`synchronous_commit = off`): for writes a crash may lose without harm, such as a
+    /// lease that a later fenced, durable write checks. SQLite: the same as [`Database::connect`].
+    pub async fn connect_relaxed(config: &DatabaseConfig) -> Result<Self, DbErr> {
+        Self::open(config, true).await
+    }
+
+    async fn open(config: &DatabaseConfig, relaxed: bool) -> Result<Self, DbErr> {
+        let max_connections = if relaxed {
+            config.max_connections.div_ceil(4).max(1)
+        } else {
+            config.max_connections
+        };
         let mut options = ConnectOptions::new(config.url.expose().to_owned());
         options
-            .max_connections(config.max_connections)
+            .max_connections(max_connections)
             .min_connections(config.min_connections)
             .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
             .connect_timeout(Duration::from_millis(config.acquire_timeout_ms))
@@ -39,6 +55,11 @@ impl Database {
                     .busy_timeout(Duration::from_secs(5))
                     .foreign_keys(true)
             });
+        if relaxed {
+            options
+                .min_connections(config.min_connections.min(1))
+                .map_sqlx_postgres_opts(|opts| opts.options([("synchronous_commit", "off")]));
+        }
         if config.ping_idle_after_ms > 0 {
             options
                 .test_before_acquire_if_idle_for(Duration::from_millis(config.ping_idle_after_ms));
@@ -48,7 +69,7 @@ impl Database {
             conn,
             slow_query: Duration::from_millis(config.slow_query_ms),
             in_flight: Arc::new(AtomicI64::new(0)),
-            max_connections: config.max_connections,
+            max_connections,
         })
     }
 

@@ -353,15 +353,26 @@ async fn recent_messages_come_from_memory_and_appends_are_read_incrementally() {
         async move {
             boardroom_testkit::metric_value(
                 &boardroom_testkit::scrape_metrics(admin).await,
-                &["conversation_recent_window_total", &format!("result=\"{result}\"")],
+                &[
+                    "conversation_recent_window_total",
+                    &format!("result=\"{result}\""),
+                ],
             )
         }
     };
-    let (miss, hit, extended) = (window("miss").await, window("hit").await, window("extended").await);
+    let (miss, hit, extended) = (
+        window("miss").await,
+        window("hit").await,
+        window("extended").await,
+    );
     complete_turn(&suite.client, &thread, "first").await;
     assert_eq!(window("miss").await - miss, 1.0);
     complete_turn(&suite.client, &thread, "second").await;
-    assert_eq!(window("hit").await - hit, 1.0, "the window the first turn left");
+    assert_eq!(
+        window("hit").await - hit,
+        1.0,
+        "the window the first turn left"
+    );
     suite
         .client
         .clone()
@@ -376,7 +387,11 @@ async fn recent_messages_come_from_memory_and_appends_are_read_incrementally() {
         .expect("append");
     let done = complete_turn(&suite.client, &thread, "third").await;
     assert_eq!(done.first_seq, 8);
-    assert_eq!(window("extended").await - extended, 1.0, "only the appended message was read");
+    assert_eq!(
+        window("extended").await - extended,
+        1.0,
+        "only the appended message was read"
+    );
     complete_turn(&suite.client, &thread, "fourth").await;
     assert_eq!(window("hit").await - hit, 2.0);
 }
