@@ -423,8 +423,25 @@ impl Redis {
     /// subscriber's current connection. Run again after either connection comes back.
     async fn start_tracking(&self) -> bool {
         let started = async {
+            // CLIENT ID is refused on a connection in subscribed mode (RESP2), which is where
+            // fred's own resubscription after a reconnect (or an earlier start) leaves it.
+            let _ = self.subscriber.unsubscribe("__redis__:invalidate").await;
             let id: i64 = self.subscriber.client_id().await?;
             self.subscriber.subscribe("__redis__:invalidate").await?;
+            // Tracking may still be on from an earlier start on this connection: Redis refuses
+            // the same prefix twice. Off, then on (a start clears L1 afterwards anyway).
+            let _ = self
+                .tracker
+                .client_tracking::<(), _, _>(
+                    "off",
+                    None,
+                    Vec::<String>::new(),
+                    false,
+                    false,
+                    false,
+                    false,
+                )
+                .await;
             self.tracker
                 .client_tracking::<(), _, _>(
                     "on",
