@@ -198,3 +198,46 @@ async fn a_client_that_goes_away_cancels_its_turn() {
     .await;
     assert_eq!(suite.state(&thread).await.last_seq, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_whose_lease_expired_and_was_taken_cannot_store_itself() {
+    use sea_orm::ConnectionTrait;
+    let slow = FakeOpenAi::start().await;
+    slow.set_latency(Duration::from_millis(600));
+    let suite = suite(|c| upstream_alias(c, "slow", &slow.base_url())).await;
+    let thread = suite.thread_with(&[("cto", "slow")]).await;
+    let (first_id, mut first) = hanging_turn(&suite, &thread).await;
+    // The first turn's lease runs out (as if its instance had stalled past turn_timeout_ms).
+    let db = sea_orm::Database::connect(suite.config.database.url.expose())
+        .await
+        .expect("connect");
+    db.execute_unprepared(&format!(
+        "UPDATE conversation_threads SET lease_until = now() - interval '1 second' WHERE thread_id = '{thread}'"
+    ))
+    .await
+    .expect("expire the lease");
+    let second = tokio::spawn({
+        let client = suite.client.clone();
+        let thread = thread.clone();
+        async move { run(&client, turn(&thread, "second", "")).await }
+    });
+    let mut last = None;
+    while let Some(event) = first.next().await {
+        last = event.expect("event").event;
+    }
+    match last {
+        Some(Event::TurnFailed(f)) => {
+            assert_eq!(f.reason, pb::FailureReason::Conflict as i32, "{f:?}")
+        }
+        other => panic!("the fenced turn ended with {other:?}"),
+    }
+    let second = second.await.expect("joined").expect("RunTurn");
+    let done = completed(&second);
+    assert_eq!((done.first_seq, done.state_version), (1, 1));
+    let messages = suite.messages(&thread).await;
+    assert!(
+        messages.iter().all(|m| m.turn_id != first_id),
+        "nothing of the fenced turn"
+    );
+    assert_eq!(messages.len(), 3);
+}
