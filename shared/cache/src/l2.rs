@@ -495,6 +495,10 @@ impl Redis {
                 && l2.start_tracking().await
             {
                 l2.set_up(true);
+                // The first connections announce themselves as reconnections too: tracking
+                // has just started on them, so starting it again would only open a gap.
+                while reconnects.try_recv().is_ok() {}
+                while sub_reconnects.try_recv().is_ok() {}
             }
             loop {
                 tokio::select! {
