@@ -55,31 +55,10 @@ impl From<Violations> for ConversationError {
 
 impl From<DbErr> for ConversationError {
     fn from(err: DbErr) -> Self {
-        if is_connection_failure(&err) {
+        if boardroom_runtime::db::is_connection_failure(&err) {
             ConversationError::Unavailable(format!("database: {err}"))
         } else {
             ConversationError::Internal(format!("database: {err}"))
         }
     }
-}
-
-/// Whether a query failed because the server went away or the pool is exhausted (as opposed
-/// to a bad statement).
-fn is_connection_failure(err: &DbErr) -> bool {
-    if matches!(err, DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) {
-        return true;
-    }
-    let text = err.to_string().to_ascii_lowercase();
-    [
-        "connection refused",
-        "connection reset",
-        "broken pipe",
-        "pool timed out",
-        "closed",
-        "terminating connection",
-        "io error",
-        "database is locked",
-    ]
-    .iter()
-    .any(|needle| text.contains(needle))
 }

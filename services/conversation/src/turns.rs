@@ -79,6 +79,16 @@ fn check_text(v: &mut Violations, field: &str, text: &str, max: usize, required:
     }
 }
 
+fn check_request_id(v: &mut Violations, request_id: &Option<String>) {
+    check_text(
+        v,
+        "request_id",
+        request_id.as_deref().unwrap_or(""),
+        128,
+        false,
+    );
+}
+
 impl Conversations {
     /// The domain over its dependencies; background work (summaries) ends with `shutdown`.
     pub fn new(
@@ -195,13 +205,7 @@ impl Conversations {
             true,
         );
         check_text(&mut v, "author", &message.author, 128, false);
-        check_text(
-            &mut v,
-            "request_id",
-            request_id.as_deref().unwrap_or(""),
-            128,
-            false,
-        );
+        check_request_id(&mut v, &request_id);
         v.finish(())?;
         self.writable_thread(thread_id).await?;
         self.store.append(thread_id, message, request_id).await
@@ -310,13 +314,7 @@ impl Conversations {
             v.add("version", "must be >= 0 (0: the latest)");
         }
         check_text(&mut v, "title", &title, 200, false);
-        check_text(
-            &mut v,
-            "request_id",
-            request_id.as_deref().unwrap_or(""),
-            128,
-            false,
-        );
+        check_request_id(&mut v, &request_id);
         v.finish(())?;
         let source = self.directory.thread(thread_id).await?;
         if version > 0
@@ -382,13 +380,7 @@ impl Conversations {
             true,
         );
         check_text(&mut v, "author", &request.author, 128, false);
-        check_text(
-            &mut v,
-            "request_id",
-            request.request_id.as_deref().unwrap_or(""),
-            128,
-            false,
-        );
+        check_request_id(&mut v, &request.request_id);
         v.finish(())?;
         let thread_id = request.thread_id;
         if let Some(id) = &request.request_id

@@ -56,25 +56,11 @@ impl From<DbErr> for SessionError {
                         "referenced entity does not exist: {msg}"
                     ))
                 }
-                _ if is_connection_failure(&err) => SessionError::Unavailable(err.to_string()),
+                _ if boardroom_runtime::db::is_connection_failure(&err) => {
+                    SessionError::Unavailable(err.to_string())
+                }
                 _ => SessionError::Internal(err.to_string()),
             },
         }
     }
-}
-
-/// Whether a query failed because the server went away (as opposed to a bad statement).
-fn is_connection_failure(err: &DbErr) -> bool {
-    let text = err.to_string().to_ascii_lowercase();
-    [
-        "connection refused",
-        "connection reset",
-        "broken pipe",
-        "pool timed out",
-        "closed",
-        "terminating connection",
-        "io error",
-    ]
-    .iter()
-    .any(|needle| text.contains(needle))
 }

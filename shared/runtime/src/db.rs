@@ -149,6 +149,27 @@ impl Database {
     }
 }
 
+/// Whether a query failed because the server went away, the pool is exhausted or SQLite is
+/// busy (the caller may retry: UNAVAILABLE), as opposed to a bad statement.
+pub fn is_connection_failure(err: &DbErr) -> bool {
+    if matches!(err, DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) {
+        return true;
+    }
+    let text = err.to_string().to_ascii_lowercase();
+    [
+        "connection refused",
+        "connection reset",
+        "broken pipe",
+        "pool timed out",
+        "closed",
+        "terminating connection",
+        "io error",
+        "database is locked",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
