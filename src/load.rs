@@ -73,6 +73,28 @@ pub struct LoadArgs {
     /// Leave the first N calls out of the statistics (ghz `--skipFirst`): connection warm-up.
     #[arg(long = "skipFirst", alias = "skip-first")]
     skip_first: Option<u64>,
+    /// A scenario instead of one RPC: `users` (simulated users of the whole suite; the host is
+    /// the session service's, `--conversation-host` the conversation service's).
+    #[arg(long)]
+    scenario: Option<String>,
+    /// Users of the scenario.
+    #[arg(long, default_value_t = 100)]
+    users: usize,
+    /// Time over which the users start.
+    #[arg(long, default_value = "10s")]
+    ramp: String,
+    /// Pause between a user's rounds.
+    #[arg(long, default_value = "1s")]
+    think: String,
+    /// The conversation service (scenario `users`).
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    conversation_host: String,
+    /// A server process to sample for memory and CPU, as `name=PID` (repeatable).
+    #[arg(long = "pid")]
+    pids: Vec<String>,
+    /// Also write an HTML report here (scenario `users`).
+    #[arg(long)]
+    html: Option<PathBuf>,
 }
 
 /// The resolved settings of a run.
@@ -362,6 +384,37 @@ async fn worker(
 }
 
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
+    if let Some(scenario) = &args.scenario {
+        anyhow::ensure!(
+            scenario == "users",
+            "unknown scenario {scenario:?} (known: users)"
+        );
+        let pids = args
+            .pids
+            .iter()
+            .map(|p| {
+                let (name, pid) = p
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--pid wants name=PID, not {p:?}"))?;
+                Ok((name.to_owned(), pid.parse()?))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        return crate::scenario::run(crate::scenario::UsersPlan {
+            session_host: args
+                .host
+                .clone()
+                .unwrap_or_else(|| "127.0.0.1:50051".into()),
+            conversation_host: args.conversation_host.clone(),
+            users: args.users.max(1),
+            duration: parse_duration(args.duration.as_deref().unwrap_or("60s"))?,
+            ramp: parse_duration(&args.ramp)?,
+            think: parse_duration(&args.think)?,
+            connections: args.connections.unwrap_or(4),
+            pids,
+            html: args.html.clone(),
+        })
+        .await;
+    }
     let plan = Arc::new(plan(args)?);
     let mut channels = Vec::with_capacity(plan.connections);
     for _ in 0..plan.connections {

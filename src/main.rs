@@ -2,6 +2,7 @@
 //! (`load`).
 
 mod load;
+mod scenario;
 mod serve;
 
 use clap::{Parser, Subcommand};
