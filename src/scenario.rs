@@ -234,7 +234,12 @@ impl User {
             )
             .await;
             round += 1;
-            tokio::time::sleep(self.think).await;
+            // Never past the end of the run.
+            tokio::time::sleep(
+                self.think
+                    .min(self.until.saturating_duration_since(Instant::now())),
+            )
+            .await;
         }
     }
 }
