@@ -493,8 +493,7 @@ impl Conversations {
             .recent
             .iter()
             .map(|m| estimate_tokens(&m.content))
-            .sum::<u32>()
-            + estimate_tokens(&input.content);
+            .sum::<u32>();
         let recent_full = input.recent.len() >= RECENT_LIMIT;
         let (recent, last_seq, after_seq) = (
             input.recent.clone(),
@@ -534,6 +533,11 @@ impl Conversations {
                 metrics::counter!("conversation_turns_total", "outcome" => "completed")
                     .increment(1);
                 let state = Arc::new(stored.state);
+                let turn_tokens: u32 = stored
+                    .messages
+                    .iter()
+                    .map(|m| estimate_tokens(&m.content))
+                    .sum();
                 self.recent
                     .after_turn(
                         thread_id,
@@ -549,7 +553,7 @@ impl Conversations {
                 // After the caller has its answer: the next turn (here or on another
                 // instance) finds the state warm.
                 self.remember(thread_id, &state).await;
-                let turn_tokens: u32 = estimate_tokens(&state.summary);
+                // The history after the summary: what the turn read, and what it added.
                 if recent_full || unsummarised + turn_tokens > self.limits.history_budget_tokens {
                     self.summarise_later(thread_id);
                 }
