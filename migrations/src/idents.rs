@@ -2,6 +2,14 @@
 
 use sea_orm_migration::prelude::*;
 
+/// A required `timestamp with time zone` column.
+pub(crate) fn timestamp(col: impl IntoIden) -> ColumnDef {
+    ColumnDef::new(col)
+        .timestamp_with_time_zone()
+        .not_null()
+        .take()
+}
+
 /// `boardrooms`: advisor panels.
 #[derive(DeriveIden, Debug, Clone, Copy)]
 pub enum Boardrooms {

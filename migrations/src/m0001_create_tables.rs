@@ -2,17 +2,10 @@
 
 use sea_orm_migration::prelude::*;
 
-use crate::idents::{Boardrooms, Sessions, Threads};
+use crate::idents::{Boardrooms, Sessions, Threads, timestamp};
 
 #[derive(DeriveMigrationName)]
 pub(crate) struct Migration;
-
-fn timestamp(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col)
-        .timestamp_with_time_zone()
-        .not_null()
-        .take()
-}
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {

@@ -9,17 +9,10 @@
 
 use sea_orm_migration::prelude::*;
 
-use crate::idents::{Checkpoints, ConversationThreads, Messages, Turns};
+use crate::idents::{Checkpoints, ConversationThreads, Messages, Turns, timestamp};
 
 #[derive(DeriveMigrationName)]
 pub(crate) struct Migration;
-
-fn timestamp(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col)
-        .timestamp_with_time_zone()
-        .not_null()
-        .take()
-}
 
 fn counter(col: impl IntoIden) -> ColumnDef {
     ColumnDef::new(col).big_integer().not_null().take()
@@ -121,23 +114,20 @@ impl MigrationTrait for Migration {
             )
             .await?;
         // Idempotency keys, per thread. NULL request ids never collide.
-        for (name, table, request) in [
+        for (name, table, thread, request) in [
             (
                 "uq_messages_thread_request",
                 Messages::Table.into_iden(),
+                Messages::ThreadId.into_iden(),
                 Messages::RequestId.into_iden(),
             ),
             (
                 "uq_turns_thread_request",
                 Turns::Table.into_iden(),
+                Turns::ThreadId.into_iden(),
                 Turns::RequestId.into_iden(),
             ),
         ] {
-            let thread: DynIden = if name.starts_with("uq_messages") {
-                Messages::ThreadId.into_iden()
-            } else {
-                Turns::ThreadId.into_iden()
-            };
             manager
                 .create_index(
                     Index::create()

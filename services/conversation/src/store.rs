@@ -128,14 +128,12 @@ fn turn_from(m: turn::Model) -> Result<TurnRecord, ConversationError> {
 
 /// Shortens an answer for an advisor's memory (at a char boundary).
 fn shorten(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
+    let kept = crate::domain::truncated(text, max);
+    if kept.len() == text.len() {
+        kept.to_owned()
+    } else {
+        format!("{kept}…")
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 /// Bytes of an answer an advisor's memory keeps.

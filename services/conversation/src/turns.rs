@@ -688,14 +688,7 @@ impl Conversations {
             .await
             .map_err(|e| ConversationError::Unavailable(e.message))?;
         let max_bytes = self.limits.summary_max_tokens as usize * 4;
-        let mut summary = text;
-        if summary.len() > max_bytes {
-            let mut end = max_bytes;
-            while !summary.is_char_boundary(end) {
-                end -= 1;
-            }
-            summary.truncate(end);
-        }
+        let summary = crate::domain::truncated(&text, max_bytes).to_owned();
         if let Some(next) = self
             .store
             .apply_summary(thread_id, state.summarized_through_seq, through, summary)
