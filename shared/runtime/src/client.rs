@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tonic::metadata::{AsciiMetadataValue, MetadataKey};
 use tonic::service::Interceptor;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Uri};
 use tonic::{Request, Status};
 
 pub use resolve::{BalancedChannel, Resolution, Resolve, SystemDns};
@@ -41,7 +41,9 @@ impl ChannelFactory {
     /// A lazily connecting channel to `addresses` (`http://host:port`), balanced over every
     /// address they stand for (power of two choices over calls in flight). IP addresses are
     /// used as given; a name (a headless Service) is resolved to all its addresses and
-    /// re-resolved every `client.resolve_interval_ms` and after a failed call.
+    /// re-resolved every `client.resolve_interval_ms` and after a failed call. With more than
+    /// one address, each one's health is watched: one that reports NOT_SERVING (draining for
+    /// shutdown) or cannot be reached gets no new calls until it serves again.
     pub fn channel(&self, addresses: &[String]) -> anyhow::Result<BalancedChannel> {
         if addresses.is_empty() {
             anyhow::bail!("no address to connect to");
@@ -67,33 +69,18 @@ impl ChannelFactory {
                 }),
             });
         }
-        let literal: Option<Vec<SocketAddr>> = targets
-            .iter()
-            .map(|t| {
-                t.host
-                    .parse::<IpAddr>()
-                    .ok()
-                    .map(|ip| SocketAddr::new(ip, t.port))
-            })
-            .collect();
-        match literal {
-            Some(addrs) => {
-                let endpoints = targets
-                    .iter()
-                    .zip(addrs)
-                    .map(|(t, addr)| (t.endpoint)(addr))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                Ok(BalancedChannel::fixed(match endpoints.as_slice() {
-                    [one] => one.connect_lazy(),
-                    _ => Channel::balance_list(endpoints.into_iter()),
-                }))
-            }
-            None => Ok(resolve::resolving_channel(
-                targets,
-                self.resolver.clone(),
-                Duration::from_millis(self.config.resolve_interval_ms.max(10)),
-            )),
+        // One address given as an IP: nothing to balance or follow.
+        if let [target] = targets.as_slice()
+            && let Ok(ip) = target.host.parse::<IpAddr>()
+        {
+            let endpoint = (target.endpoint)(SocketAddr::new(ip, target.port))?;
+            return Ok(BalancedChannel::fixed(endpoint.connect_lazy()));
         }
+        Ok(resolve::resolving_channel(
+            targets,
+            self.resolver.clone(),
+            Duration::from_millis(self.config.resolve_interval_ms.max(10)),
+        ))
     }
 
     fn endpoint(&self, address: &str, tls_name: Option<&str>) -> anyhow::Result<Endpoint> {

@@ -1,17 +1,23 @@
-//! Client-side balancing over a resolved name: three servers on 127.0.0.1, 127.0.0.2 and
-//! 127.0.0.3 behind a resolver the test controls.
+//! Client-side balancing: three servers on 127.0.0.1, 127.0.0.2 and 127.0.0.3, behind a
+//! resolver the test controls, or given by address and followed by their health.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use boardroom_runtime::client::{ChannelFactory, Resolution, Resolve};
+use std::pin::Pin;
+
+use boardroom_runtime::client::{BalancedChannel, ChannelFactory, Resolution, Resolve};
 use boardroom_runtime::config::ClientConfig;
+use tokio::sync::watch;
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
-use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse, health_check_response};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 /// What the name resolves to, as the test sets it.
 #[derive(Debug, Default)]
@@ -31,9 +37,13 @@ impl Resolve for TestDns {
     }
 }
 
-/// A health service that counts the calls it answers.
-#[derive(Debug, Clone, Default)]
-struct Counting(Arc<AtomicU64>);
+/// A health service that counts the Check calls it answers and reports the status the test
+/// sets to watchers.
+#[derive(Debug, Clone)]
+struct Counting {
+    calls: Arc<AtomicU64>,
+    status: Arc<watch::Sender<ServingStatus>>,
+}
 
 #[tonic::async_trait]
 impl Health for Counting {
@@ -41,27 +51,33 @@ impl Health for Counting {
         &self,
         _request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.calls.fetch_add(1, Ordering::Relaxed);
         // A little work, so calls overlap.
         tokio::time::sleep(Duration::from_millis(1)).await;
         Ok(Response::new(HealthCheckResponse {
-            status: health_check_response::ServingStatus::Serving as i32,
+            status: ServingStatus::Serving as i32,
         }))
     }
 
-    type WatchStream = tokio_stream::Empty<Result<HealthCheckResponse, Status>>;
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
 
     async fn watch(
         &self,
         _request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(Status::unimplemented("not in this test"))
+        let statuses = WatchStream::new(self.status.subscribe()).map(|status| {
+            Ok(HealthCheckResponse {
+                status: status as i32,
+            })
+        });
+        Ok(Response::new(Box::pin(statuses)))
     }
 }
 
 struct Instance {
     addr: SocketAddr,
     calls: Arc<AtomicU64>,
+    status: Arc<watch::Sender<ServingStatus>>,
     stop: CancellationToken,
     served: tokio::task::JoinHandle<()>,
 }
@@ -71,8 +87,11 @@ async fn instance(ip: [u8; 4]) -> Instance {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let counting = Counting::default();
-    let calls = counting.0.clone();
+    let counting = Counting {
+        calls: Arc::default(),
+        status: Arc::new(watch::channel(ServingStatus::Serving).0),
+    };
+    let (calls, status) = (counting.calls.clone(), counting.status.clone());
     let stop = CancellationToken::new();
     let shutdown = stop.clone();
     let served = tokio::spawn(async move {
@@ -88,9 +107,32 @@ async fn instance(ip: [u8; 4]) -> Instance {
     Instance {
         addr,
         calls,
+        status,
         stop,
         served,
     }
+}
+
+/// 16 callers calling in a loop through `channel` until `load` is cancelled, every failure
+/// counted.
+fn callers(
+    channel: BalancedChannel,
+    load: &CancellationToken,
+    failures: &Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let client = tonic_health::pb::health_client::HealthClient::new(channel);
+    (0..16)
+        .map(|_| {
+            let (mut client, failures, load) = (client.clone(), failures.clone(), load.clone());
+            tokio::spawn(async move {
+                while !load.is_cancelled() {
+                    if client.check(HealthCheckRequest::default()).await.is_err() {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect()
 }
 
 const INTERVAL: Duration = Duration::from_millis(200);
@@ -104,6 +146,22 @@ async fn wait_for(what: &str, check: impl Fn() -> bool, within: Duration) {
             "{what} within {within:?}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until `pod` gets no new calls for half a period, failing after `within`.
+async fn wait_quiet(what: &str, pod: &Instance, within: Duration) {
+    let calls = || pod.calls.load(Ordering::Relaxed);
+    let mut last = calls();
+    let since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(INTERVAL / 2).await;
+        let now = calls();
+        if now == last {
+            return;
+        }
+        last = now;
+        assert!(since.elapsed() < within, "{what}: it still gets calls");
     }
 }
 
@@ -126,22 +184,9 @@ async fn calls_spread_over_resolved_pods_follow_new_ones_and_drain_removed_ones(
     let channel = factory
         .channel(&["http://boardroom-session.test.svc:50051".to_owned()])
         .expect("channel");
-    let client = tonic_health::pb::health_client::HealthClient::new(channel);
     let failures = Arc::new(AtomicU64::new(0));
     let load = CancellationToken::new();
-    // 16 callers in a loop until told to stop; every failure counted.
-    let callers: Vec<_> = (0..16)
-        .map(|_| {
-            let (mut client, failures, load) = (client.clone(), failures.clone(), load.clone());
-            tokio::spawn(async move {
-                while !load.is_cancelled() {
-                    if client.check(HealthCheckRequest::default()).await.is_err() {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
+    let callers = callers(channel, &load, &failures);
     let calls = |i: usize| pods[i].calls.load(Ordering::Relaxed);
     wait_for(
         "both first pods serve",
@@ -180,20 +225,7 @@ async fn calls_spread_over_resolved_pods_follow_new_ones_and_drain_removed_ones(
 
     // A pod that leaves DNS stops getting calls; then it shuts down, and nothing failed.
     dns.set(&[pods[0].addr, pods[1].addr]);
-    let mut last = calls(2);
-    let quiet_since = tokio::time::Instant::now();
-    loop {
-        tokio::time::sleep(INTERVAL / 2).await;
-        let now = calls(2);
-        if now == last {
-            break;
-        }
-        last = now;
-        assert!(
-            quiet_since.elapsed() < Duration::from_secs(5),
-            "the removed pod still gets calls"
-        );
-    }
+    wait_quiet("the removed pod", &pods[2], Duration::from_secs(5)).await;
     pods[2].stop.cancel();
     let keep_going = calls(0) + calls(1) + 500;
     wait_for(
@@ -202,6 +234,78 @@ async fn calls_spread_over_resolved_pods_follow_new_ones_and_drain_removed_ones(
         Duration::from_secs(10),
     )
     .await;
+    load.cancel();
+    for caller in callers {
+        caller.await.expect("caller");
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "no call failed");
+    for pod in pods {
+        pod.stop.cancel();
+        pod.served.await.expect("server");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_stops_serving_gets_no_new_calls_and_shuts_down_without_failed_calls() {
+    let pods = [
+        instance([127, 0, 0, 1]).await,
+        instance([127, 0, 0, 2]).await,
+        instance([127, 0, 0, 3]).await,
+    ];
+    let factory = ChannelFactory::new(ClientConfig {
+        resolve_interval_ms: INTERVAL.as_millis() as u64,
+        ..ClientConfig::default()
+    });
+    let addresses: Vec<String> = pods.iter().map(|p| format!("http://{}", p.addr)).collect();
+    let channel = factory.channel(&addresses).expect("channel");
+    let failures = Arc::new(AtomicU64::new(0));
+    let load = CancellationToken::new();
+    let callers = callers(channel, &load, &failures);
+    let calls = |i: usize| pods[i].calls.load(Ordering::Relaxed);
+    wait_for(
+        "all three serve",
+        || (0..3).all(|i| calls(i) > 0),
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // What a server does on SIGTERM: NOT_SERVING first, then it closes. The client stops
+    // sending it calls as soon as it hears, and nothing fails when it goes.
+    pods[2].status.send_replace(ServingStatus::NotServing);
+    wait_quiet("the draining pod", &pods[2], INTERVAL * 4).await;
+    pods[2].stop.cancel();
+    let keep_going = calls(0) + calls(1) + 500;
+    wait_for(
+        "calls go on",
+        || calls(0) + calls(1) > keep_going,
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // Serving again: it is taken back.
+    pods[1].status.send_replace(ServingStatus::NotServing);
+    wait_quiet("the pod out of service", &pods[1], INTERVAL * 4).await;
+    pods[1].status.send_replace(ServingStatus::Serving);
+    let resumed = calls(1);
+    wait_for(
+        "the pod back in service gets calls",
+        || calls(1) > resumed,
+        INTERVAL * 3,
+    )
+    .await;
+
+    // No instance serving: calls still go to the ones that answer (not to the one that is
+    // gone) rather than nowhere.
+    pods[0].status.send_replace(ServingStatus::NotServing);
+    pods[1].status.send_replace(ServingStatus::NotServing);
+    let before = calls(0) + calls(1);
+    wait_for(
+        "calls go on with no instance serving",
+        || calls(0) + calls(1) > before + 500,
+        Duration::from_secs(10),
+    )
+    .await;
+
     load.cancel();
     for caller in callers {
         caller.await.expect("caller");

@@ -9,18 +9,21 @@
 //! resolution that fails or comes back empty changes nothing (a DNS hiccup must not empty the
 //! balancer).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio::sync::mpsc::Sender;
+use tokio::sync::mpsc::{self, Sender};
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 /// A future of addresses.
 pub type Resolution<'a> =
@@ -117,77 +120,250 @@ pub(crate) fn resolving_channel(
         .collect::<Vec<_>>()
         .join(",");
     // Owned by the channel: it ends when the balancer (every clone of the channel) is gone.
-    tokio::spawn(follow(
-        name,
-        targets,
-        resolver,
-        interval,
-        changes,
-        refresh.clone(),
-    ));
+    tokio::spawn(
+        Follower {
+            name,
+            targets,
+            resolver,
+            interval,
+            changes,
+            known: BTreeMap::new(),
+            balanced: BTreeSet::new(),
+            generation: 0,
+        }
+        .run(refresh.clone()),
+    );
     BalancedChannel { channel, refresh }
 }
 
-/// Resolves every target, then again every `interval` (or sooner when asked), and tells the
-/// balancer what came and went.
-async fn follow(
+/// What an address's health watch last said, worst first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Health {
+    /// It could not be reached.
+    Unreachable,
+    /// It answered NOT_SERVING (draining for shutdown, or not ready).
+    NotServing,
+    /// It answered SERVING (or has no health service).
+    Serving,
+}
+
+/// An address the targets resolve to, and what its health watch last said.
+struct Known {
+    endpoint: Endpoint,
+    health: Health,
+    generation: u64,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Known {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
+/// (address, generation of its watch, health)
+type HealthReport = (SocketAddr, u64, Health);
+
+/// Keeps the balancer's endpoints in step with what the targets resolve to and with each
+/// address's health: the balancer holds the addresses in the best health there is — those
+/// SERVING; when none is, those that answer at all; when none does, every one (with nothing
+/// better, trying beats refusing every call).
+struct Follower {
     name: String,
     targets: Vec<Target>,
     resolver: Arc<dyn Resolve>,
     interval: Duration,
     changes: Sender<Change<SocketAddr, Endpoint>>,
-    refresh: Arc<Notify>,
-) {
-    let mut current: BTreeSet<SocketAddr> = BTreeSet::new();
-    loop {
-        let mut found: HashMap<SocketAddr, &Target> = HashMap::new();
+    known: BTreeMap<SocketAddr, Known>,
+    balanced: BTreeSet<SocketAddr>,
+    generation: u64,
+}
+
+impl Follower {
+    async fn run(mut self, refresh: Arc<Notify>) {
+        let (health_tx, mut health_rx) = mpsc::unbounded_channel::<HealthReport>();
+        loop {
+            self.resolve(&health_tx).await;
+            if self.sync().await.is_err() {
+                return;
+            }
+            let next = tokio::time::Instant::now() + self.interval;
+            loop {
+                tokio::select! {
+                    _ = self.changes.closed() => return,
+                    _ = tokio::time::sleep_until(next) => break,
+                    _ = refresh.notified() => {
+                        // A burst of failures asks once; the next look waits a little.
+                        tokio::time::sleep(self.interval.min(Duration::from_millis(100))).await;
+                        break;
+                    }
+                    Some((address, generation, health)) = health_rx.recv() => {
+                        let Some(known) = self.known.get_mut(&address) else { continue };
+                        if known.generation != generation || known.health == health {
+                            continue;
+                        }
+                        known.health = health;
+                        tracing::info!(target = %self.name, %address, ?health, "endpoint health changed");
+                        if self.sync().await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resolves every target; a failed or empty resolution keeps the known addresses.
+    async fn resolve(&mut self, health: &mpsc::UnboundedSender<HealthReport>) {
+        let mut found: HashMap<SocketAddr, usize> = HashMap::new();
         let mut failed = false;
-        for target in &targets {
-            match resolver.resolve(&target.host, target.port).await {
-                Ok(addresses) => found.extend(addresses.into_iter().map(|a| (a, target))),
+        for (index, target) in self.targets.iter().enumerate() {
+            let resolved = match target.host.parse::<IpAddr>() {
+                Ok(ip) => Ok(vec![SocketAddr::new(ip, target.port)]),
+                Err(_) => self.resolver.resolve(&target.host, target.port).await,
+            };
+            match resolved {
+                Ok(addresses) => found.extend(addresses.into_iter().map(|a| (a, index))),
                 Err(err) => {
                     failed = true;
-                    tracing::warn!(target = %name, host = %target.host, error = %err, "resolving a service address failed; keeping the known ones");
+                    tracing::warn!(target = %self.name, host = %target.host, error = %err, "resolving a service address failed; keeping the known ones");
                 }
             }
         }
         let outcome = if failed { "error" } else { "ok" };
-        metrics::counter!("rpc_client_resolutions_total", "target" => name.clone(), "result" => outcome).increment(1);
-        if !found.is_empty() {
-            let next: BTreeSet<SocketAddr> = found.keys().copied().collect();
-            for gone in current.difference(&next) {
-                if changes.send(Change::Remove(*gone)).await.is_err() {
+        metrics::counter!("rpc_client_resolutions_total", "target" => self.name.clone(), "result" => outcome).increment(1);
+        if found.is_empty() {
+            return;
+        }
+        self.known.retain(|address, _| {
+            let keep = found.contains_key(address);
+            if !keep {
+                tracing::info!(target = %self.name, %address, "endpoint left");
+            }
+            keep
+        });
+        for (address, index) in found {
+            if self.known.contains_key(&address) {
+                continue;
+            }
+            match (self.targets[index].endpoint)(address) {
+                Ok(endpoint) => {
+                    self.generation += 1;
+                    let watch = tokio::spawn(watch_health(
+                        address,
+                        self.generation,
+                        endpoint.clone(),
+                        self.interval,
+                        health.clone(),
+                    ));
+                    tracing::info!(target = %self.name, %address, "endpoint joined");
+                    self.known.insert(
+                        address,
+                        Known {
+                            endpoint,
+                            // Optimistic until its health watch says otherwise.
+                            health: Health::Serving,
+                            generation: self.generation,
+                            watch,
+                        },
+                    );
+                }
+                Err(err) => {
+                    tracing::warn!(target = %self.name, %address, error = %err, "bad endpoint")
+                }
+            }
+        }
+    }
+
+    /// Tells the balancer what came and went; `Err` when the balancer is gone.
+    async fn sync(&mut self) -> Result<(), ()> {
+        let best = self.known.values().map(|k| k.health).max();
+        let wanted: BTreeSet<SocketAddr> = self
+            .known
+            .iter()
+            .filter(|(_, k)| Some(k.health) == best)
+            .map(|(a, _)| *a)
+            .collect();
+        for gone in self.balanced.difference(&wanted) {
+            self.changes
+                .send(Change::Remove(*gone))
+                .await
+                .map_err(|_| ())?;
+        }
+        for new in wanted.difference(&self.balanced) {
+            if let Some(known) = self.known.get(new) {
+                self.changes
+                    .send(Change::Insert(*new, known.endpoint.clone()))
+                    .await
+                    .map_err(|_| ())?;
+            }
+        }
+        self.balanced = wanted;
+        metrics::gauge!("rpc_client_endpoints", "target" => self.name.clone())
+            .set(self.balanced.len() as f64);
+        Ok(())
+    }
+}
+
+/// Watches the server health of one address (`grpc.health.v1.Health/Watch`, service "") on a
+/// connection of its own and reports every change of SERVING or not. A server without the
+/// health service counts as serving. On NOT_SERVING the watch is dropped (a server draining
+/// for shutdown must not wait on it) and asked again after `interval`; an address that cannot
+/// be reached counts as not serving until it can.
+async fn watch_health(
+    address: SocketAddr,
+    generation: u64,
+    endpoint: Endpoint,
+    interval: Duration,
+    report: mpsc::UnboundedSender<HealthReport>,
+) {
+    let mut client = HealthClient::new(endpoint.connect_lazy());
+    let send = |health: Health| report.send((address, generation, health)).is_ok();
+    loop {
+        let opened = tokio::time::Instant::now();
+        let serving = match client
+            .watch(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+        {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                let mut serving = true;
+                // Until the stream ends (then ask again at once: a server that is gone
+                // will not answer) or says NOT_SERVING.
+                while let Ok(Some(message)) = stream.message().await {
+                    serving = message.status == ServingStatus::Serving as i32;
+                    let health = if serving {
+                        Health::Serving
+                    } else {
+                        Health::NotServing
+                    };
+                    if !send(health) {
+                        return;
+                    }
+                    if !serving {
+                        break;
+                    }
+                }
+                serving
+            }
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                send(Health::Serving);
+                return;
+            }
+            Err(_) => {
+                if !send(Health::Unreachable) {
                     return;
                 }
-                tracing::info!(target = %name, address = %gone, "endpoint left");
+                false
             }
-            for new in next.difference(&current) {
-                let Some(target) = found.get(new) else {
-                    continue;
-                };
-                match (target.endpoint)(*new) {
-                    Ok(endpoint) => {
-                        if changes.send(Change::Insert(*new, endpoint)).await.is_err() {
-                            return;
-                        }
-                        tracing::info!(target = %name, address = %new, "endpoint joined");
-                    }
-                    Err(err) => {
-                        tracing::warn!(target = %name, address = %new, error = %err, "bad endpoint")
-                    }
-                }
-            }
-            current = next;
-            metrics::gauge!("rpc_client_endpoints", "target" => name.clone())
-                .set(current.len() as f64);
-        }
-        tokio::select! {
-            _ = changes.closed() => return,
-            _ = tokio::time::sleep(interval) => {}
-            _ = refresh.notified() => {
-                // A burst of failures asks once; the next look waits a little.
-                tokio::time::sleep(interval.min(Duration::from_millis(100))).await;
-            }
+        };
+        if !serving {
+            tokio::time::sleep(interval).await;
+        } else if opened.elapsed() < Duration::from_millis(100) {
+            // A server that ends watches at once must not make this a busy loop.
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
