@@ -14,9 +14,10 @@ use boardroom_proto::conversation::v1 as conv;
 use boardroom_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use boardroom_proto::session::v1 as sess;
 use boardroom_proto::session::v1::session_service_client::SessionServiceClient;
+use boardroom_runtime::client::{BalancedChannel, ChannelFactory};
+use boardroom_runtime::config::ClientConfig;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use tonic::transport::{Channel, Endpoint};
 
 /// What a users run is asked to do.
 #[derive(Debug, Clone)]
@@ -32,16 +33,40 @@ pub struct UsersPlan {
     pub html: Option<PathBuf>,
 }
 
-/// Per-step latencies and failures.
-#[derive(Default)]
+/// Per-step latencies and failures; failed attempts that were retried, and every failure by
+/// the second of the run it happened in.
 struct Steps {
+    started: Instant,
     latencies: BTreeMap<&'static str, Histogram<u64>>,
     failures: BTreeMap<&'static str, BTreeMap<String, u64>>,
+    retried: BTreeMap<&'static str, BTreeMap<String, u64>>,
+    /// Second of the run → (attempts retried, calls failed).
+    timeline: BTreeMap<u64, (u64, u64)>,
 }
 
 type Shared = Arc<Mutex<Steps>>;
 
-fn record(steps: &Shared, step: &'static str, started: Instant, result: Result<(), tonic::Code>) {
+/// What a call's failure was, and whether a well-behaved client tries it again.
+#[derive(Debug)]
+struct Failure {
+    label: String,
+    retryable: bool,
+}
+
+impl From<tonic::Status> for Failure {
+    /// UNAVAILABLE is the contract's "nothing was done, or the call is idempotent: retry".
+    fn from(status: tonic::Status) -> Self {
+        Self {
+            label: format!("{:?}", status.code()),
+            retryable: status.code() == tonic::Code::Unavailable,
+        }
+    }
+}
+
+/// How long a call is retried (from its first attempt) before it counts as failed.
+const RETRY_BUDGET: Duration = Duration::from_secs(15);
+
+fn record(steps: &Shared, step: &'static str, started: Instant, result: Result<(), &Failure>) {
     let Ok(mut steps) = steps.lock() else {
         return;
     };
@@ -57,181 +82,279 @@ fn record(steps: &Shared, step: &'static str, started: Instant, result: Result<(
                 .record(micros)
                 .ok();
         }
-        Err(code) => {
+        Err(failure) => {
             *steps
                 .failures
                 .entry(step)
                 .or_default()
-                .entry(format!("{code:?}"))
+                .entry(failure.label.clone())
                 .or_default() += 1;
+            let second = steps.started.elapsed().as_secs();
+            steps.timeline.entry(second).or_default().1 += 1;
         }
     }
 }
 
-/// Runs `call`, timing it as `step`; `None` when it failed.
-async fn step<T>(
-    steps: &Shared,
-    name: &'static str,
-    call: impl Future<Output = Result<T, tonic::Status>>,
-) -> Option<T> {
+fn record_retry(steps: &Shared, step: &'static str, failure: &Failure) {
+    let Ok(mut steps) = steps.lock() else {
+        return;
+    };
+    *steps
+        .retried
+        .entry(step)
+        .or_default()
+        .entry(failure.label.clone())
+        .or_default() += 1;
+    let second = steps.started.elapsed().as_secs();
+    steps.timeline.entry(second).or_default().0 += 1;
+}
+
+/// Runs `call` as a well-behaved client does, timing it as `step` from its first attempt: a
+/// retryable failure is tried again (the same request, so the same request id) after a backoff
+/// from 50 ms doubling to 1 s with jitter, within [`RETRY_BUDGET`]. `None` when it failed.
+async fn step<T, F, Fut>(steps: &Shared, name: &'static str, mut call: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Failure>>,
+{
     let started = Instant::now();
-    match call.await {
-        Ok(value) => {
-            record(steps, name, started, Ok(()));
-            Some(value)
-        }
-        Err(status) => {
-            record(steps, name, started, Err(status.code()));
-            None
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match call().await {
+            Ok(value) => {
+                record(steps, name, started, Ok(()));
+                return Some(value);
+            }
+            Err(failure) if failure.retryable && started.elapsed() + backoff < RETRY_BUDGET => {
+                record_retry(steps, name, &failure);
+                // Full jitter from the clock's low bits: retries of many users spread out.
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                tokio::time::sleep(backoff.mul_f64(0.5 + f64::from(nanos % 1000) / 2000.0)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(failure) => {
+                record(steps, name, started, Err(&failure));
+                return None;
+            }
         }
     }
 }
 
-async fn connect(host: &str) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(format!("http://{host}"))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(60))
-        .connect()
-        .await
-        .map_err(|e| anyhow::anyhow!("connecting to {host}: {e}"))
+/// A channel through the services' own client (balanced over every address given, comma
+/// separated, each followed by its health), with the generator's deadlines.
+fn connect(hosts: &str) -> anyhow::Result<BalancedChannel> {
+    let factory = ChannelFactory::new(ClientConfig {
+        connect_timeout_ms: 5_000,
+        request_timeout_ms: 60_000,
+        resolve_interval_ms: 1_000,
+        ..ClientConfig::default()
+    });
+    let addresses: Vec<String> = hosts
+        .split(',')
+        .map(|h| format!("http://{}", h.trim()))
+        .collect();
+    factory
+        .channel(&addresses)
+        .map_err(|e| anyhow::anyhow!("connecting to {hosts}: {e}"))
 }
 
-/// A RunTurn streamed to its end: the turn must complete.
+/// A RunTurn streamed to its end: the turn must complete. A turn that failed without storing
+/// anything for a passing reason (storage or model unavailable) may be retried with its
+/// request id; one that completed in an earlier attempt is replayed, not run again.
 async fn run_turn(
-    client: &mut ConversationServiceClient<Channel>,
-    thread_id: &str,
-    round: u64,
-) -> Result<(), tonic::Status> {
-    let mut stream = client
-        .run_turn(conv::RunTurnRequest {
-            thread_id: thread_id.to_owned(),
-            content: format!("Round {round}: what should we do next?"),
-            author: "load".into(),
-            ..conv::RunTurnRequest::default()
-        })
-        .await?
-        .into_inner();
-    let mut completed = false;
+    mut client: ConversationServiceClient<BalancedChannel>,
+    request: conv::RunTurnRequest,
+) -> Result<conv::TurnCompleted, Failure> {
+    let mut stream = client.run_turn(request).await?.into_inner();
     while let Some(event) = stream.message().await? {
         match event.event {
-            Some(conv::run_turn_response::Event::TurnCompleted(_)) => completed = true,
+            Some(conv::run_turn_response::Event::TurnCompleted(completed)) => {
+                return Ok(completed);
+            }
             Some(conv::run_turn_response::Event::TurnFailed(failed)) => {
-                return Err(tonic::Status::aborted(failed.message));
+                let reason = conv::FailureReason::try_from(failed.reason)
+                    .unwrap_or(conv::FailureReason::Unspecified);
+                return Err(Failure {
+                    label: format!("TurnFailed:{}", reason.as_str_name()),
+                    retryable: matches!(
+                        reason,
+                        conv::FailureReason::Storage
+                            | conv::FailureReason::Upstream
+                            | conv::FailureReason::NoAnswer
+                    ),
+                });
             }
             _ => {}
         }
     }
-    if completed {
-        Ok(())
-    } else {
-        Err(tonic::Status::data_loss(
-            "the turn stream ended without TurnCompleted",
-        ))
+    Err(Failure {
+        label: "stream ended without TurnCompleted".into(),
+        retryable: false,
+    })
+}
+
+/// The writes a user was told succeeded, checked at the end of the run.
+#[derive(Default)]
+struct Ledger {
+    session: Option<String>,
+    threads: Vec<String>,
+    turns: BTreeMap<String, Vec<conv::TurnCompleted>>,
+}
+
+/// What the end-of-run check found, summed over users.
+#[derive(Debug, Default, Clone, Copy)]
+struct Verified {
+    sessions: u64,
+    threads: u64,
+    turns: u64,
+    lost_sessions: u64,
+    lost_threads: u64,
+    lost_turns: u64,
+    /// Turns stored whose caller was never told (its retries ran out after the commit).
+    unacknowledged_turns: u64,
+    /// Checks that could not be made (the read failed).
+    unverified: u64,
+}
+
+impl Verified {
+    fn add(&mut self, other: &Verified) {
+        self.sessions += other.sessions;
+        self.threads += other.threads;
+        self.turns += other.turns;
+        self.lost_sessions += other.lost_sessions;
+        self.lost_threads += other.lost_threads;
+        self.lost_turns += other.lost_turns;
+        self.unacknowledged_turns += other.unacknowledged_turns;
+        self.unverified += other.unverified;
     }
 }
 
 struct User {
     index: usize,
     boardroom_id: String,
-    sessions: SessionServiceClient<Channel>,
-    conversation: ConversationServiceClient<Channel>,
+    sessions: SessionServiceClient<BalancedChannel>,
+    conversation: ConversationServiceClient<BalancedChannel>,
     steps: Shared,
     think: Duration,
     until: Instant,
 }
 
 impl User {
-    async fn run(mut self) {
+    async fn run(self, checks: Arc<tokio::sync::Semaphore>) -> Verified {
+        let mut ledger = Ledger::default();
+        self.act(&mut ledger).await;
+        // Checked once the run is over (and any fault long past), a few users at a time.
+        let _permit = checks.acquire_owned().await.ok();
+        self.verify(&ledger).await
+    }
+
+    async fn act(&self, ledger: &mut Ledger) {
         let user_id = format!("load-user-{}-{}", self.index, uuid_like());
-        let Some(session) = step(
-            &self.steps,
-            "CreateSession",
-            self.sessions.create_session(sess::CreateSessionRequest {
-                boardroom_id: self.boardroom_id.clone(),
-                user_id: user_id.clone(),
-                title: "load".into(),
-                request_id: String::new(),
-            }),
-        )
+        let create = sess::CreateSessionRequest {
+            boardroom_id: self.boardroom_id.clone(),
+            user_id: user_id.clone(),
+            title: "load".into(),
+            request_id: uuid_like(),
+        };
+        let Some(session) = step(&self.steps, "CreateSession", || {
+            let (mut client, request) = (self.sessions.clone(), create.clone());
+            async move { Ok(client.create_session(request).await?.into_inner().session) }
+        })
         .await
-        .and_then(|r| r.into_inner().session) else {
+        .flatten() else {
             return;
         };
-        let mut thread = None;
+        ledger.session = Some(session.id.clone());
+        let mut thread: Option<sess::Thread> = None;
         let mut round = 0u64;
         while Instant::now() < self.until {
             if thread.is_none() || round % 5 == 4 {
-                thread = step(
-                    &self.steps,
-                    "CreateThread",
-                    self.sessions.create_thread(sess::CreateThreadRequest {
-                        session_id: session.id.clone(),
-                        thread_type: sess::ThreadType::Main as i32,
-                        title: format!("thread {round}"),
-                        request_id: String::new(),
-                    }),
-                )
+                let create = sess::CreateThreadRequest {
+                    session_id: session.id.clone(),
+                    thread_type: sess::ThreadType::Main as i32,
+                    title: format!("thread {round}"),
+                    request_id: uuid_like(),
+                };
+                if let Some(created) = step(&self.steps, "CreateThread", || {
+                    let (mut client, request) = (self.sessions.clone(), create.clone());
+                    async move { Ok(client.create_thread(request).await?.into_inner().thread) }
+                })
                 .await
-                .and_then(|r| r.into_inner().thread)
-                .or(thread);
+                .flatten()
+                {
+                    ledger.threads.push(created.id.clone());
+                    thread = Some(created);
+                }
             }
             let Some(current) = thread.clone() else {
                 return;
             };
-            step(
-                &self.steps,
-                "ListSessions",
-                self.sessions.list_sessions(sess::ListSessionsRequest {
-                    user_id: user_id.clone(),
-                    page_size: 20,
-                    ..sess::ListSessionsRequest::default()
-                }),
-            )
+            let list_sessions = sess::ListSessionsRequest {
+                user_id: user_id.clone(),
+                page_size: 20,
+                ..sess::ListSessionsRequest::default()
+            };
+            step(&self.steps, "ListSessions", || {
+                let (mut client, request) = (self.sessions.clone(), list_sessions.clone());
+                async move { Ok(client.list_sessions(request).await?) }
+            })
             .await;
-            step(
-                &self.steps,
-                "ListThreads",
-                self.sessions.list_threads(sess::ListThreadsRequest {
-                    session_id: session.id.clone(),
-                    page_size: 20,
-                    ..sess::ListThreadsRequest::default()
-                }),
-            )
+            let list_threads = sess::ListThreadsRequest {
+                session_id: session.id.clone(),
+                page_size: 20,
+                ..sess::ListThreadsRequest::default()
+            };
+            step(&self.steps, "ListThreads", || {
+                let (mut client, request) = (self.sessions.clone(), list_threads.clone());
+                async move { Ok(client.list_threads(request).await?) }
+            })
             .await;
-            step(
-                &self.steps,
-                "GetSession",
-                self.sessions.get_session(sess::GetSessionRequest {
+            step(&self.steps, "GetSession", || {
+                let mut client = self.sessions.clone();
+                let request = sess::GetSessionRequest {
                     id: session.id.clone(),
-                }),
-            )
+                };
+                async move { Ok(client.get_session(request).await?) }
+            })
             .await;
-            let mut conversation = self.conversation.clone();
-            step(
-                &self.steps,
-                "RunTurn",
-                run_turn(&mut conversation, &current.id, round),
-            )
+            let turn = conv::RunTurnRequest {
+                thread_id: current.id.clone(),
+                content: format!("Round {round}: what should we do next?"),
+                author: "load".into(),
+                request_id: uuid_like(),
+                ..conv::RunTurnRequest::default()
+            };
+            if let Some(completed) = step(&self.steps, "RunTurn", || {
+                run_turn(self.conversation.clone(), turn.clone())
+            })
+            .await
+            {
+                ledger
+                    .turns
+                    .entry(current.id.clone())
+                    .or_default()
+                    .push(completed);
+            }
+            let list_messages = conv::ListMessagesRequest {
+                thread_id: current.id.clone(),
+                direction: conv::Direction::Backward as i32,
+                page_size: 20,
+                page_token: String::new(),
+            };
+            step(&self.steps, "ListMessages", || {
+                let (mut client, request) = (self.conversation.clone(), list_messages.clone());
+                async move { Ok(client.list_messages(request).await?) }
+            })
             .await;
-            step(
-                &self.steps,
-                "ListMessages",
-                self.conversation.list_messages(conv::ListMessagesRequest {
+            step(&self.steps, "GetState", || {
+                let mut client = self.conversation.clone();
+                let request = conv::GetStateRequest {
                     thread_id: current.id.clone(),
-                    direction: conv::Direction::Backward as i32,
-                    page_size: 20,
-                    page_token: String::new(),
-                }),
-            )
-            .await;
-            step(
-                &self.steps,
-                "GetState",
-                self.conversation.get_state(conv::GetStateRequest {
-                    thread_id: current.id.clone(),
-                }),
-            )
+                };
+                async move { Ok(client.get_state(request).await?) }
+            })
             .await;
             round += 1;
             // Never past the end of the run.
@@ -240,6 +363,121 @@ impl User {
                     .min(self.until.saturating_duration_since(Instant::now())),
             )
             .await;
+        }
+    }
+
+    /// Reads back every write the user was told succeeded: its session, its threads, and
+    /// every seq of every completed turn (and a state at least as new as the turn's).
+    async fn verify(&self, ledger: &Ledger) -> Verified {
+        let mut verified = Verified::default();
+        let quiet: Shared = Arc::new(Mutex::new(Steps::new()));
+        if let Some(id) = &ledger.session {
+            verified.sessions += 1;
+            let found = step(&quiet, "verify", || {
+                let mut client = self.sessions.clone();
+                let request = sess::GetSessionRequest { id: id.clone() };
+                async move { found(client.get_session(request).await) }
+            })
+            .await;
+            match found {
+                Some(true) => {}
+                Some(false) => verified.lost_sessions += 1,
+                None => verified.unverified += 1,
+            }
+        }
+        for id in &ledger.threads {
+            verified.threads += 1;
+            let found = step(&quiet, "verify", || {
+                let mut client = self.sessions.clone();
+                let request = sess::GetThreadRequest { id: id.clone() };
+                async move { found(client.get_thread(request).await) }
+            })
+            .await;
+            match found {
+                Some(true) => {}
+                Some(false) => verified.lost_threads += 1,
+                None => verified.unverified += 1,
+            }
+        }
+        for (thread_id, turns) in &ledger.turns {
+            verified.turns += turns.len() as u64;
+            let Some(messages) = step(&quiet, "verify", || {
+                every_message(self.conversation.clone(), thread_id.clone())
+            })
+            .await
+            else {
+                verified.unverified += turns.len() as u64;
+                continue;
+            };
+            let seqs: std::collections::BTreeSet<i64> = messages.iter().map(|m| m.seq).collect();
+            let state = step(&quiet, "verify", || {
+                let mut client = self.conversation.clone();
+                let request = conv::GetStateRequest {
+                    thread_id: thread_id.clone(),
+                };
+                async move { Ok(client.get_state(request).await?.into_inner().state) }
+            })
+            .await
+            .flatten();
+            let version = state.as_ref().map_or(0, |s| s.version);
+            for turn in turns {
+                let stored = (turn.first_seq..=turn.last_seq).all(|seq| seqs.contains(&seq));
+                if !stored || version < turn.state_version {
+                    verified.lost_turns += 1;
+                }
+            }
+            let user_messages = messages
+                .iter()
+                .filter(|m| m.role == conv::Role::User as i32)
+                .count() as u64;
+            verified.unacknowledged_turns += user_messages.saturating_sub(turns.len() as u64);
+        }
+        verified
+    }
+}
+
+/// `Ok(true)` for an answer, `Ok(false)` for NOT_FOUND; other failures as usual.
+fn found<T>(answer: Result<T, tonic::Status>) -> Result<bool, Failure> {
+    match answer {
+        Ok(_) => Ok(true),
+        Err(status) if status.code() == tonic::Code::NotFound => Ok(false),
+        Err(status) => Err(status.into()),
+    }
+}
+
+/// Every message of a thread, oldest first, page by page.
+async fn every_message(
+    mut client: ConversationServiceClient<BalancedChannel>,
+    thread_id: String,
+) -> Result<Vec<conv::Message>, Failure> {
+    let mut messages = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_messages(conv::ListMessagesRequest {
+                thread_id: thread_id.clone(),
+                direction: conv::Direction::Forward as i32,
+                page_size: 500,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        messages.extend(page.messages);
+        if page.next_page_token.is_empty() {
+            return Ok(messages);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+impl Steps {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            latencies: BTreeMap::new(),
+            failures: BTreeMap::new(),
+            retried: BTreeMap::new(),
+            timeline: BTreeMap::new(),
         }
     }
 }
@@ -323,8 +561,8 @@ pub async fn run(plan: UsersPlan) -> anyhow::Result<()> {
     let mut session_channels = Vec::new();
     let mut conversation_channels = Vec::new();
     for _ in 0..plan.connections.max(1) {
-        session_channels.push(connect(&plan.session_host).await?);
-        conversation_channels.push(connect(&plan.conversation_host).await?);
+        session_channels.push(connect(&plan.session_host)?);
+        conversation_channels.push(connect(&plan.conversation_host)?);
     }
     let mut sessions = SessionServiceClient::new(session_channels[0].clone());
     let boardroom = sessions
@@ -346,7 +584,8 @@ pub async fn run(plan: UsersPlan) -> anyhow::Result<()> {
         .into_inner()
         .boardroom
         .ok_or_else(|| anyhow::anyhow!("CreateBoardroom answered no boardroom"))?;
-    let steps: Shared = Arc::default();
+    let steps: Shared = Arc::new(Mutex::new(Steps::new()));
+    let checks = Arc::new(tokio::sync::Semaphore::new(32));
     let started = Instant::now();
     let until = started + plan.duration;
     let watcher = tokio::spawn(watch(plan.pids.clone(), started, until));
@@ -366,14 +605,16 @@ pub async fn run(plan: UsersPlan) -> anyhow::Result<()> {
                 until,
             };
             let start_at = started + plan.ramp.mul_f64(index as f64 / plan.users.max(1) as f64);
+            let checks = checks.clone();
             tokio::spawn(async move {
                 tokio::time::sleep_until(start_at.into()).await;
-                user.run().await;
+                user.run(checks).await
             })
         })
         .collect();
+    let mut verified = Verified::default();
     for user in users {
-        user.await?;
+        verified.add(&user.await?);
     }
     let elapsed = started.elapsed();
     let processes = watcher.await?;
@@ -411,6 +652,7 @@ pub async fn run(plan: UsersPlan) -> anyhow::Result<()> {
             })
             .collect();
         let errors: u64 = steps.failures.values().flat_map(|f| f.values()).sum();
+        let retried: u64 = steps.retried.values().flat_map(|f| f.values()).sum();
         json!({
             "scenario": "users",
             "users": plan.users,
@@ -418,6 +660,15 @@ pub async fn run(plan: UsersPlan) -> anyhow::Result<()> {
             "ramp_s": plan.ramp.as_secs_f64(),
             "think_s": plan.think.as_secs_f64(),
             "errors": errors,
+            "retried_attempts": retried,
+            "retried": steps.retried,
+            "timeline": steps.timeline.iter().map(|(s, (r, f))| json!([s, r, f])).collect::<Vec<_>>(),
+            "writes": {
+                "acknowledged": {"sessions": verified.sessions, "threads": verified.threads, "turns": verified.turns},
+                "lost": {"sessions": verified.lost_sessions, "threads": verified.lost_threads, "turns": verified.lost_turns},
+                "unacknowledged_turns_stored": verified.unacknowledged_turns,
+                "unverified": verified.unverified,
+            },
             "steps": step_reports,
             "processes": processes,
         })

@@ -110,6 +110,22 @@ async fn the_users_scenario_drives_the_whole_suite_and_reports_each_step() {
             .unwrap_or(0.0)
             > 1.0
     );
+    // Every write the users were told succeeded was read back at the end.
+    let writes = &report["writes"];
+    assert!(
+        writes["acknowledged"]["turns"].as_u64().unwrap_or(0) >= 4,
+        "{writes}"
+    );
+    assert!(
+        writes["acknowledged"]["threads"].as_u64().unwrap_or(0) >= 4,
+        "{writes}"
+    );
+    assert_eq!(writes["acknowledged"]["sessions"], 4, "{writes}");
+    for kind in ["sessions", "threads", "turns"] {
+        assert_eq!(writes["lost"][kind], 0, "{writes}");
+    }
+    assert_eq!(writes["unverified"], 0, "{writes}");
+    assert_eq!(writes["unacknowledged_turns_stored"], 0, "{writes}");
     let page = std::fs::read_to_string(&html).expect("HTML report");
     assert!(page.contains("<svg") && page.contains("RunTurn"));
     let _ = std::fs::remove_file(html);

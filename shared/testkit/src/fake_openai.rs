@@ -1,6 +1,7 @@
 //! A local fake OpenAI-compatible server speaking the real protocol (`/v1/chat/completions`
 //! with SSE streaming, `/v1/embeddings`), that a test can tell to answer 429 with
-//! `Retry-After`, fail with 500, hang, or drop the connection mid-stream.
+//! `Retry-After`, fail with 500, hang, or drop the connection mid-stream; or, for load runs,
+//! to fail a share of its calls at random and stream at a model's pace.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -38,8 +39,32 @@ struct FakeState {
     script: Mutex<VecDeque<Behavior>>,
     calls: AtomicUsize,
     in_flight: AtomicUsize,
-    bodies: Mutex<Vec<Value>>,
+    last_body: Mutex<Option<Value>>,
     latency_ms: AtomicU64,
+    /// Share of unscripted calls (percent) answered 500, 502 or 503.
+    error_percent: AtomicU64,
+    /// Streamed answers: words per second after the first (0: all at once).
+    tokens_per_second: AtomicU64,
+    /// Streamed answers: this many words (0: the echo).
+    answer_tokens: AtomicU64,
+    /// xorshift state of the random failures.
+    random: AtomicU64,
+}
+
+impl FakeState {
+    /// A status for a call that is to fail at random, else `None`.
+    fn random_failure(&self) -> Option<u16> {
+        let percent = self.error_percent.load(Ordering::Relaxed);
+        if percent == 0 {
+            return None;
+        }
+        let mut x = self.random.load(Ordering::Relaxed) | 1;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.random.store(x, Ordering::Relaxed);
+        (x % 100 < percent).then(|| [500, 502, 503][(x / 100 % 3) as usize])
+    }
 }
 
 /// The running fake; stops when dropped.
@@ -77,16 +102,13 @@ fn chunk(model: &str, delta: Value, finish: Option<&str>) -> Bytes {
 async fn chat(State(state): State<Arc<FakeState>>, body: axum::Json<Value>) -> Response {
     let body = body.0;
     state.calls.fetch_add(1, Ordering::SeqCst);
-    state
-        .bodies
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(body.clone());
+    *state.last_body.lock().unwrap_or_else(|e| e.into_inner()) = Some(body.clone());
     let behavior = state
         .script
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .pop_front()
+        .or_else(|| state.random_failure().map(|s| Behavior::Status(s, None)))
         .unwrap_or(Behavior::Answer);
     let latency = state.latency_ms.load(Ordering::Relaxed);
     state.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -129,7 +151,13 @@ async fn chat(State(state): State<Arc<FakeState>>, body: axum::Json<Value>) -> R
         }
         Behavior::Answer | Behavior::DropMidStream => {
             let model = body["model"].as_str().unwrap_or("fake").to_owned();
-            let text = format!("echo: {}", last_message(&body));
+            let text = match state.answer_tokens.load(Ordering::Relaxed) {
+                0 => format!("echo: {}", last_message(&body)),
+                n => (0..n)
+                    .map(|i| format!("w{i}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            };
             let words: Vec<String> = text.split(' ').map(str::to_owned).collect();
             let completion_tokens = words.len() as u64;
             if body["stream"].as_bool() != Some(true) {
@@ -179,9 +207,23 @@ async fn chat(State(state): State<Arc<FakeState>>, body: axum::Json<Value>) -> R
                 }
                 events.push(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
             }
+            let pace = match state.tokens_per_second.load(Ordering::Relaxed) {
+                0 => Duration::ZERO,
+                n => Duration::from_secs(1) / n as u32,
+            };
+            // The first event at once, the rest at the model's pace.
+            let paced = futures::StreamExt::then(
+                futures::stream::iter(events.into_iter().enumerate()),
+                move |(i, event)| async move {
+                    if i > 1 && !pace.is_zero() {
+                        tokio::time::sleep(pace).await;
+                    }
+                    event
+                },
+            );
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/event-stream")
-                .body(Body::from_stream(futures::stream::iter(events)))
+                .body(Body::from_stream(paced))
                 .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
         }
     }
@@ -263,6 +305,28 @@ impl FakeOpenAi {
             .store(latency.as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// From now on `percent` % of the calls not scripted fail with 500, 502 or 503, at
+    /// random (seeded, so runs repeat).
+    pub fn set_error_percent(&self, percent: u64) {
+        self.state
+            .random
+            .store(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        self.state
+            .error_percent
+            .store(percent.min(100), Ordering::Relaxed);
+    }
+
+    /// Streamed answers: `answer_tokens` words (0: the echo), `tokens_per_second` after the
+    /// first (0: all at once).
+    pub fn set_pace(&self, answer_tokens: u64, tokens_per_second: u64) {
+        self.state
+            .answer_tokens
+            .store(answer_tokens, Ordering::Relaxed);
+        self.state
+            .tokens_per_second
+            .store(tokens_per_second, Ordering::Relaxed);
+    }
+
     /// Requests received so far.
     pub fn calls(&self) -> usize {
         self.state.calls.load(Ordering::SeqCst)
@@ -276,11 +340,10 @@ impl FakeOpenAi {
     /// The last chat request's JSON body.
     pub fn last_body(&self) -> Option<Value> {
         self.state
-            .bodies
+            .last_body
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .last()
-            .cloned()
+            .clone()
     }
 }
 

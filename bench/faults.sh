@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Faults under load: the users scenario (bench/users.sh) against a release `boardroom serve`
+# on a PostgreSQL and a Redis of its own (started here on free ports, so the machine's are
+# never touched), with one fault injected FAULT_AT seconds into the run:
+#   none      no fault: the baseline of the same setup
+#   redis     Redis killed (SIGKILL) and started again 5 s later
+#   postgres  PostgreSQL restarted (fast shutdown: every connection cut, then started again)
+#   sigterm   a second conversation instance on 127.0.0.2 shares the calls (the generator
+#             balances over both, following their health); it gets SIGTERM
+#   llm       the model is the fake OpenAI-compatible upstream, failing 20 % of its calls
+#             (500/502/503 at random) for the whole run
+# The users follow the contract's retry policy (UNAVAILABLE and a turn that failed without
+# storing anything are retried with the same request id, within 15 s). Reported: calls that
+# failed after it, attempts that were retried, the seconds they happened in, and the writes
+# the users were told succeeded that cannot be read back at the end (lost writes).
+# Usage: bench/faults.sh FAULT [users, default 1000] [duration, default 60s] [think, default 20s]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FAULT=${1:?usage: bench/faults.sh none|redis|postgres|sigterm|llm [users] [duration] [think]}
+USERS=${2:-1000}
+DURATION=${3:-60s}
+THINK=${4:-20s}
+RAMP=${RAMP:-10s}
+FAULT_AT=${FAULT_AT:-25}
+case $FAULT in none | redis | postgres | sigterm | llm) ;; *) echo "unknown fault $FAULT" >&2; exit 2 ;; esac
+
+cargo build --release --bin boardroom >/dev/null 2>&1
+cargo build --release -p boardroom-testkit --bin fake-openai >/dev/null 2>&1
+BIN=target/release/boardroom
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+WORK=$(mktemp -d /tmp/boardroom-faults.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -f "$WORK/redis.pid" ] && kill "$(cat "$WORK/redis.pid")" 2>/dev/null || true
+  as_postgres "$PGBIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# PostgreSQL of its own (initdb refuses root: run it as postgres then).
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+[ -x "$PGBIN/initdb" ] || PGBIN=$(dirname "$(command -v initdb)")
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+[ "$(id -u)" = 0 ] && chown postgres "$WORK"
+PGPORT=$(free_port)
+as_postgres "$PGBIN/initdb" -D "$WORK/pg" -A trust -U postgres >/dev/null
+pg_start() {
+  as_postgres "$PGBIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w \
+    -o "-p $PGPORT -k $WORK -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
+}
+pg_start
+
+# Redis of its own.
+RPORT=$(free_port)
+redis_start() {
+  redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
+    --pidfile "$WORK/redis.pid" --logfile "$WORK/redis.log" --dir "$WORK"
+  for _ in $(seq 100); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && return; sleep 0.05; done
+}
+redis_start
+
+export BOARDROOM_DATABASE__URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
+export BOARDROOM_REDIS__URL="redis://127.0.0.1:$RPORT"
+export BOARDROOM_TELEMETRY__LOG_LEVEL=warn
+# NOT_SERVING 2 s before the listener closes: time for clients to hear it.
+export BOARDROOM_SERVER__SHUTDOWN_DELAY_MS=2000
+if [ "$FAULT" = llm ]; then
+  FAKE_PORT=$(free_port)
+  target/release/fake-openai "127.0.0.1:$FAKE_PORT" --error-percent 20 --latency-ms 200 \
+    --tokens 24 --tokens-per-second 50 >/dev/null 2>"$WORK/fake.log" &
+  PIDS+=($!)
+  export BOARDROOM_LLM__DEPLOYMENTS__MOCK__PROVIDER=openai
+  export BOARDROOM_LLM__DEPLOYMENTS__MOCK__MODEL=fake
+  export BOARDROOM_LLM__DEPLOYMENTS__MOCK__BASE_URL="http://127.0.0.1:$FAKE_PORT/v1"
+else
+  export BOARDROOM_LLM__DEPLOYMENTS__MOCK__MOCK_TTFT_MS=200
+  export BOARDROOM_LLM__DEPLOYMENTS__MOCK__MOCK_TOKENS_PER_SECOND=50
+fi
+$BIN serve 2>"$WORK/suite.log" &
+SUITE=$!
+PIDS+=("$SUITE")
+for _ in $(seq 300); do curl -sf 127.0.0.1:9092/readyz >/dev/null && break; sleep 0.1; done
+CONVERSATION=127.0.0.1:50052
+WATCH=(--pid "suite=$SUITE")
+if [ "$FAULT" = sigterm ]; then
+  BOARDROOM_CONVERSATION__LISTEN__GRPC_ADDR=127.0.0.2:50052 BOARDROOM_CONVERSATION__LISTEN__ADMIN_ADDR=127.0.0.2:9092 \
+    $BIN serve --service conversation 2>"$WORK/second.log" &
+  SECOND=$!
+  PIDS+=("$SECOND")
+  for _ in $(seq 300); do curl -sf 127.0.0.2:9092/readyz >/dev/null && break; sleep 0.1; done
+  CONVERSATION=127.0.0.1:50052,127.0.0.2:50052
+  WATCH+=(--pid "conversation-2=$SECOND")
+fi
+
+mkdir -p bench/out
+REPORT=bench/out/faults-$FAULT.json
+$BIN load 127.0.0.1:50051 --scenario users --users "$USERS" -z "$DURATION" --think "$THINK" --ramp "$RAMP" \
+  --conversation-host "$CONVERSATION" "${WATCH[@]}" --html "bench/out/faults-$FAULT.html" >"$REPORT" &
+LOAD=$!
+START=$(date +%s.%N)
+at() { python3 -c "import sys; print(f'{float(sys.argv[1]) - float(sys.argv[2]):.1f}')" "$(date +%s.%N)" "$START"; }
+EVENTS=()
+sleep "$FAULT_AT"
+case $FAULT in
+  redis)
+    kill -9 "$(cat "$WORK/redis.pid")"
+    EVENTS+=("$(at) s: Redis killed (SIGKILL)")
+    sleep 5
+    redis_start
+    EVENTS+=("$(at) s: Redis started again (empty)")
+    ;;
+  postgres)
+    EVENTS+=("$(at) s: PostgreSQL restart begins (fast shutdown)")
+    as_postgres "$PGBIN/pg_ctl" -D "$WORK/pg" -m fast -w stop >/dev/null
+    EVENTS+=("$(at) s: PostgreSQL down")
+    pg_start
+    EVENTS+=("$(at) s: PostgreSQL up")
+    ;;
+  sigterm)
+    kill -TERM "$SECOND"
+    EVENTS+=("$(at) s: SIGTERM to the second conversation instance")
+    code=0
+    wait "$SECOND" || code=$?
+    EVENTS+=("$(at) s: it exited ($code)")
+    ;;
+esac
+wait "$LOAD"
+printf '%s\n' "${EVENTS[@]}"
+python3 - "$REPORT" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+w = r["writes"]
+print(f"{r['users']} users, {r['duration_s']:.0f} s: {r['errors']} failed calls, {r['retried_attempts']} retried attempts")
+print(f"writes acknowledged: {w['acknowledged']}; lost: {w['lost']}; "
+      f"stored but never acknowledged: {w['unacknowledged_turns_stored']} turns; unverified: {w['unverified']}")
+print("| step | calls | p50 ms | p99 ms | max ms | failed | retried |")
+print("|---|---|---|---|---|---|---|")
+for name, s in r["steps"].items():
+    retried = r["retried"].get(name, {})
+    print(f"| {name} | {s['count']} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['max_ms']:.0f} | {s['failures'] or ''} | {retried or ''} |")
+if r["timeline"]:
+    print("seconds with retried/failed: " + ", ".join(f"{s}s {a}/{f}" for s, a, f in r["timeline"]))
+for name, p in r["processes"].items():
+    print(f"{name}: peak RSS {p['peak_rss_mb']:.1f} MB, mean CPU {p['mean_cpu_percent']:.0f} %")
+PY
+for log in "$WORK"/suite.log "$WORK"/second.log; do
+  [ -f "$log" ] || continue
+  echo "$(basename "$log"): $(grep -c '"level":"ERROR"' "$log" || true) errors, $(grep -c '"level":"WARN"' "$log" || true) warnings logged; first ones:"
+  grep -E '"level":"(ERROR|WARN)"' "$log" | grep -v "QUIT command" | cut -c1-300 | head -4 || true
+done
