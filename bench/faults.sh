@@ -4,9 +4,11 @@
 # never touched), with one fault injected FAULT_AT seconds into the run:
 #   none      no fault: the baseline of the same setup
 #   redis     Redis killed (SIGKILL) and started again 5 s later
-#   postgres  PostgreSQL restarted (fast shutdown: every connection cut, then started again)
+#   postgres  PostgreSQL restarted (fast shutdown: every connection cut, then started again,
+#             after PG_DOWN seconds, default 0)
 #   sigterm   a second conversation instance on 127.0.0.2 shares the calls (the generator
-#             balances over both, following their health); it gets SIGTERM
+#             balances over both, following their health); it gets SIGTERM (the servers wait
+#             SHUTDOWN_DELAY_MS, default 2000, between NOT_SERVING and closing the listener)
 #   llm       the model is the fake OpenAI-compatible upstream, failing 20 % of its calls
 #             (500/502/503 at random) for the whole run
 # The users follow the contract's retry policy (UNAVAILABLE and a turn that failed without
@@ -66,7 +68,7 @@ export BOARDROOM_DATABASE__URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
 export BOARDROOM_REDIS__URL="redis://127.0.0.1:$RPORT"
 export BOARDROOM_TELEMETRY__LOG_LEVEL=warn
 # NOT_SERVING 2 s before the listener closes: time for clients to hear it.
-export BOARDROOM_SERVER__SHUTDOWN_DELAY_MS=2000
+export BOARDROOM_SERVER__SHUTDOWN_DELAY_MS=${SHUTDOWN_DELAY_MS:-2000}
 if [ "$FAULT" = llm ]; then
   FAKE_PORT=$(free_port)
   target/release/fake-openai "127.0.0.1:$FAKE_PORT" --error-percent 20 --latency-ms 200 \
@@ -116,6 +118,7 @@ case $FAULT in
     EVENTS+=("$(at) s: PostgreSQL restart begins (fast shutdown)")
     as_postgres "$PGBIN/pg_ctl" -D "$WORK/pg" -m fast -w stop >/dev/null
     EVENTS+=("$(at) s: PostgreSQL down")
+    sleep "${PG_DOWN:-0}"
     pg_start
     EVENTS+=("$(at) s: PostgreSQL up")
     ;;
@@ -134,6 +137,8 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 w = r["writes"]
 print(f"{r['users']} users, {r['duration_s']:.0f} s: {r['errors']} failed calls, {r['retried_attempts']} retried attempts")
+if r["advisor_failures"]:
+    print(f"advisors that failed within completed turns (the contract lets a turn complete without them): {r['advisor_failures']}")
 print(f"writes acknowledged: {w['acknowledged']}; lost: {w['lost']}; "
       f"stored but never acknowledged: {w['unacknowledged_turns_stored']} turns; unverified: {w['unverified']}")
 print("| step | calls | p50 ms | p99 ms | max ms | failed | retried |")
@@ -146,6 +151,12 @@ if r["timeline"]:
 for name, p in r["processes"].items():
     print(f"{name}: peak RSS {p['peak_rss_mb']:.1f} MB, mean CPU {p['mean_cpu_percent']:.0f} %")
 PY
+# Recovered without a restart: every service ready, and every cache's Redis level back up.
+for port in 9091 9092 9093 9094; do
+  ready=$(curl -s -o /dev/null -w '%{http_code}' "127.0.0.1:$port/readyz" || true)
+  l2=$(curl -s "127.0.0.1:$port/metrics" | grep '^cache_l2_up' | awk '{printf "%s=%s ", $1, $2}' | sed 's/cache_l2_up{cache=//g; s/}//g')
+  echo "admin :$port readyz $ready; cache_l2_up: ${l2:-none}"
+done
 for log in "$WORK"/suite.log "$WORK"/second.log; do
   [ -f "$log" ] || continue
   echo "$(basename "$log"): $(grep -c '"level":"ERROR"' "$log" || true) errors, $(grep -c '"level":"WARN"' "$log" || true) warnings logged; first ones:"

@@ -42,6 +42,8 @@ struct Steps {
     retried: BTreeMap<&'static str, BTreeMap<String, u64>>,
     /// Second of the run → (attempts retried, calls failed).
     timeline: BTreeMap<u64, (u64, u64)>,
+    /// Advisors that failed within turns that completed without them, by reason.
+    advisor_failures: BTreeMap<String, u64>,
 }
 
 type Shared = Arc<Mutex<Steps>>;
@@ -166,11 +168,23 @@ fn connect(hosts: &str) -> anyhow::Result<BalancedChannel> {
 async fn run_turn(
     mut client: ConversationServiceClient<BalancedChannel>,
     request: conv::RunTurnRequest,
+    steps: Shared,
 ) -> Result<conv::TurnCompleted, Failure> {
     let mut stream = client.run_turn(request).await?.into_inner();
+    let mut advisors_failed = Vec::new();
     while let Some(event) = stream.message().await? {
         match event.event {
+            Some(conv::run_turn_response::Event::AdvisorFailed(failed)) => {
+                let reason = conv::FailureReason::try_from(failed.reason)
+                    .unwrap_or(conv::FailureReason::Unspecified);
+                advisors_failed.push(reason.as_str_name().to_owned());
+            }
             Some(conv::run_turn_response::Event::TurnCompleted(completed)) => {
+                if let Ok(mut steps) = steps.lock() {
+                    for reason in advisors_failed {
+                        *steps.advisor_failures.entry(reason).or_default() += 1;
+                    }
+                }
                 return Ok(completed);
             }
             Some(conv::run_turn_response::Event::TurnFailed(failed)) => {
@@ -327,7 +341,7 @@ impl User {
                 ..conv::RunTurnRequest::default()
             };
             if let Some(completed) = step(&self.steps, "RunTurn", || {
-                run_turn(self.conversation.clone(), turn.clone())
+                run_turn(self.conversation.clone(), turn.clone(), self.steps.clone())
             })
             .await
             {
@@ -478,6 +492,7 @@ impl Steps {
             failures: BTreeMap::new(),
             retried: BTreeMap::new(),
             timeline: BTreeMap::new(),
+            advisor_failures: BTreeMap::new(),
         }
     }
 }
@@ -662,6 +677,7 @@ pub async fn run(plan: UsersPlan) -> anyhow::Result<()> {
             "errors": errors,
             "retried_attempts": retried,
             "retried": steps.retried,
+            "advisor_failures": steps.advisor_failures,
             "timeline": steps.timeline.iter().map(|(s, (r, f))| json!([s, r, f])).collect::<Vec<_>>(),
             "writes": {
                 "acknowledged": {"sessions": verified.sessions, "threads": verified.threads, "turns": verified.turns},

@@ -50,6 +50,9 @@ struct Running {
     cancel: CancellationToken,
 }
 
+/// How much longer than a turn's bound its lease on the thread lasts.
+const LEASE_GRACE: Duration = Duration::from_secs(30);
+
 /// The conversation service's domain.
 #[derive(Clone)]
 pub struct Conversations {
@@ -411,7 +414,7 @@ impl Conversations {
             ));
         }
         let turn_id = Uuid::now_v7();
-        let lease = self.limits.turn_timeout + Duration::from_secs(30);
+        let lease = self.limits.turn_timeout + LEASE_GRACE;
         let Some(head) = self
             .store
             .acquire_lease(thread_id, turn_id, store::lease_until(lease))
@@ -423,11 +426,18 @@ impl Conversations {
         };
         // The first run of this request may have completed between the check above and the
         // lease: its record is committed with its lease release, so it is visible now.
-        if let Some(id) = &request.request_id
-            && let Some(done) = self.store.turn_by_request(thread_id, id).await?
-        {
-            self.store.release_lease(thread_id, turn_id).await?;
-            return self.replay(done).await;
+        if let Some(id) = &request.request_id {
+            match self.store.turn_by_request(thread_id, id).await {
+                Ok(Some(done)) => {
+                    self.release_lease(thread_id, turn_id).await;
+                    return self.replay(done).await;
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    self.release_lease(thread_id, turn_id).await;
+                    return Err(err);
+                }
+            }
         }
         let prepared = async {
             let state = match self.recent.state(thread_id, head.state_version).await {
@@ -449,7 +459,7 @@ impl Conversations {
         let (state, recent) = match prepared {
             Ok(p) => p,
             Err(err) => {
-                self.store.release_lease(thread_id, turn_id).await?;
+                self.release_lease(thread_id, turn_id).await;
                 return Err(err);
             }
         };
@@ -560,9 +570,7 @@ impl Conversations {
             }
             Err((reason, message)) => {
                 metrics::counter!("conversation_turns_total", "outcome" => "failed").increment(1);
-                if let Err(err) = self.store.release_lease(thread_id, turn_id).await {
-                    tracing::warn!(%thread_id, %turn_id, error = %err, "releasing a failed turn's lease; it expires by itself");
-                }
+                self.release_lease(thread_id, turn_id).await;
                 let _ = tx.send(TurnEvent::Failed { reason, message }).await;
             }
         }
@@ -613,6 +621,34 @@ impl Conversations {
         }
         metrics::counter!("conversation_turns_total", "outcome" => "replayed").increment(1);
         Ok(rx)
+    }
+
+    /// Gives back the lease of a turn that did not store anything. When the database cannot
+    /// take the write now (restarting), it is retried in the background (250 ms doubling to
+    /// 2 s) until it succeeds or the lease has expired anyway, so the caller's retry of the
+    /// turn is not refused as "another turn is running" for the lease's whole length.
+    async fn release_lease(&self, thread_id: Uuid, turn_id: Uuid) {
+        let Err(err) = self.store.release_lease(thread_id, turn_id).await else {
+            return;
+        };
+        tracing::warn!(%thread_id, %turn_id, error = %err, "releasing a turn's lease failed; retrying in the background");
+        let this = self.clone();
+        let expires = tokio::time::Instant::now() + self.limits.turn_timeout + LEASE_GRACE;
+        // Owned: ends with the service's shutdown token, or by the lease's expiry.
+        self.tasks.spawn(async move {
+            let mut backoff = Duration::from_millis(250);
+            while tokio::time::Instant::now() + backoff < expires {
+                tokio::select! {
+                    _ = this.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                if this.store.release_lease(thread_id, turn_id).await.is_ok() {
+                    metrics::counter!("conversation_lease_releases_retried_total").increment(1);
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        });
     }
 
     /// Folds the oldest unsummarised messages into the rolling summary, in the background

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use boardroom_proto::conversation::v1 as pb;
 use boardroom_proto::conversation::v1::run_turn_response::Event;
-use boardroom_testkit::{Behavior, FakeOpenAi};
+use boardroom_testkit::{Behavior, FakeOpenAi, FlakyProxy, TestDatabase};
 use futures::StreamExt;
 
 use crate::helpers::*;
@@ -240,4 +240,72 @@ async fn a_turn_whose_lease_expired_and_was_taken_cannot_store_itself() {
         "nothing of the fenced turn"
     );
     assert_eq!(messages.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_cut_off_from_the_database_stores_nothing_and_its_retry_runs_once_it_is_back() {
+    let db = TestDatabase::postgres().await;
+    let proxy = FlakyProxy::start(db.server_addr().expect("postgres address")).await;
+    let slow = FakeOpenAi::start().await;
+    slow.set_latency(Duration::from_millis(300));
+    let suite = suite_on(db.via(proxy.addr()), |c| {
+        c.database.acquire_timeout_ms = 300;
+        upstream_alias(c, "slow", &slow.base_url());
+    })
+    .await;
+    let thread = suite.thread_with(&[("cto", "slow")]).await;
+    let mut stream = suite
+        .client
+        .clone()
+        .run_turn(turn(&thread, "Plan the launch", "launch-1"))
+        .await
+        .expect("RunTurn")
+        .into_inner();
+    // Started (its lease taken); the database goes away while the model answers.
+    loop {
+        match stream.next().await.expect("an event").expect("event").event {
+            Some(Event::AdvisorStarted(_)) => break,
+            Some(Event::TurnStarted(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    proxy.take_down();
+    let mut last = None;
+    while let Some(event) = stream.next().await {
+        last = event.expect("event").event;
+    }
+    match last {
+        Some(Event::TurnFailed(f)) => assert_eq!(f.reason, pb::FailureReason::Storage as i32),
+        other => panic!("{other:?}"),
+    }
+    // Back: the lease the failed turn could not give back is released without waiting for
+    // it to expire, and the retry (same request id) runs and stores the turn once.
+    proxy.bring_up();
+    eventually(Duration::from_secs(10), || async {
+        let state = suite
+            .client
+            .clone()
+            .get_state(pb::GetStateRequest {
+                thread_id: thread.clone(),
+            })
+            .await
+            .ok()?
+            .into_inner();
+        state.running_turn_id.is_empty().then_some(())
+    })
+    .await;
+    let done = completed(
+        &run(&suite.client, turn(&thread, "Plan the launch", "launch-1"))
+            .await
+            .expect("the retry runs"),
+    );
+    assert!(!done.replayed);
+    assert_eq!((done.first_seq, done.last_seq), (1, 3));
+    let again = completed(
+        &run(&suite.client, turn(&thread, "Plan the launch", "launch-1"))
+            .await
+            .expect("replayed"),
+    );
+    assert!(again.replayed);
+    assert_eq!(suite.messages(&thread).await.len(), 3);
 }
