@@ -81,8 +81,13 @@ pub async fn build_gateway(
                 provider,
                 breaker: Breaker::new(
                     name,
-                    llm.breaker.failure_threshold,
-                    Duration::from_millis(llm.breaker.open_ms),
+                    breaker::Policy {
+                        window: Duration::from_millis(llm.breaker.window_ms),
+                        min_calls: llm.breaker.min_calls,
+                        failure_rate_percent: llm.breaker.failure_rate_percent,
+                        failure_threshold: llm.breaker.failure_threshold,
+                        open_for: Duration::from_millis(llm.breaker.open_ms),
+                    },
                 ),
                 price: llm.prices.get(&d.model).cloned().unwrap_or_default(),
                 weight: d.weight,

@@ -38,6 +38,7 @@ async fn five_hundreds_and_hangs_fall_back_to_the_next_deployment() {
         );
         c.llm.timeouts.headers_ms = 300;
         c.llm.timeouts.first_token_ms = 300;
+        c.llm.retry.max_attempts = 2;
     })
     .await;
     let mut client = app.client.clone();
@@ -138,7 +139,7 @@ async fn every_deployment_failing_is_unavailable_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_circuit_opens_after_consecutive_failures_skips_the_deployment_and_closes_after_a_good_probe()
+async fn the_circuit_opens_on_failures_without_a_success_skips_the_deployment_and_closes_after_a_good_probe()
  {
     let (a, b) = (FakeOpenAi::start().await, FakeOpenAi::start().await);
     let app = spawn_app(|c| {
@@ -175,7 +176,7 @@ async fn the_circuit_opens_after_consecutive_failures_skips_the_deployment_and_c
     assert_eq!(a.calls(), 2, "the open circuit kept calls away from a");
     let metrics = boardroom_testkit::scrape_metrics(app.admin).await;
     assert_eq!(
-        boardroom_testkit::metric_value(&metrics, &["llm_circuit_open", "deployment=\"a\""]),
+        boardroom_testkit::metric_value(&metrics, &["llm_circuit_open{", "deployment=\"a\""]),
         1.0
     );
 
@@ -197,7 +198,7 @@ async fn the_circuit_opens_after_consecutive_failures_skips_the_deployment_and_c
     }
     let metrics = boardroom_testkit::scrape_metrics(app.admin).await;
     assert_eq!(
-        boardroom_testkit::metric_value(&metrics, &["llm_circuit_open", "deployment=\"a\""]),
+        boardroom_testkit::metric_value(&metrics, &["llm_circuit_open{", "deployment=\"a\""]),
         0.0,
         "closed again"
     );

@@ -88,7 +88,7 @@ pub struct RetryConfig {
 impl Default for RetryConfig {
     fn default() -> Self {
         Self {
-            max_attempts: 2,
+            max_attempts: 3,
             base_backoff_ms: 50,
             max_backoff_ms: 2_000,
         }
@@ -120,11 +120,17 @@ impl Default for LlmTimeouts {
     }
 }
 
-/// Circuit breaker per deployment.
+/// Circuit breaker per deployment, judged on a rolling window of outcomes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
-    /// Consecutive failures that open the circuit.
+    /// Length of the rolling window of outcomes.
+    pub window_ms: u64,
+    /// Fewest calls in the window for its failure rate to count.
+    pub min_calls: u32,
+    /// Failure rate (percent of the window's calls) that opens the circuit.
+    pub failure_rate_percent: u32,
+    /// Failures in the window without one success that open it (low traffic).
     pub failure_threshold: u32,
     /// How long it stays open before one probe call is let through.
     pub open_ms: u64,
@@ -133,6 +139,9 @@ pub struct BreakerConfig {
 impl Default for BreakerConfig {
     fn default() -> Self {
         Self {
+            window_ms: 10_000,
+            min_calls: 20,
+            failure_rate_percent: 50,
             failure_threshold: 5,
             open_ms: 10_000,
         }
@@ -320,6 +329,14 @@ impl LlmConfig {
         }
         if self.retry.max_attempts == 0 {
             return Err("key `llm.retry.max_attempts` must be > 0".into());
+        }
+        if !(1..=100).contains(&self.breaker.failure_rate_percent) {
+            return Err("key `llm.breaker.failure_rate_percent` must be in 1..=100".into());
+        }
+        if self.breaker.window_ms == 0 || self.breaker.min_calls == 0 {
+            return Err(
+                "keys `llm.breaker.window_ms` and `llm.breaker.min_calls` must be > 0".into(),
+            );
         }
         Ok(())
     }
