@@ -81,12 +81,25 @@ else
   export BOARDROOM_LLM__DEPLOYMENTS__MOCK__MOCK_TTFT_MS=200
   export BOARDROOM_LLM__DEPLOYMENTS__MOCK__MOCK_TOKENS_PER_SECOND=50
 fi
-$BIN serve 2>"$WORK/suite.log" &
-SUITE=$!
-PIDS+=("$SUITE")
-for _ in $(seq 300); do curl -sf 127.0.0.1:9092/readyz >/dev/null && break; sleep 0.1; done
+WATCH=()
+if [ -n "${SPLIT:-}" ]; then
+  # One process per service (each sampled on its own), on their default addresses.
+  $BIN migrate 2>"$WORK/migrate.log"
+  for service in session cache llm-gateway conversation; do
+    $BIN serve --service "$service" 2>"$WORK/$service.log" &
+    PIDS+=($!)
+    WATCH+=(--pid "$service=$!")
+  done
+else
+  $BIN serve 2>"$WORK/suite.log" &
+  PIDS+=($!)
+  WATCH+=(--pid "suite=$!")
+fi
+for port in 9091 9092 9093 9094; do
+  for _ in $(seq 300); do curl -sf "127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
+  curl -sf "127.0.0.1:$port/readyz" >/dev/null || { echo "the service on admin port $port is not ready" >&2; for f in "$WORK"/*.log; do echo "== $f"; grep -v "^ " "$f" | tail -n 5; done >&2; exit 1; }
+done
 CONVERSATION=127.0.0.1:50052
-WATCH=(--pid "suite=$SUITE")
 if [ "$FAULT" = sigterm ]; then
   BOARDROOM_CONVERSATION__LISTEN__GRPC_ADDR=127.0.0.2:50052 BOARDROOM_CONVERSATION__LISTEN__ADMIN_ADDR=127.0.0.2:9092 \
     $BIN serve --service conversation 2>"$WORK/second.log" &
@@ -157,8 +170,8 @@ for port in 9091 9092 9093 9094; do
   l2=$(curl -s "127.0.0.1:$port/metrics" | grep '^cache_l2_up' | awk '{printf "%s=%s ", $1, $2}' | sed 's/cache_l2_up{cache=//g; s/}//g')
   echo "admin :$port readyz $ready; cache_l2_up: ${l2:-none}"
 done
-for log in "$WORK"/suite.log "$WORK"/second.log; do
-  [ -f "$log" ] || continue
-  echo "$(basename "$log"): $(grep -c '"level":"ERROR"' "$log" || true) errors, $(grep -c '"level":"WARN"' "$log" || true) warnings logged; first ones:"
-  grep -E '"level":"(ERROR|WARN)"' "$log" | grep -v "QUIT command" | cut -c1-300 | head -4 || true
+for log in "$WORK"/*.log; do
+  case $(basename "$log") in pg.log | redis.log | fake.log | migrate.log) continue ;; esac
+  echo "$(basename "$log"): $(grep -c '"level":"ERROR"' "$log" || true) errors, $(grep -c '"level":"WARN"' "$log" || true) warnings logged; by message:"
+  grep -E '"level":"(ERROR|WARN)"' "$log" | grep -o '"message":"[^"]\{0,80\}' | sort | uniq -c | sort -rn | head -5 || true
 done

@@ -2,7 +2,7 @@
 //! histograms, a slow-query log and pool gauges.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sea_orm::{ConnectOptions, DatabaseBackend, DatabaseConnection, DbErr};
@@ -17,6 +17,49 @@ pub struct Database {
     slow_query: Duration,
     in_flight: Arc<AtomicI64>,
     max_connections: u32,
+    slow_log: Arc<SlowLog>,
+}
+
+/// At most one slow-query line a second: when the database stalls (a restart), every query
+/// is slow, and a line each would flood the logs. The lines held back are counted in the
+/// next one (the latency histogram has them all).
+#[derive(Debug)]
+struct SlowLog {
+    epoch: Instant,
+    /// Milliseconds after `epoch` of the last line (`u64::MAX`: none yet).
+    last_ms: AtomicU64,
+    held_back: AtomicU64,
+}
+
+impl SlowLog {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(u64::MAX),
+            held_back: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when this one may be written.
+    fn admit(&self) -> Option<u64> {
+        self.admit_at(self.epoch.elapsed().as_millis() as u64)
+    }
+
+    fn admit_at(&self, now: u64) -> Option<u64> {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if last != u64::MAX && now < last.saturating_add(1_000) {
+            self.held_back.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.last_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .ok()
+            .map(|_| self.held_back.swap(0, Ordering::Relaxed))
+            .or_else(|| {
+                self.held_back.fetch_add(1, Ordering::Relaxed);
+                None
+            })
+    }
 }
 
 impl Database {
@@ -70,6 +113,7 @@ impl Database {
             slow_query: Duration::from_millis(config.slow_query_ms),
             in_flight: Arc::new(AtomicI64::new(0)),
             max_connections,
+            slow_log: Arc::new(SlowLog::new()),
         })
     }
 
@@ -84,7 +128,8 @@ impl Database {
     }
 
     /// Runs `query`, recording `db_client_operation_duration_seconds{db_operation_name}` and
-    /// logging it at WARN when slower than the configured threshold.
+    /// logging it at WARN when slower than the configured threshold (at most one line a
+    /// second, counting the ones held back).
     pub async fn timed<T>(
         &self,
         name: &'static str,
@@ -98,11 +143,14 @@ impl Database {
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::histogram!("db_client_operation_duration_seconds", "db_operation_name" => name, "outcome" => outcome)
             .record(elapsed.as_secs_f64());
-        if elapsed >= self.slow_query {
+        if elapsed >= self.slow_query
+            && let Some(held_back) = self.slow_log.admit()
+        {
             tracing::warn!(
                 query = name,
                 elapsed_ms = elapsed.as_secs_f64() * 1e3,
                 outcome,
+                held_back,
                 "slow query"
             );
         }
@@ -241,6 +289,26 @@ mod tests {
             .expect("runs");
         let seen = seen.0.lock().map(|s| s.clone()).unwrap_or_default();
         assert_eq!(seen, ["probe.select_one"]);
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_slow_queries_logs_one_line_a_second() {
+        let seen = SlowQueries::default();
+        let _guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(seen.clone()));
+        let slow = database(0).await;
+        for _ in 0..50 {
+            slow.timed("probe.burst", slow.conn().execute_unprepared("SELECT 1"))
+                .await
+                .expect("runs");
+        }
+        assert_eq!(seen.0.lock().map(|s| s.len()).unwrap_or_default(), 1);
+        assert_eq!(slow.slow_log.held_back.load(Ordering::Relaxed), 49);
+        // A second after the last line the next one is written, with the count.
+        let last = slow.slow_log.last_ms.load(Ordering::Relaxed);
+        assert_eq!(slow.slow_log.admit_at(last + 999), None);
+        assert_eq!(slow.slow_log.admit_at(last + 1_000), Some(50));
+        assert_eq!(slow.slow_log.admit_at(last + 1_001), None);
     }
 
     #[tokio::test]
