@@ -766,6 +766,7 @@ fn html(report: &Value) -> String {
         "<!doctype html><meta charset=\"utf-8\"><title>Boardroom load: {users} users</title>
 <style>body{{font:14px sans-serif;margin:2em}}td,th{{padding:2px 10px;text-align:right}}td:first-child{{text-align:left}}</style>
 <h1>{users} users, {duration:.0} s, {errors} errors</h1>
+<p>{retried} attempts retried; writes acknowledged {acknowledged}, lost {lost}</p>
 <table><tr><th>step</th><th>calls</th><th>RPS</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th><th>failures</th></tr>
 {rows}</table>
 <h2>Latency by step (p50, p95, p99)</h2>
@@ -777,6 +778,9 @@ fn html(report: &Value) -> String {
         users = report["users"],
         duration = report["duration_s"].as_f64().unwrap_or(0.0),
         errors = report["errors"],
+        retried = report["retried_attempts"],
+        acknowledged = report["writes"]["acknowledged"],
+        lost = report["writes"]["lost"],
         height = 30 + steps.len() * 34,
         json = serde_json::to_string_pretty(&report["processes"].as_object().map(|p| p.iter().map(|(k, v)| (k.clone(), json!({"peak_rss_mb": v["peak_rss_mb"], "mean_cpu_percent": v["mean_cpu_percent"]}))).collect::<serde_json::Map<_, _>>())).unwrap_or_default(),
     )
