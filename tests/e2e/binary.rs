@@ -40,7 +40,11 @@ pub async fn serve(args: &[&str]) -> Server {
 
 /// [`serve`] with extra environment variables.
 pub async fn serve_with_env(args: &[&str], env: &[(&str, String)]) -> Server {
-    let db = TestDatabase::sqlite();
+    serve_on(TestDatabase::sqlite(), args, env).await
+}
+
+/// [`serve_with_env`] on `db`.
+pub async fn serve_on(db: TestDatabase, args: &[&str], env: &[(&str, String)]) -> Server {
     let mut child = boardroom()
         .arg("serve")
         .args(args)

@@ -1,6 +1,10 @@
 //! `boardroom load` against the echo baseline: the smoke version of the benchmarks.
 
-use crate::binary::{boardroom, serve};
+use std::time::Duration;
+
+use boardroom_testkit::{TestDatabase, metric_value, scrape_metrics};
+
+use crate::binary::{boardroom, serve, serve_on};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_reports_counts_percentiles_and_codes_as_json() {
@@ -129,4 +133,83 @@ async fn the_users_scenario_drives_the_whole_suite_and_reports_each_step() {
     let page = std::fs::read_to_string(&html).expect("HTML report");
     assert!(page.contains("<svg") && page.contains("RunTurn"));
     let _ = std::fs::remove_file(html);
+}
+
+/// The smoke version of `bench/faults.sh sigterm`: users spread over two conversation
+/// instances; one gets SIGTERM while turns stream on it. It drains and exits cleanly, the
+/// users' client stops sending it calls, no call fails and every acknowledged write is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_one_of_two_conversation_instances_fails_no_call_and_loses_no_write() {
+    // Turns last a while (mock model: 100 ms to the first token, 100 tokens/s), so some are
+    // in flight on the instance when it is told to stop.
+    let pace = [
+        (
+            "BOARDROOM_LLM__DEPLOYMENTS__MOCK__MOCK_TTFT_MS",
+            "100".to_owned(),
+        ),
+        (
+            "BOARDROOM_LLM__DEPLOYMENTS__MOCK__MOCK_TOKENS_PER_SECOND",
+            "100".to_owned(),
+        ),
+    ];
+    let suite = serve_on(TestDatabase::postgres().await, &[], &pace).await;
+    let first = suite.conversation_grpc.expect("conversation");
+    let mut second = serve_on(
+        suite.db.clone(),
+        &["--service", "conversation"],
+        &[
+            (
+                "BOARDROOM_CONVERSATION__SESSION_ADDRESSES",
+                format!("[\"http://{}\"]", suite.grpc),
+            ),
+            (
+                "BOARDROOM_CONVERSATION__LLM_ADDRESSES",
+                format!("[\"http://{}\"]", suite.llm_grpc.expect("gateway")),
+            ),
+            ("BOARDROOM_SERVER__SHUTDOWN_DELAY_MS", "300".to_owned()),
+        ],
+    )
+    .await;
+    let load = boardroom()
+        .args(["load", &suite.grpc.to_string(), "--scenario", "users"])
+        .args(["--conversation-host", &format!("{first},{}", second.grpc)])
+        .args([
+            "--users", "16", "-z", "6s", "--ramp", "500ms", "--think", "50ms",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    // Once the second instance is running turns, it is told to stop.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = scrape_metrics(second.admin).await;
+        if metric_value(&metrics, &["rpc_server_requests_total", "RunTurn"]) >= 3.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second instance got no turns:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    second.signal("TERM");
+    let exited = tokio::time::timeout(Duration::from_secs(30), second.child.wait())
+        .await
+        .expect("it drains and exits")
+        .expect("waited");
+    assert!(exited.success(), "{exited:?}");
+    let out = load.wait_with_output().await.expect("the load run ends");
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["retried_attempts"], 0, "{report}");
+    let writes = &report["writes"];
+    for kind in ["sessions", "threads", "turns"] {
+        assert_eq!(writes["lost"][kind], 0, "{writes}");
+    }
+    assert_eq!(writes["unverified"], 0, "{writes}");
+    assert!(
+        writes["acknowledged"]["turns"].as_u64().unwrap_or(0) >= 16,
+        "{writes}"
+    );
 }
