@@ -393,11 +393,7 @@ impl User {
                 async move { found(client.get_session(request).await) }
             })
             .await;
-            match found {
-                Some(true) => {}
-                Some(false) => verified.lost_sessions += 1,
-                None => verified.unverified += 1,
-            }
+            tally(found, &mut verified.lost_sessions, &mut verified.unverified);
         }
         for id in &ledger.threads {
             verified.threads += 1;
@@ -407,11 +403,7 @@ impl User {
                 async move { found(client.get_thread(request).await) }
             })
             .await;
-            match found {
-                Some(true) => {}
-                Some(false) => verified.lost_threads += 1,
-                None => verified.unverified += 1,
-            }
+            tally(found, &mut verified.lost_threads, &mut verified.unverified);
         }
         for (thread_id, turns) in &ledger.turns {
             verified.turns += turns.len() as u64;
@@ -447,6 +439,15 @@ impl User {
             verified.unacknowledged_turns += user_messages.saturating_sub(turns.len() as u64);
         }
         verified
+    }
+}
+
+/// Counts a read-back: found, lost (NOT_FOUND), or not checked (the read failed).
+fn tally(found: Option<bool>, lost: &mut u64, unverified: &mut u64) {
+    match found {
+        Some(true) => {}
+        Some(false) => *lost += 1,
+        None => *unverified += 1,
     }
 }
 

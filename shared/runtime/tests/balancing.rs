@@ -113,6 +113,33 @@ async fn instance(ip: [u8; 4]) -> Instance {
     }
 }
 
+/// Instances on 127.0.0.1, 127.0.0.2 and 127.0.0.3.
+async fn three_pods() -> [Instance; 3] {
+    [
+        instance([127, 0, 0, 1]).await,
+        instance([127, 0, 0, 2]).await,
+        instance([127, 0, 0, 3]).await,
+    ]
+}
+
+/// Stops the callers, checks that no call failed, and stops the instances.
+async fn finish(
+    load: CancellationToken,
+    callers: Vec<tokio::task::JoinHandle<()>>,
+    failures: &AtomicU64,
+    pods: [Instance; 3],
+) {
+    load.cancel();
+    for caller in callers {
+        caller.await.expect("caller");
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "no call failed");
+    for pod in pods {
+        pod.stop.cancel();
+        pod.served.await.expect("server");
+    }
+}
+
 /// 16 callers calling in a loop through `channel` until `load` is cancelled, every failure
 /// counted.
 fn callers(
@@ -167,11 +194,7 @@ async fn wait_quiet(what: &str, pod: &Instance, within: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_spread_over_resolved_pods_follow_new_ones_and_drain_removed_ones() {
-    let pods = [
-        instance([127, 0, 0, 1]).await,
-        instance([127, 0, 0, 2]).await,
-        instance([127, 0, 0, 3]).await,
-    ];
+    let pods = three_pods().await;
     let dns = Arc::new(TestDns::default());
     dns.set(&[pods[0].addr, pods[1].addr]);
     let factory = ChannelFactory::with_resolver(
@@ -234,24 +257,12 @@ async fn calls_spread_over_resolved_pods_follow_new_ones_and_drain_removed_ones(
         Duration::from_secs(10),
     )
     .await;
-    load.cancel();
-    for caller in callers {
-        caller.await.expect("caller");
-    }
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "no call failed");
-    for pod in pods {
-        pod.stop.cancel();
-        pod.served.await.expect("server");
-    }
+    finish(load, callers, &failures, pods).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_that_stops_serving_gets_no_new_calls_and_shuts_down_without_failed_calls() {
-    let pods = [
-        instance([127, 0, 0, 1]).await,
-        instance([127, 0, 0, 2]).await,
-        instance([127, 0, 0, 3]).await,
-    ];
+    let pods = three_pods().await;
     let factory = ChannelFactory::new(ClientConfig {
         resolve_interval_ms: INTERVAL.as_millis() as u64,
         ..ClientConfig::default()
@@ -306,13 +317,5 @@ async fn an_instance_that_stops_serving_gets_no_new_calls_and_shuts_down_without
     )
     .await;
 
-    load.cancel();
-    for caller in callers {
-        caller.await.expect("caller");
-    }
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "no call failed");
-    for pod in pods {
-        pod.stop.cancel();
-        pod.served.await.expect("server");
-    }
+    finish(load, callers, &failures, pods).await;
 }
