@@ -621,6 +621,10 @@ where
             }
         }
     }
+    // Out of time is the caller's deadline, not the deployments' failing.
+    if Instant::now() >= deadline {
+        return Err(GatewayError::DeadlineExceeded);
+    }
     Err(unavailable(last))
 }
 

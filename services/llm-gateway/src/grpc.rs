@@ -28,6 +28,7 @@ pub struct LlmGrpc {
     gateway: Arc<Gateway>,
     limiter: Arc<Limiter>,
     limits: RequestLimits,
+    stream_flush: Duration,
 }
 
 impl std::fmt::Debug for LlmGrpc {
@@ -37,12 +38,19 @@ impl std::fmt::Debug for LlmGrpc {
 }
 
 impl LlmGrpc {
-    /// Serves `gateway`.
-    pub fn new(gateway: Arc<Gateway>, limiter: Arc<Limiter>, limits: RequestLimits) -> Self {
+    /// Serves `gateway`; streamed text after the first delta is sent at most every
+    /// `stream_flush` (zero: every delta as it comes).
+    pub fn new(
+        gateway: Arc<Gateway>,
+        limiter: Arc<Limiter>,
+        limits: RequestLimits,
+        stream_flush: Duration,
+    ) -> Self {
         Self {
             gateway,
             limiter,
             limits,
+            stream_flush,
         }
     }
 
@@ -123,17 +131,67 @@ impl LlmGatewayService for LlmGrpc {
         let (mut chunks, meta) = (answer.chunks, answer.meta);
         let (tx, rx) = mpsc::channel(64);
         let gateway = self.gateway.clone();
+        let flush_every = self.stream_flush;
         // Owned by the call: ends when the caller goes away (dropping the upstream stream
         // cancels the upstream request), at the deadline, or at the end of the answer.
         tokio::spawn(async move {
             let first_at = Instant::now();
             let mut content = String::new();
             let mut calls = Vec::new();
+            // Text held back until `flush_every` after the last delta sent: one message (one
+            // write, one wake-up at each hop) for the tokens of that window. The first delta
+            // goes at once, so the time to the first token is the model's.
+            let mut held = String::new();
+            let mut last_sent: Option<tokio::time::Instant> = None;
             loop {
+                let flush_at = last_sent.map(|at| at + flush_every);
                 let next = tokio::select! {
                     _ = tx.closed() => return,
+                    _ = async {
+                        match flush_at {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    }, if !held.is_empty() => {
+                        last_sent = Some(tokio::time::Instant::now());
+                        let text = std::mem::take(&mut held);
+                        if tx.send(Ok(event(pb::chat_stream_response::Event::Delta(text)))).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     next = tokio::time::timeout_at(deadline.into(), chunks.next()) => next,
                 };
+                if let Ok(Some(Ok(Chunk::Delta(text)))) = &next {
+                    content.push_str(text);
+                    let due = flush_at.is_none_or(|at| tokio::time::Instant::now() >= at);
+                    if !due || !held.is_empty() {
+                        held.push_str(text);
+                        continue;
+                    }
+                    last_sent = Some(tokio::time::Instant::now());
+                    if tx
+                        .send(Ok(event(pb::chat_stream_response::Event::Delta(
+                            text.clone(),
+                        ))))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                // Anything else goes after the text held back.
+                if !held.is_empty() {
+                    let text = std::mem::take(&mut held);
+                    if tx
+                        .send(Ok(event(pb::chat_stream_response::Event::Delta(text))))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
                 let message = match next {
                     Err(_) => Err(Status::deadline_exceeded("deadline exceeded mid-stream")),
                     Ok(None) => Err(Status::unavailable(
@@ -145,10 +203,7 @@ impl LlmGatewayService for LlmGrpc {
                             "the upstream stream broke: {err}"
                         )))
                     }
-                    Ok(Some(Ok(Chunk::Delta(text)))) => {
-                        content.push_str(&text);
-                        Ok(event(pb::chat_stream_response::Event::Delta(text)))
-                    }
+                    Ok(Some(Ok(Chunk::Delta(_)))) => continue,
                     Ok(Some(Ok(Chunk::ToolCall(call)))) => {
                         calls.push(call.clone());
                         Ok(event(pb::chat_stream_response::Event::ToolCall(

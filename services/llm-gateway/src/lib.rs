@@ -166,9 +166,14 @@ impl Application {
             l.callers.clone().into_iter().collect(),
             l.default_output_tokens,
         ));
-        let service = LlmGatewayServiceServer::new(LlmGrpc::new(gateway, limiter, limits))
-            .max_decoding_message_size(max_message)
-            .max_encoding_message_size(max_message);
+        let service = LlmGatewayServiceServer::new(LlmGrpc::new(
+            gateway,
+            limiter,
+            limits,
+            Duration::from_millis(config.llm.stream_flush_ms),
+        ))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
         let server = GrpcServer::bind(
             "llm-gateway",
             &config.llm.listen,

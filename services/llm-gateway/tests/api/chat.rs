@@ -1,8 +1,12 @@
 //! Chat, ChatStream, Embed and ListModels on the mock provider and an OpenAI-compatible
 //! upstream; bad input.
 
+use std::time::{Duration, Instant};
+
 use boardroom_proto::llm::v1 as pb;
+use boardroom_runtime::Config;
 use boardroom_testkit::FakeOpenAi;
+use futures::StreamExt;
 use tonic::Code;
 
 use crate::helpers::{chat, drain, fields, route, spawn_app, upstream, user};
@@ -202,4 +206,54 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
         .await
         .expect_err("no inputs");
     assert_eq!(fields(&err), ["inputs"]);
+}
+
+/// Deltas of one ChatStream: (the time each arrived since the call, its text).
+async fn deltas(client: &mut crate::helpers::Client, text: &str) -> Vec<(Duration, String)> {
+    let started = Instant::now();
+    let mut stream = client
+        .chat_stream(pb::ChatStreamRequest {
+            chat: Some(chat("mock", text, 0.7)),
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(event) = stream.next().await {
+        if let Some(pb::chat_stream_response::Event::Delta(delta)) = event.expect("event").event {
+            out.push((started.elapsed(), delta));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_text_after_the_first_delta_is_sent_once_per_flush_window() {
+    // 40 tokens at 200 tokens/s after 50 ms to the first: 5 ms apart, 245 ms in all.
+    let pace = |c: &mut Config, flush_ms: u64| {
+        let mock = c.llm.deployments.get_mut("mock").expect("mock deployment");
+        mock.mock_ttft_ms = 50;
+        mock.mock_tokens_per_second = 200;
+        mock.mock_output_tokens = 40;
+        c.llm.stream_flush_ms = flush_ms;
+    };
+    let every = spawn_app(|c| pace(c, 0)).await;
+    let windowed = spawn_app(|c| pace(c, 50)).await;
+    let one = deltas(&mut every.client.clone(), "Plan the quarter").await;
+    let batched = deltas(&mut windowed.client.clone(), "Plan the quarter").await;
+    let text = |d: &[(Duration, String)]| d.iter().map(|(_, t)| t.as_str()).collect::<String>();
+    assert_eq!(text(&batched), text(&one), "the same text");
+    assert_eq!(one.len(), 40, "every token its own message");
+    // The first token at once, the other 39 (195 ms of them) in 50 ms windows: about 5.
+    assert!(
+        (3..=8).contains(&batched.len()),
+        "{} messages: {batched:?}",
+        batched.len()
+    );
+    assert!(
+        batched[0].0 < one[0].0 + Duration::from_millis(40),
+        "the first token is not held back: {:?} vs {:?}",
+        batched[0].0,
+        one[0].0
+    );
 }

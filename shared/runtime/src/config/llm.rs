@@ -260,6 +260,9 @@ pub struct LlmConfig {
     pub prices: BTreeMap<String, Price>,
     /// Per-caller rate and concurrency limits.
     pub limits: LlmLimits,
+    /// ChatStream: after the first delta, text is sent at most this often (the tokens of the
+    /// window in one message); 0 sends every delta as it comes.
+    pub stream_flush_ms: u64,
     /// Most messages in one request.
     pub max_messages: usize,
     /// Largest request, in bytes of message text.
@@ -291,6 +294,7 @@ impl Default for LlmConfig {
             semantic: SemanticConfig::default(),
             prices: BTreeMap::new(),
             limits: LlmLimits::default(),
+            stream_flush_ms: 20,
             max_messages: 1_000,
             max_prompt_bytes: 1024 * 1024,
         }
