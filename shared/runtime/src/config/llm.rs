@@ -294,7 +294,7 @@ impl Default for LlmConfig {
             semantic: SemanticConfig::default(),
             prices: BTreeMap::new(),
             limits: LlmLimits::default(),
-            stream_flush_ms: 20,
+            stream_flush_ms: 50,
             max_messages: 1_000,
             max_prompt_bytes: 1024 * 1024,
         }
