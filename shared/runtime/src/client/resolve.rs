@@ -8,6 +8,10 @@
 //! (calls in flight on it complete); one that appears gets calls from the next resolution. A
 //! resolution that fails or comes back empty changes nothing (a DNS hiccup must not empty the
 //! balancer).
+//!
+//! Every address is also watched through `grpc.health.v1.Health/Watch`, so a pod that reports
+//! NOT_SERVING (draining after SIGTERM) or cannot be reached leaves the balancer before DNS
+//! notices, and comes back when it serves again (see [`Follower`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
