@@ -15,6 +15,7 @@
 # storing anything are retried with the same request id, within 15 s). Reported: calls that
 # failed after it, attempts that were retried, the seconds they happened in, and the writes
 # the users were told succeeded that cannot be read back at the end (lost writes).
+# SPLIT=1 runs each service in its own process (each sampled for RSS/CPU on its own).
 # Usage: bench/faults.sh FAULT [users, default 1000] [duration, default 60s] [think, default 20s]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,9 +1,12 @@
 //! `boardroom load --scenario users`: simulated users of the whole suite. Each user, started
 //! along a ramp, opens a session and a thread, then loops until the run ends: lists its
 //! sessions and threads, runs a turn (streamed to the end), reads the thread's messages and
-//! state, opens another thread every fifth round, and thinks. Every step is timed and its
-//! failures counted by code; the server processes named by `--pid` are sampled for resident
-//! memory and CPU. Prints a JSON report and writes an HTML one with `--html`.
+//! state, opens another thread every fifth round, and thinks. Users call through the services'
+//! own client (several hosts balanced and health-watched) and retry as the contract allows;
+//! once the run is over, every write a user was told succeeded is read back. Every step is
+//! timed and its failures (after retries) and retried attempts counted by code and by second;
+//! the server processes named by `--pid` are sampled for resident memory and CPU. Prints a JSON
+//! report and writes an HTML one with `--html`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
