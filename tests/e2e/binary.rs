@@ -32,6 +32,17 @@ pub fn boardroom() -> Command {
     cmd
 }
 
+/// The stdout of a finished `boardroom` command that must have succeeded (its stderr is the
+/// failure message otherwise).
+pub fn succeeded(out: &std::process::Output) -> &[u8] {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    &out.stdout
+}
+
 /// Starts `boardroom serve` with `args` on a fresh SQLite file and free ports, and waits for
 /// its "listening" log line.
 pub async fn serve(args: &[&str]) -> Server {

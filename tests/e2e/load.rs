@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use boardroom_testkit::{TestDatabase, metric_value, scrape_metrics};
 
-use crate::binary::{boardroom, serve, serve_on};
+use crate::binary::{boardroom, serve, serve_on, succeeded};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_reports_counts_percentiles_and_codes_as_json() {
@@ -29,12 +29,7 @@ async fn load_reports_counts_percentiles_and_codes_as_json() {
         .output()
         .await
         .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let report: serde_json::Value = serde_json::from_slice(succeeded(&out)).expect("JSON report");
     assert_eq!(report["count"], 300);
     assert_eq!(report["statusCodeDistribution"]["OK"], 300);
     assert!(report["rps"].as_f64().expect("rps") > 0.0);
@@ -87,12 +82,7 @@ async fn the_users_scenario_drives_the_whole_suite_and_reports_each_step() {
         .output()
         .await
         .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let report: serde_json::Value = serde_json::from_slice(succeeded(&out)).expect("JSON report");
     assert_eq!(report["errors"], 0, "{report}");
     for step in [
         "CreateSession",
@@ -199,8 +189,7 @@ async fn sigterm_to_one_of_two_conversation_instances_fails_no_call_and_loses_no
         .expect("waited");
     assert!(exited.success(), "{exited:?}");
     let out = load.wait_with_output().await.expect("the load run ends");
-    assert!(out.status.success());
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let report: serde_json::Value = serde_json::from_slice(succeeded(&out)).expect("JSON report");
     assert_eq!(report["errors"], 0, "{report}");
     assert_eq!(report["retried_attempts"], 0, "{report}");
     let writes = &report["writes"];

@@ -85,6 +85,23 @@ fn deadline<T>(request: &Request<T>) -> Instant {
 
 type ChatEvents = Pin<Box<dyn Stream<Item = Result<pb::ChatStreamResponse, Status>> + Send>>;
 
+/// Sends the text held back as one delta (nothing when none is); `false` when the caller is
+/// gone.
+async fn flush(
+    tx: &mpsc::Sender<Result<pb::ChatStreamResponse, Status>>,
+    held: &mut String,
+    last_sent: &mut Option<tokio::time::Instant>,
+) -> bool {
+    if held.is_empty() {
+        return true;
+    }
+    *last_sent = Some(tokio::time::Instant::now());
+    let text = std::mem::take(held);
+    tx.send(Ok(event(pb::chat_stream_response::Event::Delta(text))))
+        .await
+        .is_ok()
+}
+
 fn event(event: pb::chat_stream_response::Event) -> pb::ChatStreamResponse {
     pb::ChatStreamResponse { event: Some(event) }
 }
@@ -153,44 +170,25 @@ impl LlmGatewayService for LlmGrpc {
                             None => std::future::pending().await,
                         }
                     }, if !held.is_empty() => {
-                        last_sent = Some(tokio::time::Instant::now());
-                        let text = std::mem::take(&mut held);
-                        if tx.send(Ok(event(pb::chat_stream_response::Event::Delta(text)))).await.is_err() {
+                        if !flush(&tx, &mut held, &mut last_sent).await {
                             return;
                         }
                         continue;
                     }
                     next = tokio::time::timeout_at(deadline.into(), chunks.next()) => next,
                 };
-                if let Ok(Some(Ok(Chunk::Delta(text)))) = &next {
-                    content.push_str(text);
+                if let Ok(Some(Ok(Chunk::Delta(text)))) = next {
+                    content.push_str(&text);
+                    held.push_str(&text);
                     let due = flush_at.is_none_or(|at| tokio::time::Instant::now() >= at);
-                    if !due || !held.is_empty() {
-                        held.push_str(text);
-                        continue;
-                    }
-                    last_sent = Some(tokio::time::Instant::now());
-                    if tx
-                        .send(Ok(event(pb::chat_stream_response::Event::Delta(
-                            text.clone(),
-                        ))))
-                        .await
-                        .is_err()
-                    {
+                    if due && !flush(&tx, &mut held, &mut last_sent).await {
                         return;
                     }
                     continue;
                 }
                 // Anything else goes after the text held back.
-                if !held.is_empty() {
-                    let text = std::mem::take(&mut held);
-                    if tx
-                        .send(Ok(event(pb::chat_stream_response::Event::Delta(text))))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
+                if !flush(&tx, &mut held, &mut last_sent).await {
+                    return;
                 }
                 let message = match next {
                     Err(_) => Err(Status::deadline_exceeded("deadline exceeded mid-stream")),
@@ -203,6 +201,7 @@ impl LlmGatewayService for LlmGrpc {
                             "the upstream stream broke: {err}"
                         )))
                     }
+                    // Handled above.
                     Ok(Some(Ok(Chunk::Delta(_)))) => continue,
                     Ok(Some(Ok(Chunk::ToolCall(call)))) => {
                         calls.push(call.clone());
