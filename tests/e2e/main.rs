@@ -5,3 +5,4 @@ mod binary;
 mod grpcurl;
 mod load;
 mod otlp;
+mod replicas;

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::domain::{
     Checkpoint, ConversationState, FailureReason, Message, Role, StateView, TurnEvent, Usage,
 };
-use crate::error::ConversationError;
+use crate::error::{ConversationError, Rejection};
 
 impl From<ConversationError> for Status {
     fn from(err: ConversationError) -> Self {
@@ -22,8 +22,21 @@ impl From<ConversationError> for Status {
             ConversationError::NoAnswer => {
                 boardroom_runtime::status::unavailable(err.to_string(), 1)
             }
+            ConversationError::Rejected(Rejection::Unauthenticated, m) => {
+                Status::unauthenticated(m)
+            }
+            ConversationError::Rejected(Rejection::PermissionDenied, m) => {
+                Status::permission_denied(m)
+            }
+            ConversationError::Rejected(Rejection::InvalidArgument, m) => {
+                Status::invalid_argument(m)
+            }
             ConversationError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
-            ConversationError::Internal(m) => Status::internal(m),
+            ConversationError::Internal(m) => {
+                // The detail is for the logs; a client learns only that it was not its fault.
+                tracing::error!(detail = %m, "internal error");
+                Status::internal("internal error")
+            }
         }
     }
 }
@@ -147,6 +160,7 @@ fn reason_to(r: FailureReason) -> pb::FailureReason {
         FailureReason::Conflict => pb::FailureReason::Conflict,
         FailureReason::Storage => pb::FailureReason::Storage,
         FailureReason::RateLimited => pb::FailureReason::RateLimited,
+        FailureReason::Rejected => pb::FailureReason::Rejected,
     }
 }
 

@@ -151,6 +151,8 @@ pub enum FailureReason {
     Conflict,
     Storage,
     RateLimited,
+    /// The gateway refused the call (credentials, permission, a request it cannot take).
+    Rejected,
 }
 
 /// An advisor that did not answer, as recorded with its turn.

@@ -24,12 +24,26 @@ pub enum ConversationError {
     /// Every advisor of a turn failed.
     #[error("no advisor answered")]
     NoAnswer,
+    /// A neighbour refused a call for a reason that retrying does not fix; its code is kept.
+    #[error("{1}")]
+    Rejected(Rejection, String),
     /// The call's deadline passed.
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
     /// A bug or a corrupt row.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Why a neighbour refused a call (its gRPC code, passed on as is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// UNAUTHENTICATED: this service's credentials were not accepted.
+    Unauthenticated,
+    /// PERMISSION_DENIED.
+    PermissionDenied,
+    /// INVALID_ARGUMENT: the neighbour refuses the request as made.
+    InvalidArgument,
 }
 
 impl ConversationError {
@@ -53,12 +67,16 @@ impl From<Violations> for ConversationError {
     }
 }
 
+/// A database error is logged here, with its text; what goes on (and may reach a client)
+/// names no table, statement or value.
 impl From<DbErr> for ConversationError {
     fn from(err: DbErr) -> Self {
         if boardroom_runtime::db::is_connection_failure(&err) {
-            ConversationError::Unavailable(format!("database: {err}"))
+            tracing::warn!(error = %err, "the database cannot be reached");
+            ConversationError::Unavailable("the database cannot be reached".into())
         } else {
-            ConversationError::Internal(format!("database: {err}"))
+            tracing::error!(error = %err, "a database statement failed");
+            ConversationError::Internal("a database statement failed".into())
         }
     }
 }

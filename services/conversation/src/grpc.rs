@@ -8,9 +8,9 @@ use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::conversations::Conversations;
 use crate::conversions::{self as conv, request_id, uuid_field};
 use crate::domain::{Direction, NewMessage, TurnRequest};
-use crate::turns::Conversations;
 
 /// Implements `boardroom.conversation.v1.ConversationService`.
 #[derive(Debug, Clone)]
@@ -154,7 +154,7 @@ impl ConversationService for ConversationGrpc {
             Some(uuid_field("turn_id", &r.turn_id)?)
         };
         Ok(Response::new(pb::CancelTurnResponse {
-            cancelled: self.domain.cancel(thread_id, turn_id),
+            cancelled: self.domain.cancel(thread_id, turn_id).await?,
         }))
     }
 }

@@ -2,20 +2,28 @@
 //! turn workflow that answers a user's message with every advisor of the boardroom in
 //! parallel, then a moderator's synthesis.
 
+pub mod bus;
+pub mod checkpoints;
+pub mod clients;
+pub mod conversations;
 pub mod conversions;
 pub mod domain;
 pub mod entity;
 pub mod error;
 pub mod grpc;
+pub mod history;
+pub mod lease;
 pub mod page;
-pub mod peers;
+pub mod ports;
 pub mod recent;
 pub mod state;
 pub mod store;
+pub mod summaries;
 pub mod turns;
 pub mod workflow;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use boardroom_cache::TieredCache;
@@ -26,14 +34,16 @@ use boardroom_runtime::client::{ChannelFactory, OutboundInterceptor};
 use boardroom_runtime::db::Database;
 use boardroom_runtime::server::GrpcServer;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+pub use conversations::Conversations;
 pub use error::ConversationError;
 pub use store::ConversationStore;
-pub use turns::Conversations;
 
+use crate::bus::TurnBus;
+use crate::clients::{GatewayModels, SessionDirectory};
+use crate::conversations::{Limits, Ports};
 use crate::grpc::ConversationGrpc;
-use crate::peers::{Directory, Gateway};
-use crate::turns::Limits;
 use crate::workflow::tools::Toolbox;
 use crate::workflow::{Settings, Workflow};
 
@@ -45,6 +55,8 @@ pub struct Application {
     server: GrpcServer,
     domain: Conversations,
     stop: CancellationToken,
+    /// The turn bus's listener.
+    bus_tasks: TaskTracker,
 }
 
 impl Application {
@@ -80,19 +92,26 @@ impl Application {
         .await?;
         let channels = ChannelFactory::new(config.client.clone());
         let interceptor = OutboundInterceptor::new(&config.auth.outgoing_token)?;
-        let directory = Directory::new(
-            channels.channel(&c.session_addresses)?,
-            interceptor.clone(),
-            Duration::from_millis(c.context_ttl_ms),
-        );
-        let gateway = Gateway::new(channels.channel(&c.llm_addresses)?, interceptor);
+        let ports = Ports {
+            directory: Arc::new(SessionDirectory::new(
+                channels.channel(&c.session_addresses)?,
+                interceptor.clone(),
+                Duration::from_millis(c.context_ttl_ms),
+            )),
+            models: Arc::new(GatewayModels::new(
+                channels.channel(&c.llm_addresses)?,
+                interceptor,
+            )),
+        };
+        let bus_tasks = TaskTracker::new();
+        let bus = TurnBus::connect(config.redis.url.expose(), &bus_tasks, stop.clone()).await?;
         let leases = Database::connect_relaxed(&config.database).await?;
         let store = ConversationStore::new(db, leases, c.checkpoint_retention);
         let workflow = Workflow {
             tools: Toolbox::new(store.clone()),
             store: store.clone(),
-            gateway,
-            settings: std::sync::Arc::new(Settings {
+            models: ports.models.clone(),
+            settings: Arc::new(Settings {
                 moderator_model: c.moderator_model.clone(),
                 temperature: c.temperature,
                 max_answer_tokens: c.max_answer_tokens,
@@ -104,7 +123,7 @@ impl Application {
         };
         let domain = Conversations::new(
             store,
-            directory,
+            ports,
             workflow,
             hot,
             recent::RecentWindows::new(
@@ -116,12 +135,14 @@ impl Application {
                 default_page_size: c.default_page_size,
                 max_page_size: c.max_page_size,
                 turn_timeout: Duration::from_millis(c.turn_timeout_ms),
+                turn_lease: Duration::from_millis(c.turn_lease_ms),
                 context_budget_tokens: c.context_budget_tokens,
                 history_budget_tokens: c.history_budget_tokens,
                 summary_model: c.summary_model.clone(),
                 summary_max_tokens: c.summary_max_tokens,
                 state_ttl: Duration::from_millis(c.state_cache.ttl_ms),
             },
+            bus,
             stop.clone(),
         );
         let max_message = config.server.max_message_bytes;
@@ -135,6 +156,7 @@ impl Application {
             server,
             domain,
             stop,
+            bus_tasks,
         })
     }
 
@@ -160,6 +182,7 @@ impl Application {
             server,
             domain,
             stop,
+            bus_tasks,
         } = self;
         let pool = domain
             .store()
@@ -169,6 +192,8 @@ impl Application {
         let (served, ()) = tokio::join!(server.run(shutdown), pool);
         stop.cancel();
         domain.drained().await;
+        bus_tasks.close();
+        bus_tasks.wait().await;
         served
     }
 }

@@ -2,7 +2,7 @@
 //! most recent messages as fit the token budget, then the user's new message.
 
 use crate::domain::{Advisor, ConversationState, Message, Role, estimate_tokens};
-use crate::peers::{ChatMessage, ChatRole};
+use crate::ports::{ChatMessage, ChatRole};
 
 /// The messages one advisor is called with.
 pub fn advisor_context(

@@ -12,6 +12,10 @@
 //! tools, so every advisor ends with an answer or a failure.
 
 pub mod context;
+#[cfg(test)]
+mod scripted;
+#[cfg(test)]
+mod tests;
 pub mod tools;
 
 use std::sync::Arc;
@@ -26,8 +30,9 @@ use crate::domain::{
     TurnEvent, TurnOutcome, Usage,
 };
 use crate::error::ConversationError;
-use crate::peers::{
-    ChatCall, ChatMessage, ChatRole, Gateway, ModelError, ModelEvent, ToolInvocation,
+use crate::error::Rejection;
+use crate::ports::{
+    ChatCall, ChatMessage, ChatRole, ModelCalls, ModelError, ModelEvent, ToolInvocation,
 };
 use crate::store::{ConversationStore, StoredTurn, TurnWrite};
 use tools::{TOOLS, Toolbox};
@@ -111,12 +116,20 @@ struct Run {
 }
 
 /// Everything the workflow calls.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Workflow {
     pub store: ConversationStore,
-    pub gateway: Gateway,
+    pub models: Arc<dyn ModelCalls>,
     pub tools: Toolbox,
     pub settings: Arc<Settings>,
+}
+
+impl std::fmt::Debug for Workflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workflow")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 type Events = mpsc::Sender<TurnEvent>;
@@ -275,7 +288,7 @@ impl Workflow {
         call: ChatCall,
         events: &Events,
     ) -> Result<(), ModelError> {
-        let mut stream = std::pin::pin!(self.gateway.stream(call).await?);
+        let mut stream = std::pin::pin!(self.models.stream(call).await?);
         let mut said = String::new();
         while let Some(event) = stream.next().await {
             match event? {
@@ -378,6 +391,17 @@ impl Workflow {
             .map(|a| (a.advisor.name.clone(), a.answer.clone()))
             .collect();
         if answers.is_empty() {
+            // Refused everywhere (credentials, permission): running it again will not help.
+            if run.advisors.iter().all(|a| {
+                a.failure
+                    .as_ref()
+                    .is_some_and(|f| f.reason == FailureReason::Rejected)
+            }) {
+                return Err(ConversationError::Rejected(
+                    Rejection::PermissionDenied,
+                    "the gateway refused every advisor's call".into(),
+                ));
+            }
             return Err(ConversationError::NoAnswer);
         }
         let call = ChatCall {
@@ -391,7 +415,7 @@ impl Workflow {
         };
         let waited = Instant::now();
         let synthesis = tokio::time::timeout(self.settings.advisor_timeout, async {
-            let mut stream = std::pin::pin!(self.gateway.stream(call).await?);
+            let mut stream = std::pin::pin!(self.models.stream(call).await?);
             let (mut text, mut usage) = (String::new(), Usage::default());
             while let Some(event) = stream.next().await {
                 match event? {

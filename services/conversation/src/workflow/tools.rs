@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::peers::{ToolInvocation, ToolSpec};
+use crate::ports::{ToolInvocation, ToolSpec};
 use crate::store::ConversationStore;
 
 /// Every tool offered to advisors.

@@ -42,6 +42,19 @@ impl Drop for Suite {
     }
 }
 
+/// A second conversation instance; stopped when dropped.
+pub struct Replica {
+    pub client: Client,
+    stop: CancellationToken,
+    _task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 /// A model alias on an OpenAI-compatible upstream (a fake, in tests).
 pub fn upstream_alias(config: &mut Config, alias: &str, base_url: &str) {
     config.llm.deployments.insert(
@@ -123,6 +136,24 @@ impl Suite {
         let task = tokio::spawn(app.run_until_stopped(stop.clone()));
         self.client = ConversationServiceClient::new(channel(addr).await);
         self.conversation = Some((stop, task));
+    }
+
+    /// Another conversation instance on the same database and Redis (a replica), with
+    /// `configure` applied to a copy of `self.config`.
+    pub async fn replica(&self, configure: impl FnOnce(&mut Config)) -> Replica {
+        let mut config = self.config.clone();
+        configure(&mut config);
+        let app = boardroom_conversation::Application::build(&config)
+            .await
+            .expect("building a replica");
+        let addr = app.local_addr().expect("bound");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+        Replica {
+            client: ConversationServiceClient::new(channel(addr).await),
+            stop,
+            _task: task,
+        }
     }
 
     /// Stops the conversation service and waits until it has.

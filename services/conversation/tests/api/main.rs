@@ -4,5 +4,6 @@
 mod failures;
 mod helpers;
 mod history;
+mod replicas;
 mod turns;
 mod validation;

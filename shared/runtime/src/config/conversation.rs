@@ -27,9 +27,11 @@ pub struct ConversationConfig {
     pub max_parallel_advisors: usize,
     /// Bound of one advisor's answer (every tool round included).
     pub advisor_timeout_ms: u64,
-    /// Bound of a whole turn; also the lease a running turn holds on its thread, so a turn
-    /// whose instance died stops blocking the thread after this long.
+    /// Bound of a whole turn.
     pub turn_timeout_ms: u64,
+    /// The lease a running turn holds on its thread, renewed every third of it while the turn
+    /// runs: a turn whose instance died stops blocking its thread after at most this long.
+    pub turn_lease_ms: u64,
     /// Tool rounds per advisor per turn.
     pub max_tool_rounds: u32,
     /// Token budget of one advisor's context: system prompt + summary + recent messages.
@@ -69,6 +71,7 @@ impl Default for ConversationConfig {
             max_parallel_advisors: 8,
             advisor_timeout_ms: 60_000,
             turn_timeout_ms: 120_000,
+            turn_lease_ms: 5_000,
             max_tool_rounds: 2,
             context_budget_tokens: 3_000,
             history_budget_tokens: 6_000,
@@ -101,6 +104,9 @@ impl ConversationConfig {
             return Err(
                 "key `conversation.advisor_timeout_ms` must be in 1..=`turn_timeout_ms`".into(),
             );
+        }
+        if self.turn_lease_ms < 300 {
+            return Err("key `conversation.turn_lease_ms` must be >= 300".into());
         }
         if self.history_budget_tokens < self.context_budget_tokens / 2 {
             return Err(

@@ -1,6 +1,6 @@
-//! The services a turn calls: the session service (what a thread is, its boardroom's
-//! advisors; cached briefly) and the LLM gateway (streamed and unary chat). Proto types stay
-//! in here; the workflow sees domain types.
+//! The ports over gRPC: the session service (what a thread is, its boardroom's advisors;
+//! cached briefly) implements [`ThreadDirectory`], the LLM gateway (streamed and unary chat)
+//! [`ModelCalls`]. Proto types and tonic stay in here; the domain sees `crate::ports`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,13 +10,18 @@ use boardroom_proto::llm::v1::llm_gateway_service_client::LlmGatewayServiceClien
 use boardroom_proto::session::v1 as session;
 use boardroom_proto::session::v1::session_service_client::SessionServiceClient;
 use boardroom_runtime::client::{BalancedChannel, OutboundInterceptor};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
+use futures::future::BoxFuture;
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use uuid::Uuid;
 
 use crate::domain::{Advisor, FailureReason, ThreadContext, Usage};
-use crate::error::ConversationError;
+use crate::error::{ConversationError, Rejection};
+use crate::ports::{
+    ChatCall, ChatRole, ModelCalls, ModelError, ModelEvent, ModelStream, ThreadDirectory,
+    ToolInvocation,
+};
 
 type Intercepted = InterceptedService<BalancedChannel, OutboundInterceptor>;
 
@@ -25,33 +30,60 @@ fn parse_uuid(text: &str, what: &str) -> Result<Uuid, ConversationError> {
         .map_err(|_| ConversationError::Internal(format!("the session service sent a bad {what}")))
 }
 
-fn peer_error(service: &str, status: &tonic::Status) -> ConversationError {
+/// A neighbour's status as a domain error that keeps its meaning: what retrying cannot fix
+/// (credentials, permission, a request it refuses) is not turned into a retryable UNAVAILABLE.
+pub(crate) fn peer_error(service: &str, status: &tonic::Status) -> ConversationError {
+    let message = format!("{service}: {}", status.message());
     match status.code() {
-        Code::DeadlineExceeded => {
-            ConversationError::DeadlineExceeded(format!("{service}: {}", status.message()))
-        }
-        Code::InvalidArgument | Code::FailedPrecondition => {
-            ConversationError::FailedPrecondition(format!("{service}: {}", status.message()))
-        }
-        _ => ConversationError::Unavailable(format!("{service}: {}", status.message())),
+        Code::DeadlineExceeded => ConversationError::DeadlineExceeded(message),
+        Code::FailedPrecondition => ConversationError::FailedPrecondition(message),
+        Code::InvalidArgument => ConversationError::Rejected(Rejection::InvalidArgument, message),
+        Code::Unauthenticated => ConversationError::Rejected(Rejection::Unauthenticated, message),
+        Code::PermissionDenied => ConversationError::Rejected(Rejection::PermissionDenied, message),
+        Code::Ok
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::ResourceExhausted
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unimplemented
+        | Code::Internal
+        | Code::Unavailable
+        | Code::DataLoss => ConversationError::Unavailable(message),
     }
+}
+
+/// A gateway status as a model failure.
+fn model_error(status: tonic::Status) -> ModelError {
+    let reason = match status.code() {
+        Code::DeadlineExceeded => FailureReason::Timeout,
+        Code::ResourceExhausted => FailureReason::RateLimited,
+        Code::Cancelled => FailureReason::Cancelled,
+        Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied => {
+            FailureReason::Rejected
+        }
+        _ => FailureReason::Upstream,
+    };
+    ModelError::new(reason, format!("{:?}: {}", status.code(), status.message()))
 }
 
 /// Threads and boardrooms, from the session service, each thread's context cached for
 /// `conversation.context_ttl_ms`.
 #[derive(Clone)]
-pub struct Directory {
+pub struct SessionDirectory {
     client: SessionServiceClient<Intercepted>,
     contexts: moka::future::Cache<Uuid, Arc<ThreadContext>>,
 }
 
-impl std::fmt::Debug for Directory {
+impl std::fmt::Debug for SessionDirectory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Directory").finish_non_exhaustive()
+        f.debug_struct("SessionDirectory").finish_non_exhaustive()
     }
 }
 
-impl Directory {
+impl SessionDirectory {
     /// A directory over `channel`, caching up to 100k thread contexts for `ttl`.
     pub fn new(channel: BalancedChannel, interceptor: OutboundInterceptor, ttl: Duration) -> Self {
         Self {
@@ -61,20 +93,6 @@ impl Directory {
                 .time_to_live(ttl)
                 .build(),
         }
-    }
-
-    /// The thread's session, writability and advisors. Concurrent lookups of one thread
-    /// share one load.
-    pub async fn thread(&self, thread_id: Uuid) -> Result<Arc<ThreadContext>, ConversationError> {
-        self.contexts
-            .try_get_with(thread_id, self.load(thread_id))
-            .await
-            .map_err(|shared| (*shared).clone())
-    }
-
-    /// Forgets a cached context (after a change this service made).
-    pub async fn forget(&self, thread_id: Uuid) {
-        self.contexts.invalidate(&thread_id).await;
     }
 
     async fn load(&self, thread_id: Uuid) -> Result<Arc<ThreadContext>, ConversationError> {
@@ -129,8 +147,7 @@ impl Directory {
         }))
     }
 
-    /// Creates a breakout thread in `session_id` (idempotent by `request_id`).
-    pub async fn create_thread(
+    async fn create(
         &self,
         session_id: Uuid,
         title: String,
@@ -154,103 +171,43 @@ impl Directory {
     }
 }
 
-/// Who wrote a message of a model call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChatRole {
-    System,
-    User,
-    Assistant,
-    Tool,
-}
-
-/// A tool call a model asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ToolInvocation {
-    pub id: String,
-    pub name: String,
-    pub arguments_json: String,
-}
-
-/// One message of a model call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChatMessage {
-    pub role: ChatRole,
-    pub content: String,
-    pub tool_calls: Vec<ToolInvocation>,
-    pub tool_call_id: String,
-}
-
-impl ChatMessage {
-    /// A message with text only.
-    pub fn text(role: ChatRole, content: impl Into<String>) -> Self {
-        Self {
-            role,
-            content: content.into(),
-            tool_calls: Vec::new(),
-            tool_call_id: String::new(),
-        }
+impl ThreadDirectory for SessionDirectory {
+    /// Concurrent lookups of one thread share one load.
+    fn thread(
+        &self,
+        thread_id: Uuid,
+    ) -> BoxFuture<'_, Result<Arc<ThreadContext>, ConversationError>> {
+        Box::pin(async move {
+            self.contexts
+                .try_get_with(thread_id, self.load(thread_id))
+                .await
+                .map_err(|shared| (*shared).clone())
+        })
     }
-}
 
-/// A tool offered to the model.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ToolSpec {
-    pub name: &'static str,
-    pub description: &'static str,
-    pub parameters_json_schema: &'static str,
-}
+    fn forget(&self, thread_id: Uuid) -> BoxFuture<'_, ()> {
+        Box::pin(async move { self.contexts.invalidate(&thread_id).await })
+    }
 
-/// One model call.
-#[derive(Debug, Clone)]
-pub struct ChatCall {
-    pub model: String,
-    pub messages: Vec<ChatMessage>,
-    pub tools: Vec<ToolSpec>,
-    pub temperature: f32,
-    pub max_tokens: u32,
-    pub request_id: String,
-    pub timeout: Duration,
-}
-
-/// What a streamed model call produces.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ModelEvent {
-    Delta(String),
-    ToolCall(ToolInvocation),
-    Done(Usage),
-}
-
-/// A model call that failed, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelError {
-    pub reason: FailureReason,
-    pub message: String,
-}
-
-impl From<tonic::Status> for ModelError {
-    fn from(status: tonic::Status) -> Self {
-        let reason = match status.code() {
-            Code::DeadlineExceeded => FailureReason::Timeout,
-            Code::ResourceExhausted => FailureReason::RateLimited,
-            Code::Cancelled => FailureReason::Cancelled,
-            _ => FailureReason::Upstream,
-        };
-        ModelError {
-            reason,
-            message: format!("{:?}: {}", status.code(), status.message()),
-        }
+    fn create_thread(
+        &self,
+        session_id: Uuid,
+        title: String,
+        request_id: String,
+    ) -> BoxFuture<'_, Result<Uuid, ConversationError>> {
+        Box::pin(self.create(session_id, title, request_id))
     }
 }
 
 /// The LLM gateway.
 #[derive(Clone)]
-pub struct Gateway {
+pub struct GatewayModels {
     client: LlmGatewayServiceClient<Intercepted>,
 }
 
-impl std::fmt::Debug for Gateway {
+impl std::fmt::Debug for GatewayModels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway").finish_non_exhaustive()
+        f.debug_struct("GatewayModels").finish_non_exhaustive()
     }
 }
 
@@ -312,55 +269,69 @@ fn usage_of(done: &llm::ChatResponse) -> Usage {
         .unwrap_or_default()
 }
 
-impl Gateway {
+impl GatewayModels {
     /// A gateway client over `channel`.
     pub fn new(channel: BalancedChannel, interceptor: OutboundInterceptor) -> Self {
         Self {
             client: LlmGatewayServiceClient::with_interceptor(channel, interceptor),
         }
     }
+}
 
+impl ModelCalls for GatewayModels {
     /// Streams one call. Dropping the stream cancels the call at the gateway (and upstream).
-    pub async fn stream(
-        &self,
-        call: ChatCall,
-    ) -> Result<impl Stream<Item = Result<ModelEvent, ModelError>> + Send + 'static, ModelError>
-    {
-        let (chat, timeout) = chat_request(call);
-        let mut request = tonic::Request::new(llm::ChatStreamRequest { chat: Some(chat) });
-        request.set_timeout(timeout);
-        let stream = self.client.clone().chat_stream(request).await?.into_inner();
-        Ok(stream.filter_map(|item| async move {
-            match item {
-                Ok(llm::ChatStreamResponse { event: Some(event) }) => Some(Ok(match event {
-                    llm::chat_stream_response::Event::Delta(text) => ModelEvent::Delta(text),
-                    llm::chat_stream_response::Event::ToolCall(c) => {
-                        ModelEvent::ToolCall(ToolInvocation {
-                            id: c.id,
-                            name: c.name,
-                            arguments_json: c.arguments_json,
-                        })
-                    }
-                    llm::chat_stream_response::Event::Done(done) => {
-                        ModelEvent::Done(usage_of(&done))
-                    }
-                })),
-                Ok(llm::ChatStreamResponse { event: None }) => None,
-                Err(status) => Some(Err(ModelError::from(status))),
-            }
-        }))
+    fn stream(&self, call: ChatCall) -> BoxFuture<'_, Result<ModelStream, ModelError>> {
+        Box::pin(async move {
+            let (chat, timeout) = chat_request(call);
+            let mut request = tonic::Request::new(llm::ChatStreamRequest { chat: Some(chat) });
+            request.set_timeout(timeout);
+            let stream = self
+                .client
+                .clone()
+                .chat_stream(request)
+                .await
+                .map_err(model_error)?
+                .into_inner();
+            let events = stream.filter_map(|item| async move {
+                match item {
+                    Ok(llm::ChatStreamResponse { event: Some(event) }) => Some(Ok(match event {
+                        llm::chat_stream_response::Event::Delta(text) => ModelEvent::Delta(text),
+                        llm::chat_stream_response::Event::ToolCall(c) => {
+                            ModelEvent::ToolCall(ToolInvocation {
+                                id: c.id,
+                                name: c.name,
+                                arguments_json: c.arguments_json,
+                            })
+                        }
+                        llm::chat_stream_response::Event::Done(done) => {
+                            ModelEvent::Done(usage_of(&done))
+                        }
+                    })),
+                    Ok(llm::ChatStreamResponse { event: None }) => None,
+                    Err(status) => Some(Err(model_error(status))),
+                }
+            });
+            Ok(events.boxed())
+        })
     }
 
-    /// One call, whole.
-    pub async fn complete(&self, call: ChatCall) -> Result<(String, Usage), ModelError> {
-        let (chat, timeout) = chat_request(call);
-        let mut request = tonic::Request::new(chat);
-        request.set_timeout(timeout);
-        let response = self.client.clone().chat(request).await?.into_inner();
-        let usage = usage_of(&response);
-        Ok((
-            response.message.map(|m| m.content).unwrap_or_default(),
-            usage,
-        ))
+    fn complete(&self, call: ChatCall) -> BoxFuture<'_, Result<(String, Usage), ModelError>> {
+        Box::pin(async move {
+            let (chat, timeout) = chat_request(call);
+            let mut request = tonic::Request::new(chat);
+            request.set_timeout(timeout);
+            let response = self
+                .client
+                .clone()
+                .chat(request)
+                .await
+                .map_err(model_error)?
+                .into_inner();
+            let usage = usage_of(&response);
+            Ok((
+                response.message.map(|m| m.content).unwrap_or_default(),
+                usage,
+            ))
+        })
     }
 }
