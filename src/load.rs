@@ -434,6 +434,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let workers: Vec<_> = (0..plan.concurrency)
         .map(|i| {
+            // Owned by the run: every worker ends at its count or deadline and is awaited.
+            #[allow(clippy::disallowed_methods)]
             tokio::spawn(worker(
                 plan.clone(),
                 channels[i % channels.len()].clone(),

@@ -607,6 +607,8 @@ pub async fn run(plan: UsersPlan) -> anyhow::Result<()> {
     let checks = Arc::new(tokio::sync::Semaphore::new(32));
     let started = Instant::now();
     let until = started + plan.duration;
+    // Owned by the run: ends at `until`, awaited for its samples.
+    #[allow(clippy::disallowed_methods)]
     let watcher = tokio::spawn(watch(plan.pids.clone(), started, until));
     let users: Vec<_> = (0..plan.users)
         .map(|index| {
@@ -625,6 +627,8 @@ pub async fn run(plan: UsersPlan) -> anyhow::Result<()> {
             };
             let start_at = started + plan.ramp.mul_f64(index as f64 / plan.users.max(1) as f64);
             let checks = checks.clone();
+            // Owned by the run: one task per simulated user, each ends at the run's end and is awaited.
+            #[allow(clippy::disallowed_methods)]
             tokio::spawn(async move {
                 tokio::time::sleep_until(start_at.into()).await;
                 user.run(checks).await

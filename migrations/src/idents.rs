@@ -106,3 +106,14 @@ pub enum Turns {
     Outcome,
     CreatedAt,
 }
+
+/// `conversation_turn_queue`: turns waiting for their thread (ENQUEUE, INTERRUPT), in
+/// `position` order, each entry alive while its waiter renews `expires_at`.
+#[derive(DeriveIden, Debug, Clone, Copy)]
+pub enum ConversationTurnQueue {
+    Table,
+    ThreadId,
+    TurnId,
+    Position,
+    ExpiresAt,
+}

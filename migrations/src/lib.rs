@@ -12,9 +12,11 @@ mod index;
 mod m0001_create_tables;
 mod m0002_list_indexes;
 mod m0003_conversations;
+mod m0004_turn_queue;
 
 pub use idents::{
-    Boardrooms, Checkpoints, ConversationThreads, Messages, Sessions, Threads, Turns,
+    Boardrooms, Checkpoints, ConversationThreads, ConversationTurnQueue, Messages, Sessions,
+    Threads, Turns,
 };
 
 /// Every migration, in order.
@@ -28,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_create_tables::Migration),
             Box::new(m0002_list_indexes::Migration),
             Box::new(m0003_conversations::Migration),
+            Box::new(m0004_turn_queue::Migration),
         ]
     }
 }

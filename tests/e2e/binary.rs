@@ -119,6 +119,26 @@ pub async fn serve_on(db: TestDatabase, args: &[&str], env: &[(&str, String)]) -
     }
 }
 
+/// A second conversation instance (`serve --service conversation`) on `suite`'s database,
+/// calling `suite`'s session service and gateway, with `env` on top.
+pub async fn conversation_replica(suite: &Server, env: &[(&str, String)]) -> Server {
+    let mut all = vec![
+        (
+            "BOARDROOM_CONVERSATION__SESSION_ADDRESSES",
+            format!("[\"http://{}\"]", suite.grpc),
+        ),
+        (
+            "BOARDROOM_CONVERSATION__LLM_ADDRESSES",
+            format!(
+                "[\"http://{}\"]",
+                suite.llm_grpc.expect("the suite runs the gateway")
+            ),
+        ),
+    ];
+    all.extend(env.iter().cloned());
+    serve_on(suite.db.clone(), &["--service", "conversation"], &all).await
+}
+
 /// Reads log lines until one contains `needle` (bounded by a deadline).
 pub async fn wait_for_log(log: &mut Lines<BufReader<ChildStderr>>, needle: &str) -> String {
     let found = tokio::time::timeout(Duration::from_secs(30), async {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use boardroom_testkit::{TestDatabase, metric_value, scrape_metrics};
 
-use crate::binary::{boardroom, serve, serve_on, succeeded};
+use crate::binary::{boardroom, conversation_replica, serve, serve_on, succeeded};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_reports_counts_percentiles_and_codes_as_json() {
@@ -144,20 +144,9 @@ async fn sigterm_to_one_of_two_conversation_instances_fails_no_call_and_loses_no
     ];
     let suite = serve_on(TestDatabase::postgres().await, &[], &pace).await;
     let first = suite.conversation_grpc.expect("conversation");
-    let mut second = serve_on(
-        suite.db.clone(),
-        &["--service", "conversation"],
-        &[
-            (
-                "BOARDROOM_CONVERSATION__SESSION_ADDRESSES",
-                format!("[\"http://{}\"]", suite.grpc),
-            ),
-            (
-                "BOARDROOM_CONVERSATION__LLM_ADDRESSES",
-                format!("[\"http://{}\"]", suite.llm_grpc.expect("gateway")),
-            ),
-            ("BOARDROOM_SERVER__SHUTDOWN_DELAY_MS", "300".to_owned()),
-        ],
+    let mut second = conversation_replica(
+        &suite,
+        &[("BOARDROOM_SERVER__SHUTDOWN_DELAY_MS", "300".to_owned())],
     )
     .await;
     let load = boardroom()

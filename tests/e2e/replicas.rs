@@ -12,7 +12,7 @@ use boardroom_proto::session::v1::session_service_client::SessionServiceClient;
 use boardroom_testkit::{TestDatabase, channel};
 use tokio_stream::StreamExt;
 
-use crate::binary::serve_on;
+use crate::binary::{conversation_replica, serve_on};
 
 /// The lease this test runs with (the default is 5 s; the bound is the lease either way).
 const LEASE_MS: u64 = 1_500;
@@ -40,23 +40,12 @@ async fn a_killed_instance_frees_its_threads_within_one_lease() {
         ),
     ];
     let suite = serve_on(TestDatabase::postgres().await, &[], &env).await;
-    let mut doomed = serve_on(
-        suite.db.clone(),
-        &["--service", "conversation"],
-        &[
-            (
-                "BOARDROOM_CONVERSATION__SESSION_ADDRESSES",
-                format!("[\"http://{}\"]", suite.grpc),
-            ),
-            (
-                "BOARDROOM_CONVERSATION__LLM_ADDRESSES",
-                format!("[\"http://{}\"]", suite.llm_grpc.expect("gateway")),
-            ),
-            (
-                "BOARDROOM_CONVERSATION__TURN_LEASE_MS",
-                LEASE_MS.to_string(),
-            ),
-        ],
+    let mut doomed = conversation_replica(
+        &suite,
+        &[(
+            "BOARDROOM_CONVERSATION__TURN_LEASE_MS",
+            LEASE_MS.to_string(),
+        )],
     )
     .await;
     let mut sessions = SessionServiceClient::new(channel(suite.grpc).await);

@@ -214,6 +214,7 @@ impl CacheService for CacheGrpc {
         let (tx, rx) = mpsc::channel(256);
         let stop = self.streams_stop.clone();
         // Owned: ends when the caller goes away or the server shuts down.
+        #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move {
             loop {
                 let event = tokio::select! {

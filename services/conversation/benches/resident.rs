@@ -8,6 +8,9 @@
 //! `RESIDENT_PID` (the server's pid, for /proc), `RESIDENT_THREADS` (1000),
 //! `RESIDENT_CONCURRENCY` (50).
 
+// A benchmark owns the tasks it spawns: they end with its runtime.
+#![allow(clippy::disallowed_methods)]
+
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -258,6 +261,7 @@ fn main() {
                         last = now;
                         if let Ok(pb::RunTurnResponse {
                             event: Some(Event::TurnCompleted(_)),
+                            ..
                         }) = event
                         {
                             ok = true;

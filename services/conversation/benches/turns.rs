@@ -13,6 +13,11 @@
 //! - length: GetState and RunTurn latency, and stored bytes per turn, at thread lengths 10, 100
 //!   and 1000 turns.
 
+// A benchmark owns the tasks it spawns: they end with its runtime.
+#![allow(clippy::disallowed_methods)]
+
+#[path = "support/mod.rs"]
+mod common;
 #[allow(dead_code)]
 #[path = "../tests/api/helpers.rs"]
 mod helpers;
@@ -22,18 +27,10 @@ use std::time::{Duration, Instant};
 use boardroom_proto::conversation::v1 as pb;
 use boardroom_proto::llm::v1 as llm;
 use boardroom_proto::llm::v1::llm_gateway_service_client::LlmGatewayServiceClient;
+use common::{histogram, ms};
 use futures::StreamExt;
-use hdrhistogram::Histogram;
 use helpers::*;
 use sea_orm::{ConnectionTrait, Statement};
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram")
-}
-
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
-}
 
 async fn timed_turn(suite: &Suite, thread: &str, text: &str) -> Duration {
     let started = Instant::now();

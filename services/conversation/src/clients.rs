@@ -61,7 +61,9 @@ fn model_error(status: tonic::Status) -> ModelError {
         Code::DeadlineExceeded => FailureReason::Timeout,
         Code::ResourceExhausted => FailureReason::RateLimited,
         Code::Cancelled => FailureReason::Cancelled,
-        Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied => {
+        // An unknown alias, bad credentials, a request the gateway refuses: retrying will not
+        // help.
+        Code::InvalidArgument | Code::NotFound | Code::Unauthenticated | Code::PermissionDenied => {
             FailureReason::Rejected
         }
         _ => FailureReason::Upstream,
@@ -333,5 +335,40 @@ impl ModelCalls for GatewayModels {
                 usage,
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_s_refusals_keep_their_meaning_and_only_outages_are_retryable() {
+        let refusals = [
+            (Code::Unauthenticated, Rejection::Unauthenticated),
+            (Code::PermissionDenied, Rejection::PermissionDenied),
+            (Code::InvalidArgument, Rejection::InvalidArgument),
+        ];
+        for (code, rejection) in refusals {
+            let err = peer_error("session service", &tonic::Status::new(code, "no"));
+            assert!(
+                matches!(err, ConversationError::Rejected(r, _) if r == rejection),
+                "{code:?}: {err:?}"
+            );
+            let status = tonic::Status::from(err);
+            assert_eq!(status.code(), code);
+            assert_eq!(
+                model_error(tonic::Status::new(code, "no")).reason,
+                FailureReason::Rejected
+            );
+        }
+        for code in [Code::Unavailable, Code::Internal, Code::ResourceExhausted] {
+            let err = peer_error("session service", &tonic::Status::new(code, "down"));
+            assert!(matches!(err, ConversationError::Unavailable(_)), "{err:?}");
+        }
+        assert_eq!(
+            model_error(tonic::Status::unavailable("down")).reason,
+            FailureReason::Upstream
+        );
     }
 }

@@ -20,6 +20,7 @@ use crate::ports::{ModelCalls, ThreadDirectory};
 use crate::recent::RecentWindows;
 use crate::state::StateCodec;
 use crate::store::ConversationStore;
+use crate::turnlog::TurnLogs;
 use crate::workflow::Workflow;
 
 /// Bounds of requests and of the workflow, from config.
@@ -31,6 +32,8 @@ pub struct Limits {
     pub turn_timeout: Duration,
     /// A running turn's lease on its thread, renewed every third of it.
     pub turn_lease: Duration,
+    /// Turns that may wait for one thread (ENQUEUE, INTERRUPT).
+    pub max_queued_turns: u64,
     pub context_budget_tokens: u32,
     pub history_budget_tokens: u32,
     pub summary_model: String,
@@ -57,6 +60,7 @@ pub struct Conversations {
     pub(crate) limits: Arc<Limits>,
     pub(crate) leases: Leases,
     pub(crate) bus: TurnBus,
+    pub(crate) logs: TurnLogs,
     pub(crate) summarising: Arc<Mutex<HashSet<Uuid>>>,
     pub(crate) tasks: TaskTracker,
     pub(crate) shutdown: CancellationToken,
@@ -87,8 +91,8 @@ pub(crate) fn check_request_id(v: &mut Violations, request_id: &Option<String>) 
 }
 
 impl Conversations {
-    /// The domain over its dependencies; background work (turns, leases, summaries) ends with
-    /// `shutdown`.
+    /// The domain over its dependencies; background work (turns, leases, summaries, the
+    /// turns' logs) is tracked by `tasks` and ends with `shutdown`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: ConversationStore,
@@ -97,10 +101,9 @@ impl Conversations {
         hot: TieredCache<StateCodec>,
         recent: RecentWindows,
         limits: Limits,
-        bus: TurnBus,
-        shutdown: CancellationToken,
+        (bus, logs): (TurnBus, TurnLogs),
+        (tasks, shutdown): (TaskTracker, CancellationToken),
     ) -> Self {
-        let tasks = TaskTracker::new();
         let leases = Leases::new(
             store.clone(),
             limits.turn_lease,
@@ -117,6 +120,7 @@ impl Conversations {
             limits: Arc::new(limits),
             leases,
             bus,
+            logs,
             summarising: Arc::default(),
             tasks,
             shutdown,

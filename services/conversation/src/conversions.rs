@@ -7,7 +7,8 @@ use tonic::Status;
 use uuid::Uuid;
 
 use crate::domain::{
-    Checkpoint, ConversationState, FailureReason, Message, Role, StateView, TurnEvent, Usage,
+    Checkpoint, ConversationState, DoubleText, FailureReason, Message, OnDisconnect, Role,
+    StateView, TurnEvent, Usage,
 };
 use crate::error::{ConversationError, Rejection};
 
@@ -18,6 +19,7 @@ impl From<ConversationError> for Status {
             ConversationError::NotFound { .. } => Status::not_found(err.to_string()),
             ConversationError::FailedPrecondition(m) => Status::failed_precondition(m),
             ConversationError::Aborted(m) => Status::aborted(m),
+            ConversationError::QueueFull(m) => Status::resource_exhausted(m),
             ConversationError::Unavailable(m) => boardroom_runtime::status::unavailable(m, 1),
             ConversationError::NoAnswer => {
                 boardroom_runtime::status::unavailable(err.to_string(), 1)
@@ -164,8 +166,8 @@ fn reason_to(r: FailureReason) -> pb::FailureReason {
     }
 }
 
-/// One turn event.
-pub fn event_to(event: TurnEvent) -> pb::RunTurnResponse {
+/// One turn event, at `index` in its turn.
+pub fn event_to(index: u64, event: TurnEvent) -> pb::RunTurnResponse {
     use pb::run_turn_response::Event;
     let event = match event {
         TurnEvent::Started {
@@ -242,5 +244,37 @@ pub fn event_to(event: TurnEvent) -> pb::RunTurnResponse {
             message,
         }),
     };
-    pb::RunTurnResponse { event: Some(event) }
+    pb::RunTurnResponse {
+        event: Some(event),
+        event_index: index,
+    }
+}
+
+/// A RunTurn's double-text policy.
+pub fn double_text_from(value: i32) -> Result<DoubleText, ConversationError> {
+    match pb::DoubleTextPolicy::try_from(value) {
+        Ok(pb::DoubleTextPolicy::Unspecified | pb::DoubleTextPolicy::Reject) => {
+            Ok(DoubleText::Reject)
+        }
+        Ok(pb::DoubleTextPolicy::Enqueue) => Ok(DoubleText::Enqueue),
+        Ok(pb::DoubleTextPolicy::Interrupt) => Ok(DoubleText::Interrupt),
+        Err(_) => Err(ConversationError::invalid(
+            "double_text",
+            "is not a DoubleTextPolicy",
+        )),
+    }
+}
+
+/// A RunTurn's disconnect policy.
+pub fn on_disconnect_from(value: i32) -> Result<OnDisconnect, ConversationError> {
+    match pb::DisconnectPolicy::try_from(value) {
+        Ok(pb::DisconnectPolicy::Unspecified | pb::DisconnectPolicy::Cancel) => {
+            Ok(OnDisconnect::Cancel)
+        }
+        Ok(pb::DisconnectPolicy::Continue) => Ok(OnDisconnect::Continue),
+        Err(_) => Err(ConversationError::invalid(
+            "on_disconnect",
+            "is not a DisconnectPolicy",
+        )),
+    }
 }

@@ -185,7 +185,8 @@ pub struct TurnRecord {
 }
 
 /// One event of a running (or replayed) turn.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TurnEvent {
     Started {
         turn_id: Uuid,
@@ -236,6 +237,28 @@ pub enum TurnEvent {
     },
 }
 
+/// What a turn does when its thread is running another (double-texting).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DoubleText {
+    /// Refused (ABORTED).
+    #[default]
+    Reject,
+    /// Waits its turn, in order of arrival, in a bounded queue.
+    Enqueue,
+    /// Cancels the running turn and runs next.
+    Interrupt,
+}
+
+/// What a turn does when its caller goes away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnDisconnect {
+    /// It is cancelled; nothing is stored.
+    #[default]
+    Cancel,
+    /// It runs to completion and is stored.
+    Continue,
+}
+
 /// A request to run a turn.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TurnRequest {
@@ -245,6 +268,8 @@ pub struct TurnRequest {
     pub request_id: Option<String>,
     /// Empty: every advisor.
     pub advisors: Vec<String>,
+    pub double_text: DoubleText,
+    pub on_disconnect: OnDisconnect,
 }
 
 /// The order of a message list.

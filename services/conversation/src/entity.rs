@@ -98,3 +98,24 @@ pub mod turn {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// `conversation_turn_queue`: turns waiting for their thread.
+pub mod queued {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "conversation_turn_queue")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub thread_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub turn_id: Uuid,
+        pub position: i64,
+        pub expires_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -18,6 +18,9 @@ pub enum ConversationError {
     /// Another writer holds the thread (a turn is running); retry later.
     #[error("{0}")]
     Aborted(String),
+    /// The thread's queue of waiting turns is full.
+    #[error("{0}")]
+    QueueFull(String),
     /// A dependency (database, session service, gateway) cannot be reached.
     #[error("unavailable: {0}")]
     Unavailable(String),

@@ -95,9 +95,32 @@ impl ConversationService for ConversationGrpc {
                 author: r.author,
                 request_id: request_id(r.request_id),
                 advisors: r.advisors,
+                double_text: conv::double_text_from(r.double_text)?,
+                on_disconnect: conv::on_disconnect_from(r.on_disconnect)?,
             })
             .await?;
-        let stream = ReceiverStream::new(events).map(|e| Ok(conv::event_to(e)));
+        let stream = ReceiverStream::new(events).map(|(i, e)| Ok(conv::event_to(i, e)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type JoinTurnStream = Pin<Box<dyn Stream<Item = Result<pb::JoinTurnResponse, Status>> + Send>>;
+
+    async fn join_turn(
+        &self,
+        request: Request<pb::JoinTurnRequest>,
+    ) -> Result<Response<Self::JoinTurnStream>, Status> {
+        let r = request.into_inner();
+        let thread_id = uuid_field("thread_id", &r.thread_id)?;
+        let turn_id = uuid_field("turn_id", &r.turn_id)?;
+        let events = self
+            .domain
+            .join_turn(thread_id, turn_id, r.after_event)
+            .await?;
+        let stream = ReceiverStream::new(events).map(|(i, e)| {
+            Ok(pb::JoinTurnResponse {
+                event: Some(conv::event_to(i, e)),
+            })
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -51,15 +51,24 @@ impl Leases {
     }
 
     /// Takes `thread_id`'s lease for `turn_id`: the guard and the head as it is now, or `None`
-    /// when another turn holds an unexpired lease.
+    /// when another turn holds an unexpired lease or waits in the thread's queue.
     pub async fn acquire(
         &self,
         thread_id: Uuid,
         turn_id: Uuid,
     ) -> Result<Option<(TurnLease, Head)>, ConversationError> {
+        self.acquire_at(thread_id, turn_id, None).await
+    }
+
+    async fn acquire_at(
+        &self,
+        thread_id: Uuid,
+        turn_id: Uuid,
+        place: Option<i64>,
+    ) -> Result<Option<(TurnLease, Head)>, ConversationError> {
         let Some(head) = self
             .store
-            .acquire_lease(thread_id, turn_id, lease_until(self.length))
+            .acquire_lease(thread_id, turn_id, lease_until(self.length), place)
             .await?
         else {
             return Ok(None);
@@ -122,6 +131,57 @@ impl Leases {
         }
     }
 
+    /// Waits in the thread's queue at `place` (lower goes first) until the lease is free and
+    /// no live entry is ahead, then takes it. `QueueFull` when `max` turns wait already. The
+    /// entry is renewed while waiting and removed when the wait ends, however it ends (a
+    /// caller that leaves drops this future). Waiters look every [`QUEUE_POLL`].
+    pub async fn wait_for(
+        &self,
+        thread_id: Uuid,
+        turn_id: Uuid,
+        place: i64,
+        max: u64,
+    ) -> Result<(TurnLease, Head), ConversationError> {
+        if !self
+            .store
+            .enqueue(thread_id, turn_id, place, lease_until(self.length), max)
+            .await?
+        {
+            return Err(ConversationError::QueueFull(format!(
+                "{max} turns wait for this thread already (conversation.max_queued_turns)"
+            )));
+        }
+        let entry = QueueEntry {
+            leases: self.clone(),
+            thread_id,
+            turn_id,
+            left: false,
+        };
+        metrics::gauge!("conversation_turns_queued").increment(1.0);
+        let renew_every = self.length / 3;
+        let mut renewed = tokio::time::Instant::now();
+        let taken = loop {
+            if let Some(taken) = self.acquire_at(thread_id, turn_id, Some(place)).await? {
+                break taken;
+            }
+            if renewed.elapsed() >= renew_every {
+                self.store
+                    .renew_queued(thread_id, turn_id, lease_until(self.length))
+                    .await?;
+                renewed = tokio::time::Instant::now();
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    return Err(ConversationError::Unavailable("the instance is shutting down".into()));
+                }
+                _ = tokio::time::sleep(QUEUE_POLL) => {}
+            }
+        };
+        // Out of the queue before the turn runs, so that the next in line is not held up.
+        entry.leave().await;
+        Ok(taken)
+    }
+
     /// Gives a lease back; when the database cannot take it now, retries in the background
     /// (250 ms doubling to 2 s) until it succeeds or the lease has expired anyway.
     async fn give_back(&self, thread_id: Uuid, turn_id: Uuid) {
@@ -152,6 +212,49 @@ impl Leases {
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
+        });
+    }
+}
+
+/// How often a queued turn looks whether its thread is free.
+pub const QUEUE_POLL: Duration = Duration::from_millis(25);
+
+/// A turn's place in its thread's queue; removed (in the background) when dropped.
+struct QueueEntry {
+    leases: Leases,
+    thread_id: Uuid,
+    turn_id: Uuid,
+    left: bool,
+}
+
+impl QueueEntry {
+    async fn leave(mut self) {
+        self.left = true;
+        metrics::gauge!("conversation_turns_queued").decrement(1.0);
+        if let Err(err) = self
+            .leases
+            .store
+            .leave_queue(self.thread_id, self.turn_id)
+            .await
+        {
+            tracing::warn!(error = %err, "leaving a thread's queue failed; the entry expires");
+        }
+    }
+}
+
+impl Drop for QueueEntry {
+    fn drop(&mut self) {
+        if self.left {
+            return;
+        }
+        metrics::gauge!("conversation_turns_queued").decrement(1.0);
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let (store, thread_id, turn_id) = (self.leases.store.clone(), self.thread_id, self.turn_id);
+        // Owned: one statement; an entry it cannot remove expires on its own.
+        self.leases.tasks.spawn(async move {
+            let _ = store.leave_queue(thread_id, turn_id).await;
         });
     }
 }

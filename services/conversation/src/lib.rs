@@ -1,6 +1,20 @@
 //! The conversation service: a thread's messages, its workflow state and checkpoints, and the
 //! turn workflow that answers a user's message with every advisor of the boardroom in
 //! parallel, then a moderator's synthesis.
+//!
+//! ```text
+//!  grpc ── conversions ──▶ Conversations (conversations.rs)
+//!                            ├─ history      append, list
+//!                            ├─ checkpoints  state, checkpoints, fork
+//!                            ├─ turns        run (lease · double-text queue), replay, cancel, join
+//!                            │    └─ workflow   Advise ⇄ Tools → Moderate → Persist
+//!                            └─ summaries    the rolling summary, in the background
+//!  ports (traits, domain types) ◀── clients (tonic: session service, LLM gateway)
+//!  store (sea-orm)   lease (guard + heartbeat)   bus (cancels: Redis pub/sub)
+//!  turnlog (events: memory + Redis Streams)     recent, state (hot state)
+//! ```
+//!
+//! Tonic appears only in `grpc`, `conversions` and `clients`.
 
 pub mod bus;
 pub mod checkpoints;
@@ -19,6 +33,7 @@ pub mod recent;
 pub mod state;
 pub mod store;
 pub mod summaries;
+pub mod turnlog;
 pub mod turns;
 pub mod workflow;
 
@@ -44,6 +59,7 @@ use crate::bus::TurnBus;
 use crate::clients::{GatewayModels, SessionDirectory};
 use crate::conversations::{Limits, Ports};
 use crate::grpc::ConversationGrpc;
+use crate::turnlog::TurnLogs;
 use crate::workflow::tools::Toolbox;
 use crate::workflow::{Settings, Workflow};
 
@@ -105,6 +121,15 @@ impl Application {
         };
         let bus_tasks = TaskTracker::new();
         let bus = TurnBus::connect(config.redis.url.expose(), &bus_tasks, stop.clone()).await?;
+        let tasks = TaskTracker::new();
+        let logs = TurnLogs::new(
+            config.redis.url.expose(),
+            c.turn_log_memory_bytes,
+            Duration::from_millis(c.turn_log_ttl_ms.min(60_000)),
+            Duration::from_millis(c.turn_log_ttl_ms),
+            tasks.clone(),
+            stop.clone(),
+        )?;
         let leases = Database::connect_relaxed(&config.database).await?;
         let store = ConversationStore::new(db, leases, c.checkpoint_retention);
         let workflow = Workflow {
@@ -136,14 +161,15 @@ impl Application {
                 max_page_size: c.max_page_size,
                 turn_timeout: Duration::from_millis(c.turn_timeout_ms),
                 turn_lease: Duration::from_millis(c.turn_lease_ms),
+                max_queued_turns: u64::from(c.max_queued_turns),
                 context_budget_tokens: c.context_budget_tokens,
                 history_budget_tokens: c.history_budget_tokens,
                 summary_model: c.summary_model.clone(),
                 summary_max_tokens: c.summary_max_tokens,
                 state_ttl: Duration::from_millis(c.state_cache.ttl_ms),
             },
-            bus,
-            stop.clone(),
+            (bus, logs),
+            (tasks, stop.clone()),
         );
         let max_message = config.server.max_message_bytes;
         let service = ConversationServiceServer::new(ConversationGrpc::new(domain.clone()))

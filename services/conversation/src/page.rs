@@ -12,17 +12,7 @@ const FORMAT: u8 = 1;
 const LEN: usize = 1 + 8 + 8;
 const FIELD: &str = "page_token";
 
-/// A stable fingerprint of the parts that define a list (FNV-1a).
-pub fn fingerprint(parts: &[&[u8]]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for byte in part.iter().chain(std::iter::once(&0xff)) {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    hash
-}
+pub use boardroom_runtime::page::fingerprint;
 
 /// The token of a page whose last row is at `position`.
 pub fn encode(fingerprint: u64, position: i64) -> String {

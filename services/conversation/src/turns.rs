@@ -1,5 +1,6 @@
-//! Turns: started (the lease taken, the workflow driven in a task of its own), replayed by
-//! request id, cancelled from any replica.
+//! Turns: started (the lease taken, or waited for by the double-text policy; the workflow
+//! driven in a task of its own, its events logged), replayed by request id, cancelled and
+//! joined from any replica.
 
 use std::sync::Arc;
 
@@ -10,14 +11,21 @@ use uuid::Uuid;
 
 use crate::bus::Registration;
 use crate::conversations::{Conversations, check_request_id, check_text};
-use crate::domain::{FailureReason, Role, TurnEvent, TurnRecord, TurnRequest, estimate_tokens};
+use crate::domain::{
+    DoubleText, FailureReason, OnDisconnect, Role, TurnEvent, TurnRecord, TurnRequest,
+    estimate_tokens,
+};
 use crate::error::ConversationError;
 use crate::lease::TurnLease;
 use crate::recent::RECENT_LIMIT;
+use crate::store::now;
+use crate::turnlog::{IndexedEvent, TurnEvents};
 use crate::workflow::TurnInput;
 
 /// Events buffered per turn stream before the workflow waits for the client.
 const EVENT_BUFFER: usize = 256;
+/// How far ahead of every merely queued turn an interrupting one is placed (µs: ~146k years).
+const INTERRUPT_AHEAD: i64 = 1 << 62;
 
 impl Conversations {
     /// Cancels the running turn of a thread (only `turn_id`, when given), wherever it runs:
@@ -56,7 +64,7 @@ impl Conversations {
     pub async fn run_turn(
         &self,
         request: TurnRequest,
-    ) -> Result<mpsc::Receiver<TurnEvent>, ConversationError> {
+    ) -> Result<mpsc::Receiver<IndexedEvent>, ConversationError> {
         let mut v = Violations::default();
         check_text(
             &mut v,
@@ -98,10 +106,12 @@ impl Conversations {
         }
         let turn_id = Uuid::now_v7();
         // From here every way out gives the lease back: the guard does it when dropped.
-        let Some((lease, head)) = self.leases.acquire(thread_id, turn_id).await? else {
-            return Err(ConversationError::Aborted(
-                "another turn is running on this thread".into(),
-            ));
+        let (lease, head) = match self.leases.acquire(thread_id, turn_id).await? {
+            Some(taken) => taken,
+            None => {
+                self.wait_for_thread(thread_id, turn_id, request.double_text)
+                    .await?
+            }
         };
         // The first run of this request may have completed between the check above and the
         // lease: its record is committed with its lease release, so it is visible now.
@@ -136,12 +146,93 @@ impl Conversations {
             last_seq: head.last_seq,
         };
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let events = self.logs.open(thread_id, turn_id, tx).await;
         let cancel = self.shutdown.child_token();
         let registration = self.bus.register(thread_id, turn_id, cancel.clone());
         let this = self.clone();
+        let on_disconnect = request.on_disconnect;
         // Owned: ends when the turn ends, is cancelled, or the service shuts down.
-        self.tasks
-            .spawn(async move { this.drive(input, (lease, registration), tx, cancel).await });
+        self.tasks.spawn(async move {
+            this.drive(input, (lease, registration), events, on_disconnect, cancel)
+                .await
+        });
+        Ok(rx)
+    }
+
+    /// The thread is taken: refused, or waited for in its queue (an interrupt first cancels
+    /// the running turn, and goes ahead of every turn that merely waits).
+    async fn wait_for_thread(
+        &self,
+        thread_id: Uuid,
+        turn_id: Uuid,
+        policy: DoubleText,
+    ) -> Result<(TurnLease, crate::store::Head), ConversationError> {
+        let micros = now().timestamp_micros();
+        let place = match policy {
+            DoubleText::Reject => {
+                return Err(ConversationError::Aborted(
+                    "another turn is running on this thread".into(),
+                ));
+            }
+            DoubleText::Enqueue => micros,
+            DoubleText::Interrupt => {
+                let stopped = self.cancel(thread_id, None).await?;
+                metrics::counter!("conversation_turns_interrupted_total")
+                    .increment(u64::from(stopped));
+                micros - INTERRUPT_AHEAD
+            }
+        };
+        self.leases
+            .wait_for(thread_id, turn_id, place, self.limits.max_queued_turns)
+            .await
+    }
+
+    /// The events of a running or just-finished turn after `after`, then the live ones, to
+    /// its end. A turn whose instance died (its lease gone, no last event) ends with
+    /// TurnFailed once that is clear.
+    pub async fn join_turn(
+        &self,
+        thread_id: Uuid,
+        turn_id: Uuid,
+        after: u64,
+    ) -> Result<mpsc::Receiver<IndexedEvent>, ConversationError> {
+        let mut events = self.logs.join(thread_id, turn_id, after).await?;
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let this = self.clone();
+        let quiet = self.leases.length();
+        // Owned: ends at the turn's last event, when the joiner leaves, or at shutdown.
+        self.tasks.spawn(async move {
+            let mut last = after;
+            loop {
+                let next = tokio::select! {
+                    _ = this.shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                    next = tokio::time::timeout(quiet, events.recv()) => next,
+                };
+                match next {
+                    Ok(Some(event)) => {
+                        last = event.0;
+                        if tx.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(_) => {
+                        // Quiet for a whole lease: is anyone still running it?
+                        let running = this.store.head(thread_id).await.ok().flatten();
+                        if running.is_some_and(|h| h.running_turn_now() != Some(turn_id)) {
+                            let stopped = TurnEvent::Failed {
+                                reason: FailureReason::Storage,
+                                message: "the instance running the turn stopped before storing it"
+                                    .into(),
+                            };
+                            let _ = tx.send((last + 1, stopped)).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        });
         Ok(rx)
     }
 
@@ -149,7 +240,8 @@ impl Conversations {
         &self,
         input: TurnInput,
         (lease, registration): (TurnLease, Registration),
-        tx: mpsc::Sender<TurnEvent>,
+        events: TurnEvents,
+        on_disconnect: OnDisconnect,
         cancel: CancellationToken,
     ) {
         let (thread_id, turn_id) = (input.thread_id, input.turn_id);
@@ -164,26 +256,27 @@ impl Conversations {
             input.last_seq,
             input.state.summarized_through_seq,
         );
-        let _ = tx
-            .send(TurnEvent::Started {
+        events
+            .emit(TurnEvent::Started {
                 turn_id,
                 advisors: input.advisors.iter().map(|a| a.name.clone()).collect(),
                 replayed: false,
             })
             .await;
+        let cancel_when_gone = on_disconnect == OnDisconnect::Cancel;
         metrics::gauge!("conversation_turns_running").increment(1.0);
         // The run first: a turn that finished (and committed) is reported as done even if the
         // caller left or a cancel arrived in the same instant.
         let outcome = tokio::select! {
             biased;
-            run = tokio::time::timeout(self.limits.turn_timeout, self.workflow.execute(input, &tx)) => match run {
+            run = tokio::time::timeout(self.limits.turn_timeout, self.workflow.execute(input, &events)) => match run {
                 Ok(Ok(done)) => Ok(done),
                 Ok(Err(err)) => Err((failure_reason(&err), err.to_string())),
                 Err(_) => Err((FailureReason::Timeout, "the turn passed conversation.turn_timeout_ms".to_owned())),
             },
             _ = cancel.cancelled() => Err((FailureReason::Cancelled, "the turn was cancelled".to_owned())),
             _ = lease.lost() => Err((FailureReason::Conflict, "the turn lost its lease on the thread (another turn took it)".to_owned())),
-            _ = tx.closed() => Err((FailureReason::Cancelled, "the caller went away".to_owned())),
+            _ = events.caller_gone(), if cancel_when_gone => Err((FailureReason::Cancelled, "the caller went away".to_owned())),
         };
         metrics::gauge!("conversation_turns_running").decrement(1.0);
         // Over: a cancel from now on finds nothing to stop.
@@ -209,8 +302,9 @@ impl Conversations {
                         state.clone(),
                     )
                     .await;
-                let _ = tx.send(completed(&stored.record, false)).await;
-                drop(tx);
+                events.emit(completed(&stored.record, false)).await;
+                drop(events);
+                self.logs.finished(turn_id).await;
                 // After the caller has its answer: the next turn (here or on another
                 // instance) finds the state warm.
                 self.remember(thread_id, &state).await;
@@ -222,7 +316,9 @@ impl Conversations {
             Err((reason, message)) => {
                 metrics::counter!("conversation_turns_total", "outcome" => "failed").increment(1);
                 lease.release().await;
-                let _ = tx.send(TurnEvent::Failed { reason, message }).await;
+                events.emit(TurnEvent::Failed { reason, message }).await;
+                drop(events);
+                self.logs.finished(turn_id).await;
             }
         }
     }
@@ -231,7 +327,7 @@ impl Conversations {
     async fn replay(
         &self,
         record: TurnRecord,
-    ) -> Result<mpsc::Receiver<TurnEvent>, ConversationError> {
+    ) -> Result<mpsc::Receiver<IndexedEvent>, ConversationError> {
         let messages = self
             .store
             .messages_between(record.thread_id, record.first_seq, record.last_seq)
@@ -268,7 +364,8 @@ impl Conversations {
         events.push(completed(&record, true));
         let (tx, rx) = mpsc::channel(events.len());
         for event in events {
-            let _ = tx.try_send(event);
+            // Index 0: a replay is not a live turn's log.
+            let _ = tx.try_send((0, event));
         }
         metrics::counter!("conversation_turns_total", "outcome" => "replayed").increment(1);
         Ok(rx)
@@ -293,6 +390,7 @@ fn failure_reason(err: &ConversationError) -> FailureReason {
         ConversationError::NoAnswer => FailureReason::NoAnswer,
         ConversationError::Rejected(..) => FailureReason::Rejected,
         ConversationError::Invalid(_)
+        | ConversationError::QueueFull(_)
         | ConversationError::NotFound { .. }
         | ConversationError::FailedPrecondition(_)
         | ConversationError::Unavailable(_)

@@ -9,6 +9,9 @@
 //! `/v1` URL of a LiteLLM proxy routed to that fake as model `fake`, with its key in
 //! `LITELLM_MASTER_KEY`, to compare at `OVERHEAD_LITELLM_RPS`, default 20, a rate it sustains; `OVERHEAD_ONLY_LITELLM` skips the rest).
 
+// A benchmark owns the tasks it spawns: they end with its runtime.
+#![allow(clippy::disallowed_methods)]
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

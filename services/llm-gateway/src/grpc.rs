@@ -151,6 +151,7 @@ impl LlmGatewayService for LlmGrpc {
         let flush_every = self.stream_flush;
         // Owned by the call: ends when the caller goes away (dropping the upstream stream
         // cancels the upstream request), at the deadline, or at the end of the answer.
+        #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move {
             let first_at = Instant::now();
             let mut content = String::new();

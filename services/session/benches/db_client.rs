@@ -5,6 +5,9 @@
 //! Run after `list_queries` has seeded `boardroom_bench`:
 //! `cargo bench -p boardroom-session --bench db_client`.
 
+// A benchmark owns the tasks it spawns: they end with its runtime.
+#![allow(clippy::disallowed_methods)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

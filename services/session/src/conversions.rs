@@ -10,16 +10,14 @@ use crate::domain::{
     Thread, ThreadFilter, ThreadStatus, ThreadType,
 };
 use crate::error::SessionError;
-use crate::validate::Violations;
+use boardroom_runtime::status::Violations;
+
+use crate::validate::Verdict;
 
 impl From<SessionError> for Status {
     fn from(err: SessionError) -> Self {
         match err {
-            SessionError::Invalid(violations) => boardroom_runtime::status::bad_request(
-                violations
-                    .iter()
-                    .map(|v| (v.field.as_str(), v.description.as_str())),
-            ),
+            SessionError::Invalid(violations) => violations.to_status(),
             SessionError::NotFound { .. } => Status::not_found(err.to_string()),
             SessionError::VersionMismatch { .. } => Status::aborted(err.to_string()),
             SessionError::FailedPrecondition(message) => Status::failed_precondition(message),
@@ -158,7 +156,7 @@ pub fn new_session(r: pb::CreateSessionRequest) -> Result<NewSession, SessionErr
         request_id: request_id(r.request_id),
     };
     if let Err(SessionError::Invalid(more)) = input.validate() {
-        more.into_iter().for_each(|m| v.add(m.field, m.description));
+        v.extend(more);
     }
     v.into_result().map(|()| input)
 }
@@ -204,7 +202,7 @@ pub fn new_thread(r: pb::CreateThreadRequest) -> Result<NewThread, SessionError>
         request_id: request_id(r.request_id),
     };
     if let Err(SessionError::Invalid(more)) = input.validate() {
-        more.into_iter().for_each(|m| v.add(m.field, m.description));
+        v.extend(more);
     }
     v.into_result().map(|()| input)
 }

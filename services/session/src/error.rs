@@ -1,22 +1,14 @@
 //! Errors of the session domain.
 
+use boardroom_runtime::status::Violations;
 use sea_orm::{DbErr, SqlErr};
-
-/// A field of a request and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldViolation {
-    /// The request field, as named in the contract (`advisors[1].name`).
-    pub field: String,
-    /// What is wrong.
-    pub description: String,
-}
 
 /// Everything a session operation can fail with.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SessionError {
     /// The request is malformed; nothing was written.
-    #[error("invalid request: {}", .0.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; "))]
-    Invalid(Vec<FieldViolation>),
+    #[error("invalid request: {0}")]
+    Invalid(Violations),
     /// No such entity.
     #[error("{kind} {id} not found")]
     NotFound { kind: &'static str, id: String },
@@ -37,10 +29,13 @@ pub enum SessionError {
 impl SessionError {
     /// A single-field validation error.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
-        SessionError::Invalid(vec![FieldViolation {
-            field: field.into(),
-            description: description.into(),
-        }])
+        SessionError::Invalid(Violations::one(field, description))
+    }
+}
+
+impl From<Violations> for SessionError {
+    fn from(v: Violations) -> Self {
+        SessionError::Invalid(v)
     }
 }
 

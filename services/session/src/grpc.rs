@@ -207,14 +207,13 @@ impl SessionService for SessionGrpc {
         request: Request<pb::UpdateThreadStatusRequest>,
     ) -> Result<Response<pb::UpdateThreadStatusResponse>, Status> {
         let r = request.into_inner();
-        let mut v = crate::validate::Violations::default();
+        let mut v = boardroom_runtime::status::Violations::default();
         let id = conv::parse_id(&mut v, "id", &r.id);
         let status = conv::required_status(r.status);
         if let Err(crate::SessionError::Invalid(more)) = &status {
-            more.iter()
-                .for_each(|m| v.add(m.field.clone(), m.description.clone()));
+            v.extend(more.clone());
         }
-        v.into_result()?;
+        crate::validate::Verdict::into_result(v)?;
         let updated = self.store.update_thread_status(id, status?).await?;
         Ok(Response::new(pb::UpdateThreadStatusResponse {
             thread: Some(thread_to(&updated)),

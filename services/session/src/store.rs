@@ -3,12 +3,10 @@
 
 use std::sync::Arc;
 
-use boardroom_runtime::db::Database;
-use chrono::{DateTime, Utc};
+use boardroom_runtime::clock::now;
+use boardroom_runtime::db::{Database, is_unique_violation};
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DbErr, EntityTrait, QueryFilter, QuerySelect, SqlErr,
-};
+use sea_orm::{ActiveValue::Set, ColumnTrait, DbErr, EntityTrait, QueryFilter, QuerySelect};
 use uuid::Uuid;
 
 use crate::cache::{Cached, EntityCache, EntityKey, KeyText};
@@ -28,12 +26,6 @@ pub struct SessionStore {
     db: Database,
     cache: Option<EntityCache>,
     limits: Arc<Limits>,
-}
-
-/// Now, truncated to the microsecond precision PostgreSQL stores, so values round-trip.
-fn now() -> DateTime<Utc> {
-    let now = Utc::now();
-    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
 
 fn non_empty(text: &Option<String>) -> Option<String> {
@@ -618,10 +610,6 @@ fn paginate<T>(
         items,
         next_page_token,
     }
-}
-
-fn is_unique_violation(err: &DbErr) -> bool {
-    matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }
 
 fn advisors_json(advisors: &[Advisor]) -> Result<serde_json::Value, SessionError> {

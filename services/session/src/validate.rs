@@ -3,7 +3,9 @@
 use std::collections::HashSet;
 
 use crate::domain::{Advisor, BoardroomUpdate, NewBoardroom, NewSession, NewThread};
-use crate::error::{FieldViolation, SessionError};
+use boardroom_runtime::status::Violations;
+
+use crate::error::SessionError;
 
 /// Bounds on input sizes.
 #[derive(Debug, Clone)]
@@ -16,58 +18,15 @@ const MAX_NAME: usize = 200;
 const MAX_ADVISOR_NAME: usize = 100;
 const MAX_PROMPT: usize = 16 * 1024;
 
-/// Collects every problem of a request before answering, so clients fix them all at once.
-#[derive(Debug, Default)]
-pub struct Violations(Vec<FieldViolation>);
+/// `Ok` when the request's collector (the runtime's [`Violations`]) found nothing.
+pub trait Verdict {
+    /// The collected problems as the domain's error.
+    fn into_result(self) -> Result<(), SessionError>;
+}
 
-impl Violations {
-    /// Records a problem with `field`.
-    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation {
-            field: field.into(),
-            description: description.into(),
-        });
-    }
-
-    /// Checks a required, bounded text field.
-    pub fn required(&mut self, field: &str, value: &str, max: usize) {
-        if value.trim().is_empty() {
-            self.add(field, "must not be empty");
-        } else {
-            self.bounded(field, value, max);
-        }
-    }
-
-    /// Checks an optional, bounded text field.
-    pub fn bounded(&mut self, field: &str, value: &str, max: usize) {
-        if value.chars().count() > max {
-            self.add(field, format!("must be at most {max} characters"));
-        }
-        if value
-            .chars()
-            .any(|c| c.is_control() && c != '\n' && c != '\t')
-        {
-            self.add(field, "must not contain control characters");
-        }
-    }
-
-    /// `Ok` when nothing was recorded.
-    pub fn into_result(self) -> Result<(), SessionError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(SessionError::Invalid(self.0))
-        }
-    }
-
-    /// Whether nothing was recorded.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Adds the problems of another collector.
-    pub fn extend(&mut self, other: Violations) {
-        self.0.extend(other.0);
+impl Verdict for Violations {
+    fn into_result(self) -> Result<(), SessionError> {
+        self.finish(()).map_err(SessionError::from)
     }
 }
 

@@ -479,6 +479,7 @@ impl Redis {
         let stop = cache.stop_token().clone();
         let prefix = self.prefix.clone();
         // Owned: ends when the cache's stop token is cancelled.
+        #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move {
             let Some(l2) = cache.inner.l2.as_ref() else {
                 return;

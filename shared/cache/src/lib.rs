@@ -401,6 +401,7 @@ impl<C: Codec> TieredCache<C> {
         let cache = self.clone();
         let stop = self.inner.stop.clone();
         // Owned: ends with the cache's stop token.
+        #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move {
             let _slot = slot;
             let loaded = tokio::select! {
@@ -544,6 +545,7 @@ impl<C: Codec> TieredCache<C> {
     fn report_size(&self) {
         let cache = self.clone();
         // Owned: ends with the cache's stop token.
+        #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move {
             let name = cache.inner.name;
             let (bytes, entries) = (

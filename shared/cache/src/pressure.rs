@@ -55,6 +55,8 @@ impl<C: Codec> TieredCache<C> {
             None => tracing::debug!(cache = name, "no memory limit known; L1 never sheds"),
         }
         let cache = self.clone();
+        // Owned: ends with the cache's stop token.
+        #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(pressure.check_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -197,6 +197,15 @@ impl Database {
     }
 }
 
+/// Whether a write failed on a unique constraint (a duplicate key: ALREADY_EXISTS, or an
+/// idempotent retry that lost a race).
+pub fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(
+        err.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}
+
 /// Whether a query failed because the server went away, the pool is exhausted or SQLite is
 /// busy (the caller may retry: UNAVAILABLE), as opposed to a bad statement.
 pub fn is_connection_failure(err: &DbErr) -> bool {
@@ -320,6 +329,8 @@ mod tests {
         let (began, has_begun) = tokio::sync::oneshot::channel::<()>();
         let holder = {
             let db = db.clone();
+            // Owned by the test: joined below.
+            #[allow(clippy::disallowed_methods)]
             tokio::spawn(async move {
                 db.timed("probe.holder", async {
                     let txn = db.conn().begin().await?;
@@ -333,6 +344,8 @@ mod tests {
         has_begun.await.expect("the holder began");
         let waiter = {
             let db = db.clone();
+            // Owned by the test: joined below.
+            #[allow(clippy::disallowed_methods)]
             tokio::spawn(async move {
                 db.timed("probe.waiter", db.conn().execute_unprepared("SELECT 1"))
                     .await

@@ -12,6 +12,7 @@ pub fn watch_signals(shutdown: CancellationToken) -> std::io::Result<mpsc::Recei
     let mut hup = signal(SignalKind::hangup())?;
     let (reload_tx, reload_rx) = mpsc::channel(1);
     // Owned: ends with `shutdown`.
+    #[allow(clippy::disallowed_methods)]
     tokio::spawn(async move {
         loop {
             tokio::select! {

@@ -32,6 +32,39 @@ impl Violations {
         self.0.push((field.into(), description.into()));
     }
 
+    /// Checks a required text field of at most `max` characters.
+    pub fn required(&mut self, field: &str, value: &str, max: usize) {
+        if value.trim().is_empty() {
+            self.add(field, "must not be empty");
+        } else {
+            self.bounded(field, value, max);
+        }
+    }
+
+    /// Checks an optional text field: at most `max` characters, no control characters but
+    /// newlines and tabs.
+    pub fn bounded(&mut self, field: &str, value: &str, max: usize) {
+        if value.chars().count() > max {
+            self.add(field, format!("must be at most {max} characters"));
+        }
+        if value
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+        {
+            self.add(field, "must not contain control characters");
+        }
+    }
+
+    /// Adds the problems another collector found.
+    pub fn extend(&mut self, other: Violations) {
+        self.0.extend(other.0);
+    }
+
+    /// The fields named, in order.
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(f, _)| f.as_str())
+    }
+
     /// Whether nothing was recorded.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -49,6 +82,18 @@ impl Violations {
     /// The INVALID_ARGUMENT status.
     pub fn to_status(&self) -> Status {
         bad_request(self.0.iter().map(|(f, d)| (f.as_str(), d.as_str())))
+    }
+}
+
+impl std::fmt::Display for Violations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (field, description)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{field}: {description}")?;
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,9 @@
 //! Client-side balancing: three servers on 127.0.0.1, 127.0.0.2 and 127.0.0.3, behind a
 //! resolver the test controls, or given by address and followed by their health.
 
+// A test owns the tasks it spawns: they end with its runtime.
+#![allow(clippy::disallowed_methods)]
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -276,6 +276,7 @@ impl FakeOpenAi {
         let stop = tokio_util::sync::CancellationToken::new();
         let stopped = stop.clone();
         // Owned: ends when the fake is dropped (its stop token).
+        #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stopped.cancelled().await })

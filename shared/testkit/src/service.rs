@@ -104,6 +104,7 @@ impl FlakyProxy {
         };
         let worker = proxy.clone();
         // Owned by the proxy: ends on `stop`.
+        #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -118,6 +119,8 @@ impl FlakyProxy {
                     continue;
                 }
                 let cut = worker.cut.lock().map(|c| c.clone()).unwrap_or_default();
+                // Owned by the proxy: one copy loop per connection, ended by `cut` or either side closing.
+                #[allow(clippy::disallowed_methods)]
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
                         return;

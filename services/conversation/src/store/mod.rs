@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait,
-    QueryFilter, SqlErr,
+    QueryFilter,
 };
 use uuid::Uuid;
 
@@ -27,15 +27,13 @@ use crate::state;
 
 mod checkpoints;
 mod messages;
+mod queue;
 mod turns;
 
 pub(crate) use turns::lease_until;
 
-/// Now, truncated to the microsecond precision PostgreSQL stores, so values round-trip.
-pub(crate) fn now() -> DateTime<Utc> {
-    let now = Utc::now();
-    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
-}
+pub(crate) use boardroom_runtime::clock::now;
+pub(super) use boardroom_runtime::db::is_unique_violation;
 
 /// A turn ready to be stored: its messages, the state change, and what it recorded.
 #[derive(Debug, Clone)]
@@ -105,10 +103,6 @@ pub struct ConversationStore {
     /// costs nothing durable: the turn's own write is fenced on its lease and fails.
     leases: Database,
     retention: Arc<i64>,
-}
-
-pub(super) fn is_unique_violation(err: &DbErr) -> bool {
-    matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }
 
 pub(super) fn message_from(m: message::Model) -> Result<Message, ConversationError> {

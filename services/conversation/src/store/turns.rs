@@ -45,12 +45,15 @@ impl ConversationState {
 
 impl ConversationStore {
     /// Takes the thread's turn lease until `until`, unless another turn holds an unexpired
-    /// one. Returns the head as it is now, or `None` when the lease is held.
+    /// one or waits ahead in the thread's queue (a turn at `place` in the queue yields to the
+    /// entries before it; one that is not queued, to every live entry). Returns the head as it
+    /// is now, or `None` when the thread is taken.
     pub async fn acquire_lease(
         &self,
         thread_id: Uuid,
         turn_id: Uuid,
         until: DateTime<Utc>,
+        place: Option<i64>,
     ) -> Result<Option<Head>, ConversationError> {
         // The head usually exists: one statement. A thread's first turn creates it and retries.
         for _ in 0..2 {
@@ -68,6 +71,9 @@ impl ConversationStore {
                             head::Column::RunningTurn
                                 .is_null()
                                 .or(head::Column::LeaseUntil.lt(at)),
+                        )
+                        .filter(
+                            Expr::exists(super::queue::ahead(thread_id, turn_id, place, at)).not(),
                         )
                         .exec_with_returning(self.leases.conn()),
                 )

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::domain::{
@@ -35,6 +34,7 @@ use crate::ports::{
     ChatCall, ChatMessage, ChatRole, ModelCalls, ModelError, ModelEvent, ToolInvocation,
 };
 use crate::store::{ConversationStore, StoredTurn, TurnWrite};
+use crate::turnlog::TurnEvents;
 use tools::{TOOLS, Toolbox};
 
 /// The workflow's bounds and models.
@@ -132,11 +132,12 @@ impl std::fmt::Debug for Workflow {
     }
 }
 
-type Events = mpsc::Sender<TurnEvent>;
+type Events = TurnEvents;
 
-/// Sends an event; a caller that went away is noticed by the turn's cancellation, not here.
+/// Logs an event and sends it to the caller; a caller that went away is noticed by the turn's
+/// cancellation, not here.
 async fn emit(events: &Events, event: TurnEvent) {
-    let _ = events.send(event).await;
+    events.emit(event).await;
 }
 
 impl Workflow {

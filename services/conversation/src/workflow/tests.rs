@@ -17,6 +17,7 @@ use crate::domain::{Advisor, ConversationState, FailureReason, Role, TurnEvent};
 use crate::error::ConversationError;
 use crate::ports::ChatRole;
 use crate::store::{ConversationStore, StoredTurn, lease_until};
+use crate::turnlog::TurnEvents;
 
 struct Bench {
     workflow: Workflow,
@@ -70,7 +71,12 @@ impl Bench {
     async fn input(&self, advisors: &[&str]) -> TurnInput {
         let (thread_id, turn_id) = (Uuid::now_v7(), Uuid::now_v7());
         self.store
-            .acquire_lease(thread_id, turn_id, lease_until(Duration::from_secs(60)))
+            .acquire_lease(
+                thread_id,
+                turn_id,
+                lease_until(Duration::from_secs(60)),
+                None,
+            )
             .await
             .expect("lease")
             .expect("free");
@@ -92,10 +98,12 @@ impl Bench {
         input: TurnInput,
     ) -> (Result<StoredTurn, ConversationError>, Vec<TurnEvent>) {
         let (tx, mut rx) = mpsc::channel(1024);
-        let result = self.workflow.execute(input, &tx).await;
-        drop(tx);
+        let result = self
+            .workflow
+            .execute(input, &TurnEvents::detached(tx))
+            .await;
         let mut events = Vec::new();
-        while let Some(e) = rx.recv().await {
+        while let Some((_, e)) = rx.recv().await {
             events.push(e);
         }
         (result, events)
@@ -273,14 +281,15 @@ async fn cancelling_a_turn_drops_its_model_calls_and_stores_nothing() {
     let input = b.input(&["cfo", "cto"]).await;
     let thread_id = input.thread_id;
     let (tx, mut rx) = mpsc::channel(1024);
+    let events = TurnEvents::detached(tx);
     // Boxed so that dropping it drops the turn (what the service's cancel does).
-    let mut run = Box::pin(b.workflow.execute(input, &tx));
+    let mut run = Box::pin(b.workflow.execute(input, &events));
     // Both advisors have started (their calls are open), then the turn is dropped.
     let mut started = 0;
     while started < 2 {
         tokio::select! {
             _ = &mut run => panic!("a hanging turn finished"),
-            event = rx.recv() => if let Some(TurnEvent::AdvisorStarted { .. }) = event { started += 1 },
+            event = rx.recv() => if let Some((_, TurnEvent::AdvisorStarted { .. })) = event { started += 1 },
         }
     }
     tokio::task::yield_now().await;

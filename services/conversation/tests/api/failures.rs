@@ -93,36 +93,13 @@ async fn when_every_advisor_fails_the_turn_fails_and_stores_nothing() {
     assert!(state.running_turn_id.is_empty(), "the lease was released");
 }
 
-/// Starts a turn on a hanging upstream and returns its stream once the advisor has started.
-async fn hanging_turn(
-    suite: &Suite,
-    thread: &str,
-) -> (String, tonic::Streaming<pb::RunTurnResponse>) {
-    let mut stream = suite
-        .client
-        .clone()
-        .run_turn(turn(thread, "Think hard", "hanging"))
-        .await
-        .expect("RunTurn")
-        .into_inner();
-    let mut turn_id = String::new();
-    while let Some(event) = stream.next().await {
-        match event.expect("event").event {
-            Some(Event::TurnStarted(s)) => turn_id = s.turn_id,
-            Some(Event::AdvisorStarted(_)) => break,
-            other => panic!("{other:?}"),
-        }
-    }
-    (turn_id, stream)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_turn_cancels_the_upstream_calls_and_stores_nothing() {
     let slow = FakeOpenAi::start().await;
     slow.script(std::iter::repeat_n(Behavior::Hang, 10));
     let suite = suite(|c| upstream_alias(c, "slow", &slow.base_url())).await;
     let thread = suite.thread_with(&[("cto", "slow")]).await;
-    let (turn_id, mut stream) = hanging_turn(&suite, &thread).await;
+    let (turn_id, mut stream) = started_turn(&suite.client, &thread, "hanging").await;
     eventually(Duration::from_secs(5), || async {
         (slow.in_flight() == 1).then_some(())
     })
@@ -176,7 +153,7 @@ async fn a_client_that_goes_away_cancels_its_turn() {
     slow.script(std::iter::repeat_n(Behavior::Hang, 10));
     let suite = suite(|c| upstream_alias(c, "slow", &slow.base_url())).await;
     let thread = suite.thread_with(&[("cto", "slow"), ("cfo", "mock")]).await;
-    let (_turn_id, stream) = hanging_turn(&suite, &thread).await;
+    let (_turn_id, stream) = started_turn(&suite.client, &thread, "hanging").await;
     eventually(Duration::from_secs(5), || async {
         (slow.in_flight() == 1).then_some(())
     })
@@ -206,7 +183,7 @@ async fn a_turn_whose_lease_expired_and_was_taken_cannot_store_itself() {
     slow.set_latency(Duration::from_millis(600));
     let suite = suite(|c| upstream_alias(c, "slow", &slow.base_url())).await;
     let thread = suite.thread_with(&[("cto", "slow")]).await;
-    let (first_id, mut first) = hanging_turn(&suite, &thread).await;
+    let (first_id, mut first) = started_turn(&suite.client, &thread, "hanging").await;
     // The first turn's lease runs out (as if its instance had stalled past turn_timeout_ms).
     let db = sea_orm::Database::connect(suite.config.database.url.expose())
         .await
@@ -308,4 +285,34 @@ async fn a_turn_cut_off_from_the_database_stores_nothing_and_its_retry_runs_once
     );
     assert!(again.replayed);
     assert_eq!(suite.messages(&thread).await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advisor_the_gateway_refuses_is_rejected_not_retryable_and_so_is_a_turn_of_only_those() {
+    let suite = suite(|_| {}).await;
+    let thread = suite
+        .thread_with(&[("cfo", "mock"), ("cto", "no-such-model")])
+        .await;
+    let events = run(&suite.client, turn(&thread, "Hire?", ""))
+        .await
+        .expect("RunTurn");
+    completed(&events);
+    let reasons: Vec<i32> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::AdvisorFailed(f) if f.advisor == "cto" => Some(f.reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, [pb::FailureReason::Rejected as i32], "{events:#?}");
+
+    let only_refused = suite.thread_with(&[("cto", "no-such-model")]).await;
+    let events = run(&suite.client, turn(&only_refused, "Hire?", ""))
+        .await
+        .expect("RunTurn");
+    match events.last() {
+        Some(Event::TurnFailed(f)) => assert_eq!(f.reason, pb::FailureReason::Rejected as i32),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(suite.state(&only_refused).await.last_seq, 0);
 }

@@ -263,7 +263,7 @@ pub fn turn(thread: &str, content: &str, request_id: &str) -> pb::RunTurnRequest
         content: content.into(),
         author: "user".into(),
         request_id: request_id.into(),
-        advisors: vec![],
+        ..pb::RunTurnRequest::default()
     }
 }
 
@@ -323,4 +323,53 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Starts a turn through `client` (on a model that takes its time) and returns its id and
+/// stream once its first advisor has started.
+pub async fn started_turn(
+    client: &Client,
+    thread: &str,
+    request_id: &str,
+) -> (String, tonic::Streaming<pb::RunTurnResponse>) {
+    let mut stream = client
+        .clone()
+        .run_turn(turn(thread, "Think hard", request_id))
+        .await
+        .expect("RunTurn")
+        .into_inner();
+    let mut turn_id = String::new();
+    while let Some(event) = stream.next().await {
+        match event.expect("event").event {
+            Some(Event::TurnStarted(s)) => turn_id = s.turn_id,
+            Some(Event::AdvisorStarted(_)) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    (turn_id, stream)
+}
+
+/// CancelTurn through `client`: whether a running turn was cancelled.
+pub async fn cancel(client: &Client, thread: &str, turn_id: &str) -> bool {
+    client
+        .clone()
+        .cancel_turn(pb::CancelTurnRequest {
+            thread_id: thread.into(),
+            turn_id: turn_id.into(),
+        })
+        .await
+        .expect("CancelTurn")
+        .into_inner()
+        .cancelled
+}
+
+/// The user messages of a thread, oldest first.
+pub async fn user_messages(suite: &Suite, thread: &str) -> Vec<String> {
+    suite
+        .messages(thread)
+        .await
+        .into_iter()
+        .filter(|m| m.role == pb::Role::User as i32)
+        .map(|m| m.content)
+        .collect()
 }

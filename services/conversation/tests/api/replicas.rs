@@ -7,43 +7,10 @@ use boardroom_proto::conversation::v1::run_turn_response::Event;
 use boardroom_testkit::{Behavior, FakeOpenAi};
 use futures::StreamExt;
 
-use crate::helpers::{Client, eventually, run, suite, turn, upstream_alias};
-
-/// Starts a turn through `client` on a hanging upstream; its id and stream once the advisor
-/// has started.
-async fn hanging_turn_on(
-    client: &Client,
-    thread: &str,
-) -> (String, tonic::Streaming<pb::RunTurnResponse>) {
-    let mut stream = client
-        .clone()
-        .run_turn(turn(thread, "Think hard", ""))
-        .await
-        .expect("RunTurn")
-        .into_inner();
-    let mut turn_id = String::new();
-    while let Some(event) = stream.next().await {
-        match event.expect("event").event {
-            Some(Event::TurnStarted(s)) => turn_id = s.turn_id,
-            Some(Event::AdvisorStarted(_)) => break,
-            other => panic!("{other:?}"),
-        }
-    }
-    (turn_id, stream)
-}
-
-async fn cancel(client: &Client, thread: &str, turn_id: &str) -> bool {
-    client
-        .clone()
-        .cancel_turn(pb::CancelTurnRequest {
-            thread_id: thread.into(),
-            turn_id: turn_id.into(),
-        })
-        .await
-        .expect("CancelTurn")
-        .into_inner()
-        .cancelled
-}
+use crate::helpers::{
+    Client, cancel, completed, eventually, run, started_turn, suite, turn, upstream_alias,
+    user_messages,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_turn_through_another_replica_stops_the_turn_where_it_runs() {
@@ -52,7 +19,7 @@ async fn cancel_turn_through_another_replica_stops_the_turn_where_it_runs() {
     let suite = suite(|c| upstream_alias(c, "slow", &slow.base_url())).await;
     let other = suite.replica(|_| {}).await;
     let thread = suite.thread_with(&[("cto", "slow")]).await;
-    let (turn_id, mut stream) = hanging_turn_on(&suite.client, &thread).await;
+    let (turn_id, mut stream) = started_turn(&suite.client, &thread, "").await;
     eventually(Duration::from_secs(5), || async {
         (slow.in_flight() == 1).then_some(())
     })
@@ -100,7 +67,7 @@ async fn a_running_turn_renews_its_short_lease_and_holds_the_thread_against_othe
     .await;
     let other = suite.replica(|_| {}).await;
     let thread = suite.thread_with(&[("cto", "slow")]).await;
-    let (_turn_id, mut stream) = hanging_turn_on(&suite.client, &thread).await;
+    let (_turn_id, mut stream) = started_turn(&suite.client, &thread, "").await;
     // Well past its 400 ms lease, the turn still holds the thread: the heartbeat renews it.
     let deadline = Instant::now() + Duration::from_millis(1_000);
     while Instant::now() < deadline {
@@ -117,5 +84,242 @@ async fn a_running_turn_renews_its_short_lease_and_holds_the_thread_against_othe
     assert!(
         matches!(last, Some(Event::TurnCompleted(_))),
         "the renewed turn stores itself: {last:?}"
+    );
+}
+
+/// Reads a JoinTurn stream to its end: (event_index, event) in order.
+async fn joined(
+    client: &Client,
+    thread: &str,
+    turn_id: &str,
+    after_event: u64,
+) -> Vec<(u64, Event)> {
+    let mut stream = client
+        .clone()
+        .join_turn(pb::JoinTurnRequest {
+            thread_id: thread.into(),
+            turn_id: turn_id.into(),
+            after_event,
+        })
+        .await
+        .expect("JoinTurn")
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(item) = stream.next().await {
+        let item = item.expect("event").event.expect("an event");
+        events.push((item.event_index, item.event.expect("a kind")));
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_asked_to_continue_outlives_its_caller_and_any_replica_can_join_it() {
+    let slow = FakeOpenAi::start().await;
+    slow.set_latency(Duration::from_millis(700));
+    let suite = suite(|c| upstream_alias(c, "slow", &slow.base_url())).await;
+    let other = suite.replica(|_| {}).await;
+    let thread = suite.thread_with(&[("cto", "slow"), ("cfo", "mock")]).await;
+    let mut stream = suite
+        .client
+        .clone()
+        .run_turn(pb::RunTurnRequest {
+            on_disconnect: pb::DisconnectPolicy::Continue as i32,
+            ..turn(&thread, "Plan the launch", "")
+        })
+        .await
+        .expect("RunTurn")
+        .into_inner();
+    let first = stream.next().await.expect("an event").expect("event");
+    let turn_id = match first.event {
+        Some(Event::TurnStarted(s)) => s.turn_id,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(first.event_index, 1);
+    // The caller goes away after the first event; the turn goes on.
+    drop(stream);
+
+    // From the other replica (through Redis): everything after event 1, live, to the end.
+    let rest = joined(&other.client, &thread, &turn_id, 1).await;
+    let indexes: Vec<u64> = rest.iter().map(|(i, _)| *i).collect();
+    let expected: Vec<u64> = (2..2 + rest.len() as u64).collect();
+    assert_eq!(indexes, expected, "in order, none missed: {rest:#?}");
+    assert!(
+        matches!(rest.last(), Some((_, Event::TurnCompleted(_)))),
+        "{rest:#?}"
+    );
+    assert!(
+        rest.iter()
+            .any(|(_, e)| matches!(e, Event::AdvisorFinished(f) if f.advisor == "cto"))
+    );
+    assert_eq!(suite.messages(&thread).await.len(), 4, "stored once");
+
+    // Just finished: both replicas replay it whole, the same events.
+    let here = joined(&suite.client, &thread, &turn_id, 0).await;
+    let there = joined(&other.client, &thread, &turn_id, 0).await;
+    assert_eq!(here.len(), rest.len() + 1);
+    assert_eq!(here, there);
+    assert!(matches!(here[0], (1, Event::TurnStarted(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_reconnects_mid_turn_misses_nothing() {
+    let slow = FakeOpenAi::start().await;
+    slow.set_pace(40, 100);
+    let suite = suite(|c| upstream_alias(c, "slow", &slow.base_url())).await;
+    let thread = suite.thread_with(&[("cto", "slow")]).await;
+    let mut stream = suite
+        .client
+        .clone()
+        .run_turn(pb::RunTurnRequest {
+            on_disconnect: pb::DisconnectPolicy::Continue as i32,
+            ..turn(&thread, "Plan the launch", "")
+        })
+        .await
+        .expect("RunTurn")
+        .into_inner();
+    let mut seen = Vec::new();
+    let mut turn_id = String::new();
+    // Read until the first delta, then the "network blip".
+    while let Some(item) = stream.next().await {
+        let item = item.expect("event");
+        let event = item.event.expect("an event");
+        if let Event::TurnStarted(s) = &event {
+            turn_id = s.turn_id.clone();
+        }
+        let delta = matches!(event, Event::AdvisorDelta(_));
+        seen.push((item.event_index, event));
+        if delta {
+            break;
+        }
+    }
+    drop(stream);
+    let last = seen.last().map(|(i, _)| *i).expect("events");
+    seen.extend(joined(&suite.client, &thread, &turn_id, last).await);
+    let indexes: Vec<u64> = seen.iter().map(|(i, _)| *i).collect();
+    assert_eq!(indexes, (1..=seen.len() as u64).collect::<Vec<_>>());
+    let answer: String = seen
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::AdvisorDelta(d) => Some(d.text.clone()),
+            _ => None,
+        })
+        .collect();
+    let stored = suite.messages(&thread).await;
+    assert_eq!(
+        stored[1].content, answer,
+        "the deltas add up to the stored answer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueued_turns_from_two_replicas_run_in_order_after_the_running_one() {
+    use sea_orm::ConnectionTrait;
+    let slow = FakeOpenAi::start().await;
+    slow.set_latency(Duration::from_millis(1_500));
+    let suite = suite(|c| {
+        upstream_alias(c, "slow", &slow.base_url());
+        c.conversation.max_queued_turns = 2;
+    })
+    .await;
+    let other = suite.replica(|_| {}).await;
+    let thread = suite.thread_with(&[("cto", "slow")]).await;
+    let db = sea_orm::Database::connect(suite.config.database.url.expose())
+        .await
+        .expect("connect");
+    let queued = || {
+        let db = db.clone();
+        let thread = thread.clone();
+        async move {
+            let row = db
+                .query_one_raw(sea_orm::Statement::from_string(
+                    db.get_database_backend(),
+                    format!(
+                        "SELECT count(*) AS n FROM conversation_turn_queue WHERE thread_id = '{thread}'"
+                    ),
+                ))
+                .await
+                .expect("count")
+                .expect("a row");
+            row.try_get::<i64>("", "n").expect("n")
+        }
+    };
+    let (_first_id, first) = started_turn(&suite.client, &thread, "").await;
+    let enqueue = |client: &Client, content: &str| {
+        let client = client.clone();
+        let request = pb::RunTurnRequest {
+            double_text: pb::DoubleTextPolicy::Enqueue as i32,
+            ..turn(&thread, content, "")
+        };
+        tokio::spawn(async move { run(&client, request).await })
+    };
+    let second = enqueue(&other.client, "second");
+    eventually(Duration::from_secs(5), || async {
+        (queued().await == 1).then_some(())
+    })
+    .await;
+    let third = enqueue(&suite.client, "third");
+    eventually(Duration::from_secs(5), || async {
+        (queued().await == 2).then_some(())
+    })
+    .await;
+    // The queue is full, and a turn that does not queue is refused as before.
+    let full = run(
+        &other.client,
+        pb::RunTurnRequest {
+            double_text: pb::DoubleTextPolicy::Enqueue as i32,
+            ..turn(&thread, "fourth", "")
+        },
+    )
+    .await
+    .expect_err("full");
+    assert_eq!(full.code(), tonic::Code::ResourceExhausted, "{full:?}");
+    let refused = run(&suite.client, turn(&thread, "fifth", ""))
+        .await
+        .expect_err("taken");
+    assert_eq!(refused.code(), tonic::Code::Aborted);
+
+    let mut rest = first;
+    while let Some(event) = rest.next().await {
+        event.expect("event");
+    }
+    let second = completed(&second.await.expect("joined").expect("ran"));
+    let third = completed(&third.await.expect("joined").expect("ran"));
+    assert!(second.first_seq < third.first_seq);
+    let users = user_messages(&suite, &thread).await;
+    assert_eq!(users, ["Think hard", "second", "third"]);
+    assert_eq!(queued().await, 0, "the queue is empty again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupting_turn_cancels_the_running_one_on_another_replica_and_runs() {
+    let slow = FakeOpenAi::start().await;
+    slow.script([Behavior::Hang]);
+    let suite = suite(|c| upstream_alias(c, "slow", &slow.base_url())).await;
+    let other = suite.replica(|_| {}).await;
+    let thread = suite.thread_with(&[("cto", "slow")]).await;
+    let (_id, mut first) = started_turn(&suite.client, &thread, "").await;
+    let second = run(
+        &other.client,
+        pb::RunTurnRequest {
+            double_text: pb::DoubleTextPolicy::Interrupt as i32,
+            ..turn(&thread, "Actually, price it higher", "")
+        },
+    )
+    .await
+    .expect("the interrupting turn runs");
+    completed(&second);
+    let mut last = None;
+    while let Some(event) = first.next().await {
+        last = event.expect("event").event;
+    }
+    match last {
+        Some(Event::TurnFailed(f)) => assert_eq!(f.reason, pb::FailureReason::Cancelled as i32),
+        other => panic!("{other:?}"),
+    }
+    let users = user_messages(&suite, &thread).await;
+    assert_eq!(
+        users,
+        ["Actually, price it higher"],
+        "nothing of the interrupted turn"
     );
 }

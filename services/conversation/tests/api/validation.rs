@@ -25,6 +25,20 @@ async fn bad_requests_name_their_fields_and_write_nothing() {
             },
             vec!["advisors[1]", "advisors[2]"],
         ),
+        (
+            pb::RunTurnRequest {
+                double_text: 99,
+                ..turn(&thread, "hi", "")
+            },
+            vec!["double_text"],
+        ),
+        (
+            pb::RunTurnRequest {
+                on_disconnect: 99,
+                ..turn(&thread, "hi", "")
+            },
+            vec!["on_disconnect"],
+        ),
     ] {
         let status = run(&client, request).await.expect_err("refused");
         assert_eq!(violated_fields(&status), fields);
@@ -99,6 +113,27 @@ async fn bad_requests_name_their_fields_and_write_nothing() {
         .await
         .expect_err("refused");
     assert_eq!(violated_fields(&status), ["turn_id"]);
+    for (turn_id, field) in [("", "turn_id"), ("nope", "turn_id")] {
+        let status = client
+            .join_turn(pb::JoinTurnRequest {
+                thread_id: thread.clone(),
+                turn_id: turn_id.into(),
+                after_event: 0,
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(violated_fields(&status), [field]);
+    }
+    // A turn that never ran has no events to join.
+    let status = client
+        .join_turn(pb::JoinTurnRequest {
+            thread_id: thread.clone(),
+            turn_id: uuid::Uuid::now_v7().to_string(),
+            after_event: 0,
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
 
     let state = suite.state(&thread).await;
     assert_eq!(

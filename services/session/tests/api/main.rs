@@ -1,5 +1,8 @@
 //! The session service through its gRPC client, on PostgreSQL and on SQLite.
 
+// A test owns the tasks it spawns: they end with its runtime.
+#![allow(clippy::disallowed_methods)]
+
 mod boardrooms;
 mod failures;
 mod helpers;

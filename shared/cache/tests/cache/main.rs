@@ -1,5 +1,8 @@
 //! The tiered cache against real Redis servers (one test binary).
 
+// A test owns the tasks it spawns: they end with its runtime.
+#![allow(clippy::disallowed_methods)]
+
 mod helpers;
 mod kv;
 mod pressure;

@@ -124,6 +124,7 @@ pub(crate) fn resolving_channel(
         .collect::<Vec<_>>()
         .join(",");
     // Owned by the channel: it ends when the balancer (every clone of the channel) is gone.
+    #[allow(clippy::disallowed_methods)]
     tokio::spawn(
         Follower {
             name,
@@ -253,6 +254,8 @@ impl Follower {
             match (self.targets[index].endpoint)(address) {
                 Ok(endpoint) => {
                     self.generation += 1;
+                    // Owned by the balancer: aborted when its address leaves the set or the channel is gone.
+                    #[allow(clippy::disallowed_methods)]
                     let watch = tokio::spawn(watch_health(
                         address,
                         self.generation,

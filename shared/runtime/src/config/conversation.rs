@@ -32,6 +32,14 @@ pub struct ConversationConfig {
     /// The lease a running turn holds on its thread, renewed every third of it while the turn
     /// runs: a turn whose instance died stops blocking its thread after at most this long.
     pub turn_lease_ms: u64,
+    /// Turns that may wait for one thread at once (RunTurn with ENQUEUE or INTERRUPT); more
+    /// are refused with RESOURCE_EXHAUSTED.
+    pub max_queued_turns: u32,
+    /// How long a turn's events stay readable by JoinTurn after its last one (in Redis; in
+    /// memory at most a minute, and within `turn_log_memory_bytes`).
+    pub turn_log_ttl_ms: u64,
+    /// Memory for the events of this instance's running and just-finished turns.
+    pub turn_log_memory_bytes: u64,
     /// Tool rounds per advisor per turn.
     pub max_tool_rounds: u32,
     /// Token budget of one advisor's context: system prompt + summary + recent messages.
@@ -72,6 +80,9 @@ impl Default for ConversationConfig {
             advisor_timeout_ms: 60_000,
             turn_timeout_ms: 120_000,
             turn_lease_ms: 5_000,
+            max_queued_turns: 8,
+            turn_log_ttl_ms: 10 * 60 * 1000,
+            turn_log_memory_bytes: 16 * 1024 * 1024,
             max_tool_rounds: 2,
             context_budget_tokens: 3_000,
             history_budget_tokens: 6_000,
@@ -107,6 +118,12 @@ impl ConversationConfig {
         }
         if self.turn_lease_ms < 300 {
             return Err("key `conversation.turn_lease_ms` must be >= 300".into());
+        }
+        if self.max_queued_turns == 0 || self.turn_log_ttl_ms < 1_000 {
+            return Err(
+                "keys `conversation.max_queued_turns` must be > 0 and `turn_log_ttl_ms` >= 1000"
+                    .into(),
+            );
         }
         if self.history_budget_tokens < self.context_budget_tokens / 2 {
             return Err(

@@ -1,0 +1,394 @@
+//! A turn's events, kept in order so that `JoinTurn` can replay and follow the turn from any
+//! instance, and a caller that lost its stream loses nothing.
+//!
+//! Every event gets its index in the turn (from 1) as it is emitted. The instance running the
+//! turn keeps the events in memory while it runs and for a short while after (bounded by
+//! bytes); with Redis configured it also appends them, in batches, to a Redis Stream per turn
+//! (`br:conv:turn:{thread}:{turn}`, entry ids `0-<index>`) that expires
+//! `conversation.turn_log_ttl_ms` after its last write. A join is served from memory when the
+//! turn runs (or just ran) here, else from the stream: `XRANGE` for what was missed, then
+//! blocking `XREAD`s for what comes, until the turn's last event.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fred::clients::Client;
+use fred::interfaces::{ClientLike, KeysInterface, StreamsInterface};
+use fred::types::streams::XReadValue;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::domain::TurnEvent;
+use crate::error::ConversationError;
+
+/// Events of one turn buffered for a joiner before it must read on.
+const JOIN_BUFFER: usize = 256;
+/// Most entries one stream read returns.
+const READ_BATCH: u64 = 512;
+/// How long one blocking read waits before it looks at the service's shutdown again.
+const BLOCK_MS: u64 = 1_000;
+/// Joins following turns through Redis at once (each holds a connection while it blocks).
+const MAX_REDIS_JOINS: usize = 1_024;
+
+/// An event and its position in the turn.
+pub type IndexedEvent = (u64, TurnEvent);
+
+fn is_last(event: &TurnEvent) -> bool {
+    matches!(
+        event,
+        TurnEvent::Completed { .. } | TurnEvent::Failed { .. }
+    )
+}
+
+fn key(thread_id: Uuid, turn_id: Uuid) -> String {
+    format!("br:conv:turn:{thread_id}:{turn_id}")
+}
+
+/// One turn's events in this instance.
+#[derive(Debug)]
+struct LocalLog {
+    thread_id: Uuid,
+    events: Mutex<Vec<TurnEvent>>,
+    /// How many events there are (and whether the last one came), for followers.
+    count: watch::Sender<(u64, bool)>,
+}
+
+impl LocalLog {
+    fn bytes(&self) -> u32 {
+        let events = self.events.lock().map(|e| e.len()).unwrap_or(0);
+        u32::try_from(events * 160 + 256).unwrap_or(u32::MAX)
+    }
+
+    fn after(&self, after: u64) -> Vec<IndexedEvent> {
+        let Ok(events) = self.events.lock() else {
+            return Vec::new();
+        };
+        events
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(after).unwrap_or(usize::MAX))
+            .map(|(i, e)| (i as u64 + 1, e.clone()))
+            .collect()
+    }
+}
+
+struct RedisLog {
+    client: Client,
+    ttl: Duration,
+    joins: Arc<tokio::sync::Semaphore>,
+}
+
+/// Every turn's event log of this instance.
+#[derive(Clone)]
+pub struct TurnLogs {
+    /// Running turns, and finished ones for a little while (bounded by bytes).
+    local: moka::future::Cache<Uuid, Arc<LocalLog>>,
+    redis: Option<Arc<RedisLog>>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for TurnLogs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnLogs")
+            .field("redis", &self.redis.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a running turn writes its events: the log, and its caller while it listens.
+#[derive(Debug, Clone)]
+pub struct TurnEvents {
+    log: Option<Arc<LocalLog>>,
+    mirror: Option<mpsc::UnboundedSender<(u64, String)>>,
+    caller: mpsc::Sender<IndexedEvent>,
+}
+
+impl TurnEvents {
+    /// Events to `caller` only (no log): for tests of the workflow.
+    pub fn detached(caller: mpsc::Sender<IndexedEvent>) -> Self {
+        Self {
+            log: None,
+            mirror: None,
+            caller,
+        }
+    }
+
+    /// Appends `event` to the turn's log and sends it to the caller if it still listens
+    /// (waiting while the caller's buffer is full). A caller that left is noticed by the
+    /// turn's cancellation, not here.
+    pub async fn emit(&self, event: TurnEvent) {
+        let index = self.record(&event);
+        let _ = self.caller.send((index, event)).await;
+    }
+
+    fn record(&self, event: &TurnEvent) -> u64 {
+        let Some(log) = &self.log else {
+            return 0;
+        };
+        let index = match log.events.lock() {
+            Ok(mut events) => {
+                events.push(event.clone());
+                events.len() as u64
+            }
+            Err(_) => return 0,
+        };
+        log.count.send_replace((index, is_last(event)));
+        if let Some(mirror) = &self.mirror
+            && let Ok(json) = serde_json::to_string(event)
+        {
+            let _ = mirror.send((index, json));
+        }
+        index
+    }
+
+    /// Resolves when the caller stopped listening.
+    pub async fn caller_gone(&self) {
+        self.caller.closed().await;
+    }
+}
+
+impl TurnLogs {
+    /// Logs kept in memory up to `max_bytes` (finished turns for `linger`), and mirrored to
+    /// Redis at `redis_url` when it is set, for `ttl` after their last event.
+    pub fn new(
+        redis_url: &str,
+        max_bytes: u64,
+        linger: Duration,
+        ttl: Duration,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let redis = if redis_url.is_empty() {
+            None
+        } else {
+            let config = fred::types::config::Config::from_url(redis_url)?;
+            let policy = fred::types::config::ReconnectPolicy::new_exponential(0, 50, 2_000, 2);
+            let client = Client::new(config, None, None, Some(policy));
+            let _connection = client.connect();
+            Some(Arc::new(RedisLog {
+                client,
+                ttl,
+                joins: Arc::new(tokio::sync::Semaphore::new(MAX_REDIS_JOINS)),
+            }))
+        };
+        Ok(Self {
+            local: moka::future::Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|_, log: &Arc<LocalLog>| log.bytes())
+                .time_to_idle(linger)
+                .build(),
+            redis,
+            tasks,
+            shutdown,
+        })
+    }
+
+    /// Opens the log of a turn that starts now; its events go to `caller` too.
+    pub async fn open(
+        &self,
+        thread_id: Uuid,
+        turn_id: Uuid,
+        caller: mpsc::Sender<IndexedEvent>,
+    ) -> TurnEvents {
+        let (count, _) = watch::channel((0, false));
+        let log = Arc::new(LocalLog {
+            thread_id,
+            events: Mutex::new(Vec::new()),
+            count,
+        });
+        self.local.insert(turn_id, log.clone()).await;
+        let mirror = self.redis.clone().map(|redis| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let shutdown = self.shutdown.clone();
+            // Owned: ends when the turn's last event is written (its senders are dropped),
+            // or at shutdown.
+            self.tasks.spawn(async move {
+                redis.write(key(thread_id, turn_id), rx, shutdown).await;
+            });
+            tx
+        });
+        TurnEvents {
+            log: Some(log),
+            mirror,
+            caller,
+        }
+    }
+
+    /// Re-weighs a finished turn's log (its size is known now).
+    pub async fn finished(&self, turn_id: Uuid) {
+        if let Some(log) = self.local.get(&turn_id).await {
+            self.local.insert(turn_id, log).await;
+        }
+    }
+
+    /// The events of `turn_id` after `after`, then the live ones, to the end.
+    pub async fn join(
+        &self,
+        thread_id: Uuid,
+        turn_id: Uuid,
+        after: u64,
+    ) -> Result<mpsc::Receiver<IndexedEvent>, ConversationError> {
+        let (tx, rx) = mpsc::channel(JOIN_BUFFER);
+        if let Some(log) = self
+            .local
+            .get(&turn_id)
+            .await
+            .filter(|l| l.thread_id == thread_id)
+        {
+            let shutdown = self.shutdown.clone();
+            // Owned: ends at the turn's last event, when the joiner leaves, or at shutdown.
+            self.tasks
+                .spawn(async move { follow_local(log, after, tx, shutdown).await });
+            return Ok(rx);
+        }
+        let Some(redis) = self.redis.clone() else {
+            return Err(not_kept(turn_id));
+        };
+        let key = key(thread_id, turn_id);
+        let exists: i64 = redis
+            .client
+            .exists(&key)
+            .await
+            .map_err(|e| redis_unavailable(&e))?;
+        if exists == 0 {
+            return Err(not_kept(turn_id));
+        }
+        let permit = redis.joins.clone().try_acquire_owned().map_err(|_| {
+            ConversationError::Unavailable("too many joins follow turns at once".into())
+        })?;
+        let shutdown = self.shutdown.clone();
+        // Owned: ends at the turn's last event, when the joiner leaves, or at shutdown.
+        self.tasks.spawn(async move {
+            let _permit = permit;
+            redis.follow(key, after, tx, shutdown).await;
+        });
+        Ok(rx)
+    }
+}
+
+fn not_kept(turn_id: Uuid) -> ConversationError {
+    ConversationError::not_found("turn events", turn_id)
+}
+
+fn redis_unavailable(err: &fred::error::Error) -> ConversationError {
+    tracing::warn!(error = %err, "the turn log's Redis failed");
+    ConversationError::Unavailable("the turn log (Redis) cannot be reached".into())
+}
+
+async fn follow_local(
+    log: Arc<LocalLog>,
+    mut after: u64,
+    tx: mpsc::Sender<IndexedEvent>,
+    shutdown: CancellationToken,
+) {
+    let mut count = log.count.subscribe();
+    loop {
+        for (index, event) in log.after(after) {
+            let last = is_last(&event);
+            if tx.send((index, event)).await.is_err() || last {
+                return;
+            }
+            after = index;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tx.closed() => return,
+            changed = count.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+impl RedisLog {
+    /// Appends the turn's events as they come, every batch in one pipeline with the expiry.
+    async fn write(
+        &self,
+        key: String,
+        mut events: mpsc::UnboundedReceiver<(u64, String)>,
+        shutdown: CancellationToken,
+    ) {
+        let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX).max(1);
+        let mut batch = Vec::new();
+        loop {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                n = events.recv_many(&mut batch, 256) => n,
+            };
+            if received == 0 {
+                return;
+            }
+            let pipeline = self.client.pipeline();
+            for (index, json) in batch.drain(..) {
+                let _: Result<(), _> = pipeline
+                    .xadd(&key, false, None, format!("0-{index}"), ("e", json))
+                    .await;
+            }
+            let _: Result<(), _> = pipeline.expire(&key, ttl, None).await;
+            if let Err(err) = pipeline.all::<Vec<fred::types::Value>>().await {
+                metrics::counter!("conversation_turn_log_write_failures_total").increment(1);
+                tracing::warn!(key, error = %err, "appending to a turn's log failed");
+            }
+        }
+    }
+
+    /// Replays the stream after `after`, then follows it with blocking reads on a connection
+    /// of its own, until the last event.
+    async fn follow(
+        &self,
+        key: String,
+        after: u64,
+        tx: mpsc::Sender<IndexedEvent>,
+        shutdown: CancellationToken,
+    ) {
+        let mut last = after;
+        let reader = self.client.clone_new();
+        let _connection = reader.connect();
+        if reader.wait_for_connect().await.is_err() {
+            return;
+        }
+        loop {
+            let read: Result<Vec<XReadValue<String, String, String>>, _> = reader
+                .xrange_values(&key, format!("0-{}", last + 1), "+", Some(READ_BATCH))
+                .await;
+            let entries = match read {
+                Ok(entries) if !entries.is_empty() => entries,
+                Ok(_) => {
+                    // Caught up: wait for the next entries (or the joiner leaving).
+                    let waited: Result<fred::types::Value, _> = tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tx.closed() => break,
+                        r = reader.xread(Some(1), Some(BLOCK_MS), &key, format!("0-{last}")) => r,
+                    };
+                    if waited.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(key, error = %err, "reading a turn's log failed");
+                    break;
+                }
+            };
+            for (id, fields) in entries {
+                let Some(index) = id.strip_prefix("0-").and_then(|i| i.parse::<u64>().ok()) else {
+                    continue;
+                };
+                let Some(event) = fields
+                    .get("e")
+                    .and_then(|json| serde_json::from_str::<TurnEvent>(json).ok())
+                else {
+                    continue;
+                };
+                let end = is_last(&event);
+                if tx.send((index, event)).await.is_err() || end {
+                    let _ = reader.quit().await;
+                    return;
+                }
+                last = index;
+            }
+        }
+        let _ = reader.quit().await;
+    }
+}
