@@ -22,6 +22,7 @@ pub enum Boardrooms {
     RequestId,
     CreatedAt,
     UpdatedAt,
+    DoubleText,
 }
 
 /// `sessions`: a user's conversation in a boardroom.

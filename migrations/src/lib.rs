@@ -13,6 +13,7 @@ mod m0001_create_tables;
 mod m0002_list_indexes;
 mod m0003_conversations;
 mod m0004_turn_queue;
+mod m0005_boardroom_double_text;
 
 pub use idents::{
     Boardrooms, Checkpoints, ConversationThreads, ConversationTurnQueue, Messages, Sessions,
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_list_indexes::Migration),
             Box::new(m0003_conversations::Migration),
             Box::new(m0004_turn_queue::Migration),
+            Box::new(m0005_boardroom_double_text::Migration),
         ]
     }
 }

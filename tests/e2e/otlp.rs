@@ -82,6 +82,7 @@ async fn spans_continue_the_callers_trace_and_reach_the_collector() {
                 model: "m".into(),
             }],
             request_id: String::new(),
+            double_text: pb::DoubleTextPolicy::Unspecified as i32,
         })
         .await
         .expect("call");

@@ -59,6 +59,7 @@ async fn a_killed_instance_frees_its_threads_within_one_lease() {
                 ..spb::Advisor::default()
             }],
             request_id: String::new(),
+            double_text: spb::DoubleTextPolicy::Unspecified as i32,
         })
         .await
         .expect("boardroom")

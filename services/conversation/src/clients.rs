@@ -16,7 +16,7 @@ use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use uuid::Uuid;
 
-use crate::domain::{Advisor, FailureReason, ThreadContext, Usage};
+use crate::domain::{Advisor, DoubleText, FailureReason, ThreadContext, Usage};
 use crate::error::{ConversationError, Rejection};
 use crate::ports::{
     ChatCall, ChatRole, ModelCalls, ModelError, ModelEvent, ModelStream, ThreadDirectory,
@@ -136,6 +136,12 @@ impl SessionDirectory {
             thread_id,
             session_id,
             writable: found.active && thread.status == session::ThreadStatus::Open as i32,
+            double_text: match session::DoubleTextPolicy::try_from(boardroom.double_text) {
+                Ok(session::DoubleTextPolicy::Reject) => Some(DoubleText::Reject),
+                Ok(session::DoubleTextPolicy::Enqueue) => Some(DoubleText::Enqueue),
+                Ok(session::DoubleTextPolicy::Interrupt) => Some(DoubleText::Interrupt),
+                Ok(session::DoubleTextPolicy::Unspecified) | Err(_) => None,
+            },
             advisors: boardroom
                 .advisors
                 .into_iter()

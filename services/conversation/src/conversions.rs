@@ -250,14 +250,13 @@ pub fn event_to(index: u64, event: TurnEvent) -> pb::RunTurnResponse {
     }
 }
 
-/// A RunTurn's double-text policy.
-pub fn double_text_from(value: i32) -> Result<DoubleText, ConversationError> {
+/// A RunTurn's double-text policy (`None`: not given).
+pub fn double_text_from(value: i32) -> Result<Option<DoubleText>, ConversationError> {
     match pb::DoubleTextPolicy::try_from(value) {
-        Ok(pb::DoubleTextPolicy::Unspecified | pb::DoubleTextPolicy::Reject) => {
-            Ok(DoubleText::Reject)
-        }
-        Ok(pb::DoubleTextPolicy::Enqueue) => Ok(DoubleText::Enqueue),
-        Ok(pb::DoubleTextPolicy::Interrupt) => Ok(DoubleText::Interrupt),
+        Ok(pb::DoubleTextPolicy::Unspecified) => Ok(None),
+        Ok(pb::DoubleTextPolicy::Reject) => Ok(Some(DoubleText::Reject)),
+        Ok(pb::DoubleTextPolicy::Enqueue) => Ok(Some(DoubleText::Enqueue)),
+        Ok(pb::DoubleTextPolicy::Interrupt) => Ok(Some(DoubleText::Interrupt)),
         Err(_) => Err(ConversationError::invalid(
             "double_text",
             "is not a DoubleTextPolicy",

@@ -84,6 +84,8 @@ pub struct ThreadContext {
     /// The thread is open and its session active: turns and appends are allowed.
     pub writable: bool,
     pub advisors: Vec<Advisor>,
+    /// The boardroom's double-text policy, when it chose one.
+    pub double_text: Option<DoubleText>,
 }
 
 /// What one advisor remembers of the thread.
@@ -268,7 +270,8 @@ pub struct TurnRequest {
     pub request_id: Option<String>,
     /// Empty: every advisor.
     pub advisors: Vec<String>,
-    pub double_text: DoubleText,
+    /// `None`: the boardroom's policy (reject when it has none).
+    pub double_text: Option<DoubleText>,
     pub on_disconnect: OnDisconnect,
 }
 

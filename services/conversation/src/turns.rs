@@ -109,8 +109,12 @@ impl Conversations {
         let (lease, head) = match self.leases.acquire(thread_id, turn_id).await? {
             Some(taken) => taken,
             None => {
-                self.wait_for_thread(thread_id, turn_id, request.double_text)
-                    .await?
+                // The request's policy, else the boardroom's, else reject.
+                let policy = request
+                    .double_text
+                    .or(thread.double_text)
+                    .unwrap_or_default();
+                self.wait_for_thread(thread_id, turn_id, policy).await?
             }
         };
         // The first run of this request may have completed between the check above and the

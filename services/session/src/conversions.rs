@@ -6,8 +6,8 @@ use tonic::Status;
 use uuid::Uuid;
 
 use crate::domain::{
-    Advisor, Boardroom, BoardroomUpdate, NewBoardroom, NewSession, NewThread, PageRequest, Session,
-    Thread, ThreadFilter, ThreadStatus, ThreadType,
+    Advisor, Boardroom, BoardroomUpdate, DoubleText, NewBoardroom, NewSession, NewThread,
+    PageRequest, Session, Thread, ThreadFilter, ThreadStatus, ThreadType,
 };
 use crate::error::SessionError;
 use boardroom_runtime::status::Violations;
@@ -101,15 +101,35 @@ fn advisors_from(list: Vec<pb::Advisor>) -> Vec<Advisor> {
         .collect()
 }
 
-impl From<pb::CreateBoardroomRequest> for NewBoardroom {
-    fn from(r: pb::CreateBoardroomRequest) -> Self {
-        NewBoardroom {
-            owner_id: r.owner_id,
-            name: r.name,
-            advisors: advisors_from(r.advisors),
-            request_id: request_id(r.request_id),
-        }
+/// A boardroom's double-text policy (`field` names it in errors).
+pub fn double_text_from(field: &str, value: i32) -> Result<DoubleText, SessionError> {
+    match pb::DoubleTextPolicy::try_from(value) {
+        Ok(pb::DoubleTextPolicy::Unspecified) => Ok(DoubleText::Unspecified),
+        Ok(pb::DoubleTextPolicy::Reject) => Ok(DoubleText::Reject),
+        Ok(pb::DoubleTextPolicy::Enqueue) => Ok(DoubleText::Enqueue),
+        Ok(pb::DoubleTextPolicy::Interrupt) => Ok(DoubleText::Interrupt),
+        Err(_) => Err(SessionError::invalid(field, "is not a DoubleTextPolicy")),
     }
+}
+
+fn double_text_to(policy: DoubleText) -> pb::DoubleTextPolicy {
+    match policy {
+        DoubleText::Unspecified => pb::DoubleTextPolicy::Unspecified,
+        DoubleText::Reject => pb::DoubleTextPolicy::Reject,
+        DoubleText::Enqueue => pb::DoubleTextPolicy::Enqueue,
+        DoubleText::Interrupt => pb::DoubleTextPolicy::Interrupt,
+    }
+}
+
+/// CreateBoardroom; the fields' own rules are checked by the store.
+pub fn new_boardroom(r: pb::CreateBoardroomRequest) -> Result<NewBoardroom, SessionError> {
+    Ok(NewBoardroom {
+        double_text: double_text_from("double_text", r.double_text)?,
+        owner_id: r.owner_id,
+        name: r.name,
+        advisors: advisors_from(r.advisors),
+        request_id: request_id(r.request_id),
+    })
 }
 
 /// UpdateBoardroom: the mask names the fields to change; unknown paths are errors.
@@ -121,13 +141,22 @@ pub fn boardroom_update(r: pb::UpdateBoardroomRequest) -> Result<BoardroomUpdate
     let id = parse_id(&mut v, "boardroom.id", &boardroom.id);
     let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
     if paths.is_empty() {
-        v.add("update_mask", "must name at least one of: name, advisors");
+        v.add(
+            "update_mask",
+            "must name at least one of: name, advisors, double_text",
+        );
     }
-    let (mut name, mut advisors) = (None, None);
+    let (mut name, mut advisors, mut double_text) = (None, None, None);
     for path in &paths {
         match path.as_str() {
             "name" => name = Some(boardroom.name.clone()),
             "advisors" => advisors = Some(advisors_from(boardroom.advisors.clone())),
+            "double_text" => match double_text_from("boardroom.double_text", boardroom.double_text)
+            {
+                Ok(policy) => double_text = Some(policy),
+                Err(SessionError::Invalid(more)) => v.extend(more),
+                Err(_) => {}
+            },
             other => v.add(
                 "update_mask",
                 format!("unknown or immutable field {other:?}"),
@@ -142,6 +171,7 @@ pub fn boardroom_update(r: pb::UpdateBoardroomRequest) -> Result<BoardroomUpdate
         id,
         name,
         advisors,
+        double_text,
         expected_version: (r.expected_version > 0).then_some(r.expected_version),
     })
 }
@@ -253,6 +283,7 @@ pub fn boardroom_to(b: &Boardroom) -> pb::Boardroom {
             })
             .collect(),
         version: b.version,
+        double_text: double_text_to(b.double_text) as i32,
         create_time: Some(timestamp(b.created_at)),
         update_time: Some(timestamp(b.updated_at)),
     }

@@ -18,6 +18,40 @@ pub struct Advisor {
     pub model: String,
 }
 
+/// What a second message does while a turn runs on a thread of the boardroom.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DoubleText {
+    /// Not chosen: the conversation service's default (reject).
+    #[default]
+    Unspecified,
+    Reject,
+    Enqueue,
+    Interrupt,
+}
+
+impl DoubleText {
+    /// The stored name (`None` for unspecified).
+    pub fn as_str(self) -> Option<&'static str> {
+        match self {
+            DoubleText::Unspecified => None,
+            DoubleText::Reject => Some("reject"),
+            DoubleText::Enqueue => Some("enqueue"),
+            DoubleText::Interrupt => Some("interrupt"),
+        }
+    }
+
+    /// From the stored name.
+    pub fn parse(text: Option<&str>) -> Self {
+        match text {
+            Some("reject") => DoubleText::Reject,
+            Some("enqueue") => DoubleText::Enqueue,
+            Some("interrupt") => DoubleText::Interrupt,
+            _ => DoubleText::Unspecified,
+        }
+    }
+}
+
 /// A configured panel of advisors.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Boardroom {
@@ -25,6 +59,9 @@ pub struct Boardroom {
     pub owner_id: String,
     pub name: String,
     pub advisors: Vec<Advisor>,
+    /// Entries cached before the field existed read as unspecified.
+    #[serde(default)]
+    pub double_text: DoubleText,
     /// Incremented by every update.
     pub version: i64,
     pub created_at: DateTime<Utc>,
@@ -103,6 +140,7 @@ pub struct NewBoardroom {
     pub owner_id: String,
     pub name: String,
     pub advisors: Vec<Advisor>,
+    pub double_text: DoubleText,
     pub request_id: Option<String>,
 }
 
@@ -112,6 +150,7 @@ pub struct BoardroomUpdate {
     pub id: Uuid,
     pub name: Option<String>,
     pub advisors: Option<Vec<Advisor>>,
+    pub double_text: Option<DoubleText>,
     /// Fail with [`crate::SessionError::VersionMismatch`] unless the stored version is this.
     pub expected_version: Option<i64>,
 }

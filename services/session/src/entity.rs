@@ -13,6 +13,7 @@ pub mod boardroom {
         pub name: String,
         #[sea_orm(column_type = "JsonBinary")]
         pub advisors: Json,
+        pub double_text: Option<String>,
         pub version: i64,
         pub request_id: Option<String>,
         pub created_at: DateTimeUtc,

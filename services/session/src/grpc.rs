@@ -5,7 +5,7 @@ use boardroom_proto::session::v1::session_service_server::SessionService;
 use tonic::{Request, Response, Status};
 
 use crate::conversions::{self as conv, boardroom_to, page_request, session_to, thread_to};
-use crate::domain::{NewBoardroom, Page};
+use crate::domain::Page;
 use crate::store::SessionStore;
 
 /// Implements `boardroom.session.v1.SessionService`.
@@ -48,7 +48,7 @@ impl SessionService for SessionGrpc {
     ) -> Result<Response<pb::CreateBoardroomResponse>, Status> {
         let created = self
             .store
-            .create_boardroom(NewBoardroom::from(request.into_inner()))
+            .create_boardroom(conv::new_boardroom(request.into_inner())?)
             .await?;
         Ok(Response::new(pb::CreateBoardroomResponse {
             boardroom: Some(boardroom_to(&created)),

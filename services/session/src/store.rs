@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use crate::cache::{Cached, EntityCache, EntityKey, KeyText};
 use crate::domain::{
-    Advisor, Boardroom, BoardroomUpdate, NewBoardroom, NewSession, NewThread, Page, PageRequest,
-    Session, SessionTree, Thread, ThreadFilter, ThreadStatus, ThreadType,
+    Advisor, Boardroom, BoardroomUpdate, DoubleText, NewBoardroom, NewSession, NewThread, Page,
+    PageRequest, Session, SessionTree, Thread, ThreadFilter, ThreadStatus, ThreadType,
 };
 use crate::entity::{boardroom, session, thread};
 use crate::error::SessionError;
@@ -122,6 +122,7 @@ impl SessionStore {
             owner_id: Set(input.owner_id.clone()),
             name: Set(input.name.trim().to_owned()),
             advisors: Set(advisors_json(&input.advisors)?),
+            double_text: Set(input.double_text.as_str().map(str::to_owned)),
             version: Set(1),
             request_id: Set(request_id.clone()),
             created_at: Set(at),
@@ -218,6 +219,12 @@ impl SessionStore {
             query = query.col_expr(
                 boardroom::Column::Advisors,
                 Expr::val(advisors_json(advisors)?),
+            );
+        }
+        if let Some(policy) = update.double_text {
+            query = query.col_expr(
+                boardroom::Column::DoubleText,
+                Expr::val(policy.as_str().map(str::to_owned)),
             );
         }
         if let Some(expected) = update.expected_version {
@@ -626,6 +633,7 @@ fn boardroom_from(row: boardroom::Model) -> Result<Boardroom, SessionError> {
         owner_id: row.owner_id,
         name: row.name,
         advisors,
+        double_text: DoubleText::parse(row.double_text.as_deref()),
         version: row.version,
         created_at: row.created_at,
         updated_at: row.updated_at,

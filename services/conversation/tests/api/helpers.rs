@@ -166,6 +166,16 @@ impl Suite {
 
     /// A boardroom with these advisors (name, model alias), a session and a thread in it.
     pub async fn thread_with(&self, advisors: &[(&str, &str)]) -> String {
+        self.thread_with_policy(advisors, spb::DoubleTextPolicy::Unspecified)
+            .await
+    }
+
+    /// [`Suite::thread_with`], the boardroom with this double-text policy.
+    pub async fn thread_with_policy(
+        &self,
+        advisors: &[(&str, &str)],
+        double_text: spb::DoubleTextPolicy,
+    ) -> String {
         let mut sessions = self.sessions.clone();
         let boardroom = sessions
             .create_boardroom(spb::CreateBoardroomRequest {
@@ -181,6 +191,7 @@ impl Suite {
                     })
                     .collect(),
                 request_id: String::new(),
+                double_text: double_text as i32,
             })
             .await
             .expect("boardroom")

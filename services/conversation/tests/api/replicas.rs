@@ -323,3 +323,39 @@ async fn an_interrupting_turn_cancels_the_running_one_on_another_replica_and_run
         "nothing of the interrupted turn"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boardroom_s_policy_applies_unless_the_request_names_one() {
+    use boardroom_proto::session::v1 as spb;
+    let slow = FakeOpenAi::start().await;
+    slow.set_latency(Duration::from_millis(1_000));
+    let suite = suite(|c| upstream_alias(c, "slow", &slow.base_url())).await;
+    let other = suite.replica(|_| {}).await;
+    let thread = suite
+        .thread_with_policy(&[("cto", "slow")], spb::DoubleTextPolicy::Enqueue)
+        .await;
+    let (_id, mut first) = started_turn(&suite.client, &thread, "").await;
+    // The request names REJECT: refused, whatever the boardroom says.
+    let refused = run(
+        &other.client,
+        pb::RunTurnRequest {
+            double_text: pb::DoubleTextPolicy::Reject as i32,
+            ..turn(&thread, "no", "")
+        },
+    )
+    .await
+    .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::Aborted);
+    // No policy in the request: the boardroom's ENQUEUE, so it waits and runs after.
+    let second = run(&other.client, turn(&thread, "second", ""))
+        .await
+        .expect("queued, then run");
+    completed(&second);
+    while let Some(event) = first.next().await {
+        event.expect("event");
+    }
+    assert_eq!(
+        user_messages(&suite, &thread).await,
+        ["Think hard", "second"]
+    );
+}

@@ -98,6 +98,7 @@ on_both_backends!(validation_names_every_field, |backend| async move {
                 },
             ],
             request_id: "r".repeat(129),
+            double_text: pb::DoubleTextPolicy::Unspecified as i32,
         })
         .await
         .expect_err("invalid");
@@ -121,6 +122,7 @@ on_both_backends!(validation_names_every_field, |backend| async move {
             name: "n".into(),
             advisors: vec![],
             request_id: String::new(),
+            double_text: pb::DoubleTextPolicy::Unspecified as i32,
         })
         .await
         .expect_err("no advisors");
@@ -133,6 +135,7 @@ on_both_backends!(validation_names_every_field, |backend| async move {
             name: "n".into(),
             advisors: too_many,
             request_id: String::new(),
+            double_text: pb::DoubleTextPolicy::Unspecified as i32,
         })
         .await
         .expect_err("too many advisors");
@@ -214,6 +217,7 @@ on_both_backends!(
             name: "Board".into(),
             advisors: vec![advisor("CFO")],
             request_id: "req-42".into(),
+            double_text: pb::DoubleTextPolicy::Unspecified as i32,
         };
         let calls = (0..8).map(|_| {
             let mut client = app.client.clone();
@@ -253,5 +257,89 @@ on_both_backends!(
             .into_inner();
         assert_ne!(other.boardroom.expect("boardroom").id, ids[0]);
         app.stop().await;
+    }
+);
+
+on_both_backends!(
+    a_double_text_policy_is_stored_updated_and_checked,
+    |backend| async move {
+        let mut app = spawn_app(backend).await;
+        let created = app
+            .client
+            .create_boardroom(pb::CreateBoardroomRequest {
+                owner_id: "owner-1".into(),
+                name: "Board".into(),
+                advisors: vec![advisor("CFO")],
+                request_id: String::new(),
+                double_text: pb::DoubleTextPolicy::Enqueue as i32,
+            })
+            .await
+            .expect("create")
+            .into_inner()
+            .boardroom
+            .expect("boardroom");
+        assert_eq!(created.double_text, pb::DoubleTextPolicy::Enqueue as i32);
+        // Unchanged by an update of another field, changed by its own path.
+        let mut change = created.clone();
+        change.name = "Renamed".into();
+        change.double_text = pb::DoubleTextPolicy::Interrupt as i32;
+        let renamed = app
+            .client
+            .update_boardroom(pb::UpdateBoardroomRequest {
+                boardroom: Some(change.clone()),
+                update_mask: mask(&["name"]),
+                expected_version: 0,
+            })
+            .await
+            .expect("update")
+            .into_inner()
+            .boardroom
+            .expect("boardroom");
+        assert_eq!(renamed.double_text, pb::DoubleTextPolicy::Enqueue as i32);
+        app.client
+            .update_boardroom(pb::UpdateBoardroomRequest {
+                boardroom: Some(change),
+                update_mask: mask(&["double_text"]),
+                expected_version: 0,
+            })
+            .await
+            .expect("update");
+        let got = app
+            .client
+            .get_boardroom(pb::GetBoardroomRequest {
+                id: created.id.clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .boardroom
+            .expect("boardroom");
+        assert_eq!(got.double_text, pb::DoubleTextPolicy::Interrupt as i32);
+
+        // A value the contract does not define names its field, and nothing is written.
+        let err = app
+            .client
+            .create_boardroom(pb::CreateBoardroomRequest {
+                owner_id: "owner-1".into(),
+                name: "Board".into(),
+                advisors: vec![advisor("CFO")],
+                request_id: String::new(),
+                double_text: 42,
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(violated_fields(&err), ["double_text"]);
+        let mut bad = got.clone();
+        bad.double_text = 42;
+        let err = app
+            .client
+            .update_boardroom(pb::UpdateBoardroomRequest {
+                boardroom: Some(bad),
+                update_mask: mask(&["double_text"]),
+                expected_version: 0,
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(violated_fields(&err), ["boardroom.double_text"]);
     }
 );

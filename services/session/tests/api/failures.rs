@@ -352,6 +352,7 @@ async fn oversized_messages_are_refused() {
                 model: "m".into(),
             }],
             request_id: String::new(),
+            double_text: pb::DoubleTextPolicy::Unspecified as i32,
         })
         .await
         .expect_err("too large");
@@ -390,6 +391,7 @@ async fn our_client_channels_balance_over_replicas_and_present_their_token() {
                 name: format!("b{i}"),
                 advisors: vec![crate::helpers::advisor("CFO")],
                 request_id: String::new(),
+                double_text: pb::DoubleTextPolicy::Unspecified as i32,
             })
             .await
             .expect("authenticated call through the balanced channel");

@@ -103,6 +103,7 @@ impl TestApp {
                 name: "Strategy board".into(),
                 advisors: vec![advisor("CFO"), advisor("CTO")],
                 request_id: String::new(),
+                double_text: pb::DoubleTextPolicy::Unspecified as i32,
             })
             .await
             .expect("create boardroom")
