@@ -9,6 +9,7 @@
 //! turn runs (or just ran) here, else from the stream: `XRANGE` for what was missed, then
 //! blocking `XREAD`s for what comes, until the turn's last event.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,10 +81,15 @@ struct RedisLog {
     joins: Arc<tokio::sync::Semaphore>,
 }
 
+/// The logs of the turns running here, by turn.
+type Running = Arc<Mutex<HashMap<Uuid, Arc<LocalLog>>>>;
+
 /// Every turn's event log of this instance.
 #[derive(Clone)]
 pub struct TurnLogs {
-    /// Running turns, and finished ones for a little while (bounded by bytes).
+    /// Turns running here: never evicted while they run.
+    running: Running,
+    /// Finished ones, for a little while (bounded by bytes).
     local: moka::future::Cache<Uuid, Arc<LocalLog>>,
     redis: Option<Arc<RedisLog>>,
     tasks: TaskTracker,
@@ -98,12 +104,28 @@ impl std::fmt::Debug for TurnLogs {
     }
 }
 
+/// A running turn's place among the running logs; removed when the turn's writer is gone.
+#[derive(Debug)]
+struct Open {
+    running: Running,
+    turn_id: Uuid,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.running.lock() {
+            running.remove(&self.turn_id);
+        }
+    }
+}
+
 /// Where a running turn writes its events: the log, and its caller while it listens.
 #[derive(Debug, Clone)]
 pub struct TurnEvents {
     log: Option<Arc<LocalLog>>,
     mirror: Option<mpsc::UnboundedSender<(u64, String)>>,
     caller: mpsc::Sender<IndexedEvent>,
+    _open: Option<Arc<Open>>,
 }
 
 impl TurnEvents {
@@ -113,6 +135,7 @@ impl TurnEvents {
             log: None,
             mirror: None,
             caller,
+            _open: None,
         }
     }
 
@@ -175,6 +198,7 @@ impl TurnLogs {
             }))
         };
         Ok(Self {
+            running: Running::default(),
             local: moka::future::Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(|_, log: &Arc<LocalLog>| log.bytes())
@@ -199,7 +223,9 @@ impl TurnLogs {
             events: Mutex::new(Vec::new()),
             count,
         });
-        self.local.insert(turn_id, log.clone()).await;
+        if let Ok(mut running) = self.running.lock() {
+            running.insert(turn_id, log.clone());
+        }
         let mirror = self.redis.clone().map(|redis| {
             let (tx, rx) = mpsc::unbounded_channel();
             let shutdown = self.shutdown.clone();
@@ -214,14 +240,27 @@ impl TurnLogs {
             log: Some(log),
             mirror,
             caller,
+            _open: Some(Arc::new(Open {
+                running: self.running.clone(),
+                turn_id,
+            })),
         }
     }
 
-    /// Re-weighs a finished turn's log (its size is known now).
+    /// Keeps a finished turn's log for late joiners, weighed by its size (a turn whose task
+    /// ended without saying so leaves nothing behind).
     pub async fn finished(&self, turn_id: Uuid) {
-        if let Some(log) = self.local.get(&turn_id).await {
+        // Kept before it leaves the running ones, so that a join in between finds it.
+        if let Some(log) = self.running_log(turn_id) {
             self.local.insert(turn_id, log).await;
         }
+        if let Ok(mut running) = self.running.lock() {
+            running.remove(&turn_id);
+        }
+    }
+
+    fn running_log(&self, turn_id: Uuid) -> Option<Arc<LocalLog>> {
+        self.running.lock().ok()?.get(&turn_id).cloned()
     }
 
     /// The events of `turn_id` after `after`, then the live ones, to the end.
@@ -232,12 +271,11 @@ impl TurnLogs {
         after: u64,
     ) -> Result<mpsc::Receiver<IndexedEvent>, ConversationError> {
         let (tx, rx) = mpsc::channel(JOIN_BUFFER);
-        if let Some(log) = self
-            .local
-            .get(&turn_id)
-            .await
-            .filter(|l| l.thread_id == thread_id)
-        {
+        let here = match self.running_log(turn_id) {
+            Some(log) => Some(log),
+            None => self.local.get(&turn_id).await,
+        };
+        if let Some(log) = here.filter(|l| l.thread_id == thread_id) {
             let shutdown = self.shutdown.clone();
             // Owned: ends at the turn's last event, when the joiner leaves, or at shutdown.
             self.tasks

@@ -307,8 +307,8 @@ impl Conversations {
                     )
                     .await;
                 events.emit(completed(&stored.record, false)).await;
-                drop(events);
                 self.logs.finished(turn_id).await;
+                drop(events);
                 // After the caller has its answer: the next turn (here or on another
                 // instance) finds the state warm.
                 self.remember(thread_id, &state).await;
@@ -321,8 +321,8 @@ impl Conversations {
                 metrics::counter!("conversation_turns_total", "outcome" => "failed").increment(1);
                 lease.release().await;
                 events.emit(TurnEvent::Failed { reason, message }).await;
-                drop(events);
                 self.logs.finished(turn_id).await;
+                drop(events);
             }
         }
     }
