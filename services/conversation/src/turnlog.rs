@@ -30,6 +30,11 @@ const JOIN_BUFFER: usize = 256;
 const READ_BATCH: u64 = 512;
 /// How long one blocking read waits before it looks at the service's shutdown again.
 const BLOCK_MS: u64 = 1_000;
+/// Most events one write to Redis carries.
+const WRITE_BATCH: usize = 512;
+/// How long the writer gathers events before a round trip to Redis (the lag it adds for a
+/// joiner on another instance, at most).
+const WRITE_WINDOW: Duration = Duration::from_millis(5);
 /// Joins following turns through Redis at once (each holds a connection while it blocks).
 const MAX_REDIS_JOINS: usize = 1_024;
 
@@ -349,13 +354,28 @@ impl RedisLog {
     ) {
         let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX).max(1);
         let mut batch = Vec::new();
-        loop {
+        let mut closed = false;
+        while !closed {
             let received = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                n = events.recv_many(&mut batch, 256) => n,
+                n = events.recv_many(&mut batch, WRITE_BATCH) => n,
             };
             if received == 0 {
                 return;
+            }
+            // What else comes within the window goes in the same round trip (a fast turn's
+            // events, a burst of deltas); the turn's end flushes at once.
+            let until = tokio::time::Instant::now() + WRITE_WINDOW;
+            while batch.len() < WRITE_BATCH {
+                let room = WRITE_BATCH - batch.len();
+                match tokio::time::timeout_at(until, events.recv_many(&mut batch, room)).await {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
             }
             let pipeline = self.client.pipeline();
             for (index, json) in batch.drain(..) {
