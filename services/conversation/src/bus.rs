@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
-use fred::types::config::{Config, ReconnectPolicy};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -100,16 +99,16 @@ impl TurnBus {
     /// and ends with `shutdown`.
     pub async fn connect(
         url: &str,
+        timeout: Duration,
         tasks: &TaskTracker,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         if url.is_empty() {
             return Ok(Self::local());
         }
-        let config = Config::from_url(url)?;
-        let policy = ReconnectPolicy::new_exponential(0, 50, 2_000, 2);
-        let publisher = Client::new(config.clone(), None, None, Some(policy.clone()));
-        let subscriber = SubscriberClient::new(config, None, None, Some(policy));
+        let builder = crate::redis::builder(url, timeout)?;
+        let publisher = builder.build()?;
+        let subscriber = builder.build_subscriber_client()?;
         let _publisher_task = publisher.connect();
         let _subscriber_task = subscriber.connect();
         let _resubscribe_task = subscriber.manage_subscriptions();
@@ -221,6 +220,11 @@ impl TurnBus {
         let Some(shared) = &self.shared else {
             return Ok(());
         };
+        if !shared.publisher.is_connected() {
+            return Err(ConversationError::Unavailable(
+                "the instance running the turn cannot be reached (Redis is down)".into(),
+            ));
+        }
         shared
             .publisher
             .publish::<i64, _, _>(CHANNEL, format!("{thread_id} {turn_id}"))

@@ -30,6 +30,7 @@ pub mod lease;
 pub mod page;
 pub mod ports;
 pub mod recent;
+mod redis;
 pub mod state;
 pub mod store;
 pub mod summaries;
@@ -120,10 +121,17 @@ impl Application {
             )),
         };
         let bus_tasks = TaskTracker::new();
-        let bus = TurnBus::connect(config.redis.url.expose(), &bus_tasks, stop.clone()).await?;
+        let redis_timeout = Duration::from_millis(config.redis.timeout_ms);
+        let bus = TurnBus::connect(
+            config.redis.url.expose(),
+            redis_timeout,
+            &bus_tasks,
+            stop.clone(),
+        )
+        .await?;
         let tasks = TaskTracker::new();
         let logs = TurnLogs::new(
-            config.redis.url.expose(),
+            (config.redis.url.expose(), redis_timeout),
             c.turn_log_memory_bytes,
             Duration::from_millis(c.turn_log_ttl_ms.min(60_000)),
             Duration::from_millis(c.turn_log_ttl_ms),

@@ -82,6 +82,8 @@ impl LocalLog {
 
 struct RedisLog {
     client: Client,
+    /// Builds the connection a follower blocks on (its commands may take a whole block).
+    readers: fred::types::Builder,
     ttl: Duration,
     joins: Arc<tokio::sync::Semaphore>,
 }
@@ -181,8 +183,9 @@ impl TurnEvents {
 impl TurnLogs {
     /// Logs kept in memory up to `max_bytes` (finished turns for `linger`), and mirrored to
     /// Redis at `redis_url` when it is set, for `ttl` after their last event.
+    /// Redis commands are bounded by `timeout`.
     pub fn new(
-        redis_url: &str,
+        (redis_url, timeout): (&str, Duration),
         max_bytes: u64,
         linger: Duration,
         ttl: Duration,
@@ -192,12 +195,19 @@ impl TurnLogs {
         let redis = if redis_url.is_empty() {
             None
         } else {
-            let config = fred::types::config::Config::from_url(redis_url)?;
-            let policy = fred::types::config::ReconnectPolicy::new_exponential(0, 50, 2_000, 2);
-            let client = Client::new(config, None, None, Some(policy));
+            let client = crate::redis::builder(redis_url, timeout)?.build()?;
             let _connection = client.connect();
+            let readers =
+                crate::redis::builder(redis_url, Duration::from_millis(BLOCK_MS) + timeout)?;
+            let closing = (client.clone(), shutdown.clone());
+            // Owned: ends with the service's shutdown token (and closes the connection).
+            tasks.spawn(async move {
+                closing.1.cancelled().await;
+                let _ = closing.0.quit().await;
+            });
             Some(Arc::new(RedisLog {
                 client,
+                readers,
                 ttl,
                 joins: Arc::new(tokio::sync::Semaphore::new(MAX_REDIS_JOINS)),
             }))
@@ -268,12 +278,15 @@ impl TurnLogs {
         self.running.lock().ok()?.get(&turn_id).cloned()
     }
 
-    /// The events of `turn_id` after `after`, then the live ones, to the end.
+    /// The events of `turn_id` after `after`, then the live ones, to the end. `running`: the
+    /// caller knows the turn runs (its lease says so), so a stream that does not exist yet is
+    /// about to (the turn's first write may still be on its way).
     pub async fn join(
         &self,
         thread_id: Uuid,
         turn_id: Uuid,
         after: u64,
+        running: bool,
     ) -> Result<mpsc::Receiver<IndexedEvent>, ConversationError> {
         let (tx, rx) = mpsc::channel(JOIN_BUFFER);
         let here = match self.running_log(turn_id) {
@@ -290,13 +303,18 @@ impl TurnLogs {
         let Some(redis) = self.redis.clone() else {
             return Err(not_kept(turn_id));
         };
+        if !redis.client.is_connected() {
+            return Err(ConversationError::Unavailable(
+                "the turn log (Redis) cannot be reached".into(),
+            ));
+        }
         let key = key(thread_id, turn_id);
         let exists: i64 = redis
             .client
             .exists(&key)
             .await
             .map_err(|e| redis_unavailable(&e))?;
-        if exists == 0 {
+        if exists == 0 && !running {
             return Err(not_kept(turn_id));
         }
         let permit = redis.joins.clone().try_acquire_owned().map_err(|_| {
@@ -363,6 +381,13 @@ impl RedisLog {
             if received == 0 {
                 return;
             }
+            if !self.client.is_connected() {
+                // Redis is away: a joiner elsewhere misses these (counted); the caller and
+                // joiners here do not.
+                metrics::counter!("conversation_turn_log_write_failures_total").increment(1);
+                batch.clear();
+                continue;
+            }
             // What else comes within the window goes in the same round trip (a fast turn's
             // events, a burst of deltas); the turn's end flushes at once.
             let until = tokio::time::Instant::now() + WRITE_WINDOW;
@@ -401,7 +426,9 @@ impl RedisLog {
         shutdown: CancellationToken,
     ) {
         let mut last = after;
-        let reader = self.client.clone_new();
+        let Ok(reader) = self.readers.build() else {
+            return;
+        };
         let _connection = reader.connect();
         if reader.wait_for_connect().await.is_err() {
             return;

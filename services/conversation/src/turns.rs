@@ -200,7 +200,17 @@ impl Conversations {
         turn_id: Uuid,
         after: u64,
     ) -> Result<mpsc::Receiver<IndexedEvent>, ConversationError> {
-        let mut events = self.logs.join(thread_id, turn_id, after).await?;
+        let mut events = match self.logs.join(thread_id, turn_id, after, false).await {
+            Err(ConversationError::NotFound { .. }) => {
+                // Just started elsewhere? Its lease says so before its first event is written.
+                let running = self.store.head(thread_id).await?;
+                if running.and_then(|h| h.running_turn_now()) != Some(turn_id) {
+                    return Err(ConversationError::not_found("turn events", turn_id));
+                }
+                self.logs.join(thread_id, turn_id, after, true).await?
+            }
+            joined => joined?,
+        };
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let this = self.clone();
         let quiet = self.leases.length();

@@ -359,3 +359,81 @@ async fn a_boardroom_s_policy_applies_unless_the_request_names_one() {
         ["Think hard", "second"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_turns_here_still_cancel_and_the_other_replica_answers_unavailable() {
+    let mut redis = boardroom_testkit::PrivateRedis::start();
+    let slow = FakeOpenAi::start().await;
+    slow.script(std::iter::repeat_n(Behavior::Hang, 10));
+    let suite = suite(|c| {
+        upstream_alias(c, "slow", &slow.base_url());
+        c.redis.url = boardroom_runtime::config::Secret::new(redis.url());
+    })
+    .await;
+    let other = suite.replica(|_| {}).await;
+    let thread = suite.thread_with(&[("cto", "slow")]).await;
+    let (turn_id, mut stream) = started_turn(&suite.client, &thread, "").await;
+    redis.stop();
+    // The other replica cannot reach the instance running the turn: a retryable UNAVAILABLE,
+    // not a false "nothing was running".
+    let status = eventually(Duration::from_secs(5), || async {
+        other
+            .client
+            .clone()
+            .cancel_turn(pb::CancelTurnRequest {
+                thread_id: thread.clone(),
+                turn_id: turn_id.clone(),
+            })
+            .await
+            .err()
+    })
+    .await;
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let join = other
+        .client
+        .clone()
+        .join_turn(pb::JoinTurnRequest {
+            thread_id: thread.clone(),
+            turn_id: turn_id.clone(),
+            after_event: 0,
+        })
+        .await
+        .expect_err("no turn log without Redis");
+    assert_eq!(join.code(), tonic::Code::Unavailable, "{join:?}");
+    // The instance running it needs no Redis to cancel it, nor to replay it.
+    let here = joined_events_until_advisor_started(&suite.client, &thread, &turn_id).await;
+    assert!(here >= 2);
+    assert!(cancel(&suite.client, &thread, &turn_id).await);
+    let mut last = None;
+    while let Some(event) = stream.next().await {
+        last = event.expect("event").event;
+    }
+    assert!(matches!(last, Some(Event::TurnFailed(_))), "{last:?}");
+}
+
+/// Joins a running turn and reads until its first advisor started: how many events that took.
+async fn joined_events_until_advisor_started(
+    client: &Client,
+    thread: &str,
+    turn_id: &str,
+) -> usize {
+    let mut stream = client
+        .clone()
+        .join_turn(pb::JoinTurnRequest {
+            thread_id: thread.into(),
+            turn_id: turn_id.into(),
+            after_event: 0,
+        })
+        .await
+        .expect("JoinTurn here")
+        .into_inner();
+    let mut n = 0;
+    while let Some(item) = stream.next().await {
+        n += 1;
+        let event = item.expect("event").event.and_then(|e| e.event);
+        if matches!(event, Some(Event::AdvisorStarted(_))) {
+            return n;
+        }
+    }
+    n
+}
