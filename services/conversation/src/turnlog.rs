@@ -30,8 +30,6 @@ const JOIN_BUFFER: usize = 256;
 const READ_BATCH: u64 = 512;
 /// How long one blocking read waits before it looks at the service's shutdown again.
 const BLOCK_MS: u64 = 1_000;
-/// Most events one write to Redis carries.
-const WRITE_BATCH: usize = 512;
 /// How long the writer gathers events before a round trip to Redis (the lag it adds for a
 /// joiner on another instance, at most).
 const WRITE_WINDOW: Duration = Duration::from_millis(5);
@@ -130,7 +128,6 @@ impl Drop for Open {
 #[derive(Debug, Clone)]
 pub struct TurnEvents {
     log: Option<Arc<LocalLog>>,
-    mirror: Option<mpsc::UnboundedSender<(u64, String)>>,
     caller: mpsc::Sender<IndexedEvent>,
     _open: Option<Arc<Open>>,
 }
@@ -140,7 +137,6 @@ impl TurnEvents {
     pub fn detached(caller: mpsc::Sender<IndexedEvent>) -> Self {
         Self {
             log: None,
-            mirror: None,
             caller,
             _open: None,
         }
@@ -166,11 +162,6 @@ impl TurnEvents {
             Err(_) => return 0,
         };
         log.count.send_replace((index, is_last(event)));
-        if let Some(mirror) = &self.mirror
-            && let Ok(json) = serde_json::to_string(event)
-        {
-            let _ = mirror.send((index, json));
-        }
         index
     }
 
@@ -241,19 +232,16 @@ impl TurnLogs {
         if let Ok(mut running) = self.running.lock() {
             running.insert(turn_id, log.clone());
         }
-        let mirror = self.redis.clone().map(|redis| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let shutdown = self.shutdown.clone();
-            // Owned: ends when the turn's last event is written (its senders are dropped),
-            // or at shutdown.
+        if let Some(redis) = self.redis.clone() {
+            let (log, shutdown) = (log.clone(), self.shutdown.clone());
+            // Owned: ends when the turn's last event is written, at shutdown, or when the turn
+            // has been silent for the log's whole TTL (its task died without a last event).
             self.tasks.spawn(async move {
-                redis.write(key(thread_id, turn_id), rx, shutdown).await;
+                redis.write(key(thread_id, turn_id), log, shutdown).await;
             });
-            tx
-        });
+        }
         TurnEvents {
             log: Some(log),
-            mirror,
             caller,
             _open: Some(Arc::new(Open {
                 running: self.running.clone(),
@@ -363,55 +351,60 @@ async fn follow_local(
 }
 
 impl RedisLog {
-    /// Appends the turn's events as they come, every batch in one pipeline with the expiry.
-    async fn write(
-        &self,
-        key: String,
-        mut events: mpsc::UnboundedReceiver<(u64, String)>,
-        shutdown: CancellationToken,
-    ) {
+    /// Appends the turn's events to its stream as they come: woken by the first event after a
+    /// quiet spell, it waits [`WRITE_WINDOW`] (no wait once the last event is in) and writes
+    /// everything new in one pipeline with the expiry. Serialising and writing happen here,
+    /// never on the turn's own path, and a burst of events costs one round trip.
+    async fn write(&self, key: String, log: Arc<LocalLog>, shutdown: CancellationToken) {
         let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX).max(1);
-        let mut batch = Vec::new();
-        let mut closed = false;
-        while !closed {
-            let received = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                n = events.recv_many(&mut batch, WRITE_BATCH) => n,
-            };
-            if received == 0 {
-                return;
-            }
-            if !self.client.is_connected() {
-                // Redis is away: a joiner elsewhere misses these (counted); the caller and
-                // joiners here do not.
-                metrics::counter!("conversation_turn_log_write_failures_total").increment(1);
-                batch.clear();
+        let mut count = log.count.subscribe();
+        let mut written = 0u64;
+        loop {
+            let (total, done) = *count.borrow_and_update();
+            if total > written {
+                if !done {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(WRITE_WINDOW) => {}
+                    }
+                }
+                let batch = log.after(written);
+                let Some(&(last, _)) = batch.last() else {
+                    continue;
+                };
+                written = last;
+                if !self.client.is_connected() {
+                    // Redis is away: a joiner elsewhere misses these (counted); the caller and
+                    // joiners here do not.
+                    metrics::counter!("conversation_turn_log_write_failures_total").increment(1);
+                    continue;
+                }
+                let pipeline = self.client.pipeline();
+                for (index, event) in &batch {
+                    let Ok(json) = serde_json::to_string(event) else {
+                        continue;
+                    };
+                    let _: Result<(), _> = pipeline
+                        .xadd(&key, false, None, format!("0-{index}"), ("e", json))
+                        .await;
+                }
+                let _: Result<(), _> = pipeline.expire(&key, ttl, None).await;
+                if let Err(err) = pipeline.all::<Vec<fred::types::Value>>().await {
+                    metrics::counter!("conversation_turn_log_write_failures_total").increment(1);
+                    tracing::warn!(key, error = %err, "appending to a turn's log failed");
+                }
                 continue;
             }
-            // What else comes within the window goes in the same round trip (a fast turn's
-            // events, a burst of deltas); the turn's end flushes at once.
-            let until = tokio::time::Instant::now() + WRITE_WINDOW;
-            while batch.len() < WRITE_BATCH {
-                let room = WRITE_BATCH - batch.len();
-                match tokio::time::timeout_at(until, events.recv_many(&mut batch, room)).await {
-                    Ok(0) => {
-                        closed = true;
-                        break;
+            if done {
+                return;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = tokio::time::timeout(self.ttl, count.changed()) => {
+                    if !matches!(changed, Ok(Ok(()))) {
+                        return;
                     }
-                    Ok(_) => {}
-                    Err(_) => break,
                 }
-            }
-            let pipeline = self.client.pipeline();
-            for (index, json) in batch.drain(..) {
-                let _: Result<(), _> = pipeline
-                    .xadd(&key, false, None, format!("0-{index}"), ("e", json))
-                    .await;
-            }
-            let _: Result<(), _> = pipeline.expire(&key, ttl, None).await;
-            if let Err(err) = pipeline.all::<Vec<fred::types::Value>>().await {
-                metrics::counter!("conversation_turn_log_write_failures_total").increment(1);
-                tracing::warn!(key, error = %err, "appending to a turn's log failed");
             }
         }
     }
@@ -426,20 +419,31 @@ impl RedisLog {
         shutdown: CancellationToken,
     ) {
         let mut last = after;
-        let Ok(reader) = self.readers.build() else {
-            return;
-        };
-        let _connection = reader.connect();
-        if reader.wait_for_connect().await.is_err() {
-            return;
-        }
+        // Ranges are read on the shared connection (what was missed arrives in one round trip);
+        // a connection of its own is opened only to block for what comes.
+        let mut blocking: Option<Client> = None;
         loop {
-            let read: Result<Vec<XReadValue<String, String, String>>, _> = reader
+            let read: Result<Vec<XReadValue<String, String, String>>, _> = self
+                .client
                 .xrange_values(&key, format!("0-{}", last + 1), "+", Some(READ_BATCH))
                 .await;
             let entries = match read {
                 Ok(entries) if !entries.is_empty() => entries,
                 Ok(_) => {
+                    let reader = match &blocking {
+                        Some(reader) => reader.clone(),
+                        None => {
+                            let Ok(reader) = self.readers.build() else {
+                                break;
+                            };
+                            let _connection = reader.connect();
+                            if reader.wait_for_connect().await.is_err() {
+                                break;
+                            }
+                            blocking = Some(reader.clone());
+                            reader
+                        }
+                    };
                     // Caught up: wait for the next entries (or the joiner leaving).
                     let waited: Result<fred::types::Value, _> = tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -468,12 +472,16 @@ impl RedisLog {
                 };
                 let end = is_last(&event);
                 if tx.send((index, event)).await.is_err() || end {
-                    let _ = reader.quit().await;
+                    if let Some(reader) = blocking {
+                        let _ = reader.quit().await;
+                    }
                     return;
                 }
                 last = index;
             }
         }
-        let _ = reader.quit().await;
+        if let Some(reader) = blocking {
+            let _ = reader.quit().await;
+        }
     }
 }
