@@ -224,12 +224,7 @@ async fn joining() {
 
 fn main() {
     let part = std::env::var("REPLICAS_PART").unwrap_or_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    common::runtime().block_on(async {
         if part.is_empty() || part == "cancel" {
             cancelling().await;
         }

@@ -272,12 +272,7 @@ async fn length() {
 
 fn main() {
     let part = std::env::var("TURNS_PART").unwrap_or_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    common::runtime().block_on(async {
         if part.is_empty() || part == "parallel" {
             parallel().await;
         }

@@ -8,17 +8,15 @@ use boardroom_testkit::{Behavior, FakeOpenAi};
 use futures::StreamExt;
 
 use crate::helpers::{
-    Client, cancel, completed, eventually, run, started_turn, suite, turn, upstream_alias,
-    user_messages,
+    Client, Replica, Suite, cancel, completed, eventually, run, started_turn, suite, turn,
+    upstream_alias, user_messages,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_turn_through_another_replica_stops_the_turn_where_it_runs() {
     let slow = FakeOpenAi::start().await;
     slow.script(std::iter::repeat_n(Behavior::Hang, 10));
-    let suite = suite(|c| upstream_alias(c, "slow", &slow.base_url())).await;
-    let other = suite.replica(|_| {}).await;
-    let thread = suite.thread_with(&[("cto", "slow")]).await;
+    let (suite, other, thread) = two_replicas(&slow, |_| {}).await;
     let (turn_id, mut stream) = started_turn(&suite.client, &thread, "").await;
     eventually(Duration::from_secs(5), || async {
         (slow.in_flight() == 1).then_some(())
@@ -60,13 +58,10 @@ async fn cancel_turn_through_another_replica_stops_the_turn_where_it_runs() {
 async fn a_running_turn_renews_its_short_lease_and_holds_the_thread_against_other_replicas() {
     let slow = FakeOpenAi::start().await;
     slow.set_latency(Duration::from_millis(1_500));
-    let suite = suite(|c| {
-        upstream_alias(c, "slow", &slow.base_url());
+    let (suite, other, thread) = two_replicas(&slow, |c| {
         c.conversation.turn_lease_ms = 400;
     })
     .await;
-    let other = suite.replica(|_| {}).await;
-    let thread = suite.thread_with(&[("cto", "slow")]).await;
     let (_turn_id, mut stream) = started_turn(&suite.client, &thread, "").await;
     // Well past its 400 ms lease, the turn still holds the thread: the heartbeat renews it.
     let deadline = Instant::now() + Duration::from_millis(1_000);
@@ -85,6 +80,22 @@ async fn a_running_turn_renews_its_short_lease_and_holds_the_thread_against_othe
         matches!(last, Some(Event::TurnCompleted(_))),
         "the renewed turn stores itself: {last:?}"
     );
+}
+
+/// The suite with its `cto` advisor on the fake upstream `slow` (alias "slow"), `configure`
+/// applied, a second conversation instance, and a thread.
+async fn two_replicas(
+    slow: &FakeOpenAi,
+    configure: impl FnOnce(&mut boardroom_runtime::Config),
+) -> (Suite, Replica, String) {
+    let suite = suite(|c| {
+        upstream_alias(c, "slow", &slow.base_url());
+        configure(c);
+    })
+    .await;
+    let other = suite.replica(|_| {}).await;
+    let thread = suite.thread_with(&[("cto", "slow")]).await;
+    (suite, other, thread)
 }
 
 /// Reads a JoinTurn stream to its end: (event_index, event) in order.
@@ -216,13 +227,10 @@ async fn enqueued_turns_from_two_replicas_run_in_order_after_the_running_one() {
     use sea_orm::ConnectionTrait;
     let slow = FakeOpenAi::start().await;
     slow.set_latency(Duration::from_millis(1_500));
-    let suite = suite(|c| {
-        upstream_alias(c, "slow", &slow.base_url());
+    let (suite, other, thread) = two_replicas(&slow, |c| {
         c.conversation.max_queued_turns = 2;
     })
     .await;
-    let other = suite.replica(|_| {}).await;
-    let thread = suite.thread_with(&[("cto", "slow")]).await;
     let db = sea_orm::Database::connect(suite.config.database.url.expose())
         .await
         .expect("connect");
@@ -294,9 +302,7 @@ async fn enqueued_turns_from_two_replicas_run_in_order_after_the_running_one() {
 async fn an_interrupting_turn_cancels_the_running_one_on_another_replica_and_runs() {
     let slow = FakeOpenAi::start().await;
     slow.script([Behavior::Hang]);
-    let suite = suite(|c| upstream_alias(c, "slow", &slow.base_url())).await;
-    let other = suite.replica(|_| {}).await;
-    let thread = suite.thread_with(&[("cto", "slow")]).await;
+    let (suite, other, thread) = two_replicas(&slow, |_| {}).await;
     let (_id, mut first) = started_turn(&suite.client, &thread, "").await;
     let second = run(
         &other.client,
@@ -365,13 +371,10 @@ async fn with_redis_down_turns_here_still_cancel_and_the_other_replica_answers_u
     let mut redis = boardroom_testkit::PrivateRedis::start();
     let slow = FakeOpenAi::start().await;
     slow.script(std::iter::repeat_n(Behavior::Hang, 10));
-    let suite = suite(|c| {
-        upstream_alias(c, "slow", &slow.base_url());
+    let (suite, other, thread) = two_replicas(&slow, |c| {
         c.redis.url = boardroom_runtime::config::Secret::new(redis.url());
     })
     .await;
-    let other = suite.replica(|_| {}).await;
-    let thread = suite.thread_with(&[("cto", "slow")]).await;
     let (turn_id, mut stream) = started_turn(&suite.client, &thread, "").await;
     redis.stop();
     // The other replica cannot reach the instance running the turn: a retryable UNAVAILABLE,
