@@ -225,17 +225,25 @@ impl TurnBus {
                 "the instance running the turn cannot be reached (Redis is down)".into(),
             ));
         }
-        shared
+        let heard = shared
             .publisher
             .publish::<i64, _, _>(CHANNEL, format!("{thread_id} {turn_id}"))
             .await
-            .map(|_| ())
             .map_err(|err| {
                 tracing::warn!(error = %err, "publishing a cancel failed");
                 ConversationError::Unavailable(
                     "the instance running the turn cannot be reached (Redis)".into(),
                 )
-            })
+            })?;
+        // Every instance listens, this one too when its subscription is up: no other listener
+        // means the one running the turn may not have heard (its subscription reconnecting).
+        let own = i64::from(shared.subscriber.is_connected());
+        if heard <= own {
+            return Err(ConversationError::Unavailable(
+                "the instance running the turn is not listening for cancels right now".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

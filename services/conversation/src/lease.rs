@@ -101,11 +101,13 @@ impl Leases {
         lost: CancellationToken,
     ) {
         let period = self.length / 3;
+        let mut wait = period;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(period) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
+            wait = period;
             match self
                 .store
                 .renew_lease(thread_id, turn_id, lease_until(self.length))
@@ -126,6 +128,8 @@ impl Leases {
                 Err(err) => {
                     metrics::counter!("conversation_lease_renewals_failed_total").increment(1);
                     tracing::warn!(%thread_id, %turn_id, error = %err, "renewing a turn's lease failed");
+                    // Soon again: the lease runs out in two more periods.
+                    wait = (period / 4).max(Duration::from_millis(100));
                 }
             }
         }
@@ -165,9 +169,13 @@ impl Leases {
                 break taken;
             }
             if renewed.elapsed() >= renew_every {
-                self.store
-                    .renew_queued(thread_id, turn_id, lease_until(self.length))
-                    .await?;
+                let until = lease_until(self.length);
+                if !self.store.renew_queued(thread_id, turn_id, until).await? {
+                    // It expired (a stall) and was cleaned up: back in at the same place.
+                    self.store
+                        .enqueue(thread_id, turn_id, place, until, u64::MAX)
+                        .await?;
+                }
                 renewed = tokio::time::Instant::now();
             }
             tokio::select! {
@@ -217,7 +225,7 @@ impl Leases {
 }
 
 /// How often a queued turn looks whether its thread is free.
-pub const QUEUE_POLL: Duration = Duration::from_millis(25);
+pub const QUEUE_POLL: Duration = Duration::from_millis(50);
 
 /// A turn's place in its thread's queue; removed (in the background) when dropped.
 struct QueueEntry {
@@ -229,15 +237,20 @@ struct QueueEntry {
 
 impl QueueEntry {
     async fn leave(mut self) {
-        self.left = true;
-        metrics::gauge!("conversation_turns_queued").decrement(1.0);
-        if let Err(err) = self
+        // Dropped half-way (the caller left), Drop removes it instead.
+        match self
             .leases
             .store
             .leave_queue(self.thread_id, self.turn_id)
             .await
         {
-            tracing::warn!(error = %err, "leaving a thread's queue failed; the entry expires");
+            Ok(()) => {
+                self.left = true;
+                metrics::gauge!("conversation_turns_queued").decrement(1.0);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "leaving a thread's queue failed; the entry expires");
+            }
         }
     }
 }
@@ -279,6 +292,12 @@ impl TurnLease {
     /// Completes when the lease was lost (expired or taken by another turn).
     pub fn lost(&self) -> WaitForCancellationFutureOwned {
         self.lost.clone().cancelled_owned()
+    }
+
+    /// The turn is storing itself (a write fenced on the lease): the heartbeat stops, so that
+    /// it cannot mistake the commit that clears the lease for a lost lease.
+    pub fn storing(&self) {
+        self.heartbeat.cancel();
     }
 
     /// The turn was stored: its transaction released the lease.

@@ -10,6 +10,9 @@ use fred::types::{Builder, RespVersion};
 /// A builder of such clients for `url`, commands bounded by `timeout`.
 pub fn builder(url: &str, timeout: Duration) -> anyhow::Result<Builder> {
     let mut config = Config::from_url(url)?;
+    // Keep trying when Redis is away at start, too (by default a failed first connection is
+    // final).
+    config.fail_fast = false;
     // RESP2: pub/sub messages arrive on the subscriber's own connection.
     config.version = RespVersion::RESP2;
     let mut builder = Builder::from_config(config);

@@ -117,6 +117,10 @@ impl Conversations {
                 self.wait_for_thread(thread_id, turn_id, policy).await?
             }
         };
+        // Cancellable from the moment it holds the thread (a cancel or an interrupt may come
+        // while its state loads).
+        let cancel = self.shutdown.child_token();
+        let registration = self.bus.register(thread_id, turn_id, cancel.clone());
         // The first run of this request may have completed between the check above and the
         // lease: its record is committed with its lease release, so it is visible now.
         if let Some(id) = &request.request_id
@@ -151,8 +155,6 @@ impl Conversations {
         };
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let events = self.logs.open(thread_id, turn_id, tx).await;
-        let cancel = self.shutdown.child_token();
-        let registration = self.bus.register(thread_id, turn_id, cancel.clone());
         let this = self.clone();
         let on_disconnect = request.on_disconnect;
         // Owned: ends when the turn ends, is cancelled, or the service shuts down.
@@ -175,7 +177,7 @@ impl Conversations {
         let place = match policy {
             DoubleText::Reject => {
                 return Err(ConversationError::Aborted(
-                    "another turn is running on this thread".into(),
+                    "another turn is running on this thread, or waits for it".into(),
                 ));
             }
             DoubleText::Enqueue => micros,
@@ -281,16 +283,30 @@ impl Conversations {
         metrics::gauge!("conversation_turns_running").increment(1.0);
         // The run first: a turn that finished (and committed) is reported as done even if the
         // caller left or a cancel arrived in the same instant.
-        let outcome = tokio::select! {
+        // Answering may be cut short (a cancel, the bound, a lost lease, the caller leaving);
+        // storing may not: a turn that starts storing itself is stored or fails as a whole,
+        // and its caller is told which.
+        let answered = tokio::select! {
             biased;
-            run = tokio::time::timeout(self.limits.turn_timeout, self.workflow.execute(input, &events)) => match run {
-                Ok(Ok(done)) => Ok(done),
+            run = tokio::time::timeout(self.limits.turn_timeout, self.workflow.answer(input, &events)) => match run {
+                Ok(Ok(answered)) => Ok(answered),
                 Ok(Err(err)) => Err((failure_reason(&err), err.to_string())),
                 Err(_) => Err((FailureReason::Timeout, "the turn passed conversation.turn_timeout_ms".to_owned())),
             },
             _ = cancel.cancelled() => Err((FailureReason::Cancelled, "the turn was cancelled".to_owned())),
             _ = lease.lost() => Err((FailureReason::Conflict, "the turn lost its lease on the thread (another turn took it)".to_owned())),
             _ = events.caller_gone(), if cancel_when_gone => Err((FailureReason::Cancelled, "the caller went away".to_owned())),
+        };
+        let outcome = match answered {
+            Ok(answered) => {
+                // The write is fenced on the lease: no renewal needed while it runs.
+                lease.storing();
+                self.workflow
+                    .store(answered)
+                    .await
+                    .map_err(|err| (failure_reason(&err), err.to_string()))
+            }
+            Err(failed) => Err(failed),
         };
         metrics::gauge!("conversation_turns_running").decrement(1.0);
         // Over: a cancel from now on finds nothing to stop.

@@ -89,14 +89,15 @@ impl ConversationStore {
             .map_err(ConversationError::from)
     }
 
-    /// Keeps a waiting turn's entry alive until `until`.
+    /// Keeps a waiting turn's entry alive until `until`; whether it was still there.
     pub async fn renew_queued(
         &self,
         thread_id: Uuid,
         turn_id: Uuid,
         until: DateTime<Utc>,
-    ) -> Result<(), ConversationError> {
-        self.leases
+    ) -> Result<bool, ConversationError> {
+        let renewed = self
+            .leases
             .timed(
                 "conversation_renew_queued_turn",
                 queued::Entity::update_many()
@@ -106,7 +107,7 @@ impl ConversationStore {
                     .exec(self.leases.conn()),
             )
             .await?;
-        Ok(())
+        Ok(renewed.rows_affected > 0)
     }
 
     /// Removes a turn's entry (it took the thread, or stopped waiting); drops entries of the

@@ -81,7 +81,8 @@ impl ConversationStore {
             if let Some(head) = rows.into_iter().next() {
                 return Ok(Some(Head::from(head)));
             }
-            if !self.ensure_head(self.db.conn(), thread_id).await? {
+            // A queued turn's head exists (its queue entry made sure).
+            if place.is_some() || !self.ensure_head(self.db.conn(), thread_id).await? {
                 // It exists, so another turn holds an unexpired lease.
                 return Ok(None);
             }
@@ -89,15 +90,14 @@ impl ConversationStore {
         Ok(None)
     }
 
-    /// Extends the lease of a running turn to `until`, only while the turn holds it and it
-    /// has not expired (an expired lease may have been taken already). Whether it was.
+    /// Extends the lease of a running turn to `until`, only while the turn holds it (an expired
+    /// lease nobody took is still its own: taking one rewrites `running_turn`). Whether it was.
     pub async fn renew_lease(
         &self,
         thread_id: Uuid,
         turn_id: Uuid,
         until: DateTime<Utc>,
     ) -> Result<bool, ConversationError> {
-        let at = now();
         let result = self
             .leases
             .timed(
@@ -106,7 +106,6 @@ impl ConversationStore {
                     .col_expr(head::Column::LeaseUntil, Expr::value(Some(until)))
                     .filter(head::Column::ThreadId.eq(thread_id))
                     .filter(head::Column::RunningTurn.eq(turn_id))
-                    .filter(head::Column::LeaseUntil.gte(at))
                     .exec(self.leases.conn()),
             )
             .await?;
@@ -225,7 +224,7 @@ impl ConversationStore {
         match result {
             Ok(Some(done)) => Ok(done),
             Ok(None) => Err(ConversationError::Aborted(
-                "the turn lost its lease on the thread (it ran past conversation.turn_timeout_ms)"
+                "the turn lost its lease on the thread (it could not renew it, and another turn took the thread)"
                     .into(),
             )),
             Err(err) if is_unique_violation(&err) => Err(ConversationError::Aborted(

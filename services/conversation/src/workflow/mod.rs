@@ -105,6 +105,12 @@ struct AdvisorRun {
     deadline: tokio::time::Instant,
 }
 
+/// A turn whose advisors and moderator are done: what [`Workflow::store`] stores.
+pub struct Answered {
+    run: Run,
+    started: Instant,
+}
+
 /// A turn in progress.
 struct Run {
     input: TurnInput,
@@ -148,6 +154,17 @@ impl Workflow {
         input: TurnInput,
         events: &Events,
     ) -> Result<StoredTurn, ConversationError> {
+        let answered = self.answer(input, events).await?;
+        self.store(answered).await
+    }
+
+    /// Every node but the last: the advisors' rounds and the moderator. Dropping this future
+    /// cancels the turn (its model calls with it); nothing is stored yet.
+    pub async fn answer(
+        &self,
+        input: TurnInput,
+        events: &Events,
+    ) -> Result<Answered, ConversationError> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.settings.advisor_timeout;
         let advisors = input
@@ -185,19 +202,41 @@ impl Workflow {
                 Node::Advise => self.advise(&mut run, events).await,
                 Node::Tools => self.run_tools(&mut run, events).await,
                 Node::Moderate => self.moderate(&mut run, events).await,
-                Node::Persist => self.persist(&run).await,
+                Node::Persist => return Ok(Answered { run, started }),
             };
             metrics::histogram!("conversation_node_duration_seconds", "node" => node.name())
                 .record(entered.elapsed().as_secs_f64());
             match next? {
                 Next::Go(to) => node = to,
                 Next::End(done) => {
-                    let engine = started.elapsed().saturating_sub(run.model_time);
-                    metrics::histogram!("conversation_turn_overhead_seconds")
-                        .record(engine.as_secs_f64());
-                    return Ok(*done);
+                    return Err(ConversationError::Internal(format!(
+                        "the turn graph ended before storing (turn {})",
+                        done.record.id
+                    )));
                 }
             }
+        }
+    }
+
+    /// The last node: the turn's messages, checkpoint and record in one transaction (fenced on
+    /// the turn's lease). Not to be cancelled half-way: a turn that got here is stored or fails
+    /// as a whole, and its caller learns which.
+    pub async fn store(&self, answered: Answered) -> Result<StoredTurn, ConversationError> {
+        let Answered { run, started } = answered;
+        let entered = Instant::now();
+        let next = self.persist(&run).await;
+        metrics::histogram!("conversation_node_duration_seconds", "node" => Node::Persist.name())
+            .record(entered.elapsed().as_secs_f64());
+        match next? {
+            Next::End(done) => {
+                let engine = started.elapsed().saturating_sub(run.model_time);
+                metrics::histogram!("conversation_turn_overhead_seconds")
+                    .record(engine.as_secs_f64());
+                Ok(*done)
+            }
+            Next::Go(_) => Err(ConversationError::Internal(
+                "storing a turn led to another node".into(),
+            )),
         }
     }
 
