@@ -116,10 +116,11 @@ impl ConversationService for ConversationGrpc {
             .domain
             .join_turn(thread_id, turn_id, r.after_event)
             .await?;
-        let stream = ReceiverStream::new(events).map(|(i, e)| {
-            Ok(pb::JoinTurnResponse {
+        let stream = ReceiverStream::new(events).map(|item| match item {
+            Ok((i, e)) => Ok(pb::JoinTurnResponse {
                 event: Some(conv::event_to(i, e)),
-            })
+            }),
+            Err(err) => Err(Status::from(err)),
         });
         Ok(Response::new(Box::pin(stream)))
     }

@@ -136,15 +136,15 @@ impl Leases {
     }
 
     /// Waits in the thread's queue at `place` (lower goes first) until the lease is free and
-    /// no live entry is ahead, then takes it. `QueueFull` when `max` turns wait already. The
+    /// no live entry is ahead, then takes it; `once_queued` runs as soon as the entry is in. `QueueFull` when `max` turns wait already. The
     /// entry is renewed while waiting and removed when the wait ends, however it ends (a
     /// caller that leaves drops this future). Waiters look every [`QUEUE_POLL`].
     pub async fn wait_for(
         &self,
-        thread_id: Uuid,
-        turn_id: Uuid,
+        (thread_id, turn_id): (Uuid, Uuid),
         place: i64,
         max: u64,
+        once_queued: impl Future<Output = Result<(), ConversationError>>,
     ) -> Result<(TurnLease, Head), ConversationError> {
         if !self
             .store
@@ -162,6 +162,9 @@ impl Leases {
             left: false,
         };
         metrics::gauge!("conversation_turns_queued").increment(1.0);
+        // In line first, then whatever frees the thread (an interrupt's cancel): nobody can
+        // take the thread in between.
+        once_queued.await?;
         let renew_every = self.length / 3;
         let mut renewed = tokio::time::Instant::now();
         let taken = loop {

@@ -359,39 +359,45 @@ impl RedisLog {
         let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX).max(1);
         let mut count = log.count.subscribe();
         let mut written = 0u64;
+        // While Redis fails: the next wait, and since when (given up after the log's TTL).
+        let mut failing: Option<(Duration, tokio::time::Instant)> = None;
         loop {
             let (total, done) = *count.borrow_and_update();
             if total > written {
-                if !done {
+                let wait = match failing {
+                    Some((backoff, _)) => Some(backoff),
+                    None if !done => Some(WRITE_WINDOW),
+                    None => None,
+                };
+                if let Some(wait) = wait {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(WRITE_WINDOW) => {}
+                        _ = tokio::time::sleep(wait) => {}
                     }
                 }
                 let batch = log.after(written);
                 let Some(&(last, _)) = batch.last() else {
                     continue;
                 };
-                written = last;
-                if !self.client.is_connected() {
-                    // Redis is away: a joiner elsewhere misses these (counted); the caller and
-                    // joiners here do not.
-                    metrics::counter!("conversation_turn_log_write_failures_total").increment(1);
-                    continue;
-                }
-                let pipeline = self.client.pipeline();
-                for (index, event) in &batch {
-                    let Ok(json) = serde_json::to_string(event) else {
-                        continue;
-                    };
-                    let _: Result<(), _> = pipeline
-                        .xadd(&key, false, None, format!("0-{index}"), ("e", json))
-                        .await;
-                }
-                let _: Result<(), _> = pipeline.expire(&key, ttl, None).await;
-                if let Err(err) = pipeline.all::<Vec<fred::types::Value>>().await {
-                    metrics::counter!("conversation_turn_log_write_failures_total").increment(1);
-                    tracing::warn!(key, error = %err, "appending to a turn's log failed");
+                match self.append(&key, &batch, ttl).await {
+                    Ok(()) => {
+                        written = last;
+                        failing = None;
+                    }
+                    Err(err) => {
+                        // Kept and tried again: a joiner elsewhere sees them late, not never.
+                        metrics::counter!("conversation_turn_log_write_failures_total")
+                            .increment(1);
+                        tracing::warn!(key, error = %err, "appending to a turn's log failed; retrying");
+                        let since = failing.map_or_else(tokio::time::Instant::now, |(_, s)| s);
+                        if since.elapsed() > self.ttl {
+                            return;
+                        }
+                        let backoff = failing.map_or(Duration::from_millis(100), |(b, _)| {
+                            (b * 2).min(Duration::from_secs(2))
+                        });
+                        failing = Some((backoff, since));
+                    }
                 }
                 continue;
             }
@@ -407,6 +413,32 @@ impl RedisLog {
                 }
             }
         }
+    }
+
+    /// One pipeline: the events, then the stream's expiry.
+    async fn append(
+        &self,
+        key: &str,
+        batch: &[IndexedEvent],
+        ttl: i64,
+    ) -> Result<(), fred::error::Error> {
+        if !self.client.is_connected() {
+            return Err(fred::error::Error::new(
+                fred::error::ErrorKind::IO,
+                "Redis is not connected",
+            ));
+        }
+        let pipeline = self.client.pipeline();
+        for (index, event) in batch {
+            let Ok(json) = serde_json::to_string(event) else {
+                continue;
+            };
+            let _: Result<(), _> = pipeline
+                .xadd(key, false, None, format!("0-{index}"), ("e", json))
+                .await;
+        }
+        let _: Result<(), _> = pipeline.expire(key, ttl, None).await;
+        pipeline.all::<Vec<fred::types::Value>>().await.map(|_| ())
     }
 
     /// Replays the stream after `after`, then follows it with blocking reads on a connection

@@ -174,34 +174,43 @@ impl Conversations {
         policy: DoubleText,
     ) -> Result<(TurnLease, crate::store::Head), ConversationError> {
         let micros = now().timestamp_micros();
-        let place = match policy {
+        let (place, interrupt) = match policy {
             DoubleText::Reject => {
                 return Err(ConversationError::Aborted(
                     "another turn is running on this thread, or waits for it".into(),
                 ));
             }
-            DoubleText::Enqueue => micros,
-            DoubleText::Interrupt => {
+            DoubleText::Enqueue => (micros, false),
+            DoubleText::Interrupt => (micros - INTERRUPT_AHEAD, true),
+        };
+        let once_queued = async {
+            if interrupt {
                 let stopped = self.cancel(thread_id, None).await?;
                 metrics::counter!("conversation_turns_interrupted_total")
                     .increment(u64::from(stopped));
-                micros - INTERRUPT_AHEAD
             }
+            Ok(())
         };
         self.leases
-            .wait_for(thread_id, turn_id, place, self.limits.max_queued_turns)
+            .wait_for(
+                (thread_id, turn_id),
+                place,
+                self.limits.max_queued_turns,
+                once_queued,
+            )
             .await
     }
 
     /// The events of a running or just-finished turn after `after`, then the live ones, to
-    /// its end. A turn whose instance died (its lease gone, no last event) ends with
-    /// TurnFailed once that is clear.
+    /// its end. Ends with an error when the log cannot be followed to the end (join again
+    /// from the last index), and with TurnFailed when the turn's instance died (its lease
+    /// gone, no last event, nothing stored).
     pub async fn join_turn(
         &self,
         thread_id: Uuid,
         turn_id: Uuid,
         after: u64,
-    ) -> Result<mpsc::Receiver<IndexedEvent>, ConversationError> {
+    ) -> Result<mpsc::Receiver<Result<IndexedEvent, ConversationError>>, ConversationError> {
         let mut events = match self.logs.join(thread_id, turn_id, after, false).await {
             Err(ConversationError::NotFound { .. }) => {
                 // Just started elsewhere? Its lease says so before its first event is written.
@@ -228,23 +237,42 @@ impl Conversations {
                 match next {
                     Ok(Some(event)) => {
                         last = event.0;
-                        if tx.send(event).await.is_err() {
+                        let end = matches!(event.1, TurnEvent::Completed { .. } | TurnEvent::Failed { .. });
+                        if tx.send(Ok(event)).await.is_err() || end {
                             return;
                         }
                     }
-                    Ok(None) => return,
+                    Ok(None) => {
+                        let _ = tx
+                            .send(Err(ConversationError::Unavailable(format!(
+                                "the turn's log could not be followed to its end; join again after event {last}"
+                            ))))
+                            .await;
+                        return;
+                    }
                     Err(_) => {
                         // Quiet for a whole lease: is anyone still running it?
-                        let running = this.store.head(thread_id).await.ok().flatten();
-                        if running.is_some_and(|h| h.running_turn_now() != Some(turn_id)) {
-                            let stopped = TurnEvent::Failed {
-                                reason: FailureReason::Storage,
-                                message: "the instance running the turn stopped before storing it"
-                                    .into(),
-                            };
-                            let _ = tx.send((last + 1, stopped)).await;
-                            return;
+                        let Ok(Some(head)) = this.store.head(thread_id).await else {
+                            continue;
+                        };
+                        if head.running_turn_now() == Some(turn_id) {
+                            continue;
                         }
+                        let end = match this.store.turn_stored(thread_id, turn_id).await {
+                            Ok(true) => Err(ConversationError::FailedPrecondition(
+                                "the turn was stored but its last events are not in its log: read it with ListMessages".into(),
+                            )),
+                            Ok(false) => Ok((
+                                last + 1,
+                                TurnEvent::Failed {
+                                    reason: FailureReason::Storage,
+                                    message: "the instance running the turn stopped before storing it".into(),
+                                },
+                            )),
+                            Err(_) => continue,
+                        };
+                        let _ = tx.send(end).await;
+                        return;
                     }
                 }
             }

@@ -193,4 +193,23 @@ impl ConversationStore {
             .await?;
         rows.into_iter().map(message_from).collect()
     }
+
+    /// Whether `turn_id` stored its messages in `thread_id`.
+    pub async fn turn_stored(
+        &self,
+        thread_id: Uuid,
+        turn_id: Uuid,
+    ) -> Result<bool, ConversationError> {
+        let found = self
+            .db
+            .timed(
+                "conversation_turn_stored",
+                message::Entity::find()
+                    .filter(message::Column::ThreadId.eq(thread_id))
+                    .filter(message::Column::TurnId.eq(turn_id))
+                    .one(self.db.conn()),
+            )
+            .await?;
+        Ok(found.is_some())
+    }
 }
