@@ -106,7 +106,7 @@ impl TurnBus {
         if url.is_empty() {
             return Ok(Self::local());
         }
-        let builder = crate::redis::builder(url, timeout)?;
+        let builder = crate::redis::builder(url, timeout, true)?;
         let publisher = builder.build()?;
         let subscriber = builder.build_subscriber_client()?;
         let _publisher_task = publisher.connect();

@@ -7,12 +7,13 @@ use std::time::Duration;
 use fred::types::config::{Config, ReconnectPolicy};
 use fred::types::{Builder, RespVersion};
 
-/// A builder of such clients for `url`, commands bounded by `timeout`.
-pub fn builder(url: &str, timeout: Duration) -> anyhow::Result<Builder> {
+/// A builder of such clients for `url`, commands bounded by `timeout`. A `lasting` client
+/// (one per instance) keeps trying when Redis is away at start, too; a short-lived one (made
+/// for one call, while Redis is known to be up) fails at once instead (and connects at once:
+/// fred delays a first connection it may retry).
+pub fn builder(url: &str, timeout: Duration, lasting: bool) -> anyhow::Result<Builder> {
     let mut config = Config::from_url(url)?;
-    // Keep trying when Redis is away at start, too (by default a failed first connection is
-    // final).
-    config.fail_fast = false;
+    config.fail_fast = !lasting;
     // RESP2: pub/sub messages arrive on the subscriber's own connection.
     config.version = RespVersion::RESP2;
     let mut builder = Builder::from_config(config);

@@ -186,10 +186,10 @@ impl TurnLogs {
         let redis = if redis_url.is_empty() {
             None
         } else {
-            let client = crate::redis::builder(redis_url, timeout)?.build()?;
+            let client = crate::redis::builder(redis_url, timeout, true)?.build()?;
             let _connection = client.connect();
             let readers =
-                crate::redis::builder(redis_url, Duration::from_millis(BLOCK_MS) + timeout)?;
+                crate::redis::builder(redis_url, Duration::from_millis(BLOCK_MS) + timeout, false)?;
             let closing = (client.clone(), shutdown.clone());
             // Owned: ends with the service's shutdown token (and closes the connection).
             tasks.spawn(async move {
