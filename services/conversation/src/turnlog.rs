@@ -39,7 +39,8 @@ const MAX_REDIS_JOINS: usize = 1_024;
 /// An event and its position in the turn.
 pub type IndexedEvent = (u64, TurnEvent);
 
-fn is_last(event: &TurnEvent) -> bool {
+/// Whether `event` ends its turn.
+pub(crate) fn is_last(event: &TurnEvent) -> bool {
     matches!(
         event,
         TurnEvent::Completed { .. } | TurnEvent::Failed { .. }

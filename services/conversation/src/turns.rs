@@ -19,7 +19,7 @@ use crate::error::ConversationError;
 use crate::lease::TurnLease;
 use crate::recent::RECENT_LIMIT;
 use crate::store::now;
-use crate::turnlog::{IndexedEvent, TurnEvents};
+use crate::turnlog::{IndexedEvent, TurnEvents, is_last};
 use crate::workflow::TurnInput;
 
 /// Events buffered per turn stream before the workflow waits for the client.
@@ -237,7 +237,7 @@ impl Conversations {
                 match next {
                     Ok(Some(event)) => {
                         last = event.0;
-                        let end = matches!(event.1, TurnEvent::Completed { .. } | TurnEvent::Failed { .. });
+                        let end = is_last(&event.1);
                         if tx.send(Ok(event)).await.is_err() || end {
                             return;
                         }

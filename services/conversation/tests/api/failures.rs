@@ -117,10 +117,7 @@ async fn cancel_turn_cancels_the_upstream_calls_and_stores_nothing() {
         .expect("CancelTurn")
         .into_inner();
     assert!(cancelled.cancelled);
-    let mut last = None;
-    while let Some(event) = stream.next().await {
-        last = event.expect("event").event;
-    }
+    let last = last_event(&mut stream).await;
     match last {
         Some(Event::TurnFailed(f)) => assert_eq!(f.reason, pb::FailureReason::Cancelled as i32),
         other => panic!("{other:?}"),
@@ -198,10 +195,7 @@ async fn a_turn_whose_lease_expired_and_was_taken_cannot_store_itself() {
         let thread = thread.clone();
         async move { run(&client, turn(&thread, "second", "")).await }
     });
-    let mut last = None;
-    while let Some(event) = first.next().await {
-        last = event.expect("event").event;
-    }
+    let last = last_event(&mut first).await;
     match last {
         Some(Event::TurnFailed(f)) => {
             assert_eq!(f.reason, pb::FailureReason::Conflict as i32, "{f:?}")
@@ -247,10 +241,7 @@ async fn a_turn_cut_off_from_the_database_stores_nothing_and_its_retry_runs_once
         }
     }
     proxy.take_down();
-    let mut last = None;
-    while let Some(event) = stream.next().await {
-        last = event.expect("event").event;
-    }
+    let last = last_event(&mut stream).await;
     match last {
         Some(Event::TurnFailed(f)) => assert_eq!(f.reason, pb::FailureReason::Storage as i32),
         other => panic!("{other:?}"),

@@ -384,3 +384,12 @@ pub async fn user_messages(suite: &Suite, thread: &str) -> Vec<String> {
         .map(|m| m.content)
         .collect()
 }
+
+/// Reads a turn's stream to its end: its last event.
+pub async fn last_event(stream: &mut tonic::Streaming<pb::RunTurnResponse>) -> Option<Event> {
+    let mut last = None;
+    while let Some(event) = stream.next().await {
+        last = event.expect("event").event;
+    }
+    last
+}

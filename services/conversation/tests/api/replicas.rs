@@ -8,8 +8,8 @@ use boardroom_testkit::{Behavior, FakeOpenAi};
 use futures::StreamExt;
 
 use crate::helpers::{
-    Client, Replica, Suite, cancel, completed, eventually, run, started_turn, suite, turn,
-    upstream_alias, user_messages,
+    Client, Replica, Suite, cancel, completed, eventually, last_event, run, started_turn, suite,
+    turn, upstream_alias, user_messages,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,10 +30,7 @@ async fn cancel_turn_through_another_replica_stops_the_turn_where_it_runs() {
 
     let asked = Instant::now();
     assert!(cancel(&other.client, &thread, &turn_id).await, "it runs");
-    let mut last = None;
-    while let Some(event) = stream.next().await {
-        last = event.expect("event").event;
-    }
+    let last = last_event(&mut stream).await;
     let ended = asked.elapsed();
     match last {
         Some(Event::TurnFailed(f)) => assert_eq!(f.reason, pb::FailureReason::Cancelled as i32),
@@ -72,10 +69,7 @@ async fn a_running_turn_renews_its_short_lease_and_holds_the_thread_against_othe
         assert_eq!(refused.code(), tonic::Code::Aborted, "{refused:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut last = None;
-    while let Some(event) = stream.next().await {
-        last = event.expect("event").event;
-    }
+    let last = last_event(&mut stream).await;
     assert!(
         matches!(last, Some(Event::TurnCompleted(_))),
         "the renewed turn stores itself: {last:?}"
@@ -314,10 +308,7 @@ async fn an_interrupting_turn_cancels_the_running_one_on_another_replica_and_run
     .await
     .expect("the interrupting turn runs");
     completed(&second);
-    let mut last = None;
-    while let Some(event) = first.next().await {
-        last = event.expect("event").event;
-    }
+    let last = last_event(&mut first).await;
     match last {
         Some(Event::TurnFailed(f)) => assert_eq!(f.reason, pb::FailureReason::Cancelled as i32),
         other => panic!("{other:?}"),
@@ -407,10 +398,7 @@ async fn with_redis_down_turns_here_still_cancel_and_the_other_replica_answers_u
     let here = joined_events_until_advisor_started(&suite.client, &thread, &turn_id).await;
     assert!(here >= 2);
     assert!(cancel(&suite.client, &thread, &turn_id).await);
-    let mut last = None;
-    while let Some(event) = stream.next().await {
-        last = event.expect("event").event;
-    }
+    let last = last_event(&mut stream).await;
     assert!(matches!(last, Some(Event::TurnFailed(_))), "{last:?}");
 }
 
