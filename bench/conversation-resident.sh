@@ -19,8 +19,8 @@ psql -At "$PG/postgres" -c "SELECT 1 FROM pg_database WHERE datname = 'boardroom
 OUT=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
 env BOARDROOM_DATABASE__URL="$DB_URL" BOARDROOM_REDIS__URL="$REDIS" BOARDROOM_TELEMETRY__LOG_LEVEL=warn \
-    BOARDROOM_LLM__DEPLOYMENTS__MOCK__MOCK_TTFT_MS=200 \
-    BOARDROOM_LLM__DEPLOYMENTS__MOCK__MOCK_TOKENS_PER_SECOND=50 \
+    BOARDROOM_LLM__DEPLOYMENTS__MOCK__TTFT_MS=200 \
+    BOARDROOM_LLM__DEPLOYMENTS__MOCK__TOKENS_PER_SECOND=50 \
     $BIN serve 2>"$OUT/server.log" &
 PID=$!
 for _ in $(seq 300); do curl -sf 127.0.0.1:9092/readyz >/dev/null && break; sleep 0.1; done

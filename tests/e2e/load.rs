@@ -134,11 +134,11 @@ async fn sigterm_to_one_of_two_conversation_instances_fails_no_call_and_loses_no
     // in flight on the instance when it is told to stop.
     let pace = [
         (
-            "BOARDROOM_LLM__DEPLOYMENTS__MOCK__MOCK_TTFT_MS",
+            "BOARDROOM_LLM__DEPLOYMENTS__MOCK__TTFT_MS",
             "100".to_owned(),
         ),
         (
-            "BOARDROOM_LLM__DEPLOYMENTS__MOCK__MOCK_TOKENS_PER_SECOND",
+            "BOARDROOM_LLM__DEPLOYMENTS__MOCK__TOKENS_PER_SECOND",
             "100".to_owned(),
         ),
     ];

@@ -31,7 +31,7 @@ async fn a_killed_instance_frees_its_threads_within_one_lease() {
     // The mock model takes 60 s to its first token: the turn is mid-flight when killed.
     let env = [
         (
-            "BOARDROOM_LLM__DEPLOYMENTS__MOCK__MOCK_TTFT_MS",
+            "BOARDROOM_LLM__DEPLOYMENTS__MOCK__TTFT_MS",
             "60000".to_owned(),
         ),
         (

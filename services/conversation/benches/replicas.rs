@@ -24,6 +24,7 @@ mod helpers;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use boardroom_llm_gateway::settings::{MockConfig, ProviderSettings};
 use boardroom_proto::conversation::v1 as pb;
 use boardroom_proto::conversation::v1::run_turn_response::Event;
 use boardroom_testkit::{Behavior, FakeOpenAi};
@@ -101,11 +102,16 @@ async fn follow(mut stream: tonic::Streaming<pb::JoinTurnResponse>) -> Arrivals 
 
 async fn joining() {
     let suite = suite(|c| {
-        if let Some(mock) = c.llm.deployments.get_mut("mock") {
-            mock.mock_ttft_ms = 300;
-            mock.mock_tokens_per_second = 40;
-            mock.mock_output_tokens = 60;
-        }
+        c.llm.deployments.insert(
+            "mock".into(),
+            ProviderSettings::Mock(MockConfig {
+                ttft_ms: 300,
+                tokens_per_second: 40,
+                output_tokens: 60,
+                ..MockConfig::default()
+            })
+            .into(),
+        );
         c.llm.stream_flush_ms = 0;
     })
     .await;

@@ -15,9 +15,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use boardroom_llm_gateway::settings::{OpenAiConfig, ProviderSettings};
 use boardroom_proto::llm::v1 as pb;
 use boardroom_proto::llm::v1::llm_gateway_service_client::LlmGatewayServiceClient;
-use boardroom_runtime::config::{DeploymentConfig, ModelAlias, ProviderKind};
+use boardroom_runtime::config::ModelAlias;
 use boardroom_testkit::{FakeOpenAi, service_test_config};
 use hdrhistogram::Histogram;
 
@@ -221,13 +222,13 @@ fn main() {
     );
     config.llm.deployments.insert(
         "fake".into(),
-        DeploymentConfig {
-            provider: ProviderKind::Openai,
+        ProviderSettings::Openai(OpenAiConfig {
             model: "fake".into(),
             base_url: fake.base_url(),
             max_idle_connections: 512,
-            ..DeploymentConfig::default()
-        },
+            ..OpenAiConfig::default()
+        })
+        .into(),
     );
     let stop = tokio_util::sync::CancellationToken::new();
     // An external gateway (its own process, pinned apart: bench/llm-overhead.sh), else one

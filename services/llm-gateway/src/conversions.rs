@@ -3,20 +3,13 @@
 use boardroom_proto::llm::v1 as pb;
 use boardroom_runtime::status::Violations;
 
+pub use crate::api::RequestLimits;
+use crate::api::check_bounds;
 use crate::domain::{
     CacheOutcome, CachePolicy, ChatAnswer, ChatRequest, Completion, FinishReason, Message, Params,
     Role, ToolCall, ToolDef, Usage,
 };
 use crate::error::GatewayError;
-
-/// Bounds of a request.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestLimits {
-    /// Most messages.
-    pub max_messages: usize,
-    /// Most bytes of message text.
-    pub max_prompt_bytes: usize,
-}
 
 fn role(v: &mut Violations, field: String, role: i32) -> Role {
     match pb::Role::try_from(role) {
@@ -37,31 +30,6 @@ pub fn chat_request(
     limits: RequestLimits,
 ) -> Result<ChatRequest, GatewayError> {
     let mut v = Violations::default();
-    if request.model.is_empty() {
-        v.add("model", "must not be empty");
-    }
-    if request.messages.is_empty() {
-        v.add("messages", "must hold at least one message");
-    } else if request.messages.len() > limits.max_messages {
-        v.add(
-            "messages",
-            format!(
-                "{} messages; the limit llm.max_messages is {}",
-                request.messages.len(),
-                limits.max_messages
-            ),
-        );
-    }
-    let bytes: usize = request.messages.iter().map(|m| m.content.len()).sum();
-    if bytes > limits.max_prompt_bytes {
-        v.add(
-            "messages",
-            format!(
-                "{bytes} bytes of text; the limit llm.max_prompt_bytes is {}",
-                limits.max_prompt_bytes
-            ),
-        );
-    }
     let messages: Vec<Message> = request
         .messages
         .into_iter()
@@ -111,22 +79,6 @@ pub fn chat_request(
             }
         })
         .collect();
-    if let Some(t) = request.temperature
-        && !(0.0..=2.0).contains(&t)
-    {
-        v.add("temperature", "must be within 0 and 2");
-    }
-    if let Some(p) = request.top_p
-        && !(p > 0.0 && p <= 1.0)
-    {
-        v.add("top_p", "must be within (0, 1]");
-    }
-    if request.max_tokens == Some(0) {
-        v.add("max_tokens", "must be > 0 when set");
-    }
-    if request.stop.len() > 4 {
-        v.add("stop", "at most 4 stop sequences");
-    }
     let cache_policy = match pb::CachePolicy::try_from(request.cache_policy) {
         Ok(pb::CachePolicy::Unspecified) => CachePolicy::Default,
         Ok(pb::CachePolicy::Bypass) => CachePolicy::Bypass,
@@ -137,7 +89,7 @@ pub fn chat_request(
             CachePolicy::Default
         }
     };
-    Ok(v.finish(ChatRequest {
+    let chat = ChatRequest {
         model: request.model,
         messages,
         tools,
@@ -150,7 +102,9 @@ pub fn chat_request(
         },
         request_id: request.request_id,
         cache_policy,
-    })?)
+    };
+    check_bounds(&chat, limits, &mut v);
+    Ok(v.finish(chat)?)
 }
 
 fn finish_reason(reason: FinishReason) -> i32 {
@@ -186,6 +140,8 @@ pub fn usage(usage: Usage, cost_micros: u64) -> pb::Usage {
         input_tokens: usage.input_tokens,
         output_tokens: usage.output_tokens,
         cost_micros,
+        cache_read_tokens: usage.cache_read_tokens,
+        cache_write_tokens: usage.cache_write_tokens,
     }
 }
 

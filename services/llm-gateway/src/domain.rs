@@ -140,10 +140,31 @@ impl FinishReason {
 /// Tokens a call cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
-    /// Prompt tokens.
+    /// Prompt tokens, all of them (those read from and written to the provider's prompt
+    /// cache included).
     pub input_tokens: u32,
-    /// Completion tokens.
+    /// Completion tokens (a model's reasoning tokens included).
     pub output_tokens: u32,
+    /// Of `input_tokens`, those read from the provider's prompt cache.
+    #[serde(default)]
+    pub cache_read_tokens: u32,
+    /// Of `input_tokens`, those written to the provider's prompt cache.
+    #[serde(default)]
+    pub cache_write_tokens: u32,
+}
+
+impl Usage {
+    /// Prompt tokens neither read from nor written to the prompt cache.
+    pub fn uncached_input_tokens(&self) -> u32 {
+        self.input_tokens
+            .saturating_sub(self.cache_read_tokens)
+            .saturating_sub(self.cache_write_tokens)
+    }
+
+    /// Prompt and completion tokens.
+    pub fn total(&self) -> u64 {
+        u64::from(self.input_tokens) + u64::from(self.output_tokens)
+    }
 }
 
 /// A provider's complete answer.

@@ -39,13 +39,25 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    fn cost_micros(&self, usage: crate::domain::Usage) -> u64 {
-        u64::from(usage.input_tokens)
-            .saturating_mul(self.price.input_per_million_micros)
-            .saturating_add(
-                u64::from(usage.output_tokens).saturating_mul(self.price.output_per_million_micros),
-            )
-            / 1_000_000
+    /// Cost of `usage` in micro-dollars: uncached prompt tokens at the input rate, cache reads
+    /// and writes at theirs (the input rate when the price table has none), output at the
+    /// output rate; summed before the one division, so nothing is lost to rounding per kind.
+    pub fn cost_micros(&self, usage: crate::domain::Usage) -> u64 {
+        let p = &self.price;
+        let input = u128::from(p.input_per_million_micros);
+        let micro_millions = u128::from(usage.uncached_input_tokens()) * input
+            + u128::from(usage.cache_read_tokens)
+                * u128::from(
+                    p.cache_read_per_million_micros
+                        .unwrap_or(p.input_per_million_micros),
+                )
+            + u128::from(usage.cache_write_tokens)
+                * u128::from(
+                    p.cache_write_per_million_micros
+                        .unwrap_or(p.input_per_million_micros),
+                )
+            + u128::from(usage.output_tokens) * u128::from(p.output_per_million_micros);
+        u64::try_from(micro_millions / 1_000_000).unwrap_or(u64::MAX)
     }
 }
 
@@ -489,16 +501,23 @@ fn cache_label(outcome: CacheOutcome) -> &'static str {
     }
 }
 
-/// Tokens and cost of an answer the deployment produced, per caller.
+/// Tokens and cost of an answer the deployment produced, per caller. `llm_tokens_total`'s
+/// `direction`s are disjoint: `input` (prompt tokens the prompt cache did not serve),
+/// `cache_read`, `cache_write` and `output`; their sum is every token of the call.
 fn account(deployment: &Deployment, completion: &Completion, caller: &str) -> u64 {
     let usage = completion.usage;
-    let name = deployment.name.clone();
-    metrics::counter!("llm_tokens_total", "deployment" => name.clone(), "direction" => "input", "caller" => caller.to_owned())
-        .increment(u64::from(usage.input_tokens));
-    metrics::counter!("llm_tokens_total", "deployment" => name.clone(), "direction" => "output", "caller" => caller.to_owned())
-        .increment(u64::from(usage.output_tokens));
+    let name = &deployment.name;
+    for (direction, tokens) in [
+        ("input", usage.uncached_input_tokens()),
+        ("cache_read", usage.cache_read_tokens),
+        ("cache_write", usage.cache_write_tokens),
+        ("output", usage.output_tokens),
+    ] {
+        metrics::counter!("llm_tokens_total", "deployment" => name.clone(), "direction" => direction, "caller" => caller.to_owned())
+            .increment(u64::from(tokens));
+    }
     let cost = deployment.cost_micros(usage);
-    metrics::counter!("llm_cost_micros_total", "deployment" => name, "caller" => caller.to_owned())
+    metrics::counter!("llm_cost_micros_total", "deployment" => name.clone(), "caller" => caller.to_owned())
         .increment(cost);
     cost
 }

@@ -3,6 +3,7 @@
 //! retries, fallback, circuit breakers, an exact response cache in the tiered cache,
 //! coalescing of identical requests in flight, and token/cost accounting.
 
+pub mod api;
 pub mod balance;
 pub mod breaker;
 pub mod conversions;
@@ -15,6 +16,7 @@ pub mod provider;
 pub mod response_cache;
 pub mod semantic;
 pub mod semantic_guard;
+pub mod settings;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,25 +27,87 @@ use boardroom_cache::TieredCache;
 use boardroom_proto::llm::v1::llm_gateway_service_server::LlmGatewayServiceServer;
 use boardroom_runtime::Config;
 use boardroom_runtime::caching::cache_config;
-use boardroom_runtime::config::ProviderKind;
+use boardroom_runtime::config::LlmConfig;
 use boardroom_runtime::server::GrpcServer;
 use tokio_util::sync::CancellationToken;
 
 pub use error::GatewayError;
 
+use crate::api::Api;
 use crate::breaker::Breaker;
 use crate::conversions::RequestLimits;
 use crate::gateway::{Alias, Deployment, Gateway};
 use crate::grpc::LlmGrpc;
 use crate::provider::Provider;
+use crate::provider::anthropic::AnthropicProvider;
+use crate::provider::gemini::GeminiProvider;
+use crate::provider::http::HttpSettings;
 use crate::provider::mock::{MockProvider, MockSettings};
-use crate::provider::openai::{OpenAiProvider, OpenAiSettings};
+use crate::provider::openai::{Endpoint, OpenAiProvider};
+use crate::settings::{DeploymentSettings, ProviderSettings};
 
 /// A built gateway: providers' clients made, cache connected, listeners bound.
 #[derive(Debug)]
 pub struct Application {
     server: GrpcServer,
     cache_stop: CancellationToken,
+}
+
+/// The provider of deployment `name`.
+fn provider(
+    name: &str,
+    settings: &DeploymentSettings,
+    llm: &LlmConfig,
+) -> anyhow::Result<Arc<dyn Provider>> {
+    let t = &llm.timeouts;
+    let http = |max_idle_connections: usize| HttpSettings {
+        name: name.to_owned(),
+        connect_timeout: Duration::from_millis(t.connect_ms),
+        headers_timeout: Duration::from_millis(t.headers_ms),
+        first_token_timeout: Duration::from_millis(t.first_token_ms),
+        max_idle_connections,
+    };
+    Ok(match &settings.provider {
+        ProviderSettings::Mock(c) => Arc::new(MockProvider::new(MockSettings {
+            model: c.model.clone(),
+            latency: Duration::from_millis(c.latency_ms),
+            ttft: Duration::from_millis(c.ttft_ms),
+            tokens_per_second: c.tokens_per_second,
+            output_tokens: c.output_tokens,
+        })),
+        ProviderSettings::Openai(c) => Arc::new(OpenAiProvider::new(
+            &http(c.max_idle_connections),
+            Endpoint::Compatible {
+                base_url: c.base_url.clone(),
+                api_key: c.api_key.expose().to_owned(),
+            },
+            c.model.clone(),
+        )?),
+        ProviderSettings::Azure(c) => Arc::new(OpenAiProvider::new(
+            &http(c.max_idle_connections),
+            Endpoint::Azure {
+                endpoint: c.endpoint.clone(),
+                deployment: c.deployment.clone(),
+                api_version: c.api_version.clone(),
+                api_key: c.api_key.expose().to_owned(),
+            },
+            settings.model().to_owned(),
+        )?),
+        ProviderSettings::Anthropic(c) => Arc::new(AnthropicProvider::new(
+            &http(c.max_idle_connections),
+            &c.base_url,
+            c.api_key.expose().to_owned(),
+            c.version.clone(),
+            c.model.clone(),
+            llm.limits.default_output_tokens,
+        )?),
+        ProviderSettings::Gemini(c) => Arc::new(GeminiProvider::new(
+            &http(c.max_idle_connections),
+            &c.base_url,
+            c.api_key.expose().to_owned(),
+            c.model.clone(),
+        )?),
+    })
 }
 
 /// The gateway described by `config.llm`.
@@ -55,25 +119,8 @@ pub async fn build_gateway(
     let t = &llm.timeouts;
     let mut deployments: BTreeMap<String, Arc<Deployment>> = BTreeMap::new();
     for (name, d) in &llm.deployments {
-        let provider: Arc<dyn Provider> = match d.provider {
-            ProviderKind::Mock => Arc::new(MockProvider::new(MockSettings {
-                model: d.model.clone(),
-                latency: Duration::from_millis(d.mock_latency_ms),
-                ttft: Duration::from_millis(d.mock_ttft_ms),
-                tokens_per_second: d.mock_tokens_per_second,
-                output_tokens: d.mock_output_tokens,
-            })),
-            ProviderKind::Openai => Arc::new(OpenAiProvider::new(OpenAiSettings {
-                name: name.clone(),
-                base_url: d.base_url.clone(),
-                model: d.model.clone(),
-                api_key: d.api_key.expose().to_owned(),
-                connect_timeout: Duration::from_millis(t.connect_ms),
-                headers_timeout: Duration::from_millis(t.headers_ms),
-                first_token_timeout: Duration::from_millis(t.first_token_ms),
-                max_idle_connections: d.max_idle_connections,
-            })?),
-        };
+        let settings = DeploymentSettings::parse(name, d).map_err(anyhow::Error::msg)?;
+        let provider = provider(name, &settings, llm)?;
         deployments.insert(
             name.clone(),
             Arc::new(Deployment {
@@ -89,8 +136,12 @@ pub async fn build_gateway(
                         open_for: Duration::from_millis(llm.breaker.open_ms),
                     },
                 ),
-                price: llm.prices.get(&d.model).cloned().unwrap_or_default(),
-                weight: d.weight,
+                price: llm
+                    .prices
+                    .get(settings.model())
+                    .cloned()
+                    .unwrap_or_default(),
+                weight: settings.weight,
                 load: balance::PeakEwma::default(),
             }),
         );
@@ -166,14 +217,15 @@ impl Application {
             l.callers.clone().into_iter().collect(),
             l.default_output_tokens,
         ));
-        let service = LlmGatewayServiceServer::new(LlmGrpc::new(
+        let api = Api::new(
             gateway,
             limiter,
             limits,
             Duration::from_millis(config.llm.stream_flush_ms),
-        ))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+        );
+        let service = LlmGatewayServiceServer::new(LlmGrpc::new(api))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
         let server = GrpcServer::bind(
             "llm-gateway",
             &config.llm.listen,

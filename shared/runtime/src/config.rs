@@ -17,7 +17,7 @@ pub use conversation::{ConversationConfig, StateCacheConfig};
 
 pub use llm::{
     BreakerConfig, CallerLimits, DeploymentConfig, LlmConfig, LlmLimits, LlmTimeouts, ModelAlias,
-    Price, ProviderKind, ResponseCacheConfig, RetryConfig, SemanticConfig,
+    Price, ResponseCacheConfig, RetryConfig, SemanticConfig,
 };
 
 use figment::Figment;

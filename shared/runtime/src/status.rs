@@ -60,6 +60,22 @@ impl Violations {
         self.0.extend(other.0);
     }
 
+    /// The same problems with `field` called `to` (one domain check behind two APIs that
+    /// name a field differently).
+    pub fn renamed(mut self, field: &str, to: &str) -> Self {
+        for (f, _) in &mut self.0 {
+            if f == field {
+                *f = to.to_owned();
+            }
+        }
+        self
+    }
+
+    /// The problems, as (field, description) pairs.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(f, d)| (f.as_str(), d.as_str()))
+    }
+
     /// The fields named, in order.
     pub fn fields(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(f, _)| f.as_str())

@@ -1,13 +1,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use boardroom_llm_gateway::settings::{MockConfig, OpenAiConfig, ProviderSettings};
 use boardroom_proto::conversation::v1 as pb;
 use boardroom_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use boardroom_proto::conversation::v1::run_turn_response::Event;
 use boardroom_proto::session::v1 as spb;
 use boardroom_proto::session::v1::session_service_client::SessionServiceClient;
 use boardroom_runtime::Config;
-use boardroom_runtime::config::{DeploymentConfig, ModelAlias, ProviderKind, Secret};
+use boardroom_runtime::config::{ModelAlias, Secret};
 use boardroom_testkit::{TestDatabase, channel, redis_url, test_config};
 use futures::StreamExt;
 use tokio::task::JoinHandle;
@@ -59,12 +60,12 @@ impl Drop for Replica {
 pub fn upstream_alias(config: &mut Config, alias: &str, base_url: &str) {
     config.llm.deployments.insert(
         alias.to_owned(),
-        DeploymentConfig {
-            provider: ProviderKind::Openai,
+        ProviderSettings::Openai(OpenAiConfig {
             model: "gpt-fake".into(),
             base_url: base_url.to_owned(),
-            ..DeploymentConfig::default()
-        },
+            ..OpenAiConfig::default()
+        })
+        .into(),
     );
     config.llm.models.insert(
         alias.to_owned(),
@@ -79,10 +80,15 @@ pub fn upstream_alias(config: &mut Config, alias: &str, base_url: &str) {
 
 /// The mock model's latency (unary) and time to first token (streams).
 pub fn mock_latency(config: &mut Config, latency_ms: u64) {
-    if let Some(mock) = config.llm.deployments.get_mut("mock") {
-        mock.mock_latency_ms = latency_ms;
-        mock.mock_ttft_ms = latency_ms;
-    }
+    config.llm.deployments.insert(
+        "mock".into(),
+        ProviderSettings::Mock(MockConfig {
+            latency_ms,
+            ttft_ms: latency_ms,
+            ..MockConfig::default()
+        })
+        .into(),
+    );
 }
 
 pub async fn suite(configure: impl FnOnce(&mut Config)) -> Suite {

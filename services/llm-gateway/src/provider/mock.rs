@@ -105,6 +105,7 @@ impl MockProvider {
                 usage: Usage {
                     input_tokens,
                     output_tokens: 8,
+                    ..Usage::default()
                 },
                 model: self.settings.model.clone(),
             };
@@ -134,6 +135,7 @@ impl MockProvider {
             usage: Usage {
                 input_tokens,
                 output_tokens: wanted,
+                ..Usage::default()
             },
             model: self.settings.model.clone(),
         }
@@ -248,7 +250,7 @@ impl Provider for MockProvider {
                 vectors: inputs.iter().map(|text| embed_text(text)).collect(),
                 usage: Usage {
                     input_tokens: inputs.iter().map(|t| estimate_tokens(t)).sum(),
-                    output_tokens: 0,
+                    ..Usage::default()
                 },
                 model: self.settings.model.clone(),
             })

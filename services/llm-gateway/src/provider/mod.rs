@@ -1,6 +1,11 @@
 //! Providers: what answers a deployment. One trait, implementations chosen by config
-//! (`mock`, the embedded default; `openai`, any OpenAI-compatible HTTP endpoint).
+//! (`mock`, the embedded default; `openai`, any OpenAI-compatible HTTP endpoint, and Azure
+//! OpenAI on the same wire format; `anthropic`, Anthropic's Messages API; `gemini`, Google's
+//! Gemini API).
 
+pub mod anthropic;
+pub mod gemini;
+pub mod http;
 pub mod mock;
 pub mod openai;
 
@@ -41,6 +46,14 @@ pub enum ProviderError {
     /// The stream broke after it started: never retried (tokens were sent).
     #[error("stream broken: {0}")]
     StreamBroken(String),
+    /// The provider refuses until a quota or spend limit resets (a 429 without
+    /// `Retry-After`): not retried here, but another deployment may answer.
+    #[error("quota exhausted: {0}")]
+    Exhausted(String),
+    /// The provider has no such API (Anthropic has no embeddings): the request is wrong for
+    /// this alias.
+    #[error("{0} is not offered by this provider")]
+    Unsupported(&'static str),
 }
 
 impl ProviderError {
@@ -49,7 +62,10 @@ impl ProviderError {
         match self {
             Self::Connect(_) | Self::Timeout(_) => true,
             Self::Status { status, .. } => *status == 429 || *status >= 500,
-            Self::Protocol(_) | Self::StreamBroken(_) => false,
+            Self::Protocol(_)
+            | Self::StreamBroken(_)
+            | Self::Exhausted(_)
+            | Self::Unsupported(_) => false,
         }
     }
 
@@ -57,6 +73,7 @@ impl ProviderError {
     /// would take it either.
     pub fn caller_fault(&self) -> bool {
         matches!(self, Self::Status { status, .. } if (400..500).contains(status) && *status != 429 && *status != 408)
+            || matches!(self, Self::Unsupported(_))
     }
 
     /// The upstream's `Retry-After`.
@@ -88,6 +105,22 @@ pub trait Provider: Send + Sync + 'static {
         &'a self,
         inputs: &'a [String],
     ) -> BoxFuture<'a, Result<Embeddings, ProviderError>>;
+}
+
+/// The JSON object a tool call's arguments hold (`{}` when empty; a value that is not an
+/// object is wrapped as `{"value": …}`, since the providers that take objects reject others).
+pub fn arguments_object(arguments: &str) -> serde_json::Value {
+    match serde_json::from_str::<serde_json::Value>(arguments) {
+        Ok(value @ serde_json::Value::Object(_)) => value,
+        Ok(other) => serde_json::json!({ "value": other }),
+        Err(_) if arguments.trim().is_empty() => serde_json::json!({}),
+        Err(_) => serde_json::json!({ "value": arguments }),
+    }
+}
+
+/// A tool's JSON Schema as a value (`{"type": "object"}` when none is given).
+pub fn schema_object(parameters: &str) -> serde_json::Value {
+    serde_json::from_str(parameters).unwrap_or_else(|_| serde_json::json!({"type": "object"}))
 }
 
 /// Rough token count of a text (4 bytes a token), for providers that do not count.

@@ -1,232 +1,207 @@
-//! Any OpenAI-compatible endpoint (`/chat/completions` with SSE streaming, `/embeddings`):
-//! OpenAI, vLLM, Ollama, llama.cpp server, LiteLLM. One pooled HTTP client per deployment
-//! (keep-alive; HTTP/2 where TLS negotiates it).
+//! The OpenAI wire format (`/chat/completions` with SSE streaming, `/embeddings`): any
+//! OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp server, LiteLLM), and Azure
+//! OpenAI, which speaks it on `/openai/deployments/{deployment}/…?api-version=` with an
+//! `api-key` header.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, VecDeque};
 
-use eventsource_stream::Eventsource;
+use eventsource_stream::Event;
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ChunkStream, Provider, ProviderError};
+use super::http::{Decoder, HttpSettings, Upstream, data};
+use super::{ChunkStream, Provider, ProviderError, schema_object};
 use crate::domain::{
     ChatRequest, Chunk, Completion, Embeddings, FinishReason, Role, ToolCall, Usage,
 };
 
-/// Settings of one OpenAI-compatible deployment.
+/// Where and how an OpenAI-format deployment is called.
 #[derive(Clone)]
-pub struct OpenAiSettings {
-    /// The deployment's name (metrics).
-    pub name: String,
-    /// `http(s)://host:port/v1`.
-    pub base_url: String,
-    /// The provider's model name.
-    pub model: String,
-    /// Bearer key; empty sends none.
-    pub api_key: String,
-    /// TCP (+ TLS) connect bound.
-    pub connect_timeout: Duration,
-    /// Bound on the response headers.
-    pub headers_timeout: Duration,
-    /// Bound on the first streamed event after the headers.
-    pub first_token_timeout: Duration,
-    /// Idle keep-alive connections per host.
-    pub max_idle_connections: usize,
+pub enum Endpoint {
+    /// `base_url` (`…/v1`) with a bearer key (none when empty).
+    Compatible {
+        /// `http(s)://host:port/v1`.
+        base_url: String,
+        /// Bearer key.
+        api_key: String,
+    },
+    /// An Azure OpenAI resource's deployment.
+    Azure {
+        /// `https://<resource>.openai.azure.com`.
+        endpoint: String,
+        /// The Azure deployment.
+        deployment: String,
+        /// `api-version`.
+        api_version: String,
+        /// `api-key`.
+        api_key: String,
+    },
 }
 
-impl std::fmt::Debug for OpenAiSettings {
+impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiSettings")
-            .field("name", &self.name)
-            .field("base_url", &self.base_url)
-            .field("model", &self.model)
-            .field("api_key", &"[redacted]")
-            .finish()
+        match self {
+            Self::Compatible { base_url, .. } => f
+                .debug_struct("Compatible")
+                .field("base_url", base_url)
+                .finish_non_exhaustive(),
+            Self::Azure {
+                endpoint,
+                deployment,
+                ..
+            } => f
+                .debug_struct("Azure")
+                .field("endpoint", endpoint)
+                .field("deployment", deployment)
+                .finish_non_exhaustive(),
+        }
     }
 }
 
-/// The OpenAI-compatible provider.
+/// An OpenAI-format provider.
 #[derive(Debug, Clone)]
 pub struct OpenAiProvider {
-    settings: OpenAiSettings,
-    client: reqwest::Client,
+    upstream: Upstream,
+    endpoint: Endpoint,
+    model: String,
     chat_url: String,
     embeddings_url: String,
 }
 
 impl OpenAiProvider {
     /// Builds the deployment's pooled client.
-    pub fn new(settings: OpenAiSettings) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .connector_layer(CountConnects::layer(settings.name.clone()))
-            .connect_timeout(settings.connect_timeout)
-            .pool_max_idle_per_host(settings.max_idle_connections)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .build()?;
-        let base = settings.base_url.trim_end_matches('/');
+    pub fn new(http: &HttpSettings, endpoint: Endpoint, model: String) -> anyhow::Result<Self> {
+        let (chat_url, embeddings_url) = match &endpoint {
+            Endpoint::Compatible { base_url, .. } => {
+                let base = base_url.trim_end_matches('/');
+                (
+                    format!("{base}/chat/completions"),
+                    format!("{base}/embeddings"),
+                )
+            }
+            Endpoint::Azure {
+                endpoint,
+                deployment,
+                api_version,
+                ..
+            } => {
+                let base = format!(
+                    "{}/openai/deployments/{deployment}",
+                    endpoint.trim_end_matches('/')
+                );
+                (
+                    format!("{base}/chat/completions?api-version={api_version}"),
+                    format!("{base}/embeddings?api-version={api_version}"),
+                )
+            }
+        };
         Ok(Self {
-            chat_url: format!("{base}/chat/completions"),
-            embeddings_url: format!("{base}/embeddings"),
-            client,
-            settings,
+            upstream: Upstream::new(http)?,
+            endpoint,
+            model,
+            chat_url,
+            embeddings_url,
         })
     }
 
-    fn body(&self, request: &ChatRequest, stream: bool) -> Value {
-        let messages: Vec<Value> = request
-            .messages
-            .iter()
-            .map(|m| {
-                let mut message = json!({
-                    "role": match m.role {
-                        Role::System => "system",
-                        Role::User => "user",
-                        Role::Assistant => "assistant",
-                        Role::Tool => "tool",
-                    },
-                    "content": m.content,
-                });
-                if !m.tool_calls.is_empty() {
-                    message["tool_calls"] = m
-                        .tool_calls
-                        .iter()
-                        .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
-                        .collect();
-                }
-                if let Some(id) = &m.tool_call_id {
-                    message["tool_call_id"] = json!(id);
-                }
-                if let Some(name) = &m.name {
-                    message["name"] = json!(name);
-                }
-                message
-            })
-            .collect();
-        let mut body = json!({
-            "model": self.settings.model,
-            "messages": messages,
-            "stream": stream,
-        });
-        let p = &request.params;
-        if let Some(t) = p.temperature {
-            body["temperature"] = json!(t);
+    fn request(&self, url: &str, body: &Value) -> reqwest::RequestBuilder {
+        let request = self.upstream.post(url, body);
+        match &self.endpoint {
+            Endpoint::Compatible { api_key, .. } if api_key.is_empty() => request,
+            Endpoint::Compatible { api_key, .. } => request.bearer_auth(api_key),
+            Endpoint::Azure { api_key, .. } => request.header("api-key", api_key),
         }
-        if let Some(t) = p.top_p {
-            body["top_p"] = json!(t);
-        }
-        if let Some(t) = p.max_tokens {
-            body["max_tokens"] = json!(t);
-        }
-        if !p.stop.is_empty() {
-            body["stop"] = json!(p.stop);
-        }
-        if let Some(seed) = p.seed {
-            body["seed"] = json!(seed);
-        }
-        if !request.tools.is_empty() {
-            body["tools"] = request
-                .tools
-                .iter()
-                .map(|t| {
-                    let parameters: Value =
-                        serde_json::from_str(&t.parameters).unwrap_or_else(|_| json!({}));
-                    json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": parameters}})
-                })
-                .collect();
-        }
-        if stream {
-            // Streamed calls are accounted too, not recorded as zero.
-            body["stream_options"] = json!({"include_usage": true});
-        }
-        body
     }
 
-    /// Sends `body` and waits for the response headers (bounded); error statuses become
-    /// errors with their `Retry-After`.
     async fn send(&self, url: &str, body: &Value) -> Result<reqwest::Response, ProviderError> {
-        let mut request = self.client.post(url).json(body);
-        if !self.settings.api_key.is_empty() {
-            request = request.bearer_auth(&self.settings.api_key);
-        }
-        let response = tokio::time::timeout(self.settings.headers_timeout, request.send())
+        self.upstream
+            .send(self.request(url, body))
             .await
-            .map_err(|_| ProviderError::Timeout("headers"))?
-            .map_err(|e| {
-                if e.is_connect() {
-                    ProviderError::Connect(e.to_string())
-                } else if e.is_timeout() {
-                    ProviderError::Timeout("headers")
-                } else {
-                    ProviderError::Connect(e.to_string())
+            .map_err(quota)
+    }
+}
+
+/// OpenAI's `insufficient_quota` 429 waits for billing, not for a moment.
+fn quota(err: ProviderError) -> ProviderError {
+    match err {
+        ProviderError::Status {
+            status: 429, body, ..
+        } if body.contains("insufficient_quota") => ProviderError::Exhausted(body),
+        other => other,
+    }
+}
+
+/// The request body of `request` in OpenAI's format.
+pub fn body(request: &ChatRequest, model: &str, stream: bool) -> Value {
+    let messages: Vec<Value> = request
+        .messages
+        .iter()
+        .map(|m| {
+            let mut message = json!({
+                "role": match m.role {
+                    Role::System => "system",
+                    Role::User => "user",
+                    Role::Assistant => "assistant",
+                    Role::Tool => "tool",
+                },
+                "content": m.content,
+            });
+            if !m.tool_calls.is_empty() {
+                message["tool_calls"] = m
+                    .tool_calls
+                    .iter()
+                    .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+                    .collect();
+                if m.content.is_empty() {
+                    message["content"] = Value::Null;
                 }
-            })?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response);
-        }
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            // Bounded: an absurd value must not overflow (it is passed on, not waited).
-            .and_then(|secs| Duration::try_from_secs_f64(secs.clamp(0.0, 86_400.0)).ok());
-        let body = response.text().await.unwrap_or_default();
-        Err(ProviderError::Status {
-            status: status.as_u16(),
-            retry_after,
-            body: body.chars().take(300).collect(),
+            }
+            if let Some(id) = &m.tool_call_id {
+                message["tool_call_id"] = json!(id);
+            }
+            if let Some(name) = &m.name
+                && m.role != Role::Tool
+            {
+                message["name"] = json!(name);
+            }
+            message
         })
+        .collect();
+    let mut body = json!({
+        "model": model,
+        "messages": messages,
+        "stream": stream,
+    });
+    let p = &request.params;
+    if let Some(t) = p.temperature {
+        body["temperature"] = json!(t);
     }
-}
-
-/// Counts the connections the pool opens (`llm_upstream_connections_opened_total`): against
-/// `llm_requests_total` it shows how well keep-alive reuses them.
-#[derive(Clone)]
-struct CountConnects<S> {
-    inner: S,
-    opened: metrics::Counter,
-}
-
-impl CountConnects<()> {
-    fn layer<S>(deployment: String) -> impl tower::Layer<S, Service = CountConnects<S>> + Clone {
-        let opened =
-            metrics::counter!("llm_upstream_connections_opened_total", "deployment" => deployment);
-        tower::layer::layer_fn(move |inner| CountConnects {
-            inner,
-            opened: opened.clone(),
-        })
+    if let Some(t) = p.top_p {
+        body["top_p"] = json!(t);
     }
-}
-
-impl<S, R> tower::Service<R> for CountConnects<S>
-where
-    S: tower::Service<R>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    if let Some(t) = p.max_tokens {
+        body["max_tokens"] = json!(t);
     }
-
-    fn call(&mut self, request: R) -> Self::Future {
-        let (connecting, opened) = (self.inner.call(request), self.opened.clone());
-        Box::pin(async move {
-            let connection = connecting.await?;
-            opened.increment(1);
-            Ok(connection)
-        })
+    if !p.stop.is_empty() {
+        body["stop"] = json!(p.stop);
     }
+    if let Some(seed) = p.seed {
+        body["seed"] = json!(seed);
+    }
+    if !request.tools.is_empty() {
+        body["tools"] = request
+            .tools
+            .iter()
+            .map(|t| json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": schema_object(&t.parameters)}}))
+            .collect();
+    }
+    if stream {
+        // Streamed calls are accounted too, not recorded as zero.
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    body
 }
 
 #[derive(Deserialize)]
@@ -265,12 +240,20 @@ struct WireChoice {
     finish_reason: Option<String>,
 }
 
-#[derive(Deserialize, Serialize, Default, Clone, Copy)]
+#[derive(Deserialize, Default, Clone, Copy)]
+struct WirePromptDetails {
+    #[serde(default)]
+    cached_tokens: u32,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
 struct WireUsage {
     #[serde(default)]
     prompt_tokens: u32,
     #[serde(default)]
     completion_tokens: u32,
+    #[serde(default)]
+    prompt_tokens_details: Option<WirePromptDetails>,
 }
 
 #[derive(Deserialize)]
@@ -304,6 +287,9 @@ fn usage(wire: Option<WireUsage>) -> Usage {
     Usage {
         input_tokens: wire.prompt_tokens,
         output_tokens: wire.completion_tokens,
+        // OpenAI counts cached prompt tokens within `prompt_tokens`, and bills no writes.
+        cache_read_tokens: wire.prompt_tokens_details.unwrap_or_default().cached_tokens,
+        cache_write_tokens: 0,
     }
 }
 
@@ -341,13 +327,11 @@ impl Provider for OpenAiProvider {
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<Completion, ProviderError>> {
         async move {
-            let response = self
-                .send(&self.chat_url, &self.body(request, false))
-                .await?;
-            let wire: WireCompletion = response
-                .json()
+            let wire: WireCompletion = self
+                .upstream
+                .json(self.request(&self.chat_url, &body(request, &self.model, false)))
                 .await
-                .map_err(|e| ProviderError::Protocol(e.to_string()))?;
+                .map_err(quota)?;
             let choice = wire
                 .choices
                 .into_iter()
@@ -366,7 +350,7 @@ impl Provider for OpenAiProvider {
                 ),
                 usage: usage(wire.usage),
                 model: if wire.model.is_empty() {
-                    self.settings.model.clone()
+                    self.model.clone()
                 } else {
                     wire.model
                 },
@@ -380,12 +364,16 @@ impl Provider for OpenAiProvider {
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> {
         async move {
-            let response = self.send(&self.chat_url, &self.body(request, true)).await?;
-            let events = response.bytes_stream().eventsource();
-            let first_token = self.settings.first_token_timeout;
-            let model = self.settings.model.clone();
-            let stream = async_stream(events, first_token, model);
-            Ok(stream)
+            let response = self
+                .send(&self.chat_url, &body(request, &self.model, true))
+                .await?;
+            Ok(self.upstream.events(
+                response,
+                StreamDecoder {
+                    model: self.model.clone(),
+                    ..StreamDecoder::default()
+                },
+            ))
         }
         .boxed()
     }
@@ -395,12 +383,12 @@ impl Provider for OpenAiProvider {
         inputs: &'a [String],
     ) -> BoxFuture<'a, Result<Embeddings, ProviderError>> {
         async move {
-            let body = json!({"model": self.settings.model, "input": inputs});
-            let response = self.send(&self.embeddings_url, &body).await?;
-            let mut wire: WireEmbeddings = response
-                .json()
+            let body = json!({"model": self.model, "input": inputs});
+            let mut wire: WireEmbeddings = self
+                .upstream
+                .json(self.request(&self.embeddings_url, &body))
                 .await
-                .map_err(|e| ProviderError::Protocol(e.to_string()))?;
+                .map_err(quota)?;
             if wire.data.len() != inputs.len() {
                 return Err(ProviderError::Protocol(format!(
                     "{} embeddings for {} inputs",
@@ -419,108 +407,54 @@ impl Provider for OpenAiProvider {
     }
 }
 
-/// Turns SSE events into chunks: deltas as they come, then the assembled tool calls and
-/// `Done` at `[DONE]`. The first token (text or a tool call; not a role-only event) is
-/// awaited at most `first_token`; a stream that ends
-/// or fails before `[DONE]` ends with `StreamBroken`.
-fn async_stream<S, E>(events: S, first_token: Duration, model: String) -> ChunkStream
-where
-    S: futures::Stream<Item = Result<eventsource_stream::Event, E>> + Send + 'static,
-    E: std::fmt::Display + Send + 'static,
-{
-    struct State<S> {
-        events: std::pin::Pin<Box<S>>,
-        /// Until a chunk is out, every event is awaited at most until this instant (a
-        /// role-only first event does not count as the first token).
-        first_by: Option<tokio::time::Instant>,
-        finish: Option<String>,
-        usage: Option<WireUsage>,
-        model: String,
-        calls: PartialCalls,
-        pending: std::collections::VecDeque<Chunk>,
-        ended: bool,
-    }
-    let state = State {
-        events: Box::pin(events),
-        first_by: Some(tokio::time::Instant::now() + first_token),
-        finish: None,
-        usage: None,
-        model,
-        calls: PartialCalls::default(),
-        pending: std::collections::VecDeque::new(),
-        ended: false,
-    };
-    Box::pin(futures::stream::unfold(state, move |mut s| async move {
-        loop {
-            if let Some(chunk) = s.pending.pop_front() {
-                return Some((Ok(chunk), s));
+/// OpenAI's stream: deltas as they come; the tool calls, assembled by index, and `Done` at
+/// `[DONE]` (usage comes in the last event before it, with `include_usage`).
+#[derive(Default)]
+struct StreamDecoder {
+    finish: Option<String>,
+    usage: Option<WireUsage>,
+    model: String,
+    calls: PartialCalls,
+}
+
+impl Decoder for StreamDecoder {
+    fn event(&mut self, event: &Event, out: &mut VecDeque<Chunk>) -> Result<bool, ProviderError> {
+        if event.data.trim() == "[DONE]" {
+            let calls = std::mem::take(&mut self.calls.0);
+            out.extend(calls.into_values().map(Chunk::ToolCall));
+            out.push_back(Chunk::Done {
+                finish_reason: FinishReason::from_openai(self.finish.as_deref().unwrap_or("stop")),
+                usage: usage(self.usage),
+                model: self.model.clone(),
+            });
+            return Ok(true);
+        }
+        let wire: WireCompletion = data(event)?;
+        if !wire.model.is_empty() {
+            self.model = wire.model;
+        }
+        if wire.usage.is_some() {
+            self.usage = wire.usage;
+        }
+        for choice in wire.choices {
+            if let Some(reason) = choice.finish_reason {
+                self.finish = Some(reason);
             }
-            if s.ended {
-                return None;
-            }
-            let next = match s.first_by {
-                Some(by) => match tokio::time::timeout_at(by, s.events.next()).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        s.ended = true;
-                        return Some((Err(ProviderError::Timeout("first token")), s));
-                    }
-                },
-                None => s.events.next().await,
-            };
-            let event = match next {
-                Some(Ok(event)) => event,
-                Some(Err(err)) => {
-                    s.ended = true;
-                    return Some((Err(ProviderError::StreamBroken(err.to_string())), s));
-                }
-                None => {
-                    s.ended = true;
-                    return Some((
-                        Err(ProviderError::StreamBroken("ended before [DONE]".into())),
-                        s,
-                    ));
-                }
-            };
-            if event.data.trim() == "[DONE]" {
-                s.ended = true;
-                let calls = std::mem::take(&mut s.calls.0);
-                s.pending.extend(calls.into_values().map(Chunk::ToolCall));
-                s.pending.push_back(Chunk::Done {
-                    finish_reason: FinishReason::from_openai(s.finish.as_deref().unwrap_or("stop")),
-                    usage: usage(s.usage),
-                    model: s.model.clone(),
-                });
-                continue;
-            }
-            let wire: WireCompletion = match serde_json::from_str(&event.data) {
-                Ok(wire) => wire,
-                Err(err) => {
-                    s.ended = true;
-                    return Some((Err(ProviderError::Protocol(err.to_string())), s));
-                }
-            };
-            if !wire.model.is_empty() {
-                s.model = wire.model;
-            }
-            if wire.usage.is_some() {
-                s.usage = wire.usage;
-            }
-            for choice in wire.choices {
-                if let Some(reason) = choice.finish_reason {
-                    s.finish = Some(reason);
-                }
-                if let Some(delta) = choice.delta {
-                    if !delta.tool_calls.is_empty() {
-                        s.first_by = None;
-                    }
-                    s.calls.add(delta.tool_calls);
-                    if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
-                        s.pending.push_back(Chunk::Delta(text));
-                        s.first_by = None;
-                    }
+            if let Some(delta) = choice.delta {
+                self.calls.add(delta.tool_calls);
+                if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+                    out.push_back(Chunk::Delta(text));
                 }
             }
         }
-    }))
+        Ok(false)
+    }
+
+    fn generating(&self) -> bool {
+        !self.calls.0.is_empty()
+    }
+
+    fn end(&mut self, _out: &mut VecDeque<Chunk>) -> Result<(), ProviderError> {
+        Err(ProviderError::StreamBroken("ended before [DONE]".into()))
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use boardroom_llm_gateway::settings::{MockConfig, ProviderSettings};
 use boardroom_proto::llm::v1 as pb;
 use boardroom_runtime::Config;
 use boardroom_testkit::FakeOpenAi;
@@ -173,13 +174,13 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
     assert_eq!(
         fields(&err),
         [
-            "model",
             "messages[1].role",
             "messages[2].tool_call_id",
+            "cache_policy",
+            "model",
             "temperature",
             "top_p",
             "max_tokens",
-            "cache_policy"
         ]
     );
     let (_, _, streamed) = drain(&mut client, bad).await;
@@ -231,10 +232,16 @@ async fn deltas(client: &mut crate::helpers::Client, text: &str) -> Vec<(Duratio
 async fn streamed_text_after_the_first_delta_is_sent_once_per_flush_window() {
     // 40 tokens at 200 tokens/s after 50 ms to the first: 5 ms apart, 245 ms in all.
     let pace = |c: &mut Config, flush_ms: u64| {
-        let mock = c.llm.deployments.get_mut("mock").expect("mock deployment");
-        mock.mock_ttft_ms = 50;
-        mock.mock_tokens_per_second = 200;
-        mock.mock_output_tokens = 40;
+        c.llm.deployments.insert(
+            "mock".into(),
+            ProviderSettings::Mock(MockConfig {
+                ttft_ms: 50,
+                tokens_per_second: 200,
+                output_tokens: 40,
+                ..MockConfig::default()
+            })
+            .into(),
+        );
         c.llm.stream_flush_ms = flush_ms;
     };
     let every = spawn_app(|c| pace(c, 0)).await;

@@ -1,9 +1,10 @@
 use std::net::SocketAddr;
 
+use boardroom_llm_gateway::settings::{MockConfig, OpenAiConfig, ProviderSettings};
 use boardroom_proto::llm::v1 as pb;
 use boardroom_proto::llm::v1::llm_gateway_service_client::LlmGatewayServiceClient;
 use boardroom_runtime::Config;
-use boardroom_runtime::config::{DeploymentConfig, ModelAlias, ProviderKind};
+use boardroom_runtime::config::{DeploymentConfig, ModelAlias};
 use boardroom_testkit::{channel, service_test_config};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -43,12 +44,24 @@ pub async fn spawn_app(configure: impl FnOnce(&mut Config)) -> TestApp {
 
 /// A deployment on a fake (or real) OpenAI-compatible upstream.
 pub fn upstream(base_url: &str) -> DeploymentConfig {
-    DeploymentConfig {
-        provider: ProviderKind::Openai,
+    ProviderSettings::Openai(OpenAiConfig {
         model: "gpt-fake".into(),
         base_url: base_url.to_owned(),
-        ..DeploymentConfig::default()
-    }
+        ..OpenAiConfig::default()
+    })
+    .into()
+}
+
+/// The mock answers a unary call after 2 s.
+pub fn slow_mock(config: &mut Config) {
+    config.llm.deployments.insert(
+        "mock".into(),
+        ProviderSettings::Mock(MockConfig {
+            latency_ms: 2_000,
+            ..MockConfig::default()
+        })
+        .into(),
+    );
 }
 
 /// Alias `model` on the first of `deployments` (name, config), the others its fallbacks in

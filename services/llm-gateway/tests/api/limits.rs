@@ -3,7 +3,7 @@
 use boardroom_runtime::config::CallerLimits;
 use tonic::Code;
 
-use crate::helpers::{chat, spawn_app};
+use crate::helpers::{chat, slow_mock, spawn_app};
 
 fn retry_after(status: &tonic::Status) -> u64 {
     status
@@ -52,11 +52,7 @@ async fn a_burst_cannot_overshoot_the_token_budget_because_tokens_are_reserved_f
             ..CallerLimits::default()
         };
         // Each call reserves its prompt (~2 tokens) + max_tokens 300: three fit, not four.
-        c.llm
-            .deployments
-            .get_mut("mock")
-            .expect("mock")
-            .mock_latency_ms = 2_000;
+        slow_mock(c);
     })
     .await;
     let calls: Vec<_> = (0..10)
@@ -99,11 +95,7 @@ async fn calls_beyond_max_concurrent_are_refused_while_the_first_runs() {
             max_concurrent: 1,
             ..CallerLimits::default()
         };
-        c.llm
-            .deployments
-            .get_mut("mock")
-            .expect("mock")
-            .mock_latency_ms = 2_000;
+        slow_mock(c);
     })
     .await;
     let mut a = app.client.clone();

@@ -4,60 +4,47 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Listen, Secret};
+use super::Listen;
 
-/// What serves a deployment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    /// The built-in deterministic provider (the embedded default).
-    #[default]
-    Mock,
-    /// Any OpenAI-compatible HTTP endpoint (OpenAI, vLLM, Ollama, llama.cpp, LiteLLM).
-    Openai,
-}
+/// One deployment's settings: `provider = "<kind>"` and that kind's keys (`mock`, `openai`,
+/// `anthropic`, `gemini`, `azure`), plus `weight`. The LLM gateway owns the kinds and checks
+/// these keys when it starts (an unknown key, or a key of another kind, stops it naming the
+/// key); here they are kept as given, so the shared runtime knows no provider.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DeploymentConfig(pub figment::value::Dict);
 
-/// One provider endpoint + model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DeploymentConfig {
-    /// What serves it.
-    pub provider: ProviderKind,
-    /// The provider's model name.
-    pub model: String,
-    /// `http(s)://host:port/v1` (OpenAI-compatible only).
-    pub base_url: String,
-    /// Bearer key (OpenAI-compatible only); never logged.
-    pub api_key: Secret,
-    /// Idle keep-alive connections kept per host.
-    pub max_idle_connections: usize,
-    /// Share of its alias's traffic relative to the others (power of two choices samples by
-    /// weight, then takes the lower expected latency).
-    pub weight: u32,
-    /// Mock only: time to the whole answer (unary) in ms.
-    pub mock_latency_ms: u64,
-    /// Mock only: time to the first token (streams) in ms.
-    pub mock_ttft_ms: u64,
-    /// Mock only: tokens per second after the first (streams); 0: all at once.
-    pub mock_tokens_per_second: u32,
-    /// Mock only: tokens in an answer (bounded by the request's `max_tokens`).
-    pub mock_output_tokens: u32,
+impl DeploymentConfig {
+    /// The value of `key`, as a string, when it is one.
+    pub fn str(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(figment::value::Value::as_str)
+    }
 }
 
 impl Default for DeploymentConfig {
+    /// The embedded default: the mock provider.
     fn default() -> Self {
-        Self {
-            provider: ProviderKind::Mock,
-            model: "mock-1".into(),
-            base_url: String::new(),
-            api_key: Secret::default(),
-            max_idle_connections: 64,
-            weight: 1,
-            mock_latency_ms: 0,
-            mock_ttft_ms: 0,
-            mock_tokens_per_second: 0,
-            mock_output_tokens: 24,
+        Self(
+            [
+                ("provider".to_owned(), "mock".into()),
+                ("model".to_owned(), "mock-1".into()),
+            ]
+            .into(),
+        )
+    }
+}
+
+impl std::fmt::Debug for DeploymentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut map = f.debug_map();
+        for (key, value) in &self.0 {
+            if key.contains("key") || key.contains("secret") || key.contains("token") {
+                map.entry(key, &"[redacted]");
+            } else {
+                map.entry(key, value);
+            }
         }
+        map.finish()
     }
 }
 
@@ -178,6 +165,12 @@ pub struct Price {
     pub input_per_million_micros: u64,
     /// Per million completion tokens.
     pub output_per_million_micros: u64,
+    /// Per million prompt tokens read from the provider's prompt cache (unset: the input
+    /// rate, what a provider without prompt caching charges).
+    pub cache_read_per_million_micros: Option<u64>,
+    /// Per million prompt tokens written to the provider's prompt cache (unset: the input
+    /// rate).
+    pub cache_write_per_million_micros: Option<u64>,
 }
 
 /// The semantic response cache (on per alias with `models.<alias>.semantic_cache`).
@@ -302,7 +295,8 @@ impl Default for LlmConfig {
 }
 
 impl LlmConfig {
-    /// Every alias names known deployments; OpenAI-compatible ones have a URL.
+    /// Every alias names known deployments, and every deployment says its provider (the
+    /// gateway checks the rest of its keys).
     pub fn check(&self) -> Result<(), String> {
         for (alias, model) in &self.models {
             if model.deployments.is_empty() {
@@ -317,9 +311,9 @@ impl LlmConfig {
             }
         }
         for (name, d) in &self.deployments {
-            if d.provider == ProviderKind::Openai && d.base_url.is_empty() {
+            if d.str("provider").is_none() {
                 return Err(format!(
-                    "key `llm.deployments.{name}.base_url` is required for provider `openai`"
+                    "key `llm.deployments.{name}.provider` is required (mock, openai, anthropic, gemini or azure)"
                 ));
             }
         }

@@ -1,0 +1,368 @@
+//! The gateway as its front doors call it (the gRPC API and the OpenAI-compatible HTTP API
+//! share this one path): a request's bounds, admission against the caller's limits, the call,
+//! its accounting; a streamed answer's text batched per flush window, and a stream that breaks
+//! reported to the deployment's breaker. The doors only convert.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use boardroom_runtime::status::Violations;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::domain::{
+    CacheOutcome, ChatAnswer, ChatRequest, Chunk, Completion, Embeddings, ToolCall,
+};
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::limits::{Admission, Limiter};
+use crate::provider::estimate_tokens;
+
+/// Bounds of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Most messages.
+    pub max_messages: usize,
+    /// Most bytes of message text.
+    pub max_prompt_bytes: usize,
+}
+
+/// One event of a streamed answer.
+#[derive(Debug, Clone)]
+pub enum StreamEvent {
+    /// Text (after the first, the text of one flush window).
+    Delta(String),
+    /// A complete tool call.
+    ToolCall(ToolCall),
+    /// The end: the whole answer (its text already sent in deltas), usage and cost.
+    Done(ChatAnswer),
+    /// The stream broke after it started: the caller got part of an answer, not a truncated
+    /// success.
+    Failed(GatewayError),
+}
+
+/// A streamed answer on its way: where it comes from, and its events.
+#[derive(Debug)]
+pub struct ChatEvents {
+    /// The deployment serving it.
+    pub deployment: String,
+    /// How it was obtained.
+    pub cache: CacheOutcome,
+    /// The events; the last is `Done` or `Failed`. Dropping it cancels the upstream call.
+    pub events: mpsc::Receiver<StreamEvent>,
+}
+
+/// The gateway's calls, for every front door.
+#[derive(Clone)]
+pub struct Api {
+    gateway: Arc<Gateway>,
+    limiter: Arc<Limiter>,
+    limits: RequestLimits,
+    stream_flush: Duration,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").finish_non_exhaustive()
+    }
+}
+
+/// Adds the violations of the bounds every front door shares (its own field names are the
+/// same in both APIs): the model, the messages' count and size, the sampling parameters.
+pub fn check_bounds(request: &ChatRequest, limits: RequestLimits, v: &mut Violations) {
+    if request.model.is_empty() {
+        v.add("model", "must not be empty");
+    }
+    if request.messages.is_empty() {
+        v.add("messages", "must hold at least one message");
+    } else if request.messages.len() > limits.max_messages {
+        v.add(
+            "messages",
+            format!(
+                "{} messages; the limit llm.max_messages is {}",
+                request.messages.len(),
+                limits.max_messages
+            ),
+        );
+    }
+    let bytes: usize = request.messages.iter().map(|m| m.content.len()).sum();
+    if bytes > limits.max_prompt_bytes {
+        v.add(
+            "messages",
+            format!(
+                "{bytes} bytes of text; the limit llm.max_prompt_bytes is {}",
+                limits.max_prompt_bytes
+            ),
+        );
+    }
+    let p = &request.params;
+    if let Some(t) = p.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        v.add("temperature", "must be within 0 and 2");
+    }
+    if let Some(t) = p.top_p
+        && !(t > 0.0 && t <= 1.0)
+    {
+        v.add("top_p", "must be within (0, 1]");
+    }
+    if p.max_tokens == Some(0) {
+        v.add("max_tokens", "must be > 0 when set");
+    }
+    if p.stop.len() > 4 {
+        v.add("stop", "at most 4 stop sequences");
+    }
+}
+
+impl Api {
+    /// Serves `gateway`; streamed text after the first delta is sent at most every
+    /// `stream_flush` (zero: every delta as it comes).
+    pub fn new(
+        gateway: Arc<Gateway>,
+        limiter: Arc<Limiter>,
+        limits: RequestLimits,
+        stream_flush: Duration,
+    ) -> Self {
+        Self {
+            gateway,
+            limiter,
+            limits,
+            stream_flush,
+        }
+    }
+
+    /// The bounds requests are checked against.
+    pub fn limits(&self) -> RequestLimits {
+        self.limits
+    }
+
+    /// The gateway behind it.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// Reserves the call's tokens against the caller's budget.
+    fn admit(&self, caller: &str, chat: &ChatRequest) -> Result<Admission, GatewayError> {
+        let prompt: u32 = chat
+            .messages
+            .iter()
+            .map(|m| estimate_tokens(&m.content))
+            .sum();
+        self.limiter.admit(
+            caller,
+            self.limiter.reservation(prompt, chat.params.max_tokens),
+        )
+    }
+
+    /// A complete answer.
+    pub async fn chat(
+        &self,
+        chat: ChatRequest,
+        deadline: Instant,
+        caller: &str,
+    ) -> Result<ChatAnswer, GatewayError> {
+        let admission = self.admit(caller, &chat)?;
+        let answer = self.gateway.chat(chat, deadline, caller).await;
+        admission.settle(match &answer {
+            Ok(a) if a.cache == CacheOutcome::Miss => a.completion.usage.total(),
+            _ => 0,
+        });
+        answer
+    }
+
+    /// An answer as it is generated. Resolves when its first chunk is in (retries and
+    /// fallback are over by then); the events follow on a task owned by the call, which ends
+    /// when the caller drops the receiver (the upstream call is cancelled with it), at the
+    /// deadline, or at the end of the answer.
+    pub async fn chat_stream(
+        &self,
+        chat: ChatRequest,
+        deadline: Instant,
+        caller: &str,
+    ) -> Result<ChatEvents, GatewayError> {
+        let admission = self.admit(caller, &chat)?;
+        let answer = match self.gateway.chat_stream(chat, deadline).await {
+            Ok(answer) => answer,
+            Err(err) => {
+                admission.settle(0);
+                return Err(err);
+            }
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let events = ChatEvents {
+            deployment: answer.meta.deployment.clone(),
+            cache: answer.meta.cache,
+            events: rx,
+        };
+        let relay = Relay {
+            gateway: self.gateway.clone(),
+            tx,
+            flush_every: self.stream_flush,
+            caller: caller.to_owned(),
+            admission,
+        };
+        // Owned by the call: see above.
+        #[allow(clippy::disallowed_methods)]
+        tokio::spawn(relay.run(answer, deadline));
+        Ok(events)
+    }
+
+    /// Embeddings of `inputs`, in order, and the deployment that made them.
+    pub async fn embed(
+        &self,
+        model: &str,
+        inputs: Vec<String>,
+        deadline: Instant,
+        caller: &str,
+    ) -> Result<(Embeddings, String), GatewayError> {
+        let mut violations = Violations::default();
+        if model.is_empty() {
+            violations.add("model", "must not be empty");
+        }
+        if inputs.is_empty() {
+            violations.add("input", "must hold at least one text");
+        }
+        if inputs.iter().map(String::len).sum::<usize>() > self.limits.max_prompt_bytes {
+            violations.add(
+                "input",
+                format!(
+                    "over the limit llm.max_prompt_bytes ({})",
+                    self.limits.max_prompt_bytes
+                ),
+            );
+        }
+        violations.finish(())?;
+        let prompt: u32 = inputs.iter().map(|t| estimate_tokens(t)).sum();
+        let admission = self.limiter.admit(caller, u64::from(prompt))?;
+        let embedded = self.gateway.embed(model, inputs, deadline, caller).await;
+        admission.settle(
+            embedded
+                .as_ref()
+                .map_or(0, |(e, _)| u64::from(e.usage.input_tokens)),
+        );
+        embedded
+    }
+}
+
+/// A streamed answer's way from the upstream to the caller.
+struct Relay {
+    gateway: Arc<Gateway>,
+    tx: mpsc::Sender<StreamEvent>,
+    flush_every: Duration,
+    caller: String,
+    admission: Admission,
+}
+
+impl Relay {
+    /// Sends the text held back as one delta (nothing when none is); `false` when the caller
+    /// is gone.
+    async fn flush(&self, held: &mut String, last_sent: &mut Option<tokio::time::Instant>) -> bool {
+        if held.is_empty() {
+            return true;
+        }
+        *last_sent = Some(tokio::time::Instant::now());
+        self.tx
+            .send(StreamEvent::Delta(std::mem::take(held)))
+            .await
+            .is_ok()
+    }
+
+    async fn run(self, answer: crate::gateway::AnswerStream, deadline: Instant) {
+        let (mut chunks, meta) = (answer.chunks, answer.meta);
+        let first_at = Instant::now();
+        let mut content = String::new();
+        let mut calls = Vec::new();
+        // Text held back until `flush_every` after the last delta sent: one message (one
+        // write, one wake-up at each hop) for the tokens of that window. The first delta goes
+        // at once, so the time to the first token is the model's.
+        let mut held = String::new();
+        let mut last_sent: Option<tokio::time::Instant> = None;
+        loop {
+            let flush_at = last_sent.map(|at| at + self.flush_every);
+            let next = tokio::select! {
+                _ = self.tx.closed() => return,
+                _ = async {
+                    match flush_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                }, if !held.is_empty() => {
+                    if !self.flush(&mut held, &mut last_sent).await {
+                        return;
+                    }
+                    continue;
+                }
+                next = tokio::time::timeout_at(deadline.into(), chunks.next()) => next,
+            };
+            if let Ok(Some(Ok(Chunk::Delta(text)))) = next {
+                content.push_str(&text);
+                held.push_str(&text);
+                let due = flush_at.is_none_or(|at| tokio::time::Instant::now() >= at);
+                if due && !self.flush(&mut held, &mut last_sent).await {
+                    return;
+                }
+                continue;
+            }
+            // Anything else goes after the text held back.
+            if !self.flush(&mut held, &mut last_sent).await {
+                return;
+            }
+            let event = match next {
+                // Handled above.
+                Ok(Some(Ok(Chunk::Delta(_)))) => continue,
+                Err(_) => StreamEvent::Failed(GatewayError::DeadlineExceeded),
+                Ok(None) => StreamEvent::Failed(GatewayError::Unavailable {
+                    message: "the upstream stream ended without a finish".into(),
+                    retry_after: None,
+                }),
+                Ok(Some(Err(err))) => {
+                    self.gateway.stream_broke(&meta);
+                    StreamEvent::Failed(GatewayError::Unavailable {
+                        message: format!("the upstream stream broke: {err}"),
+                        retry_after: None,
+                    })
+                }
+                Ok(Some(Ok(Chunk::ToolCall(call)))) => {
+                    calls.push(call.clone());
+                    StreamEvent::ToolCall(call)
+                }
+                Ok(Some(Ok(Chunk::Done {
+                    finish_reason,
+                    usage,
+                    model,
+                }))) => {
+                    let completion = Completion {
+                        content: std::mem::take(&mut content),
+                        tool_calls: std::mem::take(&mut calls),
+                        finish_reason,
+                        usage,
+                        model,
+                    };
+                    let cost_micros = self
+                        .gateway
+                        .finish_stream(&meta, completion.clone(), &self.caller, first_at.elapsed())
+                        .await;
+                    self.admission.settle(if meta.cache == CacheOutcome::Miss {
+                        completion.usage.total()
+                    } else {
+                        0
+                    });
+                    let _ = self
+                        .tx
+                        .send(StreamEvent::Done(ChatAnswer {
+                            completion,
+                            deployment: meta.deployment.clone(),
+                            cache: meta.cache,
+                            cost_micros,
+                        }))
+                        .await;
+                    return;
+                }
+            };
+            let failed = matches!(event, StreamEvent::Failed(_));
+            if self.tx.send(event).await.is_err() || failed {
+                return;
+            }
+        }
+    }
+}
