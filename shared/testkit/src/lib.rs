@@ -6,12 +6,12 @@
 //! it tried, so that a CI run without databases fails loudly.
 
 mod ephemeral;
-mod fake_openai;
+mod fake;
 mod postgres;
 mod redis;
 mod service;
 
-pub use fake_openai::{Behavior, FakeOpenAi};
+pub use fake::{Behavior, FakeOpenAi, FakeProvider, Protocol, Reported};
 pub use postgres::{TestDatabase, ephemeral_postgres_url, postgres_admin_url, sqlite_database};
 pub use redis::{PrivateRedis, ephemeral_redis_url, redis_url};
 pub use service::{

@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 
 use super::http::{Decoder, HttpSettings, Upstream, data};
 use super::{
-    ChunkStream, Provider, ProviderError, arguments_object, estimate_tokens, schema_object,
+    ChunkStream, Provider, ProviderError, StreamedError, arguments_object, estimate_tokens,
+    schema_object,
 };
 use crate::domain::{
     ChatRequest, Chunk, Completion, Embeddings, FinishReason, Role, ToolCall, Usage,
@@ -246,6 +247,8 @@ struct WireResponse {
     model_version: Option<String>,
     #[serde(default)]
     prompt_feedback: Option<WireFeedback>,
+    #[serde(default)]
+    error: Option<StreamedError>,
 }
 
 /// A call id for a `functionCall` without one (the API's ids are optional): unique, so the
@@ -419,6 +422,9 @@ struct StreamDecoder {
 impl Decoder for StreamDecoder {
     fn event(&mut self, event: &Event, out: &mut VecDeque<Chunk>) -> Result<bool, ProviderError> {
         let wire: WireResponse = data(event)?;
+        if let Some(error) = wire.error {
+            return Err(error.into_error());
+        }
         if let Some(usage) = wire.usage_metadata {
             // Each chunk's counts are the totals so far.
             self.usage = usage;

@@ -118,6 +118,36 @@ pub fn arguments_object(arguments: &str) -> serde_json::Value {
     }
 }
 
+/// An error object inside an HTTP 200 stream (`{"error": {"code", "message", …}}`): a
+/// failure, as the HTTP status its code names (500 when it names none), never the end of a
+/// successful answer.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct StreamedError {
+    /// A number (Gemini, some OpenAI-compatible servers) or a string.
+    #[serde(default)]
+    pub code: serde_json::Value,
+    /// What happened.
+    #[serde(default)]
+    pub message: String,
+}
+
+impl StreamedError {
+    /// As the error of an HTTP status.
+    pub fn into_error(self) -> ProviderError {
+        let status = self
+            .code
+            .as_u64()
+            .and_then(|c| u16::try_from(c).ok())
+            .filter(|c| (400..600).contains(c))
+            .unwrap_or(500);
+        ProviderError::Status {
+            status,
+            retry_after: None,
+            body: format!("error in the stream: {}", self.message),
+        }
+    }
+}
+
 /// A tool's JSON Schema as a value (`{"type": "object"}` when none is given).
 pub fn schema_object(parameters: &str) -> serde_json::Value {
     serde_json::from_str(parameters).unwrap_or_else(|_| serde_json::json!({"type": "object"}))

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::http::{Decoder, HttpSettings, Upstream, data};
-use super::{ChunkStream, Provider, ProviderError, schema_object};
+use super::{ChunkStream, Provider, ProviderError, StreamedError, schema_object};
 use crate::domain::{
     ChatRequest, Chunk, Completion, Embeddings, FinishReason, Role, ToolCall, Usage,
 };
@@ -264,6 +264,8 @@ struct WireCompletion {
     choices: Vec<WireChoice>,
     #[serde(default)]
     usage: Option<WireUsage>,
+    #[serde(default)]
+    error: Option<StreamedError>,
 }
 
 #[derive(Deserialize)]
@@ -430,6 +432,9 @@ impl Decoder for StreamDecoder {
             return Ok(true);
         }
         let wire: WireCompletion = data(event)?;
+        if let Some(error) = wire.error {
+            return Err(error.into_error());
+        }
         if !wire.model.is_empty() {
             self.model = wire.model;
         }

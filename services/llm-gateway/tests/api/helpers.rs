@@ -100,11 +100,22 @@ pub fn chat(model: &str, text: &str, temperature: f32) -> pb::ChatRequest {
     }
 }
 
-/// A stream's events until it ends: (text of the deltas, the final response, an error).
-pub async fn drain(
-    client: &mut Client,
-    request: pb::ChatRequest,
-) -> (String, Option<pb::ChatResponse>, Option<tonic::Status>) {
+/// What a stream delivered until it ended.
+#[derive(Debug, Default)]
+pub struct Streamed {
+    /// The text of its deltas.
+    pub text: String,
+    /// Its tool calls.
+    pub calls: Vec<pb::ToolCall>,
+    /// Its final response.
+    pub done: Option<pb::ChatResponse>,
+    /// The error it ended with.
+    pub error: Option<tonic::Status>,
+}
+
+/// A stream's events until it ends.
+pub async fn streamed(client: &mut Client, request: pb::ChatRequest) -> Streamed {
+    let mut out = Streamed::default();
     let mut stream = match client
         .chat_stream(pb::ChatStreamRequest {
             chat: Some(request),
@@ -112,22 +123,33 @@ pub async fn drain(
         .await
     {
         Ok(stream) => stream.into_inner(),
-        Err(status) => return (String::new(), None, Some(status)),
+        Err(status) => {
+            out.error = Some(status);
+            return out;
+        }
     };
-    let (mut text, mut done) = (String::new(), None);
     while let Some(event) = stream.next().await {
-        match event {
-            Ok(pb::ChatStreamResponse {
-                event: Some(pb::chat_stream_response::Event::Delta(delta)),
-            }) => text.push_str(&delta),
-            Ok(pb::ChatStreamResponse {
-                event: Some(pb::chat_stream_response::Event::Done(response)),
-            }) => done = Some(response),
-            Ok(_) => {}
-            Err(status) => return (text, done, Some(status)),
+        match event.map(|e| e.event) {
+            Ok(Some(pb::chat_stream_response::Event::Delta(delta))) => out.text.push_str(&delta),
+            Ok(Some(pb::chat_stream_response::Event::ToolCall(call))) => out.calls.push(call),
+            Ok(Some(pb::chat_stream_response::Event::Done(response))) => out.done = Some(response),
+            Ok(None) => {}
+            Err(status) => {
+                out.error = Some(status);
+                break;
+            }
         }
     }
-    (text, done, None)
+    out
+}
+
+/// A stream's (text of the deltas, final response, error).
+pub async fn drain(
+    client: &mut Client,
+    request: pb::ChatRequest,
+) -> (String, Option<pb::ChatResponse>, Option<tonic::Status>) {
+    let s = streamed(client, request).await;
+    (s.text, s.done, s.error)
 }
 
 /// The fields named by an INVALID_ARGUMENT.

@@ -1,5 +1,5 @@
-//! The LLM gateway through its gRPC API, against its mock provider and a fake
-//! OpenAI-compatible upstream (one test binary).
+//! The LLM gateway through its gRPC API, against its mock provider and fakes of the
+//! providers' wire formats (one test binary).
 
 // A test owns the tasks it spawns: they end with its runtime.
 #![allow(clippy::disallowed_methods)]
@@ -8,5 +8,6 @@ mod caching;
 mod chat;
 mod helpers;
 mod limits;
+mod providers;
 mod resilience;
 mod semantic;
