@@ -203,7 +203,8 @@ impl Built {
     async fn llm(config: &Config) -> anyhow::Result<Self> {
         let app = boardroom_llm_gateway::Application::build(config).await?;
         let addr = app.local_addr()?;
-        tracing::info!(grpc = %addr, admin = %app.admin_addr()?, models = config.llm.models.len(), "llm-gateway service listening");
+        let openai = app.openai_addr().map(|a| format!("http://{a}/v1"));
+        tracing::info!(grpc = %addr, admin = %app.admin_addr()?, openai_api = openai.as_deref().unwrap_or("off"), models = config.llm.models.len(), "llm-gateway service listening");
         Ok(Self {
             addr,
             run: Box::new(|stop| Box::pin(app.run_until_stopped(stop))),

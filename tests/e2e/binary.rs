@@ -18,6 +18,8 @@ pub struct Server {
     pub cache_grpc: Option<SocketAddr>,
     /// The LLM gateway's gRPC address, when it runs.
     pub llm_grpc: Option<SocketAddr>,
+    /// The LLM gateway's OpenAI-compatible base URL (`http://ADDR/v1`), when it runs.
+    pub openai_url: Option<String>,
     /// The conversation service's gRPC address, when it runs.
     pub conversation_grpc: Option<SocketAddr>,
     pub log: Lines<BufReader<ChildStderr>>,
@@ -67,6 +69,7 @@ pub async fn serve_on(db: TestDatabase, args: &[&str], env: &[(&str, String)]) -
         .env("BOARDROOM_CACHE__LISTEN__ADMIN_ADDR", "127.0.0.1:0")
         .env("BOARDROOM_LLM__LISTEN__GRPC_ADDR", "127.0.0.1:0")
         .env("BOARDROOM_LLM__LISTEN__ADMIN_ADDR", "127.0.0.1:0")
+        .env("BOARDROOM_LLM__OPENAI_API__ADDR", "127.0.0.1:0")
         .env("BOARDROOM_CONVERSATION__LISTEN__GRPC_ADDR", "127.0.0.1:0")
         .env("BOARDROOM_CONVERSATION__LISTEN__ADMIN_ADDR", "127.0.0.1:0")
         .stdout(Stdio::null())
@@ -81,6 +84,7 @@ pub async fn serve_on(db: TestDatabase, args: &[&str], env: &[(&str, String)]) -
         _ => 4,
     };
     let (mut session, mut cache, mut llm, mut conversation) = (None, None, None, None);
+    let mut openai_url = None;
     for _ in 0..services {
         let line = wait_for_log(&mut log, "listening").await;
         let event: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
@@ -96,6 +100,10 @@ pub async fn serve_on(db: TestDatabase, args: &[&str], env: &[(&str, String)]) -
             cache = Some(addrs);
         } else if line.contains("llm-gateway service") {
             llm = Some(addrs);
+            openai_url = event["fields"]["openai_api"]
+                .as_str()
+                .filter(|url| url.starts_with("http"))
+                .map(str::to_owned);
         } else if line.contains("conversation service") {
             conversation = Some(addrs);
         } else {
@@ -113,6 +121,7 @@ pub async fn serve_on(db: TestDatabase, args: &[&str], env: &[(&str, String)]) -
         admin,
         cache_grpc: cache.map(|(grpc, _)| grpc),
         llm_grpc: llm.map(|(grpc, _)| grpc),
+        openai_url,
         conversation_grpc: conversation.map(|(grpc, _)| grpc),
         log,
         db,

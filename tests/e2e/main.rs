@@ -1,5 +1,5 @@
 //! The `boardroom` binary as users and Kubernetes run it: real processes, real signals, and
-//! clients we did not write (grpcurl).
+//! clients we did not write (grpcurl, the `openai` Python SDK).
 
 // A test owns the tasks it spawns: they end with its runtime.
 #![allow(clippy::disallowed_methods)]
@@ -7,5 +7,6 @@
 mod binary;
 mod grpcurl;
 mod load;
+mod openai_sdk;
 mod otlp;
 mod replicas;

@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod conversions;
 pub mod domain;
 pub mod error;
+pub mod front_door;
 pub mod gateway;
 pub mod grpc;
 pub mod limits;
@@ -36,6 +37,7 @@ pub use error::GatewayError;
 use crate::api::Api;
 use crate::breaker::Breaker;
 use crate::conversions::RequestLimits;
+use crate::front_door::FrontDoor;
 use crate::gateway::{Alias, Deployment, Gateway};
 use crate::grpc::LlmGrpc;
 use crate::provider::Provider;
@@ -50,6 +52,7 @@ use crate::settings::{DeploymentSettings, ProviderSettings};
 #[derive(Debug)]
 pub struct Application {
     server: GrpcServer,
+    front_door: Option<FrontDoor>,
     cache_stop: CancellationToken,
 }
 
@@ -223,6 +226,19 @@ impl Application {
             limits,
             Duration::from_millis(config.llm.stream_flush_ms),
         );
+        let front_door = if config.llm.openai_api.enabled {
+            Some(
+                FrontDoor::bind(
+                    config.llm.openai_api.addr,
+                    api.clone(),
+                    &config.auth,
+                    &config.server,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
         let service = LlmGatewayServiceServer::new(LlmGrpc::new(api))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
@@ -234,7 +250,16 @@ impl Application {
         )
         .await?
         .add_service(service);
-        Ok(Self { server, cache_stop })
+        Ok(Self {
+            server,
+            front_door,
+            cache_stop,
+        })
+    }
+
+    /// The bound address of the OpenAI-compatible HTTP API, when it is on.
+    pub fn openai_addr(&self) -> Option<SocketAddr> {
+        self.front_door.as_ref().and_then(|d| d.local_addr().ok())
     }
 
     /// The bound gRPC address.
@@ -247,10 +272,17 @@ impl Application {
         self.server.admin_addr()
     }
 
-    /// Serves until `shutdown`, then drains; the cache's Redis connections close last.
+    /// Serves gRPC and the OpenAI-compatible API until `shutdown`, then drains both; the
+    /// cache's Redis connections close last.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let served = self.server.run(shutdown).await;
+        let door = async {
+            match self.front_door {
+                Some(door) => door.run(shutdown.clone()).await,
+                None => Ok(()),
+            }
+        };
+        let (served, door) = tokio::join!(self.server.run(shutdown.clone()), door);
         self.cache_stop.cancel();
-        served
+        served.and(door)
     }
 }

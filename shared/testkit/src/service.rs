@@ -37,6 +37,7 @@ pub fn service_test_config() -> Config {
     config.cache.listen = any_port.clone();
     config.conversation.listen = any_port.clone();
     config.llm.listen = any_port;
+    config.llm.openai_api.addr = ([127, 0, 0, 1], 0).into();
     config
 }
 

@@ -229,12 +229,33 @@ impl Default for LlmLimits {
     }
 }
 
+/// The OpenAI-compatible HTTP API (`/v1/chat/completions`, `/v1/embeddings`, `/v1/models`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenAiApiConfig {
+    /// Served at all.
+    pub enabled: bool,
+    /// Its HTTP listener.
+    pub addr: std::net::SocketAddr,
+}
+
+impl Default for OpenAiApiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            addr: ([127, 0, 0, 1], 8054).into(),
+        }
+    }
+}
+
 /// The LLM gateway.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LlmConfig {
     /// Where it listens.
     pub listen: Listen,
+    /// The OpenAI-compatible HTTP front door.
+    pub openai_api: OpenAiApiConfig,
     /// Alias → deployments.
     pub models: BTreeMap<String, ModelAlias>,
     /// Deployment name → endpoint and model.
@@ -270,6 +291,7 @@ impl Default for LlmConfig {
                 grpc_addr: ([127, 0, 0, 1], 50054).into(),
                 admin_addr: ([127, 0, 0, 1], 9094).into(),
             },
+            openai_api: OpenAiApiConfig::default(),
             models: [(
                 "mock".to_owned(),
                 ModelAlias {
