@@ -7,7 +7,7 @@ pub use crate::api::RequestLimits;
 use crate::api::check_bounds;
 use crate::domain::{
     CacheOutcome, CachePolicy, ChatAnswer, ChatRequest, Completion, FinishReason, Message, Params,
-    Role, ToolCall, ToolDef, Usage,
+    Role, ToolCall, ToolChoice, ToolDef, Usage,
 };
 use crate::error::GatewayError;
 
@@ -99,6 +99,7 @@ pub fn chat_request(
             max_tokens: request.max_tokens,
             stop: request.stop,
             seed: request.seed,
+            tool_choice: ToolChoice::Auto,
         },
         request_id: request.request_id,
         cache_policy,

@@ -54,6 +54,28 @@ pub struct ToolDef {
     pub parameters: String,
 }
 
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolChoice {
+    /// The model decides.
+    #[default]
+    Auto,
+    /// No tool call (the tools stay defined: a history with calls needs them).
+    None,
+    /// Some tool call.
+    Required,
+    /// This tool.
+    Named(String),
+}
+
+impl ToolChoice {
+    /// The default (left out of the cache key, so keys of requests without it are unchanged).
+    pub fn is_auto(&self) -> bool {
+        *self == Self::Auto
+    }
+}
+
 /// Sampling and length parameters.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Params {
@@ -67,6 +89,9 @@ pub struct Params {
     pub stop: Vec<String>,
     /// Sampling seed.
     pub seed: Option<i64>,
+    /// Tool use.
+    #[serde(default, skip_serializing_if = "ToolChoice::is_auto")]
+    pub tool_choice: ToolChoice,
 }
 
 /// How the caches may be used.

@@ -102,7 +102,7 @@ fn provider(
             c.api_key.expose().to_owned(),
             c.version.clone(),
             c.model.clone(),
-            llm.limits.default_output_tokens,
+            c.max_tokens,
         )?),
         ProviderSettings::Gemini(c) => Arc::new(GeminiProvider::new(
             &http(c.max_idle_connections),

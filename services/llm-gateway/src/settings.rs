@@ -71,6 +71,9 @@ pub struct AnthropicConfig {
     pub api_key: Secret,
     /// `anthropic-version`, pinned.
     pub version: String,
+    /// `max_tokens` of a request that sets none (the API requires one; an answer stops there
+    /// with `finish_reason` LENGTH).
+    pub max_tokens: u32,
     /// Idle keep-alive connections kept per host.
     pub max_idle_connections: usize,
 }
@@ -82,6 +85,7 @@ impl Default for AnthropicConfig {
             base_url: "https://api.anthropic.com".into(),
             api_key: Secret::default(),
             version: "2023-06-01".into(),
+            max_tokens: 4_096,
             max_idle_connections: 64,
         }
     }

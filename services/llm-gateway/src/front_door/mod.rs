@@ -9,6 +9,7 @@ mod wire;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -42,9 +43,12 @@ struct Door {
     api: Api,
     authenticator: Option<Authenticator>,
     request_timeout: Duration,
-    /// Calls in flight and waiting, bounded like the gRPC server's (`concurrency_limit` +
-    /// `max_pending`); beyond it a call is refused at once with 503.
+    /// Calls in flight, bounded like the gRPC server's (`server.concurrency_limit`, its own
+    /// bound beside gRPC's); up to `server.max_pending` more wait for a permit until their
+    /// deadline; beyond that a call is refused at once with 503.
     admission: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_pending: usize,
 }
 
 impl FrontDoor {
@@ -62,9 +66,9 @@ impl FrontDoor {
             api,
             authenticator: Authenticator::from_config(auth)?,
             request_timeout: server.request_timeout(),
-            admission: Arc::new(Semaphore::new(
-                server.concurrency_limit + server.max_pending,
-            )),
+            admission: Arc::new(Semaphore::new(server.concurrency_limit)),
+            waiting: AtomicUsize::new(0),
+            max_pending: server.max_pending,
         });
         let router = Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -238,7 +242,32 @@ fn finish(route: &'static str, started: Instant, response: Response) -> Response
 }
 
 impl Door {
-    fn enter(&self, route: &'static str, headers: &HeaderMap) -> Result<Call, Response> {
+    /// A permit for one call: at once, or after waiting (bounded) until the deadline.
+    async fn admit(&self, deadline: Instant) -> Result<OwnedSemaphorePermit, GatewayError> {
+        if let Ok(permit) = self.admission.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let busy = |message: &str| GatewayError::Unavailable {
+            message: message.to_owned(),
+            retry_after: None,
+        };
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(busy(
+                "the gateway is at its limit of calls in flight and waiting",
+            ));
+        }
+        let waited =
+            tokio::time::timeout_at(deadline.into(), self.admission.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        match waited {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(busy("the gateway is shutting down")),
+            Err(_) => Err(GatewayError::DeadlineExceeded),
+        }
+    }
+
+    async fn enter(&self, route: &'static str, headers: &HeaderMap) -> Result<Call, Response> {
         let started = Instant::now();
         let caller = match &self.authenticator {
             None => "anonymous".to_owned(),
@@ -252,19 +281,14 @@ impl Door {
                 .name()
                 .to_owned(),
         };
-        let permit = self.admission.clone().try_acquire_owned().map_err(|_| {
-            finish(
-                route,
-                started,
-                error(GatewayError::Unavailable {
-                    message: "the gateway is at its limit of calls in flight".into(),
-                    retry_after: None,
-                }),
-            )
-        })?;
+        let deadline = started + self.request_timeout;
+        let permit = self
+            .admit(deadline)
+            .await
+            .map_err(|err| finish(route, started, error(err)))?;
         Ok(Call {
             caller,
-            deadline: started + self.request_timeout,
+            deadline,
             route,
             started,
             permit,
@@ -321,7 +345,7 @@ fn provenance(response: &mut Response, deployment: &str, cache: CacheOutcome) {
 }
 
 async fn chat(State(door): State<Arc<Door>>, headers: HeaderMap, body: Bytes) -> Response {
-    let call = match door.enter("chat_completions", &headers) {
+    let call = match door.enter("chat_completions", &headers).await {
         Ok(call) => call,
         Err(refused) => return refused,
     };
@@ -476,7 +500,7 @@ impl Sse {
 }
 
 async fn embeddings(State(door): State<Arc<Door>>, headers: HeaderMap, body: Bytes) -> Response {
-    let call = match door.enter("embeddings", &headers) {
+    let call = match door.enter("embeddings", &headers).await {
         Ok(call) => call,
         Err(refused) => return refused,
     };
@@ -504,7 +528,7 @@ async fn embeddings(State(door): State<Arc<Door>>, headers: HeaderMap, body: Byt
 }
 
 async fn models(State(door): State<Arc<Door>>, headers: HeaderMap) -> Response {
-    let call = match door.enter("models", &headers) {
+    let call = match door.enter("models", &headers).await {
         Ok(call) => call,
         Err(refused) => return refused,
     };
@@ -523,7 +547,7 @@ async fn model(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let call = match door.enter("models", &headers) {
+    let call = match door.enter("models", &headers).await {
         Ok(call) => call,
         Err(refused) => return refused,
     };

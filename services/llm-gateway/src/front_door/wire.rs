@@ -9,9 +9,10 @@ use serde_json::{Value, json};
 use crate::api::{RequestLimits, check_bounds};
 use crate::domain::{
     CachePolicy, ChatAnswer, ChatRequest, Completion, FinishReason, Message, Params, Role,
-    ToolCall, ToolDef, Usage,
+    ToolCall, ToolChoice, ToolDef, Usage,
 };
 use crate::error::GatewayError;
+use crate::provider::null_as_default;
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -42,7 +43,7 @@ struct WireMessage {
     role: String,
     #[serde(default)]
     content: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     tool_calls: Vec<WireToolCall>,
     #[serde(default)]
     tool_call_id: Option<String>,
@@ -79,9 +80,9 @@ struct StreamOptions {
 struct WireChatRequest {
     #[serde(default)]
     model: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     messages: Vec<WireMessage>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     tools: Vec<WireTool>,
     #[serde(default)]
     tool_choice: Option<Value>,
@@ -99,7 +100,7 @@ struct WireChatRequest {
     seed: Option<i64>,
     #[serde(default)]
     n: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     stream: bool,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
@@ -223,7 +224,30 @@ pub fn chat_request(
             }
         })
         .collect();
-    let no_tools = wire.tool_choice.as_ref().and_then(Value::as_str) == Some("none");
+    let tool_choice = match wire.tool_choice {
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(Value::String(choice)) => match choice.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            _ => {
+                v.add("tool_choice", "must be auto, none, required or a function");
+                ToolChoice::Auto
+            }
+        },
+        Some(choice) => match choice["function"]["name"].as_str() {
+            Some(name) if choice["type"] == "function" && !name.is_empty() => {
+                ToolChoice::Named(name.to_owned())
+            }
+            _ => {
+                v.add(
+                    "tool_choice",
+                    "must be auto, none, required or {\"type\": \"function\", \"function\": {\"name\": …}}",
+                );
+                ToolChoice::Auto
+            }
+        },
+    };
     let tools: Vec<ToolDef> = wire
         .tools
         .into_iter()
@@ -260,7 +284,6 @@ pub fn chat_request(
                 parameters,
             })
         })
-        .filter(|_| !no_tools)
         .collect();
     if wire.n.is_some_and(|n| n != 1) {
         v.add("n", "only 1 choice is supported");
@@ -289,6 +312,7 @@ pub fn chat_request(
             max_tokens: wire.max_completion_tokens.or(wire.max_tokens),
             stop,
             seed: wire.seed,
+            tool_choice,
         },
         request_id,
         cache_policy,

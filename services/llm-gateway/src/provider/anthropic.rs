@@ -16,9 +16,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::http::{Decoder, HttpSettings, Upstream, data};
-use super::{ChunkStream, Provider, ProviderError, arguments_object, schema_object};
+use super::{
+    ChunkStream, Provider, ProviderError, arguments_object, null_as_default, schema_object,
+};
 use crate::domain::{
-    ChatRequest, Chunk, Completion, Embeddings, FinishReason, Role, ToolCall, Usage,
+    ChatRequest, Chunk, Completion, Embeddings, FinishReason, Role, ToolCall, ToolChoice, Usage,
 };
 
 /// An Anthropic deployment.
@@ -43,7 +45,7 @@ impl std::fmt::Debug for AnthropicProvider {
 
 impl AnthropicProvider {
     /// Builds the deployment's pooled client; `default_max_tokens` is sent when a request has
-    /// no `max_tokens` (the API requires one).
+    /// no `max_tokens` (the API requires one; the deployment's `max_tokens` setting).
     pub fn new(
         http: &HttpSettings,
         base_url: &str,
@@ -120,7 +122,11 @@ pub fn messages(request: &ChatRequest) -> (Option<String>, Vec<Value>) {
     let system = (!system.is_empty()).then(|| system.join("\n\n"));
     let messages = messages
         .into_iter()
-        .map(|(role, content)| json!({"role": role, "content": content}))
+        .map(|(role, mut content)| {
+            // A user message's tool results must come before its text.
+            content.sort_by_key(|block| block["type"] != "tool_result");
+            json!({"role": role, "content": content})
+        })
         .collect();
     (system, messages)
 }
@@ -149,7 +155,8 @@ pub fn body(request: &ChatRequest, model: &str, default_max_tokens: u32, stream:
         // Anthropic's range is 0 to 1.
         body["temperature"] = json!(t.min(1.0));
     }
-    if let Some(t) = p.top_p {
+    // Current models refuse both at once; temperature is the one callers mean.
+    if let (Some(t), None) = (p.top_p, p.temperature) {
         body["top_p"] = json!(t);
     }
     if !p.stop.is_empty() {
@@ -161,6 +168,12 @@ pub fn body(request: &ChatRequest, model: &str, default_max_tokens: u32, stream:
             .iter()
             .map(|t| json!({"name": t.name, "description": t.description, "input_schema": schema_object(&t.parameters)}))
             .collect();
+        match &p.tool_choice {
+            ToolChoice::Auto => {}
+            ToolChoice::None => body["tool_choice"] = json!({"type": "none"}),
+            ToolChoice::Required => body["tool_choice"] = json!({"type": "any"}),
+            ToolChoice::Named(name) => body["tool_choice"] = json!({"type": "tool", "name": name}),
+        }
     }
     body
 }
@@ -231,6 +244,8 @@ enum WireBlock {
         #[serde(default)]
         input: Value,
     },
+    /// Extended thinking: not the answer, but the model is working.
+    Thinking {},
     #[serde(other)]
     Other,
 }
@@ -239,7 +254,7 @@ enum WireBlock {
 struct WireMessage {
     #[serde(default)]
     model: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     content: Vec<WireBlock>,
     #[serde(default)]
     stop_reason: Option<String>,
@@ -296,7 +311,7 @@ impl Provider for AnthropicProvider {
                         name,
                         arguments: input.to_string(),
                     }),
-                    WireBlock::Other => {}
+                    WireBlock::Thinking {} | WireBlock::Other => {}
                 }
             }
             Ok(Completion {
@@ -458,6 +473,7 @@ impl Decoder for StreamDecoder {
                     WireBlock::Text { text } if !text.is_empty() => {
                         out.push_back(Chunk::Delta(text));
                     }
+                    WireBlock::Thinking {} => self.started = true,
                     WireBlock::Text { .. } | WireBlock::Other => {}
                 }
             }

@@ -18,10 +18,10 @@ use serde_json::{Value, json};
 use super::http::{Decoder, HttpSettings, Upstream, data};
 use super::{
     ChunkStream, Provider, ProviderError, StreamedError, arguments_object, estimate_tokens,
-    schema_object,
+    null_as_default, schema_object,
 };
 use crate::domain::{
-    ChatRequest, Chunk, Completion, Embeddings, FinishReason, Role, ToolCall, Usage,
+    ChatRequest, Chunk, Completion, Embeddings, FinishReason, Role, ToolCall, ToolChoice, Usage,
 };
 
 /// A Gemini deployment.
@@ -138,6 +138,15 @@ pub fn body(request: &ChatRequest) -> Value {
             .map(|t| json!({"name": t.name, "description": t.description, "parameters": schema_object(&t.parameters)}))
             .collect();
         body["tools"] = json!([{ "functionDeclarations": declarations }]);
+        let calling = match &request.params.tool_choice {
+            ToolChoice::Auto => None,
+            ToolChoice::None => Some(json!({"mode": "NONE"})),
+            ToolChoice::Required => Some(json!({"mode": "ANY"})),
+            ToolChoice::Named(name) => Some(json!({"mode": "ANY", "allowedFunctionNames": [name]})),
+        };
+        if let Some(calling) = calling {
+            body["toolConfig"] = json!({ "functionCallingConfig": calling });
+        }
     }
     let p = &request.params;
     let mut config = serde_json::Map::new();
@@ -216,7 +225,7 @@ struct WirePart {
 
 #[derive(Deserialize, Default)]
 struct WireContent {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     parts: Vec<WirePart>,
 }
 
@@ -239,7 +248,7 @@ struct WireFeedback {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WireResponse {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     candidates: Vec<WireCandidate>,
     #[serde(default)]
     usage_metadata: Option<WireUsage>,
@@ -268,6 +277,8 @@ struct Parsed {
     text: String,
     calls: Vec<ToolCall>,
     finish: Option<FinishReason>,
+    /// A thought part: not the answer, but the model is working.
+    thought: bool,
 }
 
 fn parse(response: WireResponse) -> Result<Parsed, ProviderError> {
@@ -275,6 +286,7 @@ fn parse(response: WireResponse) -> Result<Parsed, ProviderError> {
         text: String::new(),
         calls: Vec::new(),
         finish: None,
+        thought: false,
     };
     if let Some(reason) = response.prompt_feedback.and_then(|f| f.block_reason) {
         tracing::debug!(%reason, "gemini blocked the prompt");
@@ -285,6 +297,7 @@ fn parse(response: WireResponse) -> Result<Parsed, ProviderError> {
         return Ok(parsed);
     };
     for part in candidate.content.parts {
+        parsed.thought |= part.thought;
         if let Some(text) = part.text.filter(|_| !part.thought) {
             parsed.text.push_str(&text);
         }
@@ -361,6 +374,7 @@ impl Provider for GeminiProvider {
                     usage: WireUsage::default(),
                     finish: None,
                     called: false,
+                    thinking: false,
                 },
             ))
         }
@@ -383,23 +397,28 @@ impl Provider for GeminiProvider {
         }
         async move {
             let model = format!("models/{}", self.model);
-            let requests: Vec<Value> = inputs
-                .iter()
-                .map(|text| json!({"model": model, "content": {"parts": [{"text": text}]}}))
-                .collect();
-            let wire: WireEmbeddings = self
-                .upstream
-                .json(self.request(&self.embed_url, &json!({ "requests": requests })))
-                .await?;
-            if wire.embeddings.len() != inputs.len() {
-                return Err(ProviderError::Protocol(format!(
-                    "{} embeddings for {} inputs",
-                    wire.embeddings.len(),
-                    inputs.len()
-                )));
+            let mut vectors = Vec::with_capacity(inputs.len());
+            // The API takes at most 100 texts a call.
+            for batch in inputs.chunks(100) {
+                let requests: Vec<Value> = batch
+                    .iter()
+                    .map(|text| json!({"model": model, "content": {"parts": [{"text": text}]}}))
+                    .collect();
+                let wire: WireEmbeddings = self
+                    .upstream
+                    .json(self.request(&self.embed_url, &json!({ "requests": requests })))
+                    .await?;
+                if wire.embeddings.len() != batch.len() {
+                    return Err(ProviderError::Protocol(format!(
+                        "{} embeddings for {} inputs",
+                        wire.embeddings.len(),
+                        batch.len()
+                    )));
+                }
+                vectors.extend(wire.embeddings.into_iter().map(|e| e.values));
             }
             Ok(Embeddings {
-                vectors: wire.embeddings.into_iter().map(|e| e.values).collect(),
+                vectors,
                 // The API reports no usage for embeddings.
                 usage: Usage {
                     input_tokens: inputs.iter().map(|t| estimate_tokens(t)).sum(),
@@ -417,6 +436,7 @@ struct StreamDecoder {
     usage: WireUsage,
     finish: Option<FinishReason>,
     called: bool,
+    thinking: bool,
 }
 
 impl Decoder for StreamDecoder {
@@ -437,11 +457,16 @@ impl Decoder for StreamDecoder {
             out.push_back(Chunk::Delta(parsed.text));
         }
         self.called |= !parsed.calls.is_empty();
+        self.thinking |= parsed.thought;
         out.extend(parsed.calls.into_iter().map(Chunk::ToolCall));
         if parsed.finish.is_some() {
             self.finish = parsed.finish;
         }
         Ok(false)
+    }
+
+    fn generating(&self) -> bool {
+        self.thinking
     }
 
     fn end(&mut self, out: &mut VecDeque<Chunk>) -> Result<(), ProviderError> {

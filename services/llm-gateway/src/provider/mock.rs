@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 
 use super::{ChunkStream, Provider, ProviderError, estimate_tokens};
 use crate::domain::{
-    ChatRequest, Chunk, Completion, Embeddings, FinishReason, Role, ToolCall, Usage,
+    ChatRequest, Chunk, Completion, Embeddings, FinishReason, Role, ToolCall, ToolChoice, Usage,
 };
 
 const WORDS: &[&str] = &[
@@ -142,6 +142,9 @@ impl MockProvider {
     }
 
     fn tool_call(&self, request: &ChatRequest) -> Option<ToolCall> {
+        if request.params.tool_choice == ToolChoice::None {
+            return None;
+        }
         let last = request.messages.last().filter(|m| m.role == Role::User)?;
         let asked = last.content.split("use tool ").nth(1)?;
         let name = asked.split_whitespace().next()?;

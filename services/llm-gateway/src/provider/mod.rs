@@ -69,11 +69,17 @@ impl ProviderError {
         }
     }
 
-    /// Whether the request itself is at fault (a 4xx other than 429): no other deployment
-    /// would take it either.
+    /// Whether the request itself is at fault (400, 413, 422): no other deployment would take
+    /// it either. A 401, 403 or 404 is the deployment's (a revoked key, a wrong model name), so
+    /// the next deployment is tried; so is one that lacks the API asked for.
     pub fn caller_fault(&self) -> bool {
-        matches!(self, Self::Status { status, .. } if (400..500).contains(status) && *status != 429 && *status != 408)
-            || matches!(self, Self::Unsupported(_))
+        matches!(
+            self,
+            Self::Status {
+                status: 400 | 413 | 422,
+                ..
+            }
+        )
     }
 
     /// The upstream's `Retry-After`.
@@ -146,6 +152,16 @@ impl StreamedError {
             body: format!("error in the stream: {}", self.message),
         }
     }
+}
+
+/// For `#[serde(deserialize_with)]`: an explicit `null` as the default, as a missing field
+/// (OpenAI-compatible servers write `"tool_calls": null`).
+pub fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + serde::Deserialize<'de>,
+{
+    Ok(<Option<T> as serde::Deserialize>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// A tool's JSON Schema as a value (`{"type": "object"}` when none is given).

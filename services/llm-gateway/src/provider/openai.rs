@@ -12,9 +12,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::http::{Decoder, HttpSettings, Upstream, data};
-use super::{ChunkStream, Provider, ProviderError, StreamedError, schema_object};
+use super::{ChunkStream, Provider, ProviderError, StreamedError, null_as_default, schema_object};
 use crate::domain::{
-    ChatRequest, Chunk, Completion, Embeddings, FinishReason, Role, ToolCall, Usage,
+    ChatRequest, Chunk, Completion, Embeddings, FinishReason, Role, ToolCall, ToolChoice, Usage,
 };
 
 /// Where and how an OpenAI-format deployment is called.
@@ -106,6 +106,13 @@ impl OpenAiProvider {
         })
     }
 
+    fn max_tokens_key(&self) -> &'static str {
+        match self.endpoint {
+            Endpoint::Compatible { .. } => "max_tokens",
+            Endpoint::Azure { .. } => "max_completion_tokens",
+        }
+    }
+
     fn request(&self, url: &str, body: &Value) -> reqwest::RequestBuilder {
         let request = self.upstream.post(url, body);
         match &self.endpoint {
@@ -133,8 +140,10 @@ fn quota(err: ProviderError) -> ProviderError {
     }
 }
 
-/// The request body of `request` in OpenAI's format.
-pub fn body(request: &ChatRequest, model: &str, stream: bool) -> Value {
+/// The request body of `request` in OpenAI's format. `max_tokens_key`: `max_tokens` for
+/// OpenAI-compatible servers, `max_completion_tokens` for Azure (its reasoning models refuse
+/// `max_tokens`).
+pub fn body(request: &ChatRequest, model: &str, stream: bool, max_tokens_key: &str) -> Value {
     let messages: Vec<Value> = request
         .messages
         .iter()
@@ -182,7 +191,7 @@ pub fn body(request: &ChatRequest, model: &str, stream: bool) -> Value {
         body["top_p"] = json!(t);
     }
     if let Some(t) = p.max_tokens {
-        body["max_tokens"] = json!(t);
+        body[max_tokens_key] = json!(t);
     }
     if !p.stop.is_empty() {
         body["stop"] = json!(p.stop);
@@ -196,6 +205,14 @@ pub fn body(request: &ChatRequest, model: &str, stream: bool) -> Value {
             .iter()
             .map(|t| json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": schema_object(&t.parameters)}}))
             .collect();
+        match &p.tool_choice {
+            ToolChoice::Auto => {}
+            ToolChoice::None => body["tool_choice"] = json!("none"),
+            ToolChoice::Required => body["tool_choice"] = json!("required"),
+            ToolChoice::Named(name) => {
+                body["tool_choice"] = json!({"type": "function", "function": {"name": name}});
+            }
+        }
     }
     if stream {
         // Streamed calls are accounted too, not recorded as zero.
@@ -226,8 +243,11 @@ struct WireFunction {
 struct WireMessage {
     #[serde(default)]
     content: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     tool_calls: Vec<WireToolCall>,
+    /// Reasoning models' thinking (DeepSeek, vLLM): not the answer, but the model is working.
+    #[serde(default)]
+    reasoning_content: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -260,7 +280,7 @@ struct WireUsage {
 struct WireCompletion {
     #[serde(default)]
     model: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     choices: Vec<WireChoice>,
     #[serde(default)]
     usage: Option<WireUsage>,
@@ -331,7 +351,10 @@ impl Provider for OpenAiProvider {
         async move {
             let wire: WireCompletion = self
                 .upstream
-                .json(self.request(&self.chat_url, &body(request, &self.model, false)))
+                .json(self.request(
+                    &self.chat_url,
+                    &body(request, &self.model, false, self.max_tokens_key()),
+                ))
                 .await
                 .map_err(quota)?;
             let choice = wire
@@ -367,7 +390,10 @@ impl Provider for OpenAiProvider {
     ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> {
         async move {
             let response = self
-                .send(&self.chat_url, &body(request, &self.model, true))
+                .send(
+                    &self.chat_url,
+                    &body(request, &self.model, true, self.max_tokens_key()),
+                )
                 .await?;
             Ok(self.upstream.events(
                 response,
@@ -417,6 +443,8 @@ struct StreamDecoder {
     usage: Option<WireUsage>,
     model: String,
     calls: PartialCalls,
+    /// A reasoning model is thinking (its first token may be far off, but it is working).
+    thinking: bool,
 }
 
 impl Decoder for StreamDecoder {
@@ -447,6 +475,7 @@ impl Decoder for StreamDecoder {
             }
             if let Some(delta) = choice.delta {
                 self.calls.add(delta.tool_calls);
+                self.thinking |= delta.reasoning_content.is_some_and(|t| !t.is_empty());
                 if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
                     out.push_back(Chunk::Delta(text));
                 }
@@ -456,7 +485,7 @@ impl Decoder for StreamDecoder {
     }
 
     fn generating(&self) -> bool {
-        !self.calls.0.is_empty()
+        self.thinking || !self.calls.0.is_empty()
     }
 
     fn end(&mut self, _out: &mut VecDeque<Chunk>) -> Result<(), ProviderError> {

@@ -16,6 +16,8 @@ pub type Client = LlmGatewayServiceClient<Channel>;
 pub struct TestApp {
     pub client: Client,
     pub admin: SocketAddr,
+    /// The OpenAI-compatible API, when on.
+    pub openai: Option<SocketAddr>,
     pub shutdown: CancellationToken,
 }
 
@@ -33,11 +35,13 @@ pub async fn spawn_app(configure: impl FnOnce(&mut Config)) -> TestApp {
         .expect("building the gateway");
     let addr = app.local_addr().expect("bound");
     let admin = app.admin_addr().expect("bound");
+    let openai = app.openai_addr();
     let shutdown = CancellationToken::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     TestApp {
         client: LlmGatewayServiceClient::new(channel(addr).await),
         admin,
+        openai,
         shutdown,
     }
 }

@@ -6,6 +6,7 @@
 
 mod caching;
 mod chat;
+mod front_door;
 mod helpers;
 mod limits;
 mod providers;

@@ -136,8 +136,9 @@ async fn anthropic_translates_system_tools_tool_results_and_usage() {
     );
     let body = fake.last_body().expect("body");
     assert_eq!(body["system"], "You are the CFO.");
-    assert_eq!(body["max_tokens"], 512, "the limits' default");
+    assert_eq!(body["max_tokens"], 4096, "the deployment's default");
     assert_eq!(body["stop_sequences"], json!(["END"]));
+    assert_eq!(body["temperature"], 0.5);
     assert_eq!(
         body["tools"][0]["input_schema"]["required"],
         json!(["name"])
@@ -264,17 +265,21 @@ async fn anthropic_429_and_529_are_retried_but_a_spend_limit_is_not() {
         ("a", 3, 0)
     );
 
-    // A 429 without Retry-After is a spend limit: straight to the next deployment.
-    a.script([Behavior::Status(429, None)]);
-    let answer = client
-        .chat(chat("claude", "again", 0.5))
-        .await
-        .expect("fallback")
-        .into_inner();
-    assert_eq!(
-        (answer.provider.as_str(), a.calls(), b.calls()),
-        ("b", 4, 1)
-    );
+    // A 429 without Retry-After is a spend limit, a 401 a revoked key: straight to the next
+    // deployment.
+    for (n, status) in [429, 401].into_iter().enumerate() {
+        a.script([Behavior::Status(status, None)]);
+        let answer = client
+            .chat(chat("claude", &format!("again {n}"), 0.5))
+            .await
+            .expect("fallback")
+            .into_inner();
+        assert_eq!(
+            (answer.provider.as_str(), a.calls(), b.calls()),
+            ("b", 4 + n, 1 + n),
+            "{status}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -152,7 +152,10 @@ async fn chat(
             Some((name, arguments)) => json!({"role": "assistant", "content": null, "tool_calls": [
                 {"id": "call_fake_1", "type": "function", "function": {"name": name, "arguments": arguments}}
             ]}),
-            None => json!({"role": "assistant", "content": text}),
+            // Explicit nulls, as LiteLLM and others write them.
+            None => {
+                json!({"role": "assistant", "content": text, "tool_calls": null, "function_call": null})
+            }
         };
         let finish = if call.is_some() { "tool_calls" } else { "stop" };
         return axum::Json(json!({
