@@ -4,7 +4,9 @@
 # at 8 and 64 connections, both proxies in front of the same fake upstream (127.0.0.1:18090,
 # served by the bench), the gateway as its own release process. See
 # services/llm-gateway/benches/providers.rs. Prints the tables and both proxies' peak RSS.
-# LITELLM=0 skips LiteLLM (bench/litellm.sh installs it into a venv when missing).
+# LITELLM=0 skips LiteLLM (bench/litellm.sh installs it into a venv when missing). Each proxy
+# runs pinned to core 0 (the gateway's runtime and LiteLLM's two workers get the same one
+# core), the bench (load generator and fake upstream) to core 1.
 # Usage: bench/llm-providers.sh      (env: PROVIDERS_SECONDS, PROVIDERS_RPS, CARGO_TARGET_DIR)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,23 +34,28 @@ model = "fake"
 base_url = "http://127.0.0.1:18090/v1"
 max_idle_connections = 512
 TOML
-"$TARGET/release/boardroom" serve --service llm-gateway --config "$OUT/gateway.toml" 2>"$OUT/gateway.log" &
+taskset -c 0 "$TARGET/release/boardroom" serve --service llm-gateway --config "$OUT/gateway.toml" 2>"$OUT/gateway.log" &
 GATEWAY=$!
 for _ in $(seq 100); do curl -sf 127.0.0.1:18095/readyz >/dev/null && break; sleep 0.1; done
+# The adapters and the gateway's front door first, alone on the machine; then LiteLLM starts
+# (its start and its background work after a burst are CPU-heavy, on the core it shares with
+# the gateway) and is measured while the gateway is idle.
+PROVIDERS_FRONT_DOOR=http://127.0.0.1:18054/v1 taskset -c 1 "$BENCH"
 export LITELLM_MASTER_KEY=${LITELLM_MASTER_KEY:-sk-bench}
 LITELLM_URL=
 if [ "${LITELLM:-1}" != 0 ]; then
-  bench/litellm.sh 2>"$OUT/litellm.log" &
+  taskset -c 0 bench/litellm.sh >"$OUT/litellm.log" 2>&1 &
   for _ in $(seq 180); do
     curl -sf -H "Authorization: Bearer $LITELLM_MASTER_KEY" 127.0.0.1:4000/v1/models >/dev/null 2>&1 && break
     sleep 0.5
   done
   LITELLM_URL=http://127.0.0.1:4000/v1
+  sleep 10
+  PROVIDERS_SKIP_ADAPTERS=1 PROVIDERS_LITELLM=$LITELLM_URL taskset -c 1 "$BENCH"
 fi
-PROVIDERS_FRONT_DOOR=http://127.0.0.1:18054/v1 PROVIDERS_LITELLM=$LITELLM_URL "$BENCH"
 echo
 echo "Gateway peak RSS: $(awk '/VmHWM/ {printf "%.1f MB", $2/1024}' /proc/$GATEWAY/status)"
 if [ -n "$LITELLM_URL" ]; then
-  RSS=$(pgrep -f 'litellm --config' | xargs -r -I{} awk '/VmRSS/ {print $2}' /proc/{}/status 2>/dev/null | awk '{s+=$1} END {printf "%.0f MB", s/1024}')
+  RSS=$(pgrep -f "${LITELLM_VENV:-/work/venv-litellm}" | xargs -r -I{} awk '/VmRSS/ {print $2}' /proc/{}/status 2>/dev/null | awk '{s+=$1} END {printf "%.0f MB", s/1024}')
   echo "LiteLLM RSS (all its processes): $RSS"
 fi

@@ -12,7 +12,9 @@
 // A benchmark owns the tasks it spawns: they end with its runtime.
 #![allow(clippy::disallowed_methods)]
 
-use std::sync::{Arc, Mutex};
+mod support;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use boardroom_llm_gateway::settings::{OpenAiConfig, ProviderSettings};
@@ -20,62 +22,7 @@ use boardroom_proto::llm::v1 as pb;
 use boardroom_proto::llm::v1::llm_gateway_service_client::LlmGatewayServiceClient;
 use boardroom_runtime::config::ModelAlias;
 use boardroom_testkit::{FakeOpenAi, service_test_config};
-use hdrhistogram::Histogram;
-
-type Call = Arc<dyn Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-#[derive(Clone, Copy)]
-struct Summary {
-    p50: f64,
-    p99: f64,
-    p999: f64,
-    errors: u64,
-}
-
-/// Sends `rps` calls a second for `seconds`, each at its scheduled time, and returns the
-/// latency percentiles in ms (the first second left out as warm-up).
-async fn open_loop(rps: u32, seconds: u64, call: Call) -> Summary {
-    let histogram = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
-    ));
-    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let total = u64::from(rps) * seconds;
-    let start = tokio::time::Instant::now() + Duration::from_millis(50);
-    let mut tasks = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let at = start + Duration::from_secs_f64(i as f64 / f64::from(rps));
-        tokio::time::sleep_until(at).await;
-        let (call, histogram, errors) = (call.clone(), histogram.clone(), errors.clone());
-        tasks.push(tokio::spawn(async move {
-            let ok = call(i).await;
-            let micros = at.elapsed().as_micros() as u64;
-            if !ok {
-                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            } else if i >= u64::from(rps) {
-                let _ = histogram.lock().expect("lock").record(micros.max(1));
-            }
-        }));
-    }
-    for task in tasks {
-        let _ = task.await;
-    }
-    let h = histogram.lock().expect("lock");
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    Summary {
-        p50: ms(0.5),
-        p99: ms(0.99),
-        p999: ms(0.999),
-        errors: errors.load(std::sync::atomic::Ordering::Relaxed),
-    }
-}
+use support::{Call, Summary, open_loop, runtime};
 
 fn direct(client: reqwest::Client, url: String, model: &'static str, key: Option<String>) -> Call {
     Arc::new(move |i| {

@@ -7,20 +7,22 @@
 //!    the gateway's gRPC API, unary and streamed (time to the first token); overhead = through
 //!    − direct at p50 and p99. Fakes, gateway and load each on their own single-threaded
 //!    runtime.
-//! 2. With `PROVIDERS_FRONT_DOOR` (the gateway's `/v1` URL, a separate process) and optionally
+//! 2. With `PROVIDERS_FRONT_DOOR` (the gateway's `/v1` URL, a separate process) and/or
 //!    `PROVIDERS_LITELLM` (LiteLLM's `/v1`, key in `LITELLM_MASTER_KEY`), both routed to model
 //!    `fake` on the OpenAI fake this bench serves on `PROVIDERS_UPSTREAM` (default
 //!    127.0.0.1:18090) at 50 ms: the same HTTP client, closed loop at 8 and 64 connections,
-//!    direct / LiteLLM / gateway: p50, p99, RPS. `bench/llm-providers.sh` starts it all.
+//!    direct and then each proxy: p50, p99, RPS. `bench/llm-providers.sh` starts it all and
+//!    measures each proxy while the other is idle.
 //!
 //! Env: `PROVIDERS_SECONDS` (default 8), `PROVIDERS_RPS` (default 200).
 
 // A benchmark owns the tasks it spawns: they end with its runtime.
 #![allow(clippy::disallowed_methods)]
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use boardroom_llm_gateway::settings::{
     AnthropicConfig, AzureConfig, GeminiConfig, OpenAiConfig, ProviderSettings,
@@ -30,134 +32,14 @@ use boardroom_proto::llm::v1::llm_gateway_service_client::LlmGatewayServiceClien
 use boardroom_runtime::config::{ModelAlias, Secret};
 use boardroom_testkit::{FakeProvider, Protocol, service_test_config};
 use futures::StreamExt;
-use hdrhistogram::Histogram;
 use serde_json::json;
-
-type Call = Arc<dyn Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
+use support::{Call, Summary, closed_loop, open_loop, runtime};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-#[derive(Clone, Copy)]
-struct Summary {
-    p50: f64,
-    p99: f64,
-    rps: f64,
-    errors: u64,
-}
-
-fn histogram() -> Arc<Mutex<Histogram<u64>>> {
-    Arc::new(Mutex::new(
-        Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
-    ))
-}
-
-fn summary(h: &Mutex<Histogram<u64>>, count: u64, seconds: f64, errors: u64) -> Summary {
-    let h = h.lock().expect("lock");
-    Summary {
-        p50: h.value_at_quantile(0.5) as f64 / 1000.0,
-        p99: h.value_at_quantile(0.99) as f64 / 1000.0,
-        rps: count as f64 / seconds,
-        errors,
-    }
-}
-
-/// `rps` calls a second for `seconds`, each at its scheduled time (queueing is charged); the
-/// first second left out as warm-up.
-async fn open_loop(rps: u32, seconds: u64, call: Call) -> Summary {
-    let h = histogram();
-    let errors = Arc::new(AtomicU64::new(0));
-    let total = u64::from(rps) * seconds;
-    let start = tokio::time::Instant::now() + Duration::from_millis(50);
-    let mut tasks = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let at = start + Duration::from_secs_f64(i as f64 / f64::from(rps));
-        tokio::time::sleep_until(at).await;
-        let (call, h, errors) = (call.clone(), h.clone(), errors.clone());
-        tasks.push(tokio::spawn(async move {
-            let ok = call(i).await;
-            let micros = at.elapsed().as_micros() as u64;
-            if !ok {
-                errors.fetch_add(1, Ordering::Relaxed);
-            } else if i >= u64::from(rps) {
-                let _ = h.lock().expect("lock").record(micros.max(1));
-            }
-        }));
-    }
-    for task in tasks {
-        let _ = task.await;
-    }
-    let measured = total.saturating_sub(u64::from(rps));
-    summary(
-        &h,
-        measured,
-        seconds.saturating_sub(1).max(1) as f64,
-        errors.load(Ordering::Relaxed),
-    )
-}
-
-/// `connections` callers, each sending its next call when the last answered, for `seconds`
-/// after one second of warm-up.
-async fn closed_loop(connections: usize, seconds: u64, call: Call) -> Summary {
-    let h = histogram();
-    let (errors, count, next) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let measuring = Arc::new(AtomicBool::new(false));
-    let end = Instant::now() + Duration::from_secs(seconds + 1);
-    let tasks: Vec<_> = (0..connections)
-        .map(|_| {
-            let (call, h, errors, count, next, measuring) = (
-                call.clone(),
-                h.clone(),
-                errors.clone(),
-                count.clone(),
-                next.clone(),
-                measuring.clone(),
-            );
-            tokio::spawn(async move {
-                while Instant::now() < end {
-                    let started = Instant::now();
-                    let ok = call(next.fetch_add(1, Ordering::Relaxed)).await;
-                    if !measuring.load(Ordering::Relaxed) {
-                        continue;
-                    }
-                    if ok {
-                        count.fetch_add(1, Ordering::Relaxed);
-                        let micros = started.elapsed().as_micros() as u64;
-                        let _ = h.lock().expect("lock").record(micros.max(1));
-                    } else {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    measuring.store(true, Ordering::Relaxed);
-    for task in tasks {
-        let _ = task.await;
-    }
-    summary(
-        &h,
-        count.load(Ordering::Relaxed),
-        seconds as f64,
-        errors.load(Ordering::Relaxed),
-    )
 }
 
 /// One adapter: how a direct call to its fake is made.
@@ -430,9 +312,9 @@ fn adapters(
     stop.cancel();
 }
 
-fn front_door(
+fn front_doors(
     seconds: u64,
-    front_door: &str,
+    front_door: Option<&str>,
     client_rt: &tokio::runtime::Runtime,
     upstream_rt: &tokio::runtime::Runtime,
 ) {
@@ -450,11 +332,14 @@ fn front_door(
     println!("| connections | path | p50 / p99 ms | overhead p50 / p99 ms | RPS | errors |");
     println!("|---|---|---|---|---|---|");
     for connections in [8usize, 64] {
-        let mut paths = vec![(
-            "direct",
-            format!("{}/chat/completions", fake.base_url()),
-            None,
-        )];
+        let mut paths = vec![("direct", format!("{}/chat/completions", fake.base_url()), None)];
+        if let Some(front_door) = front_door {
+            paths.push((
+                "Boardroom front door",
+                format!("{front_door}/chat/completions"),
+                None,
+            ));
+        }
         if let Some(litellm) = &litellm {
             paths.push((
                 "LiteLLM proxy",
@@ -462,11 +347,6 @@ fn front_door(
                 key.clone(),
             ));
         }
-        paths.push((
-            "Boardroom front door",
-            format!("{front_door}/chat/completions"),
-            None,
-        ));
         let mut direct: Option<Summary> = None;
         let mut overheads = Vec::new();
         for (name, url, key) in paths {
@@ -487,7 +367,7 @@ fn front_door(
             );
             overheads.push((name, s.p50 - base.p50, s.p99 - base.p99));
         }
-        if let [_, (_, l50, l99), (_, g50, g99)] = overheads[..] {
+        if let [_, (_, g50, g99), (_, l50, l99)] = overheads[..] {
             // Overheads under 0.05 ms are below what one run resolves: floored there.
             println!(
                 "| {connections} | LiteLLM's overhead ÷ the gateway's | p50 {:.0}× / p99 {:.0}× | | | |",
@@ -506,7 +386,11 @@ fn main() {
     if std::env::var("PROVIDERS_SKIP_ADAPTERS").is_err() {
         adapters(seconds, rps, &client_rt, &upstream_rt);
     }
-    if let Ok(url) = std::env::var("PROVIDERS_FRONT_DOOR") {
-        front_door(seconds, &url, &client_rt, &upstream_rt);
+    let front_door = std::env::var("PROVIDERS_FRONT_DOOR")
+        .ok()
+        .filter(|url| !url.is_empty());
+    let litellm = std::env::var("PROVIDERS_LITELLM").ok().filter(|url| !url.is_empty());
+    if front_door.is_some() || litellm.is_some() {
+        front_doors(seconds, front_door.as_deref(), &client_rt, &upstream_rt);
     }
 }
