@@ -239,7 +239,6 @@ fn adapters(
                 base_url: fake.base_url(),
                 api_key: key,
                 max_idle_connections: 512,
-                ..GeminiConfig::default()
             }),
         };
         config
@@ -332,7 +331,11 @@ fn front_doors(
     println!("| connections | path | p50 / p99 ms | overhead p50 / p99 ms | RPS | errors |");
     println!("|---|---|---|---|---|---|");
     for connections in [8usize, 64] {
-        let mut paths = vec![("direct", format!("{}/chat/completions", fake.base_url()), None)];
+        let mut paths = vec![(
+            "direct",
+            format!("{}/chat/completions", fake.base_url()),
+            None,
+        )];
         if let Some(front_door) = front_door {
             paths.push((
                 "Boardroom front door",
@@ -389,7 +392,9 @@ fn main() {
     let front_door = std::env::var("PROVIDERS_FRONT_DOOR")
         .ok()
         .filter(|url| !url.is_empty());
-    let litellm = std::env::var("PROVIDERS_LITELLM").ok().filter(|url| !url.is_empty());
+    let litellm = std::env::var("PROVIDERS_LITELLM")
+        .ok()
+        .filter(|url| !url.is_empty());
     if front_door.is_some() || litellm.is_some() {
         front_doors(seconds, front_door.as_deref(), &client_rt, &upstream_rt);
     }
