@@ -11,7 +11,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::domain::{
-    CacheOutcome, ChatAnswer, ChatRequest, Chunk, Completion, Embeddings, ToolCall,
+    CacheOutcome, ChatAnswer, ChatRequest, Chunk, Completion, Embeddings, ToolCall, Usage,
 };
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
@@ -181,6 +181,7 @@ impl Api {
         caller: &str,
     ) -> Result<ChatEvents, GatewayError> {
         let admission = self.admit(caller, &chat)?;
+        let prompt_tokens = chat.prompt_tokens();
         let answer = match self.gateway.chat_stream(chat, deadline).await {
             Ok(answer) => answer,
             Err(err) => {
@@ -200,6 +201,7 @@ impl Api {
             flush_every: self.stream_flush,
             caller: caller.to_owned(),
             admission,
+            prompt_tokens,
         };
         // Owned by the call: see above.
         #[allow(clippy::disallowed_methods)]
@@ -251,6 +253,8 @@ struct Relay {
     flush_every: Duration,
     caller: String,
     admission: Admission,
+    /// The request's prompt, estimated: for a stream that ends without usage.
+    prompt_tokens: u32,
 }
 
 impl Relay {
@@ -268,10 +272,61 @@ impl Relay {
     }
 
     async fn run(self, answer: crate::gateway::AnswerStream, deadline: Instant) {
-        let (mut chunks, meta) = (answer.chunks, answer.meta);
+        let meta = answer.meta.clone();
         let first_at = Instant::now();
-        let mut content = String::new();
-        let mut calls = Vec::new();
+        let mut sent = (String::new(), Vec::new());
+        let Some(completion) = self.relay(answer, deadline, &mut sent).await else {
+            // Broken, past the deadline, or left by its caller: the provider bills what it
+            // generated, so an estimate of it is counted.
+            let usage = Usage::estimated(self.prompt_tokens, &sent.0, &sent.1);
+            let used = if meta.cache == CacheOutcome::Miss {
+                self.gateway.account_unfinished(&meta, usage, &self.caller);
+                usage.total()
+            } else {
+                0
+            };
+            self.admission.settle(used);
+            return;
+        };
+        let mut completion = completion;
+        if meta.cache == CacheOutcome::Miss && completion.usage == Usage::default() {
+            // An upstream that ignores `include_usage`.
+            completion.usage = Usage::estimated(
+                self.prompt_tokens,
+                &completion.content,
+                &completion.tool_calls,
+            );
+        }
+        let cost_micros = self
+            .gateway
+            .finish_stream(&meta, completion.clone(), &self.caller, first_at.elapsed())
+            .await;
+        self.admission.settle(if meta.cache == CacheOutcome::Miss {
+            completion.usage.total()
+        } else {
+            0
+        });
+        let _ = self
+            .tx
+            .send(StreamEvent::Done(ChatAnswer {
+                completion,
+                deployment: meta.deployment.clone(),
+                cache: meta.cache,
+                cost_micros,
+            }))
+            .await;
+    }
+
+    /// Relays the answer's text and tool calls (kept in `sent`) until its end: the completion,
+    /// or `None` when it broke (the caller told) or the caller left.
+    async fn relay(
+        &self,
+        answer: crate::gateway::AnswerStream,
+        deadline: Instant,
+        sent: &mut (String, Vec<ToolCall>),
+    ) -> Option<Completion> {
+        let (mut chunks, meta) = (answer.chunks, answer.meta);
+        let (content, calls) = (&mut sent.0, &mut sent.1);
         // Text held back until `flush_every` after the last delta sent: one message (one
         // write, one wake-up at each hop) for the tokens of that window. The first delta goes
         // at once, so the time to the first token is the model's.
@@ -280,7 +335,7 @@ impl Relay {
         loop {
             let flush_at = last_sent.map(|at| at + self.flush_every);
             let next = tokio::select! {
-                _ = self.tx.closed() => return,
+                _ = self.tx.closed() => return None,
                 _ = async {
                     match flush_at {
                         Some(at) => tokio::time::sleep_until(at).await,
@@ -288,7 +343,7 @@ impl Relay {
                     }
                 }, if !held.is_empty() => {
                     if !self.flush(&mut held, &mut last_sent).await {
-                        return;
+                        return None;
                     }
                     continue;
                 }
@@ -299,13 +354,13 @@ impl Relay {
                 held.push_str(&text);
                 let due = flush_at.is_none_or(|at| tokio::time::Instant::now() >= at);
                 if due && !self.flush(&mut held, &mut last_sent).await {
-                    return;
+                    return None;
                 }
                 continue;
             }
             // Anything else goes after the text held back.
             if !self.flush(&mut held, &mut last_sent).await {
-                return;
+                return None;
             }
             let event = match next {
                 // Handled above.
@@ -331,37 +386,18 @@ impl Relay {
                     usage,
                     model,
                 }))) => {
-                    let completion = Completion {
-                        content: std::mem::take(&mut content),
-                        tool_calls: std::mem::take(&mut calls),
+                    return Some(Completion {
+                        content: std::mem::take(content),
+                        tool_calls: std::mem::take(calls),
                         finish_reason,
                         usage,
                         model,
-                    };
-                    let cost_micros = self
-                        .gateway
-                        .finish_stream(&meta, completion.clone(), &self.caller, first_at.elapsed())
-                        .await;
-                    self.admission.settle(if meta.cache == CacheOutcome::Miss {
-                        completion.usage.total()
-                    } else {
-                        0
                     });
-                    let _ = self
-                        .tx
-                        .send(StreamEvent::Done(ChatAnswer {
-                            completion,
-                            deployment: meta.deployment.clone(),
-                            cache: meta.cache,
-                            cost_micros,
-                        }))
-                        .await;
-                    return;
                 }
             };
             let failed = matches!(event, StreamEvent::Failed(_));
             if self.tx.send(event).await.is_err() || failed {
-                return;
+                return None;
             }
         }
     }

@@ -126,6 +126,22 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
+    /// Its prompt's tokens, estimated (4 bytes a token).
+    pub fn prompt_tokens(&self) -> u32 {
+        let bytes: usize = self
+            .messages
+            .iter()
+            .map(|m| {
+                m.content.len()
+                    + m.tool_calls
+                        .iter()
+                        .map(|c| c.arguments.len())
+                        .sum::<usize>()
+            })
+            .sum();
+        u32::try_from(bytes.div_ceil(4)).unwrap_or(u32::MAX)
+    }
+
     /// Whether its answer may be cached and shared: deterministic, or the caller says so.
     pub fn cacheable(&self) -> bool {
         match self.cache_policy {
@@ -184,6 +200,22 @@ impl Usage {
         self.input_tokens
             .saturating_sub(self.cache_read_tokens)
             .saturating_sub(self.cache_write_tokens)
+    }
+
+    /// What a call cost when the upstream did not say (an OpenAI-compatible server that
+    /// ignores `include_usage`, a stream that broke or was abandoned): `prompt_tokens` in, the
+    /// text and tool calls generated out, 4 bytes a token.
+    pub fn estimated(prompt_tokens: u32, content: &str, calls: &[ToolCall]) -> Self {
+        let out: usize = content.len()
+            + calls
+                .iter()
+                .map(|c| c.name.len() + c.arguments.len())
+                .sum::<usize>();
+        Self {
+            input_tokens: prompt_tokens,
+            output_tokens: u32::try_from(out.div_ceil(4)).unwrap_or(u32::MAX),
+            ..Self::default()
+        }
     }
 
     /// Prompt and completion tokens.

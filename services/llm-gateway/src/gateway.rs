@@ -15,7 +15,7 @@ use futures::{FutureExt, StreamExt};
 use crate::balance::{self, PeakEwma};
 use crate::breaker::Breaker;
 use crate::domain::{
-    CacheOutcome, CachePolicy, ChatAnswer, ChatRequest, Chunk, Completion, Embeddings,
+    CacheOutcome, CachePolicy, ChatAnswer, ChatRequest, Chunk, Completion, Embeddings, Usage,
 };
 use crate::error::GatewayError;
 use crate::provider::{ChunkStream, Provider, ProviderError};
@@ -200,11 +200,18 @@ impl Gateway {
         let upstream = *upstream.lock().unwrap_or_else(|e| e.into_inner());
         metrics::histogram!("llm_gateway_overhead_seconds", "rpc" => "chat")
             .record(started.elapsed().saturating_sub(upstream).as_secs_f64());
-        let (completion, deployment, cache) = answer.inspect_err(|err| {
+        let (mut completion, deployment, cache) = answer.inspect_err(|err| {
             metrics::counter!("llm_requests_total", "model" => request.model.clone(), "result" => err.kind()).increment(1);
         })?;
+        if cache == CacheOutcome::Miss && completion.usage == crate::domain::Usage::default() {
+            completion.usage = crate::domain::Usage::estimated(
+                request.prompt_tokens(),
+                &completion.content,
+                &completion.tool_calls,
+            );
+        }
         let cost_micros = match (&deployment, cache) {
-            (Some(d), CacheOutcome::Miss) => account(d, &completion, caller),
+            (Some(d), CacheOutcome::Miss) => account(d, completion.usage, caller),
             _ => 0,
         };
         metrics::counter!("llm_requests_total", "model" => request.model.clone(), "result" => cache_label(cache)).increment(1);
@@ -440,6 +447,16 @@ impl Gateway {
         }
     }
 
+    /// Accounts a stream that ended before its usage came (broken, past the deadline, or left
+    /// by its caller): the provider bills what it generated, so the estimate is counted.
+    /// Returns its cost.
+    pub fn account_unfinished(&self, stream: &StreamMeta, usage: Usage, caller: &str) -> u64 {
+        match &stream.deployment_ref {
+            Some(deployment) => account(deployment, usage, caller),
+            None => 0,
+        }
+    }
+
     /// Accounts a completed stream and caches its assembled answer (only a complete,
     /// successful one). Returns its cost.
     pub async fn finish_stream(
@@ -456,7 +473,7 @@ impl Gateway {
             metrics::histogram!("llm_output_tokens_per_second", "deployment" => deployment.name.clone())
                 .record(f64::from(completion.usage.output_tokens) / elapsed_after_first.as_secs_f64());
         }
-        let cost = account(deployment, &completion, caller);
+        let cost = account(deployment, completion.usage, caller);
         if let (Some(key), Some((cache, ttl))) = (&stream.cache_key, &self.cache) {
             let answer = CachedAnswer {
                 completion,
@@ -504,8 +521,7 @@ fn cache_label(outcome: CacheOutcome) -> &'static str {
 /// Tokens and cost of an answer the deployment produced, per caller. `llm_tokens_total`'s
 /// `direction`s are disjoint: `input` (prompt tokens the prompt cache did not serve),
 /// `cache_read`, `cache_write` and `output`; their sum is every token of the call.
-fn account(deployment: &Deployment, completion: &Completion, caller: &str) -> u64 {
-    let usage = completion.usage;
+fn account(deployment: &Deployment, usage: Usage, caller: &str) -> u64 {
     let name = &deployment.name;
     for (direction, tokens) in [
         ("input", usage.uncached_input_tokens()),

@@ -236,6 +236,10 @@ async fn an_anthropic_error_event_fails_over_before_the_first_token_and_is_unava
     assert_eq!(error.code(), Code::Unavailable, "{error:?}");
     assert!(error.message().contains("overloaded_error"), "{error:?}");
     assert_eq!(b.calls(), 1, "no fallback after the first token");
+    // The provider bills what it generated before the error: an estimate of it is accounted
+    // ("echo: one", 9 bytes, 3 tokens), not nothing.
+    let metrics = scrape_metrics(app.admin).await;
+    assert_eq!(accounted(&metrics, "a")[3], 3.0, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
