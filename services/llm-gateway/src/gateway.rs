@@ -577,6 +577,10 @@ fn settle(
         deployment.breaker.success();
         return Err(GatewayError::Rejected(err.to_string()));
     }
+    if matches!(err, ProviderError::Unsupported(_)) {
+        // The deployment is healthy; it just lacks this API: the next one may have it.
+        return Ok(None);
+    }
     deployment.breaker.failure();
     if !err.retryable() || attempt + 1 >= retry.max_attempts {
         metrics::counter!("llm_fallbacks_total", "deployment" => deployment.name.clone())
@@ -600,6 +604,10 @@ fn settle(
 }
 
 fn unavailable(last: Option<ProviderError>) -> GatewayError {
+    if let Some(err @ ProviderError::Unsupported(_)) = &last {
+        // No deployment of the alias offers the API: the request is wrong for it.
+        return GatewayError::Rejected(err.to_string());
+    }
     GatewayError::Unavailable {
         retry_after: last.as_ref().and_then(ProviderError::retry_after),
         message: last.map_or_else(

@@ -251,15 +251,21 @@ impl Door {
             message: message.to_owned(),
             retry_after: None,
         };
+        // Counted out however the wait ends: a caller that hangs up drops this future mid-wait.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _waiting = Waiting(&self.waiting);
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(busy(
                 "the gateway is at its limit of calls in flight and waiting",
             ));
         }
         let waited =
             tokio::time::timeout_at(deadline.into(), self.admission.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
         match waited {
             Ok(Ok(permit)) => Ok(permit),
             Ok(Err(_)) => Err(busy("the gateway is shutting down")),

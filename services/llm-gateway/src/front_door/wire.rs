@@ -23,7 +23,7 @@ enum OneOrMany {
 
 #[derive(Deserialize)]
 struct WireFunction {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     name: String,
     #[serde(default)]
     arguments: Value,
@@ -31,7 +31,7 @@ struct WireFunction {
 
 #[derive(Deserialize)]
 struct WireToolCall {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     id: String,
     #[serde(default)]
     function: Option<WireFunction>,
@@ -39,7 +39,7 @@ struct WireToolCall {
 
 #[derive(Deserialize)]
 struct WireMessage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     role: String,
     #[serde(default)]
     content: Option<Value>,
@@ -53,9 +53,9 @@ struct WireMessage {
 
 #[derive(Deserialize)]
 struct WireToolFunction {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     description: String,
     #[serde(default)]
     parameters: Option<Value>,
@@ -70,7 +70,7 @@ struct WireTool {
 
 #[derive(Deserialize, Default)]
 struct StreamOptions {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     include_usage: bool,
 }
 

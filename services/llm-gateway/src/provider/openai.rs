@@ -262,15 +262,15 @@ struct WireChoice {
 
 #[derive(Deserialize, Default, Clone, Copy)]
 struct WirePromptDetails {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     cached_tokens: u32,
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
 struct WireUsage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     prompt_tokens: u32,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     completion_tokens: u32,
     #[serde(default)]
     prompt_tokens_details: Option<WirePromptDetails>,

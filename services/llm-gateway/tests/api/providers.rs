@@ -287,6 +287,47 @@ async fn anthropic_429_and_529_are_retried_but_a_spend_limit_is_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_skip_a_provider_without_them_and_refuse_an_alias_with_none() {
+    let (a, o) = (FakeProvider::anthropic().await, FakeProvider::start().await);
+    let app = spawn_app(|c| {
+        route(
+            c,
+            "mixed",
+            vec![("claude", anthropic(&a)), ("gpt", openai(&o))],
+        );
+        route(c, "claude", vec![("claude-only", anthropic(&a))]);
+    })
+    .await;
+    let mut client = app.client.clone();
+    let embed = |model: &str| pb::EmbedRequest {
+        model: model.into(),
+        inputs: vec!["runway".into()],
+        request_id: String::new(),
+    };
+    let embedded = client
+        .embed(embed("mixed"))
+        .await
+        .expect("from gpt")
+        .into_inner();
+    assert_eq!(embedded.provider, "gpt");
+    let refused = client
+        .embed(embed("claude"))
+        .await
+        .expect_err("no embeddings API");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    // A caller asking for what a deployment lacks does not count against its circuit.
+    for _ in 0..6 {
+        let _ = client.embed(embed("claude")).await;
+    }
+    let answer = client
+        .chat(chat("claude", "still healthy", 0.5))
+        .await
+        .expect("the circuit stayed closed")
+        .into_inner();
+    assert_eq!(answer.provider, "claude-only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_and_dropped_streams_are_bounded_and_reported() {
     let (a, b) = (
         FakeProvider::anthropic().await,
