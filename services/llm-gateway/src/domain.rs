@@ -270,6 +270,18 @@ pub enum CacheOutcome {
     Semantic,
 }
 
+impl CacheOutcome {
+    /// Its name in metrics and headers.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Miss => "miss",
+            Self::Exact => "exact",
+            Self::Coalesced => "coalesced",
+            Self::Semantic => "semantic",
+        }
+    }
+}
+
 /// The gateway's answer to a chat request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatAnswer {

@@ -214,7 +214,7 @@ impl Gateway {
             (Some(d), CacheOutcome::Miss) => account(d, completion.usage, caller),
             _ => 0,
         };
-        metrics::counter!("llm_requests_total", "model" => request.model.clone(), "result" => cache_label(cache)).increment(1);
+        metrics::counter!("llm_requests_total", "model" => request.model.clone(), "result" => cache.label()).increment(1);
         Ok(ChatAnswer {
             deployment: deployment.map_or_else(String::new, |d| d.name.clone()),
             completion,
@@ -506,15 +506,6 @@ impl Gateway {
         metrics::counter!("llm_tokens_total", "deployment" => deployment.name.clone(), "direction" => "input", "caller" => caller.to_owned())
             .increment(u64::from(embeddings.usage.input_tokens));
         Ok((embeddings, deployment.name.clone()))
-    }
-}
-
-fn cache_label(outcome: CacheOutcome) -> &'static str {
-    match outcome {
-        CacheOutcome::Miss => "miss",
-        CacheOutcome::Exact => "exact",
-        CacheOutcome::Coalesced => "coalesced",
-        CacheOutcome::Semantic => "semantic",
     }
 }
 

@@ -322,15 +322,6 @@ fn cache_policy(headers: &HeaderMap) -> Result<CachePolicy, GatewayError> {
     }
 }
 
-fn cache_label(outcome: CacheOutcome) -> &'static str {
-    match outcome {
-        CacheOutcome::Miss => "miss",
-        CacheOutcome::Exact => "exact",
-        CacheOutcome::Coalesced => "coalesced",
-        CacheOutcome::Semantic => "semantic",
-    }
-}
-
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -344,10 +335,9 @@ fn provenance(response: &mut Response, deployment: &str, cache: CacheOutcome) {
             .headers_mut()
             .insert("x-boardroom-deployment", value);
     }
-    response.headers_mut().insert(
-        "x-boardroom-cache",
-        HeaderValue::from_static(cache_label(cache)),
-    );
+    response
+        .headers_mut()
+        .insert("x-boardroom-cache", HeaderValue::from_static(cache.label()));
 }
 
 async fn chat(State(door): State<Arc<Door>>, headers: HeaderMap, body: Bytes) -> Response {
