@@ -380,3 +380,37 @@ async fn sighup_reloads_live_settings_and_refuses_a_bad_file() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_port_of_serve_lists_only_the_services_it_serves() {
+    let server = serve(&[]).await;
+    let all = [
+        "boardroom.session.v1.SessionService",
+        "boardroom.cache.v1.CacheService",
+        "boardroom.llm.v1.LlmGatewayService",
+        "boardroom.conversation.v1.ConversationService",
+    ];
+    let ports = [
+        (Some(server.grpc), all[0]),
+        (server.cache_grpc, all[1]),
+        (server.llm_grpc, all[2]),
+        (server.conversation_grpc, all[3]),
+    ];
+    for (addr, own) in ports {
+        let addr = addr.expect("serve runs every service").to_string();
+        let (ok, listed) = grpcurl(&["-plaintext", &addr, "list"]);
+        assert!(ok, "{listed}");
+        let names: Vec<&str> = listed.lines().map(str::trim).collect();
+        assert!(names.contains(&own), "{own} missing on {addr}: {listed}");
+        assert!(names.contains(&"grpc.health.v1.Health"), "{listed}");
+        for other in all.iter().filter(|s| **s != own) {
+            assert!(
+                !names.contains(other),
+                "{other} listed on {own}'s port: {listed}"
+            );
+        }
+        // Types of other contracts still resolve (a BadRequest's details, say).
+        let (ok, described) = grpcurl(&["-plaintext", &addr, "describe", own]);
+        assert!(ok && described.contains("service"), "{described}");
+    }
+}

@@ -58,14 +58,9 @@ impl GrpcServer {
         let ready = Readiness::default();
         let admin = AdminServer::bind(listen.admin_addr, ready.clone()).await?;
         let (health, health_service) = tonic_health::server::health_reporter();
-        // grpcurl 1.8 and ghz still ask for v1alpha; newer clients for v1.
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
         let mut routes = RoutesBuilder::default();
-        routes
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+        // Reflection is added in `run`, once the port's services are known.
+        routes.add_service(health_service);
         Ok(Self {
             name,
             listener,
@@ -130,6 +125,13 @@ impl GrpcServer {
             authenticator,
             tls,
         } = self;
+        // Reflection lists what this port serves (in `serve` all mode each service has its own
+        // port): its services, health and reflection. grpcurl 1.8 and ghz still ask for
+        // v1alpha; newer clients for v1.
+        let mut routes = routes;
+        routes
+            .add_service(reflection(&service_names).build_v1()?)
+            .add_service(reflection(&service_names).build_v1alpha()?);
         set_status(&health, &service_names, ServingStatus::Serving).await;
         ready.set(true);
 
@@ -144,14 +146,7 @@ impl GrpcServer {
             services: service_names
                 .iter()
                 .map(|s| (*s).to_owned())
-                .chain(
-                    [
-                        "grpc.health.v1.Health",
-                        "grpc.reflection.v1.ServerReflection",
-                        "grpc.reflection.v1alpha.ServerReflection",
-                    ]
-                    .map(str::to_owned),
-                )
+                .chain(INFRASTRUCTURE.map(str::to_owned))
                 .collect(),
         });
         let mut builder = tonic::transport::Server::builder()
@@ -232,13 +227,24 @@ fn server_tls(tls: &TlsConfig) -> anyhow::Result<ServerTlsConfig> {
     Ok(config)
 }
 
-/// Reflection over every Boardroom contract, health, and the google.rpc error details our
-/// errors carry (so grpcurl can print a BadRequest).
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(boardroom_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+/// The names reflection and the inbound layer know besides a port's own services.
+const INFRASTRUCTURE: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Reflection advertising `services` (and health and reflection), with the descriptors of every
+/// Boardroom contract, health, and the google.rpc error details our errors carry (so grpcurl can
+/// describe any type and print a BadRequest).
+fn reflection(services: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    services.iter().copied().chain(INFRASTRUCTURE).fold(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(boardroom_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET),
+        |builder, name| builder.with_service_name(name),
+    )
 }
 
 async fn set_status(health: &HealthReporter, names: &[&'static str], status: ServingStatus) {
