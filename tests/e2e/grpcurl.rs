@@ -205,6 +205,44 @@ async fn the_embedded_default_runs_a_boardroom_turn_end_to_end() {
     );
     // user + 2 advisors + moderator (int64 fields are JSON strings)
     assert_eq!(state["lastSeq"], "4", "{state}");
+
+    // After a turn through every service, the metrics are well formed for Prometheus: every
+    // family has HELP text (promtool's lints, from Debian's prometheus package; scripts/test
+    // installs it when missing).
+    let metrics = scrape_metrics(server.admin).await;
+    let families = metrics.lines().filter(|l| l.starts_with("# TYPE ")).count();
+    let described = metrics.lines().filter(|l| l.starts_with("# HELP ")).count();
+    assert!(families >= 25, "{metrics}");
+    assert_eq!(described, families, "a family without HELP:\n{metrics}");
+    let (clean, problems) = promtool_check_metrics(&metrics);
+    assert!(clean, "promtool check metrics:\n{problems}");
+}
+
+/// `promtool check metrics` on `text`: (no problem found, what it printed).
+fn promtool_check_metrics(text: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect(
+            "promtool is not installed: scripts/test installs it (Debian's prometheus package)",
+        );
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("writing to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success() && printed.trim().is_empty(), printed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,7 @@ pub mod error;
 pub mod grpc;
 pub mod history;
 pub mod lease;
+pub mod metrics;
 pub mod page;
 pub mod ports;
 pub mod recent;
@@ -90,6 +91,7 @@ impl Application {
     /// Binds a service over an already connected (and migrated) database.
     pub async fn with_database(config: &Config, db: Database) -> anyhow::Result<Self> {
         boardroom_runtime::metrics::metrics_handle()?;
+        boardroom_runtime::metrics::describe(metrics::FAMILIES);
         let c = &config.conversation;
         let stop = CancellationToken::new();
         let hot = TieredCache::new(

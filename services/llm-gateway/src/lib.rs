@@ -13,6 +13,7 @@ pub mod front_door;
 pub mod gateway;
 pub mod grpc;
 pub mod limits;
+pub mod metrics;
 pub mod provider;
 pub mod response_cache;
 pub mod semantic;
@@ -207,6 +208,7 @@ impl Application {
         // One crypto provider for every TLS user (upstream HTTPS, tonic).
         let _ = rustls::crypto::ring::default_provider().install_default();
         boardroom_runtime::metrics::metrics_handle()?;
+        boardroom_runtime::metrics::describe(metrics::FAMILIES);
         let cache_stop = CancellationToken::new();
         let gateway = Arc::new(build_gateway(config, &cache_stop).await?);
         let limits = RequestLimits {

@@ -21,17 +21,204 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0,
 ];
 
+/// What a metric family is, for its `# TYPE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// A distribution, in buckets.
+    Histogram,
+}
+
+/// A metric family and its `# HELP` text.
+#[derive(Debug, Clone, Copy)]
+pub struct Family {
+    /// Its name.
+    pub name: &'static str,
+    /// Its type.
+    pub kind: Kind,
+    /// What it counts, with its labels.
+    pub help: &'static str,
+}
+
+/// Registers the HELP text of `families` with the process's recorder (installing it first);
+/// each component describes its own.
+pub fn describe(families: &[Family]) {
+    if metrics_handle().is_ok() {
+        register(families);
+    }
+}
+
+fn register(families: &[Family]) {
+    for family in families {
+        match family.kind {
+            Kind::Counter => metrics::describe_counter!(family.name, family.help),
+            Kind::Gauge => metrics::describe_gauge!(family.name, family.help),
+            Kind::Histogram => metrics::describe_histogram!(family.name, family.help),
+        }
+    }
+}
+
+/// The shared runtime's families: the gRPC server and clients, the database pool.
+pub const FAMILIES: &[Family] = &[
+    Family {
+        name: "rpc_server_requests_total",
+        kind: Kind::Counter,
+        help: "gRPC calls served, by rpc_service, rpc_method and rpc_grpc_status_code.",
+    },
+    Family {
+        name: "rpc_server_call_duration_seconds",
+        kind: Kind::Histogram,
+        help: "Time to serve a gRPC call (to the last message of a stream), by rpc_service and rpc_method.",
+    },
+    Family {
+        name: "rpc_server_active_requests",
+        kind: Kind::Gauge,
+        help: "gRPC calls being served now, by rpc_service and rpc_method.",
+    },
+    Family {
+        name: "rpc_server_shed_total",
+        kind: Kind::Counter,
+        help: "gRPC calls refused UNAVAILABLE because the server was at its concurrency limit with its queue full or the wait past the deadline.",
+    },
+    Family {
+        name: "rpc_client_endpoints",
+        kind: Kind::Gauge,
+        help: "Endpoints an outgoing channel balances over, by target.",
+    },
+    Family {
+        name: "rpc_client_resolutions_total",
+        kind: Kind::Counter,
+        help: "DNS resolutions of an outgoing channel's target, by target and result.",
+    },
+    Family {
+        name: "db_client_connections_max",
+        kind: Kind::Gauge,
+        help: "Most connections the database pool may open.",
+    },
+    Family {
+        name: "db_client_connections_usage",
+        kind: Kind::Gauge,
+        help: "Database pool connections, by state (idle, used).",
+    },
+    Family {
+        name: "db_client_connections_pending_requests",
+        kind: Kind::Gauge,
+        help: "Callers waiting for a database pool connection.",
+    },
+    Family {
+        name: "db_client_operation_duration_seconds",
+        kind: Kind::Histogram,
+        help: "Time of a database statement or transaction, by db_operation_name and outcome.",
+    },
+    // The tiered cache's (shared/cache, which every service uses and which knows no runtime).
+    Family {
+        name: "cache_requests_total",
+        kind: Kind::Counter,
+        help: "Tiered cache lookups, by cache, level (l1, l2) and result (hit, miss, …).",
+    },
+    Family {
+        name: "cache_loads_total",
+        kind: Kind::Counter,
+        help: "Loads from the source of truth after a miss (one per key however many waited), by cache.",
+    },
+    Family {
+        name: "cache_load_duration_seconds",
+        kind: Kind::Histogram,
+        help: "Time of a load from the source of truth, by cache.",
+    },
+    Family {
+        name: "cache_refreshes_total",
+        kind: Kind::Counter,
+        help: "Entries refreshed in the background before they expired, by cache.",
+    },
+    Family {
+        name: "cache_invalidations_total",
+        kind: Kind::Counter,
+        help: "Invalidations applied to L1, by cache and scope (key, tag, all).",
+    },
+    Family {
+        name: "cache_evictions_total",
+        kind: Kind::Counter,
+        help: "Entries evicted from L1 (size or memory pressure), by cache and level.",
+    },
+    Family {
+        name: "cache_memory_pressure",
+        kind: Kind::Gauge,
+        help: "1 while resident memory is above the cache's trigger and L1 sheds entries, else 0, by cache.",
+    },
+    Family {
+        name: "cache_l1_entries",
+        kind: Kind::Gauge,
+        help: "Entries in L1 (the in-process level), by cache.",
+    },
+    Family {
+        name: "cache_l1_bytes",
+        kind: Kind::Gauge,
+        help: "Weighed size of L1's entries in bytes, by cache.",
+    },
+    Family {
+        name: "cache_l1_sheds_total",
+        kind: Kind::Counter,
+        help: "Times L1 shed entries under memory pressure, by cache.",
+    },
+    Family {
+        name: "cache_l1_shed_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes of L1 entries shed under memory pressure, by cache.",
+    },
+    Family {
+        name: "cache_l2_up",
+        kind: Kind::Gauge,
+        help: "1 while L2 (Redis) answers, else 0 (the cache then runs on L1 alone), by cache.",
+    },
+    Family {
+        name: "cache_l2_duration_seconds",
+        kind: Kind::Histogram,
+        help: "Time of an L2 (Redis) round trip, by cache and op.",
+    },
+    Family {
+        name: "cache_l2_errors_total",
+        kind: Kind::Counter,
+        help: "L2 (Redis) calls that failed or timed out (never raised to callers), by cache.",
+    },
+    Family {
+        name: "cache_l2_pool_connections",
+        kind: Kind::Gauge,
+        help: "Redis pool connections, by cache and state (connected, disconnected).",
+    },
+    Family {
+        name: "cache_l2_commands_queued",
+        kind: Kind::Gauge,
+        help: "Redis commands queued in the pool's clients, by cache.",
+    },
+    Family {
+        name: "cache_l2_commands_in_flight",
+        kind: Kind::Gauge,
+        help: "L2 (Redis) calls in flight, by cache.",
+    },
+    Family {
+        name: "cache_memory_trigger_bytes",
+        kind: Kind::Gauge,
+        help: "Resident memory above which L1 sheds entries, by cache.",
+    },
+];
+
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets(LATENCY_BUCKETS)
                 .map_err(|e| e.to_string())?
                 .install_recorder()
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            register(FAMILIES);
+            Ok(handle)
         })
         .clone()
         .map_err(|e| anyhow::anyhow!("installing the Prometheus recorder: {e}"))

@@ -1,0 +1,87 @@
+//! The conversation service's metric families and their HELP text.
+
+use boardroom_runtime::metrics::{Family, Kind};
+
+/// Every family the service records.
+pub const FAMILIES: &[Family] = &[
+    Family {
+        name: "conversation_turns_total",
+        kind: Kind::Counter,
+        help: "Turns that ended, by outcome (completed, failed, replayed, …).",
+    },
+    Family {
+        name: "conversation_turns_running",
+        kind: Kind::Gauge,
+        help: "Turns this instance runs now.",
+    },
+    Family {
+        name: "conversation_turns_queued",
+        kind: Kind::Gauge,
+        help: "Turns waiting on this instance for their thread (double-text ENQUEUE).",
+    },
+    Family {
+        name: "conversation_turns_interrupted_total",
+        kind: Kind::Counter,
+        help: "Running turns cancelled by a newer turn on their thread (double-text INTERRUPT).",
+    },
+    Family {
+        name: "conversation_turn_overhead_seconds",
+        kind: Kind::Histogram,
+        help: "Time of a turn minus the time waiting on the model: the engine's own cost.",
+    },
+    Family {
+        name: "conversation_node_duration_seconds",
+        kind: Kind::Histogram,
+        help: "Time in each node of the turn workflow, by node.",
+    },
+    Family {
+        name: "conversation_advisor_failures_total",
+        kind: Kind::Counter,
+        help: "Advisors that gave no answer in a turn, by reason.",
+    },
+    Family {
+        name: "conversation_tool_calls_total",
+        kind: Kind::Counter,
+        help: "Tool calls the advisors made, by tool.",
+    },
+    Family {
+        name: "conversation_summaries_total",
+        kind: Kind::Counter,
+        help: "Background summaries of long threads, by outcome (applied, failed).",
+    },
+    Family {
+        name: "conversation_recent_window_total",
+        kind: Kind::Counter,
+        help: "Reads of a thread's recent messages, by result (hit: from the cached window, extended, miss).",
+    },
+    Family {
+        name: "conversation_checkpoints_pruned_total",
+        kind: Kind::Counter,
+        help: "Checkpoints deleted beyond a thread's retention.",
+    },
+    Family {
+        name: "conversation_cancels_heard_total",
+        kind: Kind::Counter,
+        help: "Cancels of turns running here that another instance published.",
+    },
+    Family {
+        name: "conversation_leases_lost_total",
+        kind: Kind::Counter,
+        help: "Turns that lost their thread's lease (another instance took the thread after it expired).",
+    },
+    Family {
+        name: "conversation_lease_renewals_failed_total",
+        kind: Kind::Counter,
+        help: "Lease renewals that failed (retried soon after).",
+    },
+    Family {
+        name: "conversation_lease_releases_retried_total",
+        kind: Kind::Counter,
+        help: "Lease releases that failed and were retried.",
+    },
+    Family {
+        name: "conversation_turn_log_write_failures_total",
+        kind: Kind::Counter,
+        help: "Failed writes of a turn's event log to Redis (retried with backoff).",
+    },
+];
