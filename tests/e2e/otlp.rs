@@ -33,15 +33,19 @@ impl TraceService for Collector {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_continue_the_callers_trace_and_reach_the_collector() {
+/// A fake collector on a free port: its address, what it receives, and its stop.
+async fn collector() -> (
+    std::net::SocketAddr,
+    mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
+    tokio_util::sync::CancellationToken,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let collector_addr = listener.local_addr().expect("addr");
-    let (spans_tx, mut spans) = mpsc::unbounded_channel();
+    let (spans_tx, spans) = mpsc::unbounded_channel();
     let stop = tokio_util::sync::CancellationToken::new();
-    let collector = tokio::spawn(
+    tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(Collector(spans_tx)))
             .serve_with_incoming_shutdown(
@@ -49,18 +53,22 @@ async fn spans_continue_the_callers_trace_and_reach_the_collector() {
                 stop.clone().cancelled_owned(),
             ),
     );
+    (collector_addr, spans, stop)
+}
 
-    let otlp = [(
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        format!("http://{collector_addr}"),
-    )];
+/// `boardroom serve` exporting to `collector` (with `env` on top) takes one CreateBoardroom
+/// call inside the caller's trace, then stops (which flushes the exporter).
+async fn one_traced_call(
+    collector: std::net::SocketAddr,
+    env: &[(&str, String)],
+    trace_id: &'static str,
+    parent_id: &'static str,
+) {
+    let mut otlp = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"))];
+    otlp.extend(env.iter().cloned());
     let mut server = serve_with_env(&[], &otlp).await;
-    let addr = server.grpc;
-
-    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let parent_id = "00f067aa0ba902b7";
     let mut client = SessionServiceClient::with_interceptor(
-        channel(addr).await,
+        channel(server.grpc).await,
         move |mut req: tonic::Request<()>| {
             req.metadata_mut().insert(
                 "traceparent",
@@ -94,6 +102,41 @@ async fn spans_continue_the_callers_trace_and_reach_the_collector() {
         .expect("exits")
         .expect("status");
     assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standard_sampler_variable_turns_tracing_off() {
+    let (addr, mut spans, stop) = collector().await;
+    one_traced_call(
+        addr,
+        &[("OTEL_TRACES_SAMPLER", "always_off".into())],
+        "5bf92f3577b34da6a3ce929d0e0e4736",
+        "10f067aa0ba902b7",
+    )
+    .await;
+    // The process exited after its last export was answered: whatever it sent is here.
+    let mut exported = 0;
+    while let Ok(export) = spans.try_recv() {
+        exported += export
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum::<usize>();
+    }
+    assert_eq!(
+        exported, 0,
+        "always_off samples nothing, a sampled parent neither"
+    );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_continue_the_callers_trace_and_reach_the_collector() {
+    let (addr, mut spans, stop) = collector().await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "00f067aa0ba902b7";
+    one_traced_call(addr, &[], trace_id, parent_id).await;
 
     let mut found = None;
     while let Ok(Some(export)) = tokio::time::timeout(Duration::from_secs(10), spans.recv()).await {
@@ -130,7 +173,6 @@ async fn spans_continue_the_callers_trace_and_reach_the_collector() {
         "resource names the service"
     );
     stop.cancel();
-    collector.await.expect("joined").expect("collector");
 }
 
 fn hex(bytes: &[u8]) -> String {
