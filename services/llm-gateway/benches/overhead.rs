@@ -22,7 +22,7 @@ use boardroom_proto::llm::v1 as pb;
 use boardroom_proto::llm::v1::llm_gateway_service_client::LlmGatewayServiceClient;
 use boardroom_runtime::config::ModelAlias;
 use boardroom_testkit::{FakeOpenAi, service_test_config};
-use support::{Call, Summary, open_loop, runtime};
+use support::{Call, Summary, gateway_clients, open_loop, runtime};
 
 fn direct(client: reqwest::Client, url: String, model: &'static str, key: Option<String>) -> Call {
     Arc::new(move |i| {
@@ -198,15 +198,7 @@ fn main() {
         .build()
         .expect("client");
     let url = format!("{}/chat/completions", fake.base_url());
-    let grpc: Vec<_> = client_rt.block_on(async {
-        let mut clients = Vec::new();
-        for _ in 0..4 {
-            clients.push(LlmGatewayServiceClient::new(
-                boardroom_testkit::channel(addr).await,
-            ));
-        }
-        clients
-    });
+    let grpc = gateway_clients(&client_rt, addr);
     let run =
         |rps: u32, seconds: u64, call: Call| client_rt.block_on(open_loop(rps, seconds, call));
     let straight = || direct(http.clone(), url.clone(), "fake", None);

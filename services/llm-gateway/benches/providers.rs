@@ -33,7 +33,7 @@ use boardroom_runtime::config::{ModelAlias, Secret};
 use boardroom_testkit::{FakeProvider, Protocol, service_test_config};
 use futures::StreamExt;
 use serde_json::json;
-use support::{Call, Summary, closed_loop, open_loop, runtime};
+use support::{Call, Summary, closed_loop, gateway_clients, open_loop, runtime};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -260,15 +260,7 @@ fn adapters(
         .expect("gateway");
     let addr = app.local_addr().expect("bound");
     gateway_rt.spawn(app.run_until_stopped(stop.clone()));
-    let grpc: Vec<_> = client_rt.block_on(async {
-        let mut clients = Vec::new();
-        for _ in 0..4 {
-            clients.push(LlmGatewayServiceClient::new(
-                boardroom_testkit::channel(addr).await,
-            ));
-        }
-        clients
-    });
+    let grpc = gateway_clients(client_rt, addr);
     let http = http_client();
     println!(
         "Per adapter: fake upstream at 50 ms, {rps} calls/s open loop, {seconds} s (first left out).\n"

@@ -23,6 +23,28 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// Four channels to the gateway at `addr` (calls spread over them), connected on `rt`.
+pub fn gateway_clients(
+    rt: &tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+) -> Vec<
+    boardroom_proto::llm::v1::llm_gateway_service_client::LlmGatewayServiceClient<
+        tonic::transport::Channel,
+    >,
+> {
+    rt.block_on(async {
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            clients.push(
+                boardroom_proto::llm::v1::llm_gateway_service_client::LlmGatewayServiceClient::new(
+                    boardroom_testkit::channel(addr).await,
+                ),
+            );
+        }
+        clients
+    })
+}
+
 /// Latency percentiles in ms, throughput and failures of one load.
 #[derive(Clone, Copy)]
 pub struct Summary {

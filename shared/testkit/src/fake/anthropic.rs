@@ -14,8 +14,8 @@ use axum::routing::post;
 use serde_json::{Value, json};
 
 use super::{
-    Behavior, FakeState, InFlight, Protocol, Reported, StreamEnd, error_body, invalid, pieces, sse,
-    status, wait,
+    Behavior, FakeState, InFlight, Protocol, Reported, StreamEnd, error_body, invalid, pieces,
+    scripted, sse, status,
 };
 
 /// Uncached prompt tokens, cache writes and cache reads every answer reports.
@@ -136,8 +136,7 @@ async fn messages(
     body: axum::Json<Value>,
 ) -> Response {
     let body = body.0;
-    let behavior = state.begin(uri.to_string(), &headers, &body);
-    let _in_flight = InFlight::enter(&state);
+    let (behavior, _in_flight) = InFlight::begin(&state, &uri, &headers, &body);
     if headers.get("x-api-key").is_none() {
         return status(
             401,
@@ -154,19 +153,12 @@ async fn messages(
     if let Err(message) = check(&body) {
         return invalid(Protocol::Anthropic, message);
     }
-    if wait(&state, &behavior).await.is_none() {
-        return status(500, None, json!({}));
+    if let Err(refused) = scripted(&state, Protocol::Anthropic, &behavior).await {
+        return refused;
     }
     let model = body["model"].as_str().unwrap_or("claude-fake").to_owned();
     let words = state.words(&last_text(&body));
     let call = match &behavior {
-        Behavior::Status(code, retry_after) => {
-            return status(
-                *code,
-                *retry_after,
-                error_body(Protocol::Anthropic, *code, "scripted failure"),
-            );
-        }
         Behavior::ToolCall { name, arguments } => Some((name.clone(), arguments.clone())),
         _ => None,
     };

@@ -12,8 +12,8 @@ use axum::routing::post;
 use serde_json::{Value, json};
 
 use super::{
-    Behavior, FakeState, InFlight, Protocol, Reported, StreamEnd, error_body, invalid, sse, status,
-    wait,
+    Behavior, FakeState, InFlight, Protocol, Reported, StreamEnd, error_body, invalid, scripted,
+    sse, status,
 };
 
 /// Prompt tokens (cached content included), cached ones, and thoughts every answer reports.
@@ -125,8 +125,7 @@ async fn call(
     body: axum::Json<Value>,
 ) -> Response {
     let body = body.0;
-    let behavior = state.begin(uri.to_string(), &headers, &body);
-    let _in_flight = InFlight::enter(&state);
+    let (behavior, _in_flight) = InFlight::begin(&state, &uri, &headers, &body);
     if headers.get("x-goog-api-key").is_none() {
         return status(
             403,
@@ -163,18 +162,11 @@ async fn call(
     if let Err(message) = check(&body) {
         return invalid(Protocol::Gemini, message);
     }
-    if wait(&state, &behavior).await.is_none() {
-        return status(500, None, json!({}));
+    if let Err(refused) = scripted(&state, Protocol::Gemini, &behavior).await {
+        return refused;
     }
     let words = state.words(&last_text(&body));
     let call = match &behavior {
-        Behavior::Status(code, retry_after) => {
-            return status(
-                *code,
-                *retry_after,
-                error_body(Protocol::Gemini, *code, "scripted failure"),
-            );
-        }
         Behavior::ToolCall { name, arguments } => Some(json!({"functionCall": {
             "name": name, "args": serde_json::from_str::<Value>(arguments).unwrap_or(json!({})),
         }})),

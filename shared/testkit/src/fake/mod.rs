@@ -198,6 +198,26 @@ async fn wait(state: &FakeState, behavior: &Behavior) -> Option<()> {
     }
 }
 
+/// Waits as `behavior` and the configured latency say; `Err` is the response to send instead
+/// of an answer: a scripted status in `protocol`'s error JSON, or a 500 for a hang that ended.
+async fn scripted(
+    state: &FakeState,
+    protocol: Protocol,
+    behavior: &Behavior,
+) -> Result<(), Response> {
+    if wait(state, behavior).await.is_none() {
+        return Err(status(500, None, Value::Object(Default::default())));
+    }
+    match behavior {
+        Behavior::Status(code, retry_after) => Err(status(
+            *code,
+            *retry_after,
+            error_body(protocol, *code, "scripted failure"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// An error status with `body`, and `Retry-After` when given.
 fn status(code: u16, retry_after: Option<u64>, body: Value) -> Response {
     let mut response = (
@@ -302,9 +322,16 @@ fn pieces(arguments: &str) -> Vec<String> {
 struct InFlight(Arc<FakeState>);
 
 impl InFlight {
-    fn enter(state: &Arc<FakeState>) -> Self {
+    /// Records a chat call (see `FakeState::begin`) and counts it in flight until dropped.
+    fn begin(
+        state: &Arc<FakeState>,
+        uri: &axum::http::Uri,
+        headers: &HeaderMap,
+        body: &Value,
+    ) -> (Behavior, Self) {
+        let behavior = state.begin(uri.to_string(), headers, body);
         state.in_flight.fetch_add(1, Ordering::SeqCst);
-        Self(state.clone())
+        (behavior, Self(state.clone()))
     }
 }
 

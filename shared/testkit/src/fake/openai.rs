@@ -13,8 +13,8 @@ use axum::routing::post;
 use serde_json::{Value, json};
 
 use super::{
-    Behavior, FakeState, InFlight, Protocol, Reported, StreamEnd, error_body, invalid, pieces, sse,
-    status, wait,
+    Behavior, FakeState, InFlight, Protocol, Reported, StreamEnd, error_body, invalid, pieces,
+    scripted, sse, status,
 };
 
 /// Prompt tokens every answer reports, and how many of them were cached.
@@ -112,8 +112,7 @@ async fn chat(
     body: axum::Json<Value>,
 ) -> Response {
     let body = body.0;
-    let behavior = state.begin(uri.to_string(), &headers, &body);
-    let _in_flight = InFlight::enter(&state);
+    let (behavior, _in_flight) = InFlight::begin(&state, &uri, &headers, &body);
     if azure_without_version(&uri) {
         return status(
             404,
@@ -124,20 +123,13 @@ async fn chat(
     if let Err(message) = check(&body) {
         return invalid(Protocol::OpenAi, message);
     }
-    if wait(&state, &behavior).await.is_none() {
-        return status(500, None, json!({}));
+    if let Err(refused) = scripted(&state, Protocol::OpenAi, &behavior).await {
+        return refused;
     }
     let model = body["model"].as_str().unwrap_or("fake").to_owned();
     let stream = body["stream"].as_bool() == Some(true);
     let words = state.words(&last_message(&body));
     let (text, call) = match &behavior {
-        Behavior::Status(code, retry_after) => {
-            return status(
-                *code,
-                *retry_after,
-                error_body(Protocol::OpenAi, *code, "scripted failure"),
-            );
-        }
         Behavior::ToolCall { name, arguments } => (String::new(), Some((name, arguments))),
         _ => (words.concat(), None),
     };
