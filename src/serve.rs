@@ -6,7 +6,7 @@ use std::sync::Arc;
 use boardroom_migrations::{Migrator, MigratorTrait};
 use boardroom_runtime::Config;
 use boardroom_runtime::db::Database;
-use boardroom_runtime::telemetry::{Telemetry, init_telemetry};
+use boardroom_runtime::telemetry::{ServiceRoute, Telemetry, init_telemetry};
 use clap::{Args, ValueEnum};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -73,7 +73,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Service::Conversation => "boardroom-conversation",
         Service::SessionEcho => "boardroom-session-echo",
     };
-    let telemetry = init_telemetry(service_name, &config.telemetry)?;
+    // In one process, each service still reports its own spans under its own name.
+    let routes: &[ServiceRoute] = if args.service == Service::All {
+        &ROUTES
+    } else {
+        &[]
+    };
+    let telemetry = init_telemetry(service_name, routes, &config.telemetry)?;
     // Two services of one process must not race to migrate one database: migrate once here.
     if config.database.migrate_on_start
         && matches!(
@@ -154,6 +160,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     telemetry.shutdown();
     result
 }
+
+/// The services of `serve --service all`: their gRPC packages and `service.name`s.
+const ROUTES: [ServiceRoute; 4] = [
+    ServiceRoute {
+        rpc_prefix: "boardroom.session.",
+        name: "boardroom-session",
+    },
+    ServiceRoute {
+        rpc_prefix: "boardroom.cache.",
+        name: "boardroom-cache",
+    },
+    ServiceRoute {
+        rpc_prefix: "boardroom.llm.",
+        name: "boardroom-llm-gateway",
+    },
+    ServiceRoute {
+        rpc_prefix: "boardroom.conversation.",
+        name: "boardroom-conversation",
+    },
+];
 
 /// `http://` + an address to reach a bound listener at (loopback for an unspecified IP).
 fn loopback_url(addr: std::net::SocketAddr) -> String {
@@ -259,7 +285,7 @@ async fn reload_on_sighup(
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let file = args.config.clone();
     let config = load_config(file.as_deref())?;
-    let _telemetry = init_telemetry("boardroom-migrate", &config.telemetry)?;
+    let _telemetry = init_telemetry("boardroom-migrate", &[], &config.telemetry)?;
     let db = Database::connect(&config.database).await?;
     match args.direction {
         Direction::Up => Migrator::up(db.conn(), None).await?,

@@ -14,6 +14,8 @@ pub struct Server {
     /// The session service's (or, with `--service cache`, the cache service's) addresses.
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    /// Every service's admin address, by service (session, cache, llm-gateway, conversation).
+    pub admins: Vec<(&'static str, SocketAddr)>,
     /// The cache service's gRPC address, when it runs.
     pub cache_grpc: Option<SocketAddr>,
     /// The LLM gateway's gRPC address, when it runs.
@@ -85,6 +87,7 @@ pub async fn serve_on(db: TestDatabase, args: &[&str], env: &[(&str, String)]) -
     };
     let (mut session, mut cache, mut llm, mut conversation) = (None, None, None, None);
     let mut openai_url = None;
+    let mut admins = Vec::new();
     for _ in 0..services {
         let line = wait_for_log(&mut log, "listening").await;
         let event: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
@@ -96,6 +99,16 @@ pub async fn serve_on(db: TestDatabase, args: &[&str], env: &[(&str, String)]) -
         };
         let addrs = (addr("grpc"), addr("admin"));
         assert_ne!(addrs.0.port(), 0, "no address in {line}");
+        let service = if line.contains("cache service") {
+            "cache"
+        } else if line.contains("llm-gateway service") {
+            "llm-gateway"
+        } else if line.contains("conversation service") {
+            "conversation"
+        } else {
+            "session"
+        };
+        admins.push((service, addrs.1));
         if line.contains("cache service") {
             cache = Some(addrs);
         } else if line.contains("llm-gateway service") {
@@ -119,6 +132,7 @@ pub async fn serve_on(db: TestDatabase, args: &[&str], env: &[(&str, String)]) -
         child,
         grpc,
         admin,
+        admins,
         cache_grpc: cache.map(|(grpc, _)| grpc),
         llm_grpc: llm.map(|(grpc, _)| grpc),
         openai_url,

@@ -206,16 +206,75 @@ async fn the_embedded_default_runs_a_boardroom_turn_end_to_end() {
     // user + 2 advisors + moderator (int64 fields are JSON strings)
     assert_eq!(state["lastSeq"], "4", "{state}");
 
-    // After a turn through every service, the metrics are well formed for Prometheus: every
-    // family has HELP text (promtool's lints, from Debian's prometheus package; scripts/test
-    // installs it when missing).
-    let metrics = scrape_metrics(server.admin).await;
-    let families = metrics.lines().filter(|l| l.starts_with("# TYPE ")).count();
-    let described = metrics.lines().filter(|l| l.starts_with("# HELP ")).count();
-    assert!(families >= 25, "{metrics}");
-    assert_eq!(described, families, "a family without HELP:\n{metrics}");
-    let (clean, problems) = promtool_check_metrics(&metrics);
-    assert!(clean, "promtool check metrics:\n{problems}");
+    // After a turn through every service, each service's admin port serves that service's
+    // series (and the process's), well formed for Prometheus: every family has HELP text
+    // (promtool's lints, from Debian's prometheus package; scripts/test installs it when
+    // missing). Scraping the four ports counts nothing twice.
+    assert_eq!(server.admins.len(), 4);
+    let mut seen: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+    let mut families_total = 0;
+    for (service, admin) in &server.admins {
+        let metrics = scrape_metrics(*admin).await;
+        let families = metrics.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        let described = metrics.lines().filter(|l| l.starts_with("# HELP ")).count();
+        families_total += families;
+        assert_eq!(
+            described, families,
+            "{service}: a family without HELP:\n{metrics}"
+        );
+        let (clean, problems) = promtool_check_metrics(&metrics);
+        assert!(clean, "{service}: promtool check metrics:\n{problems}");
+        assert!(
+            metrics.contains("\nprocess_resident_memory_bytes "),
+            "{service}: {metrics}"
+        );
+        let own = format!("server=\"{service}\"");
+        assert!(
+            metrics.contains(&own),
+            "{service} serves its own calls:\n{metrics}"
+        );
+        for line in metrics.lines() {
+            if line.starts_with('#') || line.starts_with("process_") {
+                continue;
+            }
+            if line.contains("server=\"") {
+                assert!(
+                    line.contains(&own),
+                    "{service} serves another's series: {line}"
+                );
+            }
+            if let Some(other) =
+                seen.insert(line.split(' ').next().unwrap_or("").to_owned(), service)
+            {
+                panic!("{line} served by both {other} and {service}");
+            }
+        }
+        let expected: &[&str] = match *service {
+            "session" => &[
+                "cache_requests_total{cache=\"session\"",
+                "db_client_connections_max{pool_name=\"session\"}",
+            ],
+            "cache" => &[],
+            "llm-gateway" => &[
+                "llm_requests_total{",
+                "llm_time_to_first_token_seconds_bucket{",
+            ],
+            _ => &[
+                "conversation_turns_total{outcome=\"completed\"} 1",
+                "db_client_connections_max{pool_name=\"conversation\"}",
+            ],
+        };
+        for needle in expected {
+            assert!(
+                metrics.contains(needle),
+                "{service} lacks {needle}:\n{metrics}"
+            );
+        }
+    }
+    assert!(
+        families_total >= 30,
+        "{families_total} families over the four ports"
+    );
 }
 
 /// `promtool check metrics` on `text`: (no problem found, what it printed).

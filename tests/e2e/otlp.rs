@@ -1,180 +1,340 @@
-//! Spans reach an OTLP collector, continue the caller's W3C trace, and are flushed when the
-//! server stops: a fake collector (the real OTLP gRPC contract) receives what `boardroom serve`
-//! exports when `OTEL_EXPORTER_OTLP_ENDPOINT` points at it.
+//! Traces through a real OTLP/gRPC receiver (the test kit's tonic server on the
+//! opentelemetry-proto trace service): spans continue the caller's W3C trace, a turn is one
+//! trace across every service of `boardroom serve`, each service under its own
+//! `service.name`, and sampling follows `OTEL_TRACES_SAMPLER`.
 
 use std::time::Duration;
 
+use boardroom_proto::conversation::v1 as cpb;
+use boardroom_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use boardroom_proto::session::v1 as pb;
 use boardroom_proto::session::v1::session_service_client::SessionServiceClient;
 use boardroom_testkit::channel;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::TcpListenerStream;
+use boardroom_testkit::otlp::{OtlpReceiver, ReceivedSpan, Trace};
+use tokio_stream::StreamExt;
 
-use crate::binary::serve_with_env;
+use crate::binary::{Server, serve_with_env};
 
-struct Collector(mpsc::UnboundedSender<ExportTraceServiceRequest>);
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let _ = self.0.send(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
+/// An interceptor sending `traceparent` for trace `trace_id` with parent `parent_id`.
+fn traceparent(
+    trace_id: &'static str,
+    parent_id: &'static str,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert(
+            "traceparent",
+            format!("00-{trace_id}-{parent_id}-01")
+                .parse()
+                .expect("ascii"),
+        );
+        Ok(req)
     }
 }
 
-/// A fake collector on a free port: its address, what it receives, and its stop.
-async fn collector() -> (
-    std::net::SocketAddr,
-    mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
-    tokio_util::sync::CancellationToken,
-) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let collector_addr = listener.local_addr().expect("addr");
-    let (spans_tx, spans) = mpsc::unbounded_channel();
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Collector(spans_tx)))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                stop.clone().cancelled_owned(),
-            ),
-    );
-    (collector_addr, spans, stop)
-}
-
-/// `boardroom serve` exporting to `collector` (with `env` on top) takes one CreateBoardroom
-/// call inside the caller's trace, then stops (which flushes the exporter).
-async fn one_traced_call(
-    collector: std::net::SocketAddr,
-    env: &[(&str, String)],
-    trace_id: &'static str,
-    parent_id: &'static str,
-) {
-    let mut otlp = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"))];
-    otlp.extend(env.iter().cloned());
-    let mut server = serve_with_env(&[], &otlp).await;
-    let mut client = SessionServiceClient::with_interceptor(
-        channel(server.grpc).await,
-        move |mut req: tonic::Request<()>| {
-            req.metadata_mut().insert(
-                "traceparent",
-                format!("00-{trace_id}-{parent_id}-01")
-                    .parse()
-                    .expect("ascii"),
-            );
-            Ok(req)
-        },
-    );
-    client
-        .create_boardroom(pb::CreateBoardroomRequest {
-            owner_id: "o".into(),
-            name: "Traced".into(),
-            advisors: vec![pb::Advisor {
-                name: "CFO".into(),
+fn create_boardroom(advisors: &[&str]) -> pb::CreateBoardroomRequest {
+    pb::CreateBoardroomRequest {
+        owner_id: "o".into(),
+        name: "Traced".into(),
+        advisors: advisors
+            .iter()
+            .map(|name| pb::Advisor {
+                name: (*name).into(),
                 role: String::new(),
                 system_prompt: String::new(),
-                model: "m".into(),
-            }],
-            request_id: String::new(),
-            double_text: pb::DoubleTextPolicy::Unspecified as i32,
-        })
-        .await
-        .expect("call");
+                model: "mock".into(),
+            })
+            .collect(),
+        request_id: String::new(),
+        double_text: pb::DoubleTextPolicy::Unspecified as i32,
+    }
+}
 
-    // Stopping the server flushes the batch exporter.
+/// Stops `server` with SIGTERM (which flushes the exporter) and waits for a clean exit.
+async fn stop(mut server: Server) -> Server {
     server.signal("TERM");
     let status = tokio::time::timeout(Duration::from_secs(30), server.child.wait())
         .await
         .expect("exits")
         .expect("status");
     assert!(status.success());
+    server
+}
+
+/// `boardroom serve` exporting to `receiver` (with `env` on top) takes one CreateBoardroom
+/// call inside the caller's trace, then stops.
+async fn one_traced_call(
+    receiver: &OtlpReceiver,
+    env: &[(&str, String)],
+    trace_id: &'static str,
+    parent_id: &'static str,
+) {
+    let mut otlp = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())];
+    otlp.extend(env.iter().cloned());
+    let server = serve_with_env(&[], &otlp).await;
+    let mut client = SessionServiceClient::with_interceptor(
+        channel(server.grpc).await,
+        traceparent(trace_id, parent_id),
+    );
+    client
+        .create_boardroom(create_boardroom(&["CFO"]))
+        .await
+        .expect("call");
+    stop(server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standard_sampler_variable_turns_tracing_off() {
-    let (addr, mut spans, stop) = collector().await;
+    let mut receiver = OtlpReceiver::start().await;
     one_traced_call(
-        addr,
+        &receiver,
         &[("OTEL_TRACES_SAMPLER", "always_off".into())],
         "5bf92f3577b34da6a3ce929d0e0e4736",
         "10f067aa0ba902b7",
     )
     .await;
     // The process exited after its last export was answered: whatever it sent is here.
-    let mut exported = 0;
-    while let Ok(export) = spans.try_recv() {
-        exported += export
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum::<usize>();
-    }
-    assert_eq!(
-        exported, 0,
-        "always_off samples nothing, a sampled parent neither"
+    let exported = receiver.received();
+    assert!(
+        exported.is_empty(),
+        "always_off samples nothing, a sampled parent neither: {exported:?}"
     );
-    stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_continue_the_callers_trace_and_reach_the_collector() {
-    let (addr, mut spans, stop) = collector().await;
+    let mut receiver = OtlpReceiver::start().await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent_id = "00f067aa0ba902b7";
-    one_traced_call(addr, &[], trace_id, parent_id).await;
+    one_traced_call(&receiver, &[], trace_id, parent_id).await;
 
-    let mut found = None;
-    while let Ok(Some(export)) = tokio::time::timeout(Duration::from_secs(10), spans.recv()).await {
-        for resource_spans in export.resource_spans {
-            let service = resource_spans
-                .resource
-                .as_ref()
-                .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
-                .and_then(|a| a.value.as_ref())
-                .map(|v| format!("{:?}", v.value));
-            for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
-                if span.name == "boardroom.session.v1.SessionService/CreateBoardroom" {
-                    found = Some((span, service.clone()));
-                }
-            }
-        }
-        if found.is_some() {
-            break;
-        }
-    }
-    let (span, service) = found.expect("the RPC's span reached the collector");
+    let spans = receiver.received();
+    let span = spans
+        .iter()
+        .find(|s| s.span.name == "boardroom.session.v1.SessionService/CreateBoardroom")
+        .unwrap_or_else(|| panic!("the RPC's span reached the collector: {spans:?}"));
     assert_eq!(
-        hex(&span.trace_id),
+        span.trace_id(),
         trace_id,
         "the span continues the caller's trace"
     );
     assert_eq!(
-        hex(&span.parent_span_id),
+        span.parent_id(),
         parent_id,
         "its parent is the caller's span"
     );
-    assert!(
-        service.unwrap_or_default().contains("boardroom"),
-        "resource names the service"
-    );
-    stop.cancel();
+    assert_eq!(span.service, "boardroom-session", "its service's own name");
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// A turn with two advisors through `boardroom serve` (every service in one process, on
+/// SQLite and Redis) is one trace: the conversation's server span → its session lookups
+/// (client span → the session's server span → its query) → one gateway call per advisor and
+/// one for the moderator (client span → the gateway's server span) → the upstream model call,
+/// with the GenAI attributes and its first token as an event. Every span's parent is in the
+/// trace, and each service exports under its own name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_is_one_trace_across_every_service() {
+    let mut receiver = OtlpReceiver::start().await;
+    let (redis, _) = boardroom_testkit::redis_url().await;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("BOARDROOM_REDIS__URL", redis),
+        // The turn's own debug line is written inside its span.
+        ("RUST_LOG", "info,boardroom_conversation=debug".into()),
+    ];
+    let mut server = serve_with_env(&[], &env).await;
+    let trace_id = "6bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "20f067aa0ba902b7";
+
+    let mut sessions = SessionServiceClient::new(channel(server.grpc).await);
+    let boardroom = sessions
+        .create_boardroom(create_boardroom(&["CFO", "CTO"]))
+        .await
+        .expect("boardroom")
+        .into_inner()
+        .boardroom
+        .expect("boardroom");
+    let session = sessions
+        .create_session(pb::CreateSessionRequest {
+            boardroom_id: boardroom.id,
+            user_id: "u".into(),
+            title: "s".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("session")
+        .into_inner()
+        .session
+        .expect("session");
+    let thread = sessions
+        .create_thread(pb::CreateThreadRequest {
+            session_id: session.id,
+            thread_type: pb::ThreadType::Main as i32,
+            title: "t".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("thread")
+        .into_inner()
+        .thread
+        .expect("thread");
+    let mut conversation = ConversationServiceClient::with_interceptor(
+        channel(
+            server
+                .conversation_grpc
+                .expect("serve runs the conversation"),
+        )
+        .await,
+        traceparent(trace_id, parent_id),
+    );
+    let mut events = conversation
+        .run_turn(cpb::RunTurnRequest {
+            thread_id: thread.id,
+            content: "Should we raise prices?".into(),
+            author: "u".into(),
+            ..cpb::RunTurnRequest::default()
+        })
+        .await
+        .expect("run turn")
+        .into_inner();
+    let mut completed = false;
+    while let Some(event) = events.next().await {
+        if let Some(cpb::run_turn_response::Event::TurnCompleted(_)) = event.expect("event").event {
+            completed = true;
+        }
+    }
+    assert!(completed, "the turn completed");
+    // The turn's line, written inside its span, names the trace.
+    let line = crate::binary::wait_for_log(&mut server.log, "turn stored").await;
+    let logged: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    assert_eq!(logged["trace_id"], trace_id, "{line}");
+    assert_eq!(logged["span"]["name"], "turn", "{line}");
+    assert_eq!(logged["span_id"].as_str().map(str::len), Some(16), "{line}");
+    let server = stop(server).await;
+    drop(server);
+
+    let spans = receiver.received();
+    let trace = Trace::of(&spans, trace_id);
+    let tree = trace.render();
+    let one = |name: &str| -> &ReceivedSpan {
+        let found: Vec<_> = trace.named(name).collect();
+        assert_eq!(found.len(), 1, "one {name} in\n{tree}");
+        found[0]
+    };
+
+    // The root continues the caller; nothing in the trace hangs loose.
+    let root = one("boardroom.conversation.v1.ConversationService/RunTurn");
+    assert_eq!(root.parent_id(), parent_id, "{tree}");
+    assert_eq!(root.service, "boardroom-conversation");
+    for span in trace.spans() {
+        if span.span_id() != root.span_id() {
+            assert!(
+                trace.descends_from(span, root),
+                "{} is not under the turn's root:\n{tree}",
+                span.span.name
+            );
+        }
+    }
+    let turn = one("turn");
+    assert_eq!(turn.service, "boardroom-conversation");
+
+    // Every outgoing gRPC call is a client span whose child is the callee's server span.
+    let server_spans = |prefix: &str| -> Vec<&ReceivedSpan> {
+        trace
+            .spans()
+            .filter(|s| s.span.name.starts_with(prefix) && s.attribute("rpc.system").is_some())
+            .filter(|s| s.span.kind == 2) // SPAN_KIND_SERVER
+            .collect()
+    };
+    let check_hop = |callee: &ReceivedSpan, service: &str| {
+        assert_eq!(callee.service, service, "{tree}");
+        let client = trace.parent(callee).expect("a parent");
+        assert_eq!(client.span.kind, 3, "the parent is a client span:\n{tree}"); // CLIENT
+        assert_eq!(client.span.name, callee.span.name, "{tree}");
+        assert_eq!(client.service, "boardroom-conversation", "{tree}");
+        assert!(trace.descends_from(client, turn) || trace.descends_from(client, root));
+    };
+    let lookups = server_spans("boardroom.session.v1.SessionService/");
+    assert!(
+        !lookups.is_empty(),
+        "the turn looked its thread up:\n{tree}"
+    );
+    for lookup in &lookups {
+        check_hop(lookup, "boardroom-session");
+    }
+    let model_calls = server_spans("boardroom.llm.v1.LlmGatewayService/ChatStream");
+    assert_eq!(
+        model_calls.len(),
+        3,
+        "one gateway call per advisor and the moderator:\n{tree}"
+    );
+    for call in &model_calls {
+        check_hop(call, "boardroom-llm-gateway");
+        let asker = trace.ancestors(call);
+        assert!(
+            asker
+                .iter()
+                .any(|s| s.span.name.starts_with("advisor ") || s.span.name == "moderator"),
+            "a gateway call is an advisor's or the moderator's:\n{tree}"
+        );
+        // The upstream call, after the GenAI conventions.
+        let upstream: Vec<_> = trace
+            .spans()
+            .filter(|s| s.attribute("gen_ai.system").is_some() && trace.descends_from(s, call))
+            .collect();
+        assert_eq!(upstream.len(), 1, "one upstream call under each:\n{tree}");
+        let upstream = upstream[0];
+        assert_eq!(upstream.service, "boardroom-llm-gateway");
+        assert_eq!(upstream.span.kind, 3, "client");
+        assert_eq!(
+            upstream.attribute("gen_ai.system").as_deref(),
+            Some("boardroom.mock")
+        );
+        assert_eq!(
+            upstream.attribute("gen_ai.operation.name").as_deref(),
+            Some("chat")
+        );
+        assert!(upstream.attribute("gen_ai.request.model").is_some());
+        for usage in ["gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"] {
+            let tokens: u64 = upstream
+                .attribute(usage)
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_else(|| panic!("{usage} on {:?}", upstream.span.attributes));
+            assert!(tokens > 0, "{usage}");
+        }
+        assert!(
+            upstream
+                .span
+                .events
+                .iter()
+                .any(|e| e.name == "gen_ai.first_token"),
+            "time to first token as an event: {:?}",
+            upstream.span.events
+        );
+    }
+    let advisors: Vec<_> = trace
+        .spans()
+        .filter(|s| s.span.name.starts_with("advisor "))
+        .map(|s| s.span.name.clone())
+        .collect();
+    assert_eq!(advisors.len(), 2, "{tree}");
+
+    // Queries and Redis round trips, by statement name, never SQL with values.
+    let queries: Vec<_> = trace
+        .spans()
+        .filter(|s| s.attribute("db.system").as_deref() == Some("sqlite"))
+        .collect();
+    assert!(!queries.is_empty(), "database spans:\n{tree}");
+    for query in &queries {
+        let name = query
+            .attribute("db.operation.name")
+            .expect("a statement name");
+        assert_eq!(query.span.name, name);
+        assert!(!name.contains(' '), "a name, not SQL: {name}");
+    }
+    assert!(
+        trace
+            .spans()
+            .any(|s| s.attribute("db.system").as_deref() == Some("redis")),
+        "Redis round trips:\n{tree}"
+    );
 }

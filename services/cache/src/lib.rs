@@ -12,6 +12,7 @@ use boardroom_cache::TieredCache;
 use boardroom_proto::cache::v1::cache_service_server::CacheServiceServer;
 use boardroom_runtime::Config;
 use boardroom_runtime::caching::{cache_config, l1_policy};
+use boardroom_runtime::metrics::MetricsScope;
 use boardroom_runtime::server::GrpcServer;
 use tokio_util::sync::CancellationToken;
 
@@ -51,7 +52,9 @@ impl Application {
         .max_encoding_message_size(max_message);
         let server = GrpcServer::bind("cache", &c.listen, &config.server, &config.auth)
             .await?
-            .add_service(service);
+            .add_service(service)
+            // Its calls and its cache (in `boardroom serve` the process has more).
+            .metrics_scope(MetricsScope::server("cache").label("cache", "service"));
         Ok(Self {
             server,
             cache,

@@ -49,6 +49,7 @@ use boardroom_proto::conversation::v1::conversation_service_server::Conversation
 use boardroom_runtime::Config;
 use boardroom_runtime::client::{ChannelFactory, OutboundInterceptor};
 use boardroom_runtime::db::Database;
+use boardroom_runtime::metrics::MetricsScope;
 use boardroom_runtime::server::GrpcServer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -81,7 +82,9 @@ impl Application {
     /// Connects, migrates (when `database.migrate_on_start`) and binds.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         config.validate()?;
-        let db = Database::connect(&config.database).await?;
+        let db = Database::connect(&config.database)
+            .await?
+            .named("conversation");
         if config.database.migrate_on_start {
             Migrator::up(db.conn(), None).await?;
         }
@@ -92,6 +95,7 @@ impl Application {
     pub async fn with_database(config: &Config, db: Database) -> anyhow::Result<Self> {
         boardroom_runtime::metrics::metrics_handle()?;
         boardroom_runtime::metrics::describe(metrics::FAMILIES);
+        metrics::zero_known_series();
         let c = &config.conversation;
         let stop = CancellationToken::new();
         let hot = TieredCache::new(
@@ -187,7 +191,16 @@ impl Application {
             .max_encoding_message_size(max_message);
         let server = GrpcServer::bind("conversation", &c.listen, &config.server, &config.auth)
             .await?
-            .add_service(service);
+            .add_service(service)
+            // Its calls, its outgoing channels, its hot state and its pool (in `boardroom
+            // serve` the process has more).
+            .metrics_scope(
+                MetricsScope::server("conversation")
+                    .family("conversation_")
+                    .family("rpc_client_")
+                    .label("cache", "conversation_state")
+                    .label("pool_name", "conversation"),
+            );
         Ok(Self {
             server,
             domain,

@@ -85,3 +85,25 @@ pub const FAMILIES: &[Family] = &[
         help: "Failed writes of a turn's event log to Redis (retried with backoff).",
     },
 ];
+
+/// Creates the series whose label values are known in advance at zero, so that a rate or a
+/// ratio over them exists (and alerts on them can be evaluated) before the first event.
+pub fn zero_known_series() {
+    for outcome in ["completed", "failed", "replayed"] {
+        metrics::counter!("conversation_turns_total", "outcome" => outcome).increment(0);
+    }
+    use crate::domain::FailureReason::*;
+    for reason in [
+        Timeout,
+        Upstream,
+        Cancelled,
+        NoAnswer,
+        Conflict,
+        Storage,
+        RateLimited,
+        Rejected,
+    ] {
+        metrics::counter!("conversation_advisor_failures_total", "reason" => format!("{reason:?}"))
+            .increment(0);
+    }
+}

@@ -1,6 +1,7 @@
 //! The rolling summary: the oldest messages after it are folded in, in the background, by
 //! the summary model (through the model port).
 
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::conversations::Conversations;
@@ -26,6 +27,8 @@ impl Conversations {
             return;
         }
         let this = self.clone();
+        // After the turn that asked for it, in its trace.
+        let span = tracing::info_span!("summarise", %thread_id);
         // Owned: ends with the service's shutdown token.
         self.tasks.spawn(async move {
             tokio::select! {
@@ -40,7 +43,7 @@ impl Conversations {
             if let Ok(mut s) = this.summarising.lock() {
                 s.remove(&thread_id);
             }
-        });
+        }.instrument(span));
     }
 
     async fn summarise(&self, thread_id: Uuid) -> Result<(), ConversationError> {

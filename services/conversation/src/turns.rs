@@ -7,6 +7,7 @@ use std::sync::Arc;
 use boardroom_runtime::status::Violations;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::bus::Registration;
@@ -157,11 +158,17 @@ impl Conversations {
         let events = self.logs.open(thread_id, turn_id, tx).await;
         let this = self.clone();
         let on_disconnect = request.on_disconnect;
+        // The turn outlives the call that started it (a caller may leave): its span is a
+        // child of the call's, so the turn's work joins the caller's trace.
+        let span = tracing::info_span!("turn", turn_id = %turn_id, thread_id = %thread_id);
         // Owned: ends when the turn ends, is cancelled, or the service shuts down.
-        self.tasks.spawn(async move {
-            this.drive(input, (lease, registration), events, on_disconnect, cancel)
-                .await
-        });
+        self.tasks.spawn(
+            async move {
+                this.drive(input, (lease, registration), events, on_disconnect, cancel)
+                    .await
+            }
+            .instrument(span),
+        );
         Ok(rx)
     }
 
@@ -226,7 +233,8 @@ impl Conversations {
         let this = self.clone();
         let quiet = self.leases.length();
         // Owned: ends at the turn's last event, when the joiner leaves, or at shutdown.
-        self.tasks.spawn(async move {
+        self.tasks.spawn(
+            async move {
             let mut last = after;
             loop {
                 let next = tokio::select! {
@@ -276,7 +284,9 @@ impl Conversations {
                     }
                 }
             }
-        });
+            }
+            .in_current_span(),
+        );
         Ok(rx)
     }
 
@@ -344,6 +354,7 @@ impl Conversations {
                 lease.committed();
                 metrics::counter!("conversation_turns_total", "outcome" => "completed")
                     .increment(1);
+                tracing::debug!(messages = stored.messages.len(), "turn stored");
                 let state = Arc::new(stored.state);
                 let turn_tokens: u32 = stored
                     .messages

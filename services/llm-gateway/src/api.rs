@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use boardroom_runtime::status::Violations;
 use futures::StreamExt;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::domain::{
     CacheOutcome, ChatAnswer, ChatRequest, Chunk, Completion, Embeddings, ToolCall, Usage,
@@ -205,7 +206,7 @@ impl Api {
         };
         // Owned by the call: see above.
         #[allow(clippy::disallowed_methods)]
-        tokio::spawn(relay.run(answer, deadline));
+        tokio::spawn(relay.run(answer, deadline).in_current_span());
         Ok(events)
     }
 

@@ -167,6 +167,16 @@ pub enum FinishReason {
 }
 
 impl FinishReason {
+    /// OpenTelemetry's `gen_ai.response.finish_reasons` value (OpenAI's names).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::ToolCalls => "tool_calls",
+            Self::ContentFilter => "content_filter",
+        }
+    }
+
     /// From OpenAI's `finish_reason`.
     pub fn from_openai(reason: &str) -> Self {
         match reason {

@@ -11,11 +11,13 @@ use boardroom_cache::TieredCache;
 use boardroom_runtime::config::{Price, RetryConfig};
 use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, StreamExt};
+use tracing::Instrument;
 
 use crate::balance::{self, PeakEwma};
 use crate::breaker::Breaker;
 use crate::domain::{
-    CacheOutcome, CachePolicy, ChatAnswer, ChatRequest, Chunk, Completion, Embeddings, Usage,
+    CacheOutcome, CachePolicy, ChatAnswer, ChatRequest, Chunk, Completion, Embeddings,
+    FinishReason, Usage,
 };
 use crate::error::GatewayError;
 use crate::provider::{ChunkStream, Provider, ProviderError};
@@ -26,6 +28,10 @@ use crate::semantic::{SemanticIndex, prompt_and_scope};
 pub struct Deployment {
     /// Its name in config.
     pub name: String,
+    /// Who serves it, as OpenTelemetry's `gen_ai.system` names it (`openai`, `anthropic`, …).
+    pub system: &'static str,
+    /// The model it asks its provider for.
+    pub model: String,
     /// What answers it.
     pub provider: Arc<dyn Provider>,
     /// Its circuit.
@@ -500,7 +506,10 @@ impl Gateway {
             &self.retry,
             self.total_timeout,
             "total",
-            |deployment| async move { deployment.provider.embed(inputs).await },
+            |deployment| {
+                let span = upstream_span(&deployment, "embeddings");
+                async move { deployment.provider.embed(inputs).await }.instrument(span)
+            },
         )
         .await?;
         metrics::counter!("llm_tokens_total", "deployment" => deployment.name.clone(), "direction" => "input", "caller" => caller.to_owned())
@@ -687,22 +696,34 @@ async fn call_with_fallback(
     total: Duration,
     upstream: &Mutex<Duration>,
 ) -> Result<(Completion, Arc<Deployment>), GatewayError> {
-    with_fallback(
-        alias,
-        deadline,
-        retry,
-        total,
-        "total",
-        |deployment| async move {
+    with_fallback(alias, deadline, retry, total, "total", |deployment| {
+        let span = upstream_span(&deployment, "chat");
+        async move {
             let _in_flight = InFlightGauge::enter(&deployment.name);
             let _timer = UpstreamTimer {
                 deployment: &deployment.name,
                 started: Instant::now(),
                 total: upstream,
             };
-            deployment.provider.chat(request).await
-        },
-    )
+            let result = deployment.provider.chat(request).await;
+            let span = tracing::Span::current();
+            match &result {
+                Ok(completion) => {
+                    record_usage(
+                        &span,
+                        completion.usage,
+                        completion.finish_reason,
+                        &completion.model,
+                    );
+                }
+                Err(err) => {
+                    span.record("error.type", err.kind());
+                }
+            }
+            result
+        }
+        .instrument(span)
+    })
     .await
 }
 
@@ -715,21 +736,89 @@ async fn stream_with_fallback(
     retry: &RetryConfig,
     total: Duration,
 ) -> Result<(Chunk, ChunkStream, Arc<Deployment>), GatewayError> {
-    let ((first, rest), deployment) = with_fallback(
-        alias,
-        deadline,
-        retry,
-        total,
-        "first token",
-        |deployment| async move {
-            let mut stream = deployment.provider.chat_stream(request).await?;
-            match stream.next().await {
-                Some(Ok(first)) => Ok((first, stream)),
-                Some(Err(err)) => Err(err),
-                None => Err(ProviderError::StreamBroken("no chunk".into())),
+    let ((first, rest), deployment) =
+        with_fallback(alias, deadline, retry, total, "first token", |deployment| {
+            let span = upstream_span(&deployment, "chat");
+            let started = Instant::now();
+            async move {
+                let span = tracing::Span::current();
+                let opened = async {
+                    let mut stream = deployment.provider.chat_stream(request).await?;
+                    match stream.next().await {
+                        Some(Ok(first)) => Ok((first, stream)),
+                        Some(Err(err)) => Err(err),
+                        None => Err(ProviderError::StreamBroken("no chunk".into())),
+                    }
+                }
+                .await;
+                match opened {
+                    Ok((first, stream)) => {
+                        tracing::info!(
+                            target: boardroom_runtime::telemetry::TRACE_TARGET,
+                            time_to_first_token_s = started.elapsed().as_secs_f64(),
+                            "gen_ai.first_token"
+                        );
+                        record_chunk(&span, &Ok(first.clone()));
+                        // The span lasts as long as the stream, which records its end.
+                        let rest: ChunkStream =
+                            Box::pin(stream.inspect(move |chunk| record_chunk(&span, chunk)));
+                        Ok((first, rest))
+                    }
+                    Err(err) => {
+                        span.record("error.type", err.kind());
+                        Err(err)
+                    }
+                }
             }
-        },
-    )
-    .await?;
+            .instrument(span)
+        })
+        .await?;
     Ok((first, rest, deployment))
+}
+
+/// The client span of one upstream model call (one attempt), after OpenTelemetry's GenAI
+/// conventions; built only when spans are exported.
+fn upstream_span(deployment: &Deployment, operation: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        target: boardroom_runtime::telemetry::TRACE_TARGET,
+        "gen_ai",
+        otel.name = %format_args!("{operation} {}", deployment.model),
+        otel.kind = "client",
+        gen_ai.operation.name = operation,
+        gen_ai.system = deployment.system,
+        gen_ai.request.model = %deployment.model,
+        gen_ai.response.model = tracing::field::Empty,
+        gen_ai.response.finish_reasons = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        boardroom.deployment = %deployment.name,
+    )
+}
+
+/// What a streamed chunk tells the call's span: usage at the end, or the error.
+fn record_chunk(span: &tracing::Span, chunk: &Result<Chunk, ProviderError>) {
+    match chunk {
+        Ok(Chunk::Done {
+            finish_reason,
+            usage,
+            model,
+        }) => record_usage(span, *usage, *finish_reason, model),
+        Ok(_) => {}
+        Err(err) => {
+            span.record("error.type", err.kind());
+        }
+    }
+}
+
+fn record_usage(span: &tracing::Span, usage: Usage, finish: FinishReason, model: &str) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("gen_ai.usage.input_tokens", usage.input_tokens);
+    span.record("gen_ai.usage.output_tokens", usage.output_tokens);
+    span.record("gen_ai.response.finish_reasons", finish.label());
+    if !model.is_empty() {
+        span.record("gen_ai.response.model", model);
+    }
 }

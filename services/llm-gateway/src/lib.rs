@@ -30,6 +30,7 @@ use boardroom_proto::llm::v1::llm_gateway_service_server::LlmGatewayServiceServe
 use boardroom_runtime::Config;
 use boardroom_runtime::caching::cache_config;
 use boardroom_runtime::config::LlmConfig;
+use boardroom_runtime::metrics::MetricsScope;
 use boardroom_runtime::server::GrpcServer;
 use tokio_util::sync::CancellationToken;
 
@@ -114,6 +115,17 @@ fn provider(
     })
 }
 
+/// OpenTelemetry's `gen_ai.system` of a provider.
+fn gen_ai_system(provider: &ProviderSettings) -> &'static str {
+    match provider {
+        ProviderSettings::Mock(_) => "boardroom.mock",
+        ProviderSettings::Openai(_) => "openai",
+        ProviderSettings::Azure(_) => "az.ai.openai",
+        ProviderSettings::Anthropic(_) => "anthropic",
+        ProviderSettings::Gemini(_) => "gcp.gemini",
+    }
+}
+
 /// The gateway described by `config.llm`.
 pub async fn build_gateway(
     config: &Config,
@@ -125,10 +137,14 @@ pub async fn build_gateway(
     for (name, d) in &llm.deployments {
         let settings = DeploymentSettings::parse(name, d).map_err(anyhow::Error::msg)?;
         let provider = provider(name, &settings, llm)?;
+        // At zero before its first call, so that its series exists.
+        ::metrics::gauge!("llm_upstream_in_flight", "deployment" => name.clone()).set(0.0);
         deployments.insert(
             name.clone(),
             Arc::new(Deployment {
                 name: name.clone(),
+                system: gen_ai_system(&settings.provider),
+                model: settings.model().to_owned(),
                 provider,
                 breaker: Breaker::new(
                     name,
@@ -251,7 +267,14 @@ impl Application {
             &config.auth,
         )
         .await?
-        .add_service(service);
+        .add_service(service)
+        // Its calls, its LLM metrics and its caches (in `boardroom serve` the process has more).
+        .metrics_scope(
+            MetricsScope::server("llm-gateway")
+                .family("llm_")
+                .label("cache", "llm")
+                .label("cache", "llm_semantic"),
+        );
         Ok(Self {
             server,
             front_door,

@@ -22,6 +22,7 @@ use boardroom_migrations::{Migrator, MigratorTrait};
 use boardroom_proto::session::v1::session_service_server::SessionServiceServer;
 use boardroom_runtime::Config;
 use boardroom_runtime::db::Database;
+use boardroom_runtime::metrics::MetricsScope;
 use boardroom_runtime::server::GrpcServer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -58,7 +59,7 @@ impl Application {
     /// Connects, migrates (when `database.migrate_on_start`) and binds.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         config.validate()?;
-        let db = Database::connect(&config.database).await?;
+        let db = Database::connect(&config.database).await?.named("session");
         if config.database.migrate_on_start {
             Migrator::up(db.conn(), None).await?;
         }
@@ -98,7 +99,13 @@ impl Application {
         .max_encoding_message_size(max_message);
         let server = GrpcServer::bind("session", &s.listen, &config.server, &config.auth)
             .await?
-            .add_service(service);
+            .add_service(service)
+            // Its calls, its cache and its pool (in `boardroom serve` the process has more).
+            .metrics_scope(
+                MetricsScope::server("session")
+                    .label("cache", "session")
+                    .label("pool_name", "session"),
+            );
         Ok(Self {
             server,
             store,

@@ -15,6 +15,7 @@ use fred::prelude::{
 };
 use fred::types::{RespVersion, SetOptions, Value};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::entry::TagStamp;
 use crate::{CacheError, Codec, Invalidation, RedisSettings, TieredCache};
@@ -229,9 +230,21 @@ impl Redis {
         if !client.is_connected() {
             return None;
         }
+        // Built only when spans are exported (the runtime's trace-only target).
+        let span = tracing::info_span!(
+            target: "boardroom::trace",
+            "redis",
+            otel.name = %format_args!("redis {op}"),
+            otel.kind = "client",
+            db.system = "redis",
+            db.operation.name = op,
+            cache = self.name,
+        );
         self.in_flight.increment(1.0);
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, call(client.clone())).await;
+        let result = tokio::time::timeout(self.timeout, call(client.clone()))
+            .instrument(span)
+            .await;
         self.in_flight.decrement(1.0);
         metrics::histogram!("cache_l2_duration_seconds", "cache" => self.name, "op" => op)
             .record(started.elapsed().as_secs_f64());

@@ -1,6 +1,6 @@
 //! Outgoing gRPC channels for service-to-service calls: timeouts, keep-alive, optional TLS,
 //! client-side balancing over every address of a name (re-resolved), and an interceptor that adds the caller's bearer token
-//! and the W3C trace context.
+//! and the W3C trace context of each call's client span.
 
 mod resolve;
 
@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::metadata::{AsciiMetadataValue, MetadataKey};
+use tonic::metadata::AsciiMetadataValue;
 use tonic::service::Interceptor;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Uri};
 use tonic::{Request, Status};
@@ -111,7 +111,8 @@ impl ChannelFactory {
     }
 }
 
-/// Adds `authorization: Bearer <token>` (when a token is set) and `traceparent` to every call.
+/// Adds `authorization: Bearer <token>` (when a token is set) to every call. (The channel
+/// sends `traceparent`, from the call's client span.)
 #[derive(Clone, Debug, Default)]
 pub struct OutboundInterceptor {
     authorization: Option<AsciiMetadataValue>,
@@ -137,16 +138,6 @@ impl Interceptor for OutboundInterceptor {
             request
                 .metadata_mut()
                 .insert("authorization", value.clone());
-        }
-        let mut headers = http::HeaderMap::new();
-        crate::telemetry::inject_current_context(&mut headers);
-        for (name, value) in headers.iter() {
-            if let (Ok(key), Ok(value)) = (
-                MetadataKey::from_bytes(name.as_str().as_bytes()),
-                AsciiMetadataValue::try_from(value.as_bytes()),
-            ) {
-                request.metadata_mut().insert(key, value);
-            }
         }
         Ok(request)
     }

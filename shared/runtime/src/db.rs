@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use sea_orm::{ConnectOptions, DatabaseBackend, DatabaseConnection, DbErr};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::DatabaseConfig;
 
@@ -14,6 +15,8 @@ use crate::config::DatabaseConfig;
 #[derive(Clone, Debug)]
 pub struct Database {
     conn: DatabaseConnection,
+    /// The `pool_name` label of its metrics.
+    pool_name: &'static str,
     slow_query: Duration,
     in_flight: Arc<AtomicI64>,
     max_connections: u32,
@@ -110,11 +113,18 @@ impl Database {
         let conn = sea_orm::Database::connect(options).await?;
         Ok(Self {
             conn,
+            pool_name: "default",
             slow_query: Duration::from_millis(config.slow_query_ms),
             in_flight: Arc::new(AtomicI64::new(0)),
             max_connections,
             slow_log: Arc::new(SlowLog::new()),
         })
+    }
+
+    /// Names the pool in its metrics (`pool_name`: the service that owns it).
+    pub fn named(mut self, pool_name: &'static str) -> Self {
+        self.pool_name = pool_name;
+        self
     }
 
     /// The sea-orm connection, for statements run through [`Database::timed`].
@@ -127,7 +137,8 @@ impl Database {
         self.conn.get_database_backend()
     }
 
-    /// Runs `query`, recording `db_client_operation_duration_seconds{db_operation_name}` and
+    /// Runs `query` in a client span named `name` (when spans are exported), recording
+    /// `db_client_operation_duration_seconds{db_operation_name}` and
     /// logging it at WARN when slower than the configured threshold (at most one line a
     /// second, counting the ones held back).
     pub async fn timed<T>(
@@ -135,13 +146,31 @@ impl Database {
         name: &'static str,
         query: impl Future<Output = Result<T, DbErr>>,
     ) -> Result<T, DbErr> {
+        let system = match self.backend() {
+            DatabaseBackend::Postgres => "postgresql",
+            DatabaseBackend::Sqlite => "sqlite",
+            _ => "other_sql",
+        };
+        // The statement's name, never its SQL or values.
+        let span = tracing::info_span!(
+            target: crate::telemetry::TRACE_TARGET,
+            "db",
+            otel.name = name,
+            otel.kind = "client",
+            db.system = system,
+            db.operation.name = name,
+            error.type = tracing::field::Empty,
+        );
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let result = query.await;
+        let result = query.instrument(span.clone()).await;
+        if let Err(err) = &result {
+            span.record("error.type", db_error_kind(err));
+        }
         let elapsed = started.elapsed();
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics::histogram!("db_client_operation_duration_seconds", "db_operation_name" => name, "outcome" => outcome)
+        metrics::histogram!("db_client_operation_duration_seconds", "pool_name" => self.pool_name, "db_operation_name" => name, "outcome" => outcome)
             .record(elapsed.as_secs_f64());
         if elapsed >= self.slow_query
             && let Some(held_back) = self.slow_log.admit()
@@ -225,6 +254,18 @@ pub fn is_connection_failure(err: &DbErr) -> bool {
     ]
     .iter()
     .any(|needle| text.contains(needle))
+}
+
+/// A query error's kind for `error.type` (never its message, which may hold values).
+fn db_error_kind(err: &DbErr) -> &'static str {
+    match err {
+        DbErr::ConnectionAcquire(_) => "connection_acquire",
+        DbErr::Conn(_) => "connection",
+        DbErr::Exec(_) => "exec",
+        DbErr::Query(_) => "query",
+        DbErr::RecordNotFound(_) => "record_not_found",
+        _ => "other",
+    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,8 @@ const RETRY_AFTER_SECS: &str = "1";
 /// Settings of [`InboundLayer`].
 #[derive(Debug, Clone)]
 pub struct InboundPolicy {
+    /// The server's name (the `server` label of its metrics).
+    pub server: &'static str,
     /// Calls executing at once.
     pub concurrency_limit: usize,
     /// Calls that may wait for a slot; more are shed.
@@ -44,6 +46,7 @@ pub struct InboundPolicy {
 }
 
 struct Shared {
+    server: &'static str,
     permits: Arc<Semaphore>,
     pending: AtomicUsize,
     max_pending: usize,
@@ -61,14 +64,17 @@ pub struct InboundLayer {
 impl InboundLayer {
     /// Builds the layer; its limits are shared by every connection of the server.
     pub fn new(policy: InboundPolicy) -> Self {
+        // At zero before the first shed, so that its rate exists.
+        metrics::counter!("rpc_server_shed_total", "server" => policy.server).increment(0);
         Self {
             shared: Arc::new(Shared {
+                server: policy.server,
                 permits: Arc::new(Semaphore::new(policy.concurrency_limit)),
                 pending: AtomicUsize::new(0),
                 max_pending: policy.max_pending,
                 request_timeout: policy.request_timeout,
                 authenticator: policy.authenticator,
-                metrics: RpcMetrics::new(policy.services),
+                metrics: RpcMetrics::new(policy.server, policy.services),
             }),
         }
     }
@@ -186,7 +192,7 @@ async fn admit(shared: &Shared, deadline: Duration) -> Result<OwnedSemaphorePerm
     }
     if shared.pending.fetch_add(1, Ordering::AcqRel) >= shared.max_pending {
         shared.pending.fetch_sub(1, Ordering::AcqRel);
-        metrics::counter!("rpc_server_shed_total").increment(1);
+        metrics::counter!("rpc_server_shed_total", "server" => shared.server).increment(1);
         return Err(overloaded("server overloaded: admission queue full"));
     }
     let waited = tokio::time::timeout(deadline, shared.permits.clone().acquire_owned()).await;
@@ -210,7 +216,7 @@ fn overloaded(message: &str) -> Status {
 }
 
 /// `/pkg.Service/Method` → (`pkg.Service`, `Method`).
-fn split_path(path: &str) -> (&str, &str) {
+pub(crate) fn split_path(path: &str) -> (&str, &str) {
     let trimmed = path.trim_start_matches('/');
     trimmed.split_once('/').unwrap_or((trimmed, ""))
 }
@@ -421,6 +427,7 @@ mod tests {
         auth.tokens
             .insert("conversation".into(), crate::config::Secret::new("tok"));
         let layer = InboundLayer::new(InboundPolicy {
+            server: "test",
             concurrency_limit: 4,
             max_pending: 4,
             request_timeout: Duration::from_secs(1),
@@ -482,12 +489,13 @@ mod tests {
     #[tokio::test]
     async fn admission_sheds_beyond_the_queue() {
         let shared = Shared {
+            server: "test",
             permits: Arc::new(Semaphore::new(1)),
             pending: AtomicUsize::new(0),
             max_pending: 0,
             request_timeout: Duration::from_secs(1),
             authenticator: None,
-            metrics: RpcMetrics::new(Vec::new()),
+            metrics: RpcMetrics::new("test", Vec::new()),
         };
         let held = admit(&shared, Duration::from_secs(1))
             .await
@@ -511,12 +519,13 @@ mod tests {
     #[tokio::test]
     async fn queued_call_times_out_with_deadline_exceeded() {
         let shared = Shared {
+            server: "test",
             permits: Arc::new(Semaphore::new(1)),
             pending: AtomicUsize::new(0),
             max_pending: 4,
             request_timeout: Duration::from_secs(1),
             authenticator: None,
-            metrics: RpcMetrics::new(Vec::new()),
+            metrics: RpcMetrics::new("test", Vec::new()),
         };
         let _held = admit(&shared, Duration::from_secs(1))
             .await

@@ -15,6 +15,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod process;
+
 /// Histogram buckets in seconds: fine below 10 ms, where our RPCs and queries live.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -66,22 +68,22 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "rpc_server_requests_total",
         kind: Kind::Counter,
-        help: "gRPC calls served, by rpc_service, rpc_method and rpc_grpc_status_code.",
+        help: "gRPC calls served, by server, rpc_service, rpc_method and rpc_grpc_status_code.",
     },
     Family {
         name: "rpc_server_call_duration_seconds",
         kind: Kind::Histogram,
-        help: "Time to serve a gRPC call (to the last message of a stream), by rpc_service and rpc_method.",
+        help: "Time to serve a gRPC call (to the last message of a stream), by server, rpc_service, rpc_method and rpc_grpc_status_code.",
     },
     Family {
         name: "rpc_server_active_requests",
         kind: Kind::Gauge,
-        help: "gRPC calls being served now, by rpc_service and rpc_method.",
+        help: "gRPC calls being served now, by server, rpc_service and rpc_method.",
     },
     Family {
         name: "rpc_server_shed_total",
         kind: Kind::Counter,
-        help: "gRPC calls refused UNAVAILABLE because the server was at its concurrency limit with its queue full or the wait past the deadline.",
+        help: "gRPC calls refused UNAVAILABLE because the server was at its concurrency limit with its queue full or the wait past the deadline, by server.",
     },
     Family {
         name: "rpc_client_endpoints",
@@ -111,7 +113,7 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "db_client_operation_duration_seconds",
         kind: Kind::Histogram,
-        help: "Time of a database statement or transaction, by db_operation_name and outcome.",
+        help: "Time of a database statement or transaction, by pool_name, db_operation_name and outcome.",
     },
     // The tiered cache's (shared/cache, which every service uses and which knows no runtime).
     Family {
@@ -243,6 +245,130 @@ impl Readiness {
 struct AdminState {
     handle: PrometheusHandle,
     ready: Readiness,
+    scope: Arc<MetricsScope>,
+}
+
+/// Which of the process's series an admin port serves: a service's own (in `boardroom serve`
+/// all four share one recorder); the process's own (`process_*`) are on every port. A series is
+/// the service's when its family starts with one of `families`, or one of its labels has one
+/// of `labels`' values (`server` for the RPC metrics, `cache` for its caches, `pool_name`
+/// for its database pool).
+#[derive(Debug, Clone, Default)]
+pub struct MetricsScope {
+    all: bool,
+    families: Vec<&'static str>,
+    labels: Vec<(&'static str, &'static str)>,
+}
+
+impl MetricsScope {
+    /// Every series of the process (a process that runs one server).
+    pub fn everything() -> Self {
+        Self {
+            all: true,
+            ..Self::default()
+        }
+    }
+
+    /// The series of server `name` (its `server` label).
+    pub fn server(name: &'static str) -> Self {
+        Self::default().label("server", name)
+    }
+
+    /// Also the families whose names start with `prefix`.
+    pub fn family(mut self, prefix: &'static str) -> Self {
+        self.families.push(prefix);
+        self
+    }
+
+    /// Also the series with label `name` = `value`.
+    pub fn label(mut self, name: &'static str, value: &'static str) -> Self {
+        self.labels.push((name, value));
+        self
+    }
+
+    fn owns(&self, family: &str, sample: &str) -> bool {
+        self.all
+            || self.families.iter().any(|p| family.starts_with(p))
+            || labels(sample).any(|(k, v)| self.labels.iter().any(|(n, w)| *n == k && *w == v))
+    }
+
+    /// The part of `text` (Prometheus exposition) this scope serves: its samples and those
+    /// none of `others` owns (never lost, though then served by every port), and the HELP
+    /// and TYPE of each family that kept one.
+    pub fn filter(&self, text: &str, others: &[Arc<MetricsScope>]) -> String {
+        if self.all {
+            return text.to_owned();
+        }
+        let mut out = String::with_capacity(text.len() / 2);
+        let mut family = "";
+        let mut header = String::new();
+        let mut kept = false;
+        for line in text.lines() {
+            if let Some(rest) = line
+                .strip_prefix("# HELP ")
+                .or_else(|| line.strip_prefix("# TYPE "))
+            {
+                let name = rest.split(' ').next().unwrap_or("");
+                if name != family {
+                    family = name;
+                    header.clear();
+                    kept = false;
+                }
+                header.push_str(line);
+                header.push('\n');
+                continue;
+            }
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if self.owns(family, line) || !others.iter().any(|o| o.owns(family, line)) {
+                if !kept {
+                    out.push_str(&header);
+                    kept = true;
+                }
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// The labels of a sample line (`name{a="x",b="y"} 1`), unescaping nothing: values compare
+/// as written.
+fn labels(sample: &str) -> impl Iterator<Item = (&str, &str)> {
+    let body = sample
+        .split_once('{')
+        .and_then(|(_, rest)| rest.rsplit_once('}'))
+        .map_or("", |(body, _)| body);
+    LabelPairs { rest: body }
+}
+
+struct LabelPairs<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Iterator for LabelPairs<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = self.rest.trim_start_matches(',');
+        let (name, after) = rest.split_once("=\"")?;
+        // The value ends at the first quote not escaped by a backslash.
+        let bytes = after.as_bytes();
+        let mut end = 0;
+        while end < bytes.len() {
+            match bytes[end] {
+                b'\\' => end += 2,
+                b'"' => break,
+                _ => end += 1,
+            }
+        }
+        let end = end.min(after.len());
+        let value = &after[..end];
+        self.rest = after.get(end + 1..).unwrap_or("");
+        Some((name.trim(), value))
+    }
 }
 
 /// A bound admin HTTP server: `/metrics` (Prometheus text), `/livez`, `/readyz`.
@@ -252,6 +378,17 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
+    /// Serves only `scope`'s series (by default, every series of the process), and those no
+    /// scope of the process owns.
+    pub fn set_scope(&mut self, scope: MetricsScope) {
+        let scope = Arc::new(scope);
+        SCOPES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(scope.clone());
+        self.state.scope = scope;
+    }
+
     /// Binds `addr` (port 0 picks a free port).
     pub async fn bind(addr: SocketAddr, ready: Readiness) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr)
@@ -262,6 +399,7 @@ impl AdminServer {
             state: AdminState {
                 handle: metrics_handle()?,
                 ready,
+                scope: Arc::new(MetricsScope::everything()),
             },
         })
     }
@@ -297,8 +435,20 @@ impl AdminServer {
     }
 }
 
+/// The scopes of the process's admin ports.
+static SCOPES: std::sync::Mutex<Vec<Arc<MetricsScope>>> = std::sync::Mutex::new(Vec::new());
+
 async fn render_metrics(State(state): State<AdminState>) -> String {
-    state.handle.render()
+    let others: Vec<Arc<MetricsScope>> = SCOPES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|s| !Arc::ptr_eq(s, &state.scope))
+        .cloned()
+        .collect();
+    let mut text = state.scope.filter(&state.handle.render(), &others);
+    process::render(&mut text);
+    text
 }
 
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
@@ -306,5 +456,103 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROCESS: &str = r#"# HELP rpc_server_requests_total gRPC calls served.
+# TYPE rpc_server_requests_total counter
+rpc_server_requests_total{server="session",rpc_service="boardroom.session.v1.SessionService",rpc_method="GetThread"} 3
+rpc_server_requests_total{server="conversation",rpc_service="boardroom.conversation.v1.ConversationService",rpc_method="RunTurn"} 1
+rpc_server_requests_total{server="session",rpc_service="grpc.health.v1.Health",rpc_method="Watch"} 1
+rpc_server_requests_total{server="conversation",rpc_service="grpc.health.v1.Health",rpc_method="Watch"} 1
+
+# HELP cache_requests_total Tiered cache lookups.
+# TYPE cache_requests_total counter
+cache_requests_total{cache="session",level="l1",result="hit"} 5
+cache_requests_total{cache="conversation_state",level="l1",result="miss"} 2
+
+# HELP conversation_turns_total Turns.
+# TYPE conversation_turns_total counter
+conversation_turns_total{outcome="completed"} 1
+
+# HELP db_client_connections_max Most connections.
+# TYPE db_client_connections_max gauge
+db_client_connections_max{pool_name="session"} 10
+db_client_connections_max{pool_name="conversation"} 10
+weird_unlabelled 1
+"#;
+
+    fn session() -> MetricsScope {
+        MetricsScope::server("session")
+            .label("cache", "session")
+            .label("pool_name", "session")
+    }
+
+    fn conversation() -> MetricsScope {
+        MetricsScope::server("conversation")
+            .label("cache", "conversation_state")
+            .label("pool_name", "conversation")
+            .family("conversation_")
+    }
+
+    fn samples(text: &str) -> Vec<&str> {
+        text.lines().filter(|l| !l.starts_with('#')).collect()
+    }
+
+    #[test]
+    fn each_scope_keeps_its_own_series_with_their_help_and_type() {
+        let text = session().filter(PROCESS, &[Arc::new(conversation())]);
+        assert_eq!(
+            samples(&text),
+            [
+                r#"rpc_server_requests_total{server="session",rpc_service="boardroom.session.v1.SessionService",rpc_method="GetThread"} 3"#,
+                r#"rpc_server_requests_total{server="session",rpc_service="grpc.health.v1.Health",rpc_method="Watch"} 1"#,
+                r#"cache_requests_total{cache="session",level="l1",result="hit"} 5"#,
+                r#"db_client_connections_max{pool_name="session"} 10"#,
+                // Nobody's: served rather than lost.
+                "weird_unlabelled 1",
+            ]
+        );
+        assert!(text.contains("# TYPE cache_requests_total counter\n"));
+        assert!(
+            !text.contains("conversation_turns_total"),
+            "a family with no sample of its own is left out, HELP and all: {text}"
+        );
+        let theirs = conversation().filter(PROCESS, &[Arc::new(session())]);
+        assert!(theirs.contains("\nconversation_turns_total{outcome=\"completed\"} 1\n"));
+        assert!(theirs.starts_with("# HELP rpc_server_requests_total"));
+    }
+
+    #[test]
+    fn scopes_split_the_process_and_lose_nothing_and_everything_keeps_all() {
+        let mine = session().filter(PROCESS, &[Arc::new(conversation())]);
+        let theirs = conversation().filter(PROCESS, &[Arc::new(session())]);
+        let unowned = "weird_unlabelled 1";
+        for line in samples(&mine) {
+            assert!(
+                line == unowned || !samples(&theirs).contains(&line),
+                "{line} in both"
+            );
+        }
+        // What no scope owns is served by both rather than lost.
+        assert!(samples(&mine).contains(&unowned) && samples(&theirs).contains(&unowned));
+        let everything = MetricsScope::everything().filter(PROCESS, &[]);
+        assert_eq!(everything, PROCESS);
+        let served = samples(&mine).len() + samples(&theirs).len();
+        assert_eq!(
+            served - 1,
+            samples(PROCESS).iter().filter(|l| !l.is_empty()).count()
+        );
+    }
+
+    #[test]
+    fn label_values_with_escapes_and_commas_are_read_whole() {
+        let pairs: Vec<_> = labels(r#"x{a="1,b=\"2\"",server="session"} 1"#).collect();
+        assert_eq!(pairs, [("a", r#"1,b=\"2\""#), ("server", "session")]);
+        assert_eq!(labels("x 1").count(), 0);
     }
 }

@@ -12,6 +12,7 @@ const CODES: usize = 17;
 
 /// The handles of one `/service/method`.
 pub(crate) struct MethodMetrics {
+    server: &'static str,
     service: Arc<str>,
     method: Arc<str>,
     active: Gauge,
@@ -19,14 +20,16 @@ pub(crate) struct MethodMetrics {
 }
 
 impl MethodMetrics {
-    fn new(service: &str, method: &str) -> Self {
+    fn new(server: &'static str, service: &str, method: &str) -> Self {
         let (service, method): (Arc<str>, Arc<str>) = (service.into(), method.into());
         let active = metrics::gauge!(
             "rpc_server_active_requests",
+            "server" => server,
             "rpc_service" => service.to_string(),
             "rpc_method" => method.to_string()
         );
         Self {
+            server,
             service,
             method,
             active,
@@ -47,6 +50,7 @@ impl MethodMetrics {
             .unwrap_or(2); // 2 = UNKNOWN
         let (count, duration) = self.outcomes[index].get_or_init(|| {
             let labels = [
+                ("server", self.server.to_owned()),
                 ("rpc_system", "grpc".to_owned()),
                 ("rpc_service", self.service.to_string()),
                 ("rpc_method", self.method.to_string()),
@@ -64,17 +68,21 @@ impl MethodMetrics {
 
 /// The handles of every method of a server.
 pub(crate) struct RpcMetrics {
+    server: &'static str,
     known_services: Vec<String>,
     methods: RwLock<HashMap<String, Arc<MethodMetrics>>>,
     unknown: Arc<MethodMetrics>,
 }
 
 impl RpcMetrics {
-    pub(crate) fn new(known_services: Vec<String>) -> Self {
+    /// The handles of server `server` (the `server` label: which of a process's servers
+    /// answered), which registers `known_services`.
+    pub(crate) fn new(server: &'static str, known_services: Vec<String>) -> Self {
         Self {
+            server,
             known_services,
             methods: RwLock::default(),
-            unknown: Arc::new(MethodMetrics::new("unknown", "unknown")),
+            unknown: Arc::new(MethodMetrics::new(server, "unknown", "unknown")),
         }
     }
 
@@ -99,7 +107,7 @@ impl RpcMetrics {
         };
         methods
             .entry(path.to_owned())
-            .or_insert_with(|| Arc::new(MethodMetrics::new(service, method)))
+            .or_insert_with(|| Arc::new(MethodMetrics::new(self.server, service, method)))
             .clone()
     }
 }
@@ -110,7 +118,7 @@ mod tests {
 
     #[test]
     fn unknown_services_share_one_entry_and_known_ones_are_reused() {
-        let metrics = RpcMetrics::new(vec!["pkg.Svc".into()]);
+        let metrics = RpcMetrics::new("test", vec!["pkg.Svc".into()]);
         let a = metrics.for_path("/pkg.Svc/Get");
         let b = metrics.for_path("/pkg.Svc/Get");
         assert!(Arc::ptr_eq(&a, &b));

@@ -94,6 +94,13 @@ impl GrpcServer {
         self
     }
 
+    /// The series this server's admin port serves (every series of the process unless set:
+    /// in a process of several servers, each serves its own).
+    pub fn metrics_scope(mut self, scope: crate::metrics::MetricsScope) -> Self {
+        self.admin.set_scope(scope);
+        self
+    }
+
     /// The bound gRPC address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
@@ -139,6 +146,7 @@ impl GrpcServer {
         let admin_task = admin.run(admin_stop.clone());
 
         let layer = InboundLayer::new(InboundPolicy {
+            server: name,
             concurrency_limit: config.concurrency_limit,
             max_pending: config.max_pending,
             request_timeout: config.request_timeout(),

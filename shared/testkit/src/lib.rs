@@ -7,6 +7,7 @@
 
 mod ephemeral;
 mod fake;
+pub mod otlp;
 mod postgres;
 mod redis;
 mod service;

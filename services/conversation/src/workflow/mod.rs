@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::domain::{
@@ -249,6 +250,13 @@ impl Workflow {
         futures::stream::iter(run.advisors.iter_mut().filter(|a| !a.done))
             .for_each_concurrent(self.settings.max_parallel_advisors, |advisor| {
                 let request_id = request_id.clone();
+                let span = tracing::info_span!(
+                    "advisor",
+                    otel.name = %format_args!("advisor {}", advisor.advisor.name),
+                    advisor = %advisor.advisor.name,
+                    model = %advisor.advisor.model,
+                    round,
+                );
                 async move {
                     if round == 0 {
                         emit(
@@ -310,6 +318,7 @@ impl Workflow {
                         .await;
                     }
                 }
+                .instrument(span)
             })
             .await;
         run.model_time += waited.elapsed();
@@ -454,21 +463,26 @@ impl Workflow {
             timeout: self.settings.advisor_timeout + DEADLINE_GRACE,
         };
         let waited = Instant::now();
-        let synthesis = tokio::time::timeout(self.settings.advisor_timeout, async {
-            let mut stream = std::pin::pin!(self.models.stream(call).await?);
-            let (mut text, mut usage) = (String::new(), Usage::default());
-            while let Some(event) = stream.next().await {
-                match event? {
-                    ModelEvent::Delta(delta) => {
-                        text.push_str(&delta);
-                        emit(events, TurnEvent::ModeratorDelta { text: delta }).await;
+        let span = tracing::info_span!("moderator", model = %call.model);
+        let synthesis = tokio::time::timeout(
+            self.settings.advisor_timeout,
+            async {
+                let mut stream = std::pin::pin!(self.models.stream(call).await?);
+                let (mut text, mut usage) = (String::new(), Usage::default());
+                while let Some(event) = stream.next().await {
+                    match event? {
+                        ModelEvent::Delta(delta) => {
+                            text.push_str(&delta);
+                            emit(events, TurnEvent::ModeratorDelta { text: delta }).await;
+                        }
+                        ModelEvent::Done(u) => usage.add(u),
+                        ModelEvent::ToolCall(_) => {}
                     }
-                    ModelEvent::Done(u) => usage.add(u),
-                    ModelEvent::ToolCall(_) => {}
                 }
+                Ok::<_, ModelError>((text, usage))
             }
-            Ok::<_, ModelError>((text, usage))
-        })
+            .instrument(span),
+        )
         .await
         .unwrap_or_else(|_| {
             Err(ModelError {

@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::api::{Api, StreamEvent};
 use crate::domain::{CacheOutcome, CachePolicy};
@@ -75,6 +76,7 @@ impl FrontDoor {
             .route("/v1/embeddings", post(embeddings))
             .route("/v1/models", get(models))
             .route("/v1/models/{id}", get(model))
+            .route_layer(axum::middleware::from_fn(traced))
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(server.max_message_bytes))
             .with_state(door);
@@ -204,6 +206,29 @@ fn ok_json(value: &Value) -> Response {
         value.to_string(),
     )
         .into_response()
+}
+
+/// Each call in a server span continuing the caller's W3C trace (`traceparent`).
+async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("", |p| p.as_str())
+        .to_owned();
+    let method = request.method().clone();
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        boardroom.service = "boardroom-llm-gateway",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    boardroom_runtime::telemetry::set_remote_parent(&span, request.headers());
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 async fn not_found() -> Response {

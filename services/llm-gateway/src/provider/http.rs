@@ -70,9 +70,11 @@ impl Upstream {
         })
     }
 
-    /// A POST of `body` to `url`.
+    /// A POST of `body` to `url`, in the current (model call's) span's trace.
     pub fn post(&self, url: &str, body: &serde_json::Value) -> reqwest::RequestBuilder {
-        self.client.post(url).json(body)
+        let mut trace = reqwest::header::HeaderMap::new();
+        boardroom_runtime::telemetry::inject_current_context(&mut trace);
+        self.client.post(url).headers(trace).json(body)
     }
 
     /// Sends and waits for the response headers (bounded); an error status becomes

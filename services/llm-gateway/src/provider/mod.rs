@@ -82,6 +82,19 @@ impl ProviderError {
         )
     }
 
+    /// Its kind, for `error.type` on the call's span.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connect(_) => "connect",
+            Self::Status { .. } => "status",
+            Self::Timeout(_) => "timeout",
+            Self::Protocol(_) => "protocol",
+            Self::StreamBroken(_) => "stream_broken",
+            Self::Exhausted(_) => "exhausted",
+            Self::Unsupported(_) => "unsupported",
+        }
+    }
+
     /// The upstream's `Retry-After`.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -28,6 +28,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use tracing::Instrument;
 
 /// A future of addresses.
 pub type Resolution<'a> =
@@ -86,16 +87,101 @@ impl tower::Service<Request> for BalancedChannel {
         tower::Service::poll_ready(&mut self.channel, cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let span = client_span(&mut request);
         let call = tower::Service::call(&mut self.channel, request);
         let refresh = self.refresh.clone();
-        Box::pin(async move {
-            let result = call.await;
-            if result.is_err() {
-                refresh.notify_one();
+        Box::pin(
+            async move {
+                let result = call.await;
+                match result {
+                    Ok(response) => Ok(traced_response(response)),
+                    Err(err) => {
+                        refresh.notify_one();
+                        tracing::Span::current()
+                            .record("rpc.grpc.status_code", tonic::Code::Unavailable as i32);
+                        Err(err)
+                    }
+                }
             }
-            result
-        })
+            .instrument(span),
+        )
+    }
+}
+
+/// The span of an outgoing call (built only when spans are exported), its context sent as
+/// `traceparent` so that the callee's server span is its child.
+fn client_span(request: &mut Request) -> tracing::Span {
+    let path = request.uri().path();
+    let (service, method) = crate::inbound::split_path(path);
+    let span = tracing::info_span!(
+        target: crate::telemetry::TRACE_TARGET,
+        "grpc.client",
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        crate::telemetry::inject_context(&span, request.headers_mut());
+    }
+    span
+}
+
+/// Keeps the call's span open until its last message, and records the final status.
+fn traced_response(response: Response) -> Response {
+    let span = tracing::Span::current();
+    if span.is_none() {
+        return response;
+    }
+    if let Some(status) = tonic::Status::from_header_map(response.headers()) {
+        // Trailers-only: the call ended with its headers.
+        span.record("rpc.grpc.status_code", status.code() as i32);
+        return response;
+    }
+    response.map(|body| tonic::body::Body::new(TracedBody { inner: body, span }))
+}
+
+/// A response body holding its call's span until it ends.
+struct TracedBody {
+    inner: tonic::body::Body,
+    span: tracing::Span,
+}
+
+impl http_body::Body for TracedBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code =
+                        tonic::Status::from_header_map(trailers).map_or(0, |s| s.code() as i32);
+                    self.span.record("rpc.grpc.status_code", code);
+                }
+            }
+            Poll::Ready(Some(Err(status))) => {
+                self.span
+                    .record("rpc.grpc.status_code", status.code() as i32);
+            }
+            Poll::Ready(None) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -1,19 +1,28 @@
 //! One `init_telemetry` for every service: `tracing` with a reloadable filter, pretty or JSON
-//! output, OpenTelemetry OTLP export when an endpoint is configured, and W3C trace context
-//! carried in gRPC metadata.
+//! output (JSON lines name their trace and span), OpenTelemetry OTLP export when an endpoint
+//! is configured (each service of the process under its own `service.name`), and W3C trace
+//! context carried in gRPC metadata and HTTP headers.
+
+mod logs;
+mod router;
 
 use std::io::IsTerminal;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
 use crate::config::{LogFormat, TelemetryConfig};
+use logs::{JsonWithTraceIds, TraceIds};
+pub use router::ServiceRoute;
+use router::ServiceRouter;
 
 type FilterHandle = reload::Handle<EnvFilter, Registry>;
 
@@ -31,29 +40,24 @@ impl std::fmt::Debug for Telemetry {
     }
 }
 
+/// The target of the spans that exist only for traces (client calls, queries, cache round
+/// trips, model calls): never logged, and not even built unless spans are exported.
+pub const TRACE_TARGET: &str = "boardroom::trace";
+
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `config.log_level`.
 /// A second call in one process (tests) keeps the first subscriber and returns a handle that
 /// reloads nothing.
-pub fn init_telemetry(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
-    let filter = build_filter(&config.log_level)?;
-    let (filter_layer, filter_handle) = reload::Layer::new(filter);
-
-    let json = match config.format {
-        LogFormat::Json => true,
-        LogFormat::Pretty => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
-    };
-    let fmt_layer: Box<dyn Layer<_> + Send + Sync> = if json {
-        Box::new(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .with_current_span(true)
-                .with_writer(std::io::stderr),
-        )
-    } else {
-        Box::new(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-    };
-
+///
+/// The log level filters what is logged, not what is traced: when spans are exported, every
+/// span at INFO or above is (the sampler decides which traces are kept).
+///
+/// `service_name` is the process's `service.name`. When the process runs several services
+/// (`routes`), each exports its spans under its own name (see [`ServiceRoute`]).
+pub fn init_telemetry(
+    service_name: &str,
+    routes: &[ServiceRoute],
+    config: &TelemetryConfig,
+) -> anyhow::Result<Telemetry> {
     let endpoint = if config.otlp_endpoint.is_empty() {
         std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default()
     } else {
@@ -62,29 +66,41 @@ pub fn init_telemetry(service_name: &str, config: &TelemetryConfig) -> anyhow::R
     let provider = if endpoint.is_empty() {
         None
     } else {
-        use opentelemetry_otlp::WithExportConfig;
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .build()?;
-        let resource = opentelemetry_sdk::Resource::builder()
-            .with_service_name(service_name.to_owned())
-            .build();
-        Some(
-            SdkTracerProvider::builder()
-                .with_batch_exporter(exporter)
-                .with_resource(resource)
-                .build(),
-        )
+        Some(tracer_provider(&endpoint, service_name, routes)?)
     };
-    let otel_layer = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service_name.to_owned())));
+
+    let (log_filter, filter_handle) = reload::Layer::new(build_filter(&config.log_level)?);
+    let json = match config.format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let json_lines = || {
+        tracing_subscriber::fmt::layer()
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonWithTraceIds)
+            .with_writer(std::io::stderr)
+    };
+    let log_layer: Box<dyn Layer<Registry> + Send + Sync> = match (json, &provider) {
+        (true, Some(_)) => TraceIds::default()
+            .and_then(json_lines())
+            .with_filter(log_filter)
+            .boxed(),
+        (true, None) => json_lines().with_filter(log_filter).boxed(),
+        (false, _) => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(log_filter)
+            .boxed(),
+    };
+    let otel_layer = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(service_name.to_owned()))
+            .with_filter(LevelFilter::INFO)
+    });
 
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let installed = tracing_subscriber::registry()
-        .with(filter_layer)
-        .with(fmt_layer)
+        .with(log_layer)
         .with(otel_layer)
         .try_init()
         .is_ok();
@@ -94,11 +110,42 @@ pub fn init_telemetry(service_name: &str, config: &TelemetryConfig) -> anyhow::R
     })
 }
 
-fn build_filter(level: &str) -> anyhow::Result<EnvFilter> {
-    match std::env::var("RUST_LOG") {
-        Ok(from_env) if !from_env.is_empty() => Ok(EnvFilter::try_new(from_env)?),
-        _ => Ok(EnvFilter::try_new(level)?),
+/// Batches spans to the OTLP/gRPC collector at `endpoint`, one exporter per service of the
+/// process. Sampling follows `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG` (the SDK's
+/// default: parent-based, always on).
+fn tracer_provider(
+    endpoint: &str,
+    service_name: &str,
+    routes: &[ServiceRoute],
+) -> anyhow::Result<SdkTracerProvider> {
+    use opentelemetry_otlp::WithExportConfig;
+    let exporter = || {
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.to_owned())
+            .build()
+    };
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service_name.to_owned())
+        .build();
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    if routes.is_empty() {
+        return Ok(builder.with_batch_exporter(exporter()?).build());
     }
+    let processors = (0..=routes.len())
+        .map(|_| Ok(BatchSpanProcessor::builder(exporter()?).build()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let router = ServiceRouter::new(routes.to_vec(), service_name.to_owned(), processors);
+    Ok(builder.with_span_processor(router).build())
+}
+
+/// What is logged: `RUST_LOG` or `level`, never the trace-only spans.
+fn build_filter(level: &str) -> anyhow::Result<EnvFilter> {
+    let directives = match std::env::var("RUST_LOG") {
+        Ok(from_env) if !from_env.is_empty() => from_env,
+        _ => level.to_owned(),
+    };
+    Ok(EnvFilter::try_new(directives)?.add_directive(format!("{TRACE_TARGET}=off").parse()?))
 }
 
 impl Telemetry {
@@ -157,7 +204,13 @@ pub fn set_remote_parent(span: &tracing::Span, headers: &http::HeaderMap) {
 
 /// Writes the current span's context as `traceparent`/`tracestate` into outgoing headers.
 pub fn inject_current_context(headers: &mut http::HeaderMap) {
-    let cx = tracing::Span::current().context();
+    inject_context(&tracing::Span::current(), headers);
+}
+
+/// Writes `span`'s context as `traceparent`/`tracestate` into outgoing headers (a client
+/// span's, so that the callee's server span is its child).
+pub fn inject_context(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    let cx = span.context();
     TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
 }
 
