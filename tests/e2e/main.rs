@@ -9,4 +9,5 @@ mod grpcurl;
 mod load;
 mod openai_sdk;
 mod otlp;
+mod prometheus;
 mod replicas;
