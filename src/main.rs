@@ -2,6 +2,7 @@
 //! (`load`).
 
 mod load;
+mod report;
 mod scenario;
 mod serve;
 

@@ -45,6 +45,8 @@ struct Steps {
     retried: BTreeMap<&'static str, BTreeMap<String, u64>>,
     /// Second of the run → (attempts retried, calls failed).
     timeline: BTreeMap<u64, (u64, u64)>,
+    /// Second of the run → the latencies (µs) of the calls that succeeded in it, by step.
+    per_second: BTreeMap<u64, BTreeMap<&'static str, Vec<u32>>>,
     /// Advisors that failed within turns that completed without them, by reason.
     advisor_failures: BTreeMap<String, u64>,
 }
@@ -86,6 +88,14 @@ fn record(steps: &Shared, step: &'static str, started: Instant, result: Result<(
                 })
                 .record(micros)
                 .ok();
+            let second = steps.started.elapsed().as_secs();
+            steps
+                .per_second
+                .entry(second)
+                .or_default()
+                .entry(step)
+                .or_default()
+                .push(u32::try_from(micros).unwrap_or(u32::MAX));
         }
         Err(failure) => {
             *steps
@@ -496,6 +506,7 @@ impl Steps {
             failures: BTreeMap::new(),
             retried: BTreeMap::new(),
             timeline: BTreeMap::new(),
+            per_second: BTreeMap::new(),
             advisor_failures: BTreeMap::new(),
         }
     }
@@ -573,6 +584,49 @@ async fn watch(pids: Vec<(String, u32)>, started: Instant, until: Instant) -> Va
             })
             .collect::<serde_json::Map<_, _>>()
     )
+}
+
+/// Every second of the run: calls that succeeded in it, failed, retried, and the p99 (ms) of
+/// each step's successes.
+fn per_second(steps: &Steps) -> Vec<Value> {
+    let last = steps
+        .per_second
+        .keys()
+        .chain(steps.timeline.keys())
+        .max()
+        .copied();
+    let Some(last) = last else {
+        return Vec::new();
+    };
+    (0..=last)
+        .map(|second| {
+            let calls = steps.per_second.get(&second);
+            let (retried, failed) = steps.timeline.get(&second).copied().unwrap_or_default();
+            let p99: serde_json::Map<String, Value> = calls
+                .into_iter()
+                .flatten()
+                .map(|(step, micros)| ((*step).to_owned(), json!(quantile_ms(micros, 0.99))))
+                .collect();
+            json!({
+                "second": second,
+                "ok": calls.map_or(0, |c| c.values().map(Vec::len).sum::<usize>()),
+                "failed": failed,
+                "retried": retried,
+                "p99_ms": p99,
+            })
+        })
+        .collect()
+}
+
+/// The `q` quantile (nearest rank) of `micros`, in milliseconds.
+fn quantile_ms(micros: &[u32], q: f64) -> f64 {
+    if micros.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = micros.to_vec();
+    sorted.sort_unstable();
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    f64::from(sorted[rank - 1]) / 1000.0
 }
 
 /// Runs the scenario and prints its JSON report.
@@ -688,6 +742,7 @@ pub async fn run(plan: UsersPlan) -> anyhow::Result<()> {
             "retried": steps.retried,
             "advisor_failures": steps.advisor_failures,
             "timeline": steps.timeline.iter().map(|(s, (r, f))| json!([s, r, f])).collect::<Vec<_>>(),
+            "per_second": per_second(&steps),
             "writes": {
                 "acknowledged": {"sessions": verified.sessions, "threads": verified.threads, "turns": verified.turns},
                 "lost": {"sessions": verified.lost_sessions, "threads": verified.lost_threads, "turns": verified.lost_turns},
@@ -705,92 +760,39 @@ pub async fn run(plan: UsersPlan) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The report as a page: a table and latency bars per step, memory over time per process.
+/// The report as a page people read (see [`crate::report`]).
 fn html(report: &Value) -> String {
-    let mut rows = String::new();
-    let mut bars = String::new();
-    let steps = report["steps"].as_object().cloned().unwrap_or_default();
-    let widest = steps
-        .values()
-        .map(|s| s["p99_ms"].as_f64().unwrap_or(0.0))
-        .fold(1.0, f64::max);
-    for (i, (name, s)) in steps.iter().enumerate() {
-        let f = |k: &str| s[k].as_f64().unwrap_or(0.0);
-        rows.push_str(&format!(
-            "<tr><td>{name}</td><td>{}</td><td>{:.1}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td></tr>\n",
-            s["count"], f("rps"), f("p50_ms"), f("p95_ms"), f("p99_ms"), s["failures"]
-        ));
-        let y = 20 + i * 34;
-        bars.push_str(&format!("<text x=\"0\" y=\"{}\">{name}</text>\n", y + 14));
-        for (j, (key, color)) in [
-            ("p50_ms", "#4c78a8"),
-            ("p95_ms", "#f58518"),
-            ("p99_ms", "#e45756"),
-        ]
-        .iter()
-        .enumerate()
-        {
-            let width = f(key) / widest * 560.0;
-            bars.push_str(&format!(
-                "<rect x=\"130\" y=\"{}\" width=\"{width:.1}\" height=\"9\" fill=\"{color}\"><title>{key} {:.2} ms</title></rect>\n",
-                y + j * 10,
-                f(key)
-            ));
-        }
+    crate::report::html(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_nearest_rank_in_milliseconds() {
+        let micros: Vec<u32> = (1..=100).map(|i| i * 1000).collect();
+        assert_eq!(quantile_ms(&micros, 0.99), 99.0);
+        assert_eq!(quantile_ms(&micros, 0.5), 50.0);
+        assert_eq!(quantile_ms(&[7000], 0.99), 7.0);
+        assert_eq!(quantile_ms(&[], 0.99), 0.0);
     }
-    let mut memory = String::new();
-    if let Some(processes) = report["processes"].as_object() {
-        let top = processes
-            .values()
-            .map(|p| p["peak_rss_mb"].as_f64().unwrap_or(0.0))
-            .fold(1.0, f64::max);
-        let span = report["duration_s"].as_f64().unwrap_or(1.0).max(1.0);
-        for (name, p) in processes {
-            let points: Vec<String> = p["samples"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|s| {
-                    let (t, rss) = (s[0].as_f64().unwrap_or(0.0), s[1].as_f64().unwrap_or(0.0));
-                    format!(
-                        "{:.1},{:.1}",
-                        t / span * 680.0 + 10.0,
-                        190.0 - rss / top * 170.0
-                    )
-                })
-                .collect();
-            memory.push_str(&format!(
-                "<polyline fill=\"none\" stroke=\"#4c78a8\" points=\"{}\"><title>{name}: peak {:.1} MB, mean CPU {:.0} %</title></polyline>\n",
-                points.join(" "),
-                p["peak_rss_mb"].as_f64().unwrap_or(0.0),
-                p["mean_cpu_percent"].as_f64().unwrap_or(0.0)
-            ));
-        }
-        memory.push_str(&format!(
-            "<text x=\"10\" y=\"14\">peak {top:.1} MB</text>\n"
-        ));
+
+    #[test]
+    fn every_second_of_the_run_is_reported_even_a_quiet_one() {
+        let mut steps = Steps::new();
+        steps
+            .per_second
+            .entry(0)
+            .or_default()
+            .insert("GetState", vec![1000, 3000]);
+        steps.timeline.insert(2, (1, 4));
+        let seconds = per_second(&steps);
+        assert_eq!(seconds.len(), 3);
+        assert_eq!(seconds[0]["ok"], 2);
+        assert_eq!(seconds[0]["p99_ms"]["GetState"], 3.0);
+        assert_eq!(seconds[1]["ok"], 0);
+        assert_eq!(seconds[2]["failed"], 4);
+        assert_eq!(seconds[2]["retried"], 1);
     }
-    format!(
-        "<!doctype html><meta charset=\"utf-8\"><title>Boardroom load: {users} users</title>
-<style>body{{font:14px sans-serif;margin:2em}}td,th{{padding:2px 10px;text-align:right}}td:first-child{{text-align:left}}</style>
-<h1>{users} users, {duration:.0} s, {errors} errors</h1>
-<p>{retried} attempts retried; writes acknowledged {acknowledged}, lost {lost}</p>
-<table><tr><th>step</th><th>calls</th><th>RPS</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th><th>failures</th></tr>
-{rows}</table>
-<h2>Latency by step (p50, p95, p99)</h2>
-<svg width=\"700\" height=\"{height}\">{bars}</svg>
-<h2>Server memory over the run</h2>
-<svg width=\"700\" height=\"200\">{memory}</svg>
-<pre>{json}</pre>
-",
-        users = report["users"],
-        duration = report["duration_s"].as_f64().unwrap_or(0.0),
-        errors = report["errors"],
-        retried = report["retried_attempts"],
-        acknowledged = report["writes"]["acknowledged"],
-        lost = report["writes"]["lost"],
-        height = 30 + steps.len() * 34,
-        json = serde_json::to_string_pretty(&report["processes"].as_object().map(|p| p.iter().map(|(k, v)| (k.clone(), json!({"peak_rss_mb": v["peak_rss_mb"], "mean_cpu_percent": v["mean_cpu_percent"]}))).collect::<serde_json::Map<_, _>>())).unwrap_or_default(),
-    )
 }

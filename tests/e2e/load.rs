@@ -120,8 +120,29 @@ async fn the_users_scenario_drives_the_whole_suite_and_reports_each_step() {
     }
     assert_eq!(writes["unverified"], 0, "{writes}");
     assert_eq!(writes["unacknowledged_turns_stored"], 0, "{writes}");
+    // Every second of the run is in the JSON; the page draws it and holds no raw JSON.
+    let seconds = report["per_second"].as_array().expect("per_second");
+    assert!(seconds.len() >= 2, "{seconds:?}");
+    let ok: u64 = seconds.iter().map(|s| s["ok"].as_u64().unwrap_or(0)).sum();
+    let counted: u64 = report["steps"]
+        .as_object()
+        .expect("steps")
+        .values()
+        .map(|s| s["count"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(ok, counted, "each success is in one second");
     let page = std::fs::read_to_string(&html).expect("HTML report");
-    assert!(page.contains("<svg") && page.contains("RunTurn"));
+    for expected in [
+        "latency (ms, log scale)",
+        "p99 latency (ms, log scale)",
+        "time (s)",
+        "RSS (MB)",
+        "CPU (% of one core)",
+        "RunTurn",
+    ] {
+        assert!(page.contains(expected), "{expected} missing from the page");
+    }
+    assert!(!page.contains("\"p99_ms\""), "raw JSON in the page");
     let _ = std::fs::remove_file(html);
 }
 
