@@ -758,7 +758,14 @@ async fn stream_with_fallback(
                             time_to_first_token_s = started.elapsed().as_secs_f64(),
                             "gen_ai.first_token"
                         );
-                        record_chunk(&span, &Ok(first.clone()));
+                        if let Chunk::Done {
+                            finish_reason,
+                            usage,
+                            model,
+                        } = &first
+                        {
+                            record_usage(&span, *usage, *finish_reason, model);
+                        }
                         // The span lasts as long as the stream, which records its end.
                         let rest: ChunkStream =
                             Box::pin(stream.inspect(move |chunk| record_chunk(&span, chunk)));
