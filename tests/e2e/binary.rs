@@ -186,3 +186,57 @@ impl Server {
         assert!(status.success());
     }
 }
+
+/// A boardroom of `advisors` (each on the mock model), a session in it and its main thread,
+/// created through the session service at `sessions`: the thread's id.
+pub async fn new_thread(sessions: SocketAddr, advisors: &[&str]) -> String {
+    use boardroom_proto::session::v1 as spb;
+    let mut sessions = spb::session_service_client::SessionServiceClient::new(
+        boardroom_testkit::channel(sessions).await,
+    );
+    let boardroom = sessions
+        .create_boardroom(spb::CreateBoardroomRequest {
+            owner_id: "owner".into(),
+            name: "board".into(),
+            advisors: advisors
+                .iter()
+                .map(|name| spb::Advisor {
+                    name: (*name).into(),
+                    model: "mock".into(),
+                    ..spb::Advisor::default()
+                })
+                .collect(),
+            request_id: String::new(),
+            double_text: spb::DoubleTextPolicy::Unspecified as i32,
+        })
+        .await
+        .expect("boardroom")
+        .into_inner()
+        .boardroom
+        .expect("boardroom");
+    let session = sessions
+        .create_session(spb::CreateSessionRequest {
+            boardroom_id: boardroom.id,
+            user_id: "user".into(),
+            title: "s".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("session")
+        .into_inner()
+        .session
+        .expect("session");
+    sessions
+        .create_thread(spb::CreateThreadRequest {
+            session_id: session.id,
+            thread_type: spb::ThreadType::Main as i32,
+            title: "t".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("thread")
+        .into_inner()
+        .thread
+        .expect("thread")
+        .id
+}

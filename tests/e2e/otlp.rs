@@ -13,7 +13,7 @@ use boardroom_testkit::channel;
 use boardroom_testkit::otlp::{OtlpReceiver, ReceivedSpan, Trace};
 use tokio_stream::StreamExt;
 
-use crate::binary::{Server, serve_with_env};
+use crate::binary::{Server, new_thread, serve_with_env};
 
 /// An interceptor sending `traceparent` for trace `trace_id` with parent `parent_id`.
 fn traceparent(
@@ -145,38 +145,7 @@ async fn a_turn_is_one_trace_across_every_service() {
     let trace_id = "6bf92f3577b34da6a3ce929d0e0e4736";
     let parent_id = "20f067aa0ba902b7";
 
-    let mut sessions = SessionServiceClient::new(channel(server.grpc).await);
-    let boardroom = sessions
-        .create_boardroom(create_boardroom(&["CFO", "CTO"]))
-        .await
-        .expect("boardroom")
-        .into_inner()
-        .boardroom
-        .expect("boardroom");
-    let session = sessions
-        .create_session(pb::CreateSessionRequest {
-            boardroom_id: boardroom.id,
-            user_id: "u".into(),
-            title: "s".into(),
-            request_id: String::new(),
-        })
-        .await
-        .expect("session")
-        .into_inner()
-        .session
-        .expect("session");
-    let thread = sessions
-        .create_thread(pb::CreateThreadRequest {
-            session_id: session.id,
-            thread_type: pb::ThreadType::Main as i32,
-            title: "t".into(),
-            request_id: String::new(),
-        })
-        .await
-        .expect("thread")
-        .into_inner()
-        .thread
-        .expect("thread");
+    let thread_id = new_thread(server.grpc, &["CFO", "CTO"]).await;
     let mut conversation = ConversationServiceClient::with_interceptor(
         channel(
             server
@@ -188,7 +157,7 @@ async fn a_turn_is_one_trace_across_every_service() {
     );
     let mut events = conversation
         .run_turn(cpb::RunTurnRequest {
-            thread_id: thread.id,
+            thread_id,
             content: "Should we raise prices?".into(),
             author: "u".into(),
             ..cpb::RunTurnRequest::default()

@@ -7,12 +7,10 @@ use std::time::{Duration, Instant};
 use boardroom_proto::conversation::v1 as cpb;
 use boardroom_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use boardroom_proto::conversation::v1::run_turn_response::Event;
-use boardroom_proto::session::v1 as spb;
-use boardroom_proto::session::v1::session_service_client::SessionServiceClient;
 use boardroom_testkit::{TestDatabase, channel};
 use tokio_stream::StreamExt;
 
-use crate::binary::{conversation_replica, serve_on};
+use crate::binary::{conversation_replica, new_thread, serve_on};
 
 /// The lease this test runs with (the default is 5 s; the bound is the lease either way).
 const LEASE_MS: u64 = 1_500;
@@ -48,49 +46,7 @@ async fn a_killed_instance_frees_its_threads_within_one_lease() {
         )],
     )
     .await;
-    let mut sessions = SessionServiceClient::new(channel(suite.grpc).await);
-    let boardroom = sessions
-        .create_boardroom(spb::CreateBoardroomRequest {
-            owner_id: "owner".into(),
-            name: "board".into(),
-            advisors: vec![spb::Advisor {
-                name: "cfo".into(),
-                model: "mock".into(),
-                ..spb::Advisor::default()
-            }],
-            request_id: String::new(),
-            double_text: spb::DoubleTextPolicy::Unspecified as i32,
-        })
-        .await
-        .expect("boardroom")
-        .into_inner()
-        .boardroom
-        .expect("boardroom");
-    let session = sessions
-        .create_session(spb::CreateSessionRequest {
-            boardroom_id: boardroom.id,
-            user_id: "user".into(),
-            title: "s".into(),
-            request_id: String::new(),
-        })
-        .await
-        .expect("session")
-        .into_inner()
-        .session
-        .expect("session");
-    let thread = sessions
-        .create_thread(spb::CreateThreadRequest {
-            session_id: session.id,
-            thread_type: spb::ThreadType::Main as i32,
-            title: "t".into(),
-            request_id: String::new(),
-        })
-        .await
-        .expect("thread")
-        .into_inner()
-        .thread
-        .expect("thread")
-        .id;
+    let thread = new_thread(suite.grpc, &["cfo"]).await;
 
     let on_doomed = ConversationServiceClient::new(channel(doomed.grpc).await);
     let mut stream = on_doomed

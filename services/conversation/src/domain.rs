@@ -157,6 +157,20 @@ pub enum FailureReason {
     Rejected,
 }
 
+impl FailureReason {
+    /// Every reason.
+    pub const ALL: [Self; 8] = [
+        Self::Timeout,
+        Self::Upstream,
+        Self::Cancelled,
+        Self::NoAnswer,
+        Self::Conflict,
+        Self::Storage,
+        Self::RateLimited,
+        Self::Rejected,
+    ];
+}
+
 /// An advisor that did not answer, as recorded with its turn.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdvisorFailure {

@@ -92,17 +92,7 @@ pub fn zero_known_series() {
     for outcome in ["completed", "failed", "replayed"] {
         metrics::counter!("conversation_turns_total", "outcome" => outcome).increment(0);
     }
-    use crate::domain::FailureReason::*;
-    for reason in [
-        Timeout,
-        Upstream,
-        Cancelled,
-        NoAnswer,
-        Conflict,
-        Storage,
-        RateLimited,
-        Rejected,
-    ] {
+    for reason in crate::domain::FailureReason::ALL {
         metrics::counter!("conversation_advisor_failures_total", "reason" => format!("{reason:?}"))
             .increment(0);
     }

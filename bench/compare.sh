@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Two builds of `boardroom` against each other in one run: the users scenario against each
+# binary's `serve` (every service in one process, PostgreSQL and Redis, the mock model at 200 ms
+# to the first token and 50 tokens/s), alternating A, B, A, B, each on a fresh database. Prints
+# per run the suite's CPU per user-round, peak RSS and the p99s, and B's ratios to A.
+# Usage: bench/compare.sh A_BIN B_BIN [users, default 200] [duration, default 40s] [think, default 3s]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+A=$1
+B=$2
+USERS=${3:-200}
+DURATION=${4:-40s}
+THINK=${5:-3s}
+PG=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
+REDIS=${BENCH_REDIS:-redis://127.0.0.1:6379}
+mkdir -p bench/out
+LOG=$(mktemp)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -f "$LOG"' EXIT
+
+run() { # label binary index
+  local label=$1 bin=$2 index=$3
+  psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS boardroom_compare" -c "CREATE DATABASE boardroom_compare" 2>/dev/null
+  env BOARDROOM_DATABASE__URL="$PG/boardroom_compare" BOARDROOM_REDIS__URL="$REDIS" \
+      BOARDROOM_TELEMETRY__LOG_LEVEL=warn \
+      BOARDROOM_LLM__DEPLOYMENTS__MOCK__TTFT_MS=200 BOARDROOM_LLM__DEPLOYMENTS__MOCK__TOKENS_PER_SECOND=50 \
+      "$bin" serve 2>"$LOG" &
+  local pid=$!
+  for _ in $(seq 300); do curl -sf 127.0.0.1:9092/readyz >/dev/null && break; sleep 0.1; done
+  # The same generator for both: A's.
+  "$A" load 127.0.0.1:50051 --scenario users --users "$USERS" -z "$DURATION" --think "$THINK" \
+    --ramp 5s --pid "suite=$pid" >"bench/out/compare-$label-$index.json"
+  kill $pid; wait $pid 2>/dev/null || true
+}
+
+for index in 1 2; do
+  run A "$A" "$index"
+  run B "$B" "$index"
+done
+
+python3 - "$USERS" <<'PY'
+import json, sys
+def load(label, i):
+    r = json.load(open(f"bench/out/compare-{label}-{i}.json"))
+    rounds = r["steps"]["RunTurn"]["count"]
+    suite = r["processes"]["suite"]
+    return dict(errors=r["errors"], rounds=rounds,
+                cpu_ms=suite["mean_cpu_percent"] / 100 * r["duration_s"] / max(rounds, 1) * 1e3,
+                turn_p99=r["steps"]["RunTurn"]["p99_ms"],
+                non_llm_p99=max(s["p99_ms"] for n, s in r["steps"].items() if n != "RunTurn"),
+                rss=suite["peak_rss_mb"])
+rows = {(l, i): load(l, i) for l in "AB" for i in (1, 2)}
+print(f"{sys.argv[1]} users")
+print("| run | errors | user-rounds | CPU ms / round | RunTurn p99 ms | worst non-LLM p99 ms | peak RSS MB |")
+print("|---|---|---|---|---|---|---|")
+for (l, i), r in rows.items():
+    print(f"| {l} #{i} | {r['errors']} | {r['rounds']} | {r['cpu_ms']:.2f} | {r['turn_p99']:.0f} | {r['non_llm_p99']:.2f} | {r['rss']:.1f} |")
+mean = lambda l, k: sum(rows[(l, i)][k] for i in (1, 2)) / 2
+print("B / A: " + ", ".join(f"{label} {mean('B', k) / mean('A', k):.2f}" for k, label in
+      [("cpu_ms", "CPU per round"), ("non_llm_p99", "worst non-LLM p99"), ("turn_p99", "RunTurn p99"), ("rss", "peak RSS")]))
+PY
