@@ -14,22 +14,12 @@ THINK=${5:-3s}
 PG=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 REDIS=${BENCH_REDIS:-redis://127.0.0.1:6379}
 mkdir -p bench/out
-LOG=$(mktemp)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -f "$LOG"' EXIT
+BENCH_LOG=$(mktemp)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -f "$BENCH_LOG"' EXIT
+source bench/lib.sh
 
-run() { # label binary index
-  local label=$1 bin=$2 index=$3
-  psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS boardroom_compare" -c "CREATE DATABASE boardroom_compare" 2>/dev/null
-  env BOARDROOM_DATABASE__URL="$PG/boardroom_compare" BOARDROOM_REDIS__URL="$REDIS" \
-      BOARDROOM_TELEMETRY__LOG_LEVEL=warn \
-      BOARDROOM_LLM__DEPLOYMENTS__MOCK__TTFT_MS=200 BOARDROOM_LLM__DEPLOYMENTS__MOCK__TOKENS_PER_SECOND=50 \
-      "$bin" serve 2>"$LOG" &
-  local pid=$!
-  for _ in $(seq 300); do curl -sf 127.0.0.1:9092/readyz >/dev/null && break; sleep 0.1; done
-  # The same generator for both: A's.
-  "$A" load 127.0.0.1:50051 --scenario users --users "$USERS" -z "$DURATION" --think "$THINK" \
-    --ramp 5s --pid "suite=$pid" >"bench/out/compare-$label-$index.json"
-  kill $pid; wait $pid 2>/dev/null || true
+run() { # label binary index; the same generator (A's) for both
+  users_run "bench/out/compare-$1-$3.json" "$2" "$A" "$USERS" "$DURATION" "$THINK"
 }
 
 for index in 1 2; do

@@ -15,17 +15,18 @@ THINK=${3:-2s}
 PG=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 REDIS=${BENCH_REDIS:-redis://127.0.0.1:6379}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-cargo build --release --bin boardroom >/dev/null 2>&1
-cargo build --release -p boardroom-testkit --bin otlp-receiver >/dev/null 2>&1
-BIN=$CARGO_TARGET_DIR/release/boardroom
-RECEIVER=$CARGO_TARGET_DIR/release/otlp-receiver
+# BENCH_BOARDROOM and BENCH_OTLP_RECEIVER, when set, name builds to use instead.
+BIN=${BENCH_BOARDROOM:-$CARGO_TARGET_DIR/release/boardroom}
+RECEIVER=${BENCH_OTLP_RECEIVER:-$CARGO_TARGET_DIR/release/otlp-receiver}
+[ -n "${BENCH_BOARDROOM:-}" ] || cargo build --release --bin boardroom >/dev/null 2>&1
+[ -n "${BENCH_OTLP_RECEIVER:-}" ] || cargo build --release -p boardroom-testkit --bin otlp-receiver >/dev/null 2>&1
 mkdir -p bench/out
-LOG=$(mktemp)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -f "$LOG"' EXIT
+BENCH_LOG=$(mktemp)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -f "$BENCH_LOG"' EXIT
+source bench/lib.sh
 
 run() { # mode index
   local mode=$1 index=$2 otlp=() receiver=
-  psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS boardroom_tracing" -c "CREATE DATABASE boardroom_tracing"
   if [ "$mode" != off ]; then
     "$RECEIVER" 127.0.0.1:4317 >"bench/out/tracing-$mode-$index.spans" 2>/dev/null &
     receiver=$!
@@ -34,15 +35,7 @@ run() { # mode index
   if [ "$mode" = tenth ]; then
     otlp+=(OTEL_TRACES_SAMPLER=traceidratio OTEL_TRACES_SAMPLER_ARG=0.1)
   fi
-  env "${otlp[@]}" BOARDROOM_DATABASE__URL="$PG/boardroom_tracing" BOARDROOM_REDIS__URL="$REDIS" \
-      BOARDROOM_TELEMETRY__LOG_LEVEL=warn \
-      BOARDROOM_LLM__DEPLOYMENTS__MOCK__TTFT_MS=200 BOARDROOM_LLM__DEPLOYMENTS__MOCK__TOKENS_PER_SECOND=50 \
-      "$BIN" serve 2>"$LOG" &
-  local pid=$!
-  for _ in $(seq 300); do curl -sf 127.0.0.1:9092/readyz >/dev/null && break; sleep 0.1; done
-  "$BIN" load 127.0.0.1:50051 --scenario users --users "$USERS" -z "$DURATION" --think "$THINK" \
-    --ramp 5s --pid "suite=$pid" >"bench/out/tracing-$mode-$index.json"
-  kill $pid; wait $pid 2>/dev/null || true
+  users_run "bench/out/tracing-$mode-$index.json" "$BIN" "$BIN" "$USERS" "$DURATION" "$THINK" "${otlp[@]}"
   if [ -n "$receiver" ]; then kill "$receiver"; wait "$receiver" 2>/dev/null || true; fi
 }
 

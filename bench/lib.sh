@@ -1,0 +1,22 @@
+# Sourced by the benches that run the users scenario against a release `boardroom serve`
+# (every service in one process, PostgreSQL and Redis, the mock model at 200 ms to the first
+# token and 50 tokens/s). Needs PG, REDIS and BENCH_LOG set.
+
+# users_run OUT SERVE_BIN LOAD_BIN USERS DURATION THINK [NAME=VALUE ...]: a fresh database,
+# `SERVE_BIN serve` with the extra environment, the scenario from LOAD_BIN with the suite's
+# RSS/CPU sampled, its JSON report to OUT, then the suite stopped.
+users_run() {
+  local out=$1 bin=$2 load=$3 users=$4 duration=$5 think=$6
+  shift 6
+  psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS boardroom_bench" -c "CREATE DATABASE boardroom_bench" 2>/dev/null
+  env "$@" BOARDROOM_DATABASE__URL="$PG/boardroom_bench" BOARDROOM_REDIS__URL="$REDIS" \
+      BOARDROOM_TELEMETRY__LOG_LEVEL=warn \
+      BOARDROOM_LLM__DEPLOYMENTS__MOCK__TTFT_MS=200 BOARDROOM_LLM__DEPLOYMENTS__MOCK__TOKENS_PER_SECOND=50 \
+      "$bin" serve 2>"$BENCH_LOG" &
+  local pid=$!
+  for _ in $(seq 300); do curl -sf 127.0.0.1:9092/readyz >/dev/null && break; sleep 0.1; done
+  "$load" load 127.0.0.1:50051 --scenario users --users "$users" -z "$duration" --think "$think" \
+    --ramp 5s --pid "suite=$pid" >"$out"
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+}
