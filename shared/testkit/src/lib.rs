@@ -16,7 +16,8 @@ pub use fake::{Behavior, FakeOpenAi, FakeProvider, Protocol, Reported};
 pub use postgres::{TestDatabase, ephemeral_postgres_url, postgres_admin_url, sqlite_database};
 pub use redis::{PrivateRedis, ephemeral_redis_url, redis_url};
 pub use service::{
-    FlakyProxy, channel, metric_value, scrape_metrics, service_test_config, test_config,
+    FlakyProxy, channel, main_thread, metric_value, scrape_metrics, service_test_config,
+    test_config,
 };
 
 /// Where a test server came from.

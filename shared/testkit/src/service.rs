@@ -161,3 +161,39 @@ impl FlakyProxy {
         self.stop.cancel();
     }
 }
+
+/// A session in boardroom `boardroom_id` and its main thread, created through `sessions`: the
+/// thread's id.
+pub async fn main_thread(
+    sessions: &mut boardroom_proto::session::v1::session_service_client::SessionServiceClient<
+        Channel,
+    >,
+    boardroom_id: String,
+) -> String {
+    use boardroom_proto::session::v1 as spb;
+    let session = sessions
+        .create_session(spb::CreateSessionRequest {
+            boardroom_id,
+            user_id: "user".into(),
+            title: "s".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("session")
+        .into_inner()
+        .session
+        .expect("session");
+    sessions
+        .create_thread(spb::CreateThreadRequest {
+            session_id: session.id,
+            thread_type: spb::ThreadType::Main as i32,
+            title: "t".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("thread")
+        .into_inner()
+        .thread
+        .expect("thread")
+        .id
+}

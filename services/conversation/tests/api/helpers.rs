@@ -204,31 +204,7 @@ impl Suite {
             .into_inner()
             .boardroom
             .expect("boardroom");
-        let session = sessions
-            .create_session(spb::CreateSessionRequest {
-                boardroom_id: boardroom.id,
-                user_id: "user".into(),
-                title: "s".into(),
-                request_id: String::new(),
-            })
-            .await
-            .expect("session")
-            .into_inner()
-            .session
-            .expect("session");
-        sessions
-            .create_thread(spb::CreateThreadRequest {
-                session_id: session.id,
-                thread_type: spb::ThreadType::Main as i32,
-                title: "t".into(),
-                request_id: String::new(),
-            })
-            .await
-            .expect("thread")
-            .into_inner()
-            .thread
-            .expect("thread")
-            .id
+        boardroom_testkit::main_thread(&mut sessions, boardroom.id).await
     }
 
     /// A thread whose boardroom has `n` advisors on the mock model.
