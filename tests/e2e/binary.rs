@@ -187,6 +187,25 @@ impl Server {
     }
 }
 
+/// A CreateBoardroom of `advisors`, each on the mock model.
+pub fn boardroom_of(advisors: &[&str]) -> boardroom_proto::session::v1::CreateBoardroomRequest {
+    use boardroom_proto::session::v1 as spb;
+    spb::CreateBoardroomRequest {
+        owner_id: "owner".into(),
+        name: "board".into(),
+        advisors: advisors
+            .iter()
+            .map(|name| spb::Advisor {
+                name: (*name).into(),
+                model: "mock".into(),
+                ..spb::Advisor::default()
+            })
+            .collect(),
+        request_id: String::new(),
+        double_text: spb::DoubleTextPolicy::Unspecified as i32,
+    }
+}
+
 /// A boardroom of `advisors` (each on the mock model), a session in it and its main thread,
 /// created through the session service at `sessions`: the thread's id.
 pub async fn new_thread(sessions: SocketAddr, advisors: &[&str]) -> String {
@@ -195,20 +214,7 @@ pub async fn new_thread(sessions: SocketAddr, advisors: &[&str]) -> String {
         boardroom_testkit::channel(sessions).await,
     );
     let boardroom = sessions
-        .create_boardroom(spb::CreateBoardroomRequest {
-            owner_id: "owner".into(),
-            name: "board".into(),
-            advisors: advisors
-                .iter()
-                .map(|name| spb::Advisor {
-                    name: (*name).into(),
-                    model: "mock".into(),
-                    ..spb::Advisor::default()
-                })
-                .collect(),
-            request_id: String::new(),
-            double_text: spb::DoubleTextPolicy::Unspecified as i32,
-        })
+        .create_boardroom(boardroom_of(advisors))
         .await
         .expect("boardroom")
         .into_inner()

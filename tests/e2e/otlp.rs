@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use boardroom_proto::conversation::v1 as cpb;
 use boardroom_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
-use boardroom_proto::session::v1 as pb;
 use boardroom_proto::session::v1::session_service_client::SessionServiceClient;
 use boardroom_testkit::channel;
 use boardroom_testkit::otlp::{OtlpReceiver, ReceivedSpan, Trace};
 use tokio_stream::StreamExt;
 
-use crate::binary::{Server, new_thread, serve_with_env};
+use crate::binary::{Server, boardroom_of, new_thread, serve_with_env};
 
 /// An interceptor sending `traceparent` for trace `trace_id` with parent `parent_id`.
 fn traceparent(
@@ -28,24 +27,6 @@ fn traceparent(
                 .expect("ascii"),
         );
         Ok(req)
-    }
-}
-
-fn create_boardroom(advisors: &[&str]) -> pb::CreateBoardroomRequest {
-    pb::CreateBoardroomRequest {
-        owner_id: "o".into(),
-        name: "Traced".into(),
-        advisors: advisors
-            .iter()
-            .map(|name| pb::Advisor {
-                name: (*name).into(),
-                role: String::new(),
-                system_prompt: String::new(),
-                model: "mock".into(),
-            })
-            .collect(),
-        request_id: String::new(),
-        double_text: pb::DoubleTextPolicy::Unspecified as i32,
     }
 }
 
@@ -76,7 +57,7 @@ async fn one_traced_call(
         traceparent(trace_id, parent_id),
     );
     client
-        .create_boardroom(create_boardroom(&["CFO"]))
+        .create_boardroom(boardroom_of(&["CFO"]))
         .await
         .expect("call");
     stop(server).await;
