@@ -92,28 +92,40 @@ where
         event.record(&mut fields);
         line.insert("fields".into(), Value::Object(fields.0));
         line.insert("target".into(), Value::String(metadata.target().to_owned()));
+        let mut text = serde_json::to_string(&line).map_err(|_| std::fmt::Error)?;
         if let Some(span) = ctx.parent_span() {
-            let extensions = span.extensions();
-            let mut described = Map::new();
-            described.insert("name".into(), Value::String(span.name().to_owned()));
-            if let Some(formatted) = extensions.get::<FormattedFields<JsonFields>>()
-                && let Ok(Value::Object(span_fields)) =
-                    serde_json::from_str::<Value>(formatted.fields.as_str())
-            {
-                described.extend(span_fields);
+            // The span's fields are JSON already (JsonFields): spliced in, not parsed again.
+            text.pop(); // the line's closing brace
+            text.push_str(",\"span\":{\"name\":");
+            text.push_str(&serde_json::to_string(span.name()).map_err(|_| std::fmt::Error)?);
+            if let Some(formatted) = span.extensions().get::<FormattedFields<JsonFields>>() {
+                let inner = formatted
+                    .fields
+                    .trim()
+                    .strip_prefix('{')
+                    .and_then(|f| f.strip_suffix('}'))
+                    .unwrap_or("");
+                if !inner.trim().is_empty() {
+                    text.push(',');
+                    text.push_str(inner);
+                }
             }
-            line.insert("span".into(), Value::Object(described));
+            text.push('}');
             // The nearest span that has ids: an event in a span that never reached the
-            // OpenTelemetry layer (filtered) still names its trace.
+            // OpenTelemetry layer (filtered) still names its trace. (The guard above is gone:
+            // a second read of one lock while a writer waits would deadlock.)
             let ids = span
                 .scope()
                 .find_map(|s| s.extensions().get::<SpanIds>().cloned());
             if let Some(ids) = ids {
-                line.insert("trace_id".into(), Value::String(ids.trace_id));
-                line.insert("span_id".into(), Value::String(ids.span_id));
+                // Hex: nothing to escape.
+                text.push_str(&format!(
+                    ",\"trace_id\":\"{}\",\"span_id\":\"{}\"",
+                    ids.trace_id, ids.span_id
+                ));
             }
+            text.push('}');
         }
-        let text = serde_json::to_string(&line).map_err(|_| std::fmt::Error)?;
         writer.write_str(&text)?;
         writer.write_char('\n')
     }
