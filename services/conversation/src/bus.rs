@@ -50,6 +50,10 @@ impl Registry {
 struct Shared {
     publisher: Client,
     subscriber: SubscriberClient,
+    /// On a Redis Cluster the channel is sharded (SSUBSCRIBE/SPUBLISH): every instance listens
+    /// on the one shard that owns it, so a publish counts every listener (a cluster's PUBLISH
+    /// counts only the listeners on the node that took it).
+    sharded: bool,
 }
 
 /// The registry of this instance's running turns, and the channel to the others.
@@ -115,6 +119,7 @@ impl TurnBus {
         let bus = Self {
             running: Registry::default(),
             shared: Some(Arc::new(Shared {
+                sharded: publisher.is_clustered(),
                 publisher,
                 subscriber,
             })),
@@ -138,14 +143,25 @@ impl TurnBus {
         if shared.subscriber.wait_for_connect().await.is_err() {
             return false;
         }
-        shared.subscriber.subscribe(CHANNEL).await.is_ok()
+        if shared.sharded {
+            shared.subscriber.ssubscribe(CHANNEL).await.is_ok()
+        } else {
+            shared.subscriber.subscribe(CHANNEL).await.is_ok()
+        }
     }
 
     async fn listen(&self, shutdown: CancellationToken) {
         let Some(shared) = &self.shared else { return };
         let mut messages = shared.subscriber.message_rx();
         let mut backoff = Duration::from_millis(50);
-        while shared.subscriber.tracked_channels().is_empty() {
+        let subscribed = || {
+            if shared.sharded {
+                !shared.subscriber.tracked_shard_channels().is_empty()
+            } else {
+                !shared.subscriber.tracked_channels().is_empty()
+            }
+        };
+        while !subscribed() {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 subscribed = self.subscribe() => if subscribed { break },
@@ -225,16 +241,24 @@ impl TurnBus {
                 "the instance running the turn cannot be reached (Redis is down)".into(),
             ));
         }
-        let heard = shared
-            .publisher
-            .publish::<i64, _, _>(CHANNEL, format!("{thread_id} {turn_id}"))
-            .await
-            .map_err(|err| {
-                tracing::warn!(error = %err, "publishing a cancel failed");
-                ConversationError::Unavailable(
-                    "the instance running the turn cannot be reached (Redis)".into(),
-                )
-            })?;
+        let message = format!("{thread_id} {turn_id}");
+        let heard = if shared.sharded {
+            shared
+                .publisher
+                .spublish::<i64, _, _>(CHANNEL, message)
+                .await
+        } else {
+            shared
+                .publisher
+                .publish::<i64, _, _>(CHANNEL, message)
+                .await
+        };
+        let heard = heard.map_err(|err| {
+            tracing::warn!(error = %err, "publishing a cancel failed");
+            ConversationError::Unavailable(
+                "the instance running the turn cannot be reached (Redis)".into(),
+            )
+        })?;
         // Every instance listens, this one too when its subscription is up: no other listener
         // means the one running the turn may not have heard (its subscription reconnecting).
         let own = i64::from(shared.subscriber.is_connected());

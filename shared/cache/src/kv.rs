@@ -140,6 +140,9 @@ impl<C: Codec> TieredCache<C> {
             }
             None => false,
         };
+        if !acknowledged && let Some(l2) = &self.inner.l2 {
+            l2.unacknowledged_writes(items.iter().map(|item| item.key.as_str()));
+        }
         for item in items {
             self.forget_local(&item.key).await;
             if acknowledged {
@@ -172,7 +175,7 @@ impl<C: Codec> TieredCache<C> {
     /// store the old value after it. Returns whether L2 acknowledged it.
     pub async fn delete_many(&self, keys: &[&str]) -> bool {
         let acknowledged = match &self.inner.l2 {
-            Some(l2) => l2.delete(keys, self.inner.config.tombstone_ttl).await,
+            Some(l2) => l2.delete(keys).await,
             None => false,
         };
         for key in keys {

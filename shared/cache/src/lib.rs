@@ -22,6 +22,14 @@
 //!   with a plain `SET`, and deletes leave a short tombstone; so a fill that read the database
 //!   before a concurrent write cannot replace the newer value in L2 (the classic cache-aside
 //!   race), as long as the load takes less than `tombstone_ttl`.
+//! - **Redis Cluster**: tracking is turned on at every primary (a node announces only the
+//!   keys it owns), followed as primaries come and go (a failover, a node added): a primary
+//!   found later is tracked within the topology poll (1 s, or at once when fred sees the
+//!   change) and L1 is cleared once it is. Multi-key commands go one per hash slot.
+//! - **Unacknowledged invalidations are retried**: a delete, write or tag invalidation that
+//!   Redis did not take (down, or a shard without a primary mid-failover) is deleted again
+//!   every 100 ms until Redis acknowledges, so that a restarted server or a promoted replica
+//!   cannot keep serving the value it replaced.
 //! - **Redis down**: every call still succeeds from L1 and the loader; L2 calls are skipped
 //!   while disconnected and bounded by `l2_timeout` otherwise; `cache_l2_up` reports it; L1
 //!   entries made while L2 is down live at most `degraded_l1_ttl` (coherence is lost then);
@@ -31,6 +39,7 @@ mod config;
 mod entry;
 mod kv;
 mod l2;
+mod pending;
 mod pressure;
 mod tags;
 
@@ -195,7 +204,9 @@ impl<C: Codec> TieredCache<C> {
         let (events, _) = broadcast::channel(1024);
         let write_epochs = (0..STRIPES).map(|_| AtomicU64::new(0)).collect();
         let l2 = match &config.redis {
-            Some(settings) => Some(Redis::connect(name, &config.prefix, settings).await?),
+            Some(settings) => {
+                Some(Redis::connect(name, &config.prefix, settings, config.tombstone_ttl).await?)
+            }
             None => None,
         };
         let cache = Self {

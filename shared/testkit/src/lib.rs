@@ -10,11 +10,13 @@ mod fake;
 pub mod otlp;
 mod postgres;
 mod redis;
+mod redis_cluster;
 mod service;
 
 pub use fake::{Behavior, FakeOpenAi, FakeProvider, Protocol, Reported};
 pub use postgres::{TestDatabase, ephemeral_postgres_url, postgres_admin_url, sqlite_database};
 pub use redis::{PrivateRedis, ephemeral_redis_url, redis_url};
+pub use redis_cluster::{ClusterNode, RedisCluster};
 pub use service::{
     FlakyProxy, channel, main_thread, metric_value, scrape_metrics, service_test_config,
     test_config,

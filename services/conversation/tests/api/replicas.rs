@@ -428,3 +428,56 @@ async fn joined_events_until_advisor_started(
     }
     n
 }
+
+/// Turn control on a Redis Cluster (three primaries, three replicas): the cancel bus and the
+/// turn logs work from any replica as on one Redis (the turn log is one key per turn; the bus
+/// one channel, which a cluster forwards to every node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_turns_are_joined_and_cancelled_from_another_replica() {
+    let cluster = tokio::task::spawn_blocking(boardroom_testkit::RedisCluster::start)
+        .await
+        .expect("cluster");
+    let slow = FakeOpenAi::start().await;
+    slow.set_latency(Duration::from_millis(500));
+    let url = cluster.url();
+    let suite = suite(|c| {
+        c.redis.url = boardroom_runtime::config::Secret::new(url);
+        upstream_alias(c, "slow", &slow.base_url());
+    })
+    .await;
+    let other = suite.replica(|_| {}).await;
+    let thread = suite.thread_with(&[("cto", "slow")]).await;
+
+    let mut stream = suite
+        .client
+        .clone()
+        .run_turn(pb::RunTurnRequest {
+            on_disconnect: pb::DisconnectPolicy::Continue as i32,
+            ..turn(&thread, "Plan the launch", "")
+        })
+        .await
+        .expect("RunTurn")
+        .into_inner();
+    let first = stream.next().await.expect("an event").expect("event");
+    let Some(Event::TurnStarted(started)) = first.event else {
+        panic!("{first:?}");
+    };
+    drop(stream);
+    let rest = joined(&other.client, &thread, &started.turn_id, 1).await;
+    assert!(
+        matches!(rest.last(), Some((_, Event::TurnCompleted(_)))),
+        "joined through the cluster to the end: {rest:#?}"
+    );
+
+    slow.script(std::iter::repeat_n(Behavior::Hang, 10));
+    let (turn_id, mut stream) = started_turn(&suite.client, &thread, "").await;
+    eventually(Duration::from_secs(5), || async {
+        (slow.in_flight() == 1).then_some(())
+    })
+    .await;
+    assert!(cancel(&other.client, &thread, &turn_id).await, "it runs");
+    match last_event(&mut stream).await {
+        Some(Event::TurnFailed(f)) => assert_eq!(f.reason, pb::FailureReason::Cancelled as i32),
+        other => panic!("{other:?}"),
+    }
+}

@@ -3,6 +3,7 @@
 // A test owns the tasks it spawns: they end with its runtime.
 #![allow(clippy::disallowed_methods)]
 
+mod cluster;
 mod helpers;
 mod kv;
 mod pressure;

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use boardroom_cache::{CacheConfig, Invalidation, RawBytes, TieredCache};
 
-use crate::helpers::{TTL, barrier, cache, loader, next_invalidation, wait_until};
+use crate::helpers::{
+    INVALIDATION_DELAY, TTL, barrier, cache, load, loader, next_invalidation, wait_until,
+};
 use boardroom_testkit::{PrivateRedis, redis_url, unique_suffix};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
@@ -294,10 +296,6 @@ async fn a_fill_that_read_before_a_delete_cannot_store_the_old_value() {
 /// documented invalidation delay) must see that write or a later one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_load_no_instance_serves_a_value_older_than_the_last_acknowledged_write() {
-    use std::sync::Mutex;
-    use std::time::Instant;
-    const KEYS: usize = 256;
-    const DELAY: Duration = Duration::from_millis(50); // documented invalidation delay bound
     let private = PrivateRedis::start();
     let url = private.url();
     let prefix = format!("t{}:", unique_suffix());
@@ -308,115 +306,8 @@ async fn under_load_no_instance_serves_a_value_older_than_the_last_acknowledged_
     ];
     wait_until(instances[0].l2_status(), true).await;
     wait_until(instances[1].l2_status(), true).await;
-    let truth: Arc<Vec<std::sync::atomic::AtomicU64>> = Arc::new(
-        (0..KEYS)
-            .map(|_| std::sync::atomic::AtomicU64::new(0))
-            .collect(),
-    );
-    // Per key: (acknowledged at, version).
-    type AckLog = Vec<Mutex<Vec<(Instant, u64)>>>;
-    let acks: Arc<AckLog> = Arc::new((0..KEYS).map(|_| Mutex::new(Vec::new())).collect());
-    let reads: Arc<Mutex<Vec<(usize, Instant, u64)>>> = Arc::default();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let clients: Vec<_> = (0..64)
-        .map(|client| {
-            let (instances, truth, acks, reads) = (
-                instances.clone(),
-                truth.clone(),
-                acks.clone(),
-                reads.clone(),
-            );
-            tokio::spawn(async move {
-                let mut n: usize = client;
-                while Instant::now() < deadline {
-                    // A real caller yields at its network I/O; an L1 hit alone never does, and a
-                    // loop of them would starve the task that applies invalidations.
-                    tokio::task::yield_now().await;
-                    n = n.wrapping_mul(1103515245).wrapping_add(12345) % 1_000_003;
-                    let key = n % KEYS;
-                    let cache = &instances[n % 2];
-                    let name = format!("k{key}");
-                    if n.is_multiple_of(50) {
-                        // Write: the database first, then invalidate. (Concurrent writers of one
-                        // key must not write values through: their SETs can land out of order.)
-                        let version = truth[key].fetch_add(1, Ordering::SeqCst) + 1;
-                        cache.delete(&name).await;
-                        acks[key]
-                            .lock()
-                            .expect("lock")
-                            .push((Instant::now(), version));
-                    } else {
-                        let started = Instant::now();
-                        let truth = truth.clone();
-                        let value = cache
-                            .get_or_load(&name, TTL, move || {
-                                let truth = truth.clone();
-                                async move {
-                                    let read = truth[key].load(Ordering::SeqCst);
-                                    // The time a real query takes between reading and returning: the
-                                    // window in which a write can overtake this fill.
-                                    tokio::time::sleep(Duration::from_micros(500)).await;
-                                    Ok::<_, anyhow::Error>(Some(Bytes::from(read.to_string())))
-                                }
-                            })
-                            .await
-                            .expect("read");
-                        let version: u64 = std::str::from_utf8(&value.expect("present"))
-                            .expect("utf8")
-                            .parse()
-                            .expect("number");
-                        reads.lock().expect("lock").push((key, started, version));
-                    }
-                }
-            })
-        })
-        .collect();
-    for client in clients {
-        client.await.expect("client");
-    }
-    let reads = reads.lock().expect("lock");
-    let mut stale = Vec::new();
-    let mut worst_lag = Duration::ZERO;
-    for &(key, started, version) in reads.iter() {
-        // How long after the first newer write was acknowledged did this read still see `version`?
-        if let Some(newer) = acks[key]
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|(acked, v)| *v > version && *acked <= started)
-            .map(|(acked, _)| *acked)
-            .min()
-        {
-            worst_lag = worst_lag.max(started - newer);
-        }
-        let required = acks[key]
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|(acked, _)| *acked + DELAY <= started)
-            .map(|(_, v)| *v)
-            .max()
-            .unwrap_or(0);
-        if version < required {
-            stale.push((key, version, required));
-        }
-    }
-    eprintln!(
-        "reads: {}, longest time a replaced value was still served: {worst_lag:?}",
-        reads.len()
-    );
-    assert!(
-        reads.len() > 1000,
-        "the run did enough reads: {}",
-        reads.len()
-    );
-    assert!(
-        stale.is_empty(),
-        "{} of {} reads were stale, e.g. {:?}",
-        stale.len(),
-        reads.len(),
-        &stale[..stale.len().min(5)]
-    );
+    let report = load(&instances, Duration::from_secs(2), None).await;
+    report.assert_fresh(INVALIDATION_DELAY);
     stop.cancel();
 }
 
