@@ -12,7 +12,11 @@ use crate::store;
 impl Conversations {
     /// The thread's current state, last seq and running turn.
     pub async fn get_state(&self, thread_id: Uuid) -> Result<StateView, ConversationError> {
-        let head = self.store.head(thread_id).await?;
+        // A replica's view (the caller's token keeps its own writes in it).
+        let head = self
+            .store
+            .head_from(thread_id, store::Read::Replica)
+            .await?;
         if head.is_none() {
             // Never written: it exists only if the session service knows it.
             self.directory.thread(thread_id).await?;

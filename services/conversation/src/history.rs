@@ -7,6 +7,7 @@ use crate::conversations::{Conversations, check_request_id, check_text};
 use crate::domain::{Direction, Message, NewMessage, Page, Role};
 use crate::error::ConversationError;
 use crate::page;
+use crate::store;
 
 impl Conversations {
     /// Appends a user or system message.
@@ -55,7 +56,7 @@ impl Conversations {
         self.directory.thread(thread_id).await?;
         let mut items = self
             .store
-            .list_messages(thread_id, direction, from, size + 1)
+            .list_messages(thread_id, direction, from, size + 1, store::Read::Replica)
             .await?;
         let next_page_token = (items.len() as u64 > size).then(|| {
             items.truncate(size as usize);

@@ -8,6 +8,7 @@ use crate::conversations::Conversations;
 use crate::domain::{Direction, estimate_tokens};
 use crate::error::ConversationError;
 use crate::ports::ChatCall;
+use crate::store;
 use crate::workflow::context;
 
 /// Most messages folded into the summary by one summarisation call.
@@ -58,6 +59,7 @@ impl Conversations {
                 Direction::Forward,
                 Some(state.summarized_through_seq),
                 FOLD_LIMIT,
+                store::Read::Primary,
             )
             .await?;
         // Keep the newest messages that fit half the context budget; fold the rest.

@@ -161,12 +161,13 @@ impl Conversations {
         // The turn outlives the call that started it (a caller may leave): its span is a
         // child of the call's, so the turn's work joins the caller's trace.
         let span = tracing::info_span!("turn", turn_id = %turn_id, thread_id = %thread_id);
-        // Owned: ends when the turn ends, is cancelled, or the service shuts down.
+        // Owned: ends when the turn ends, is cancelled, or the service shuts down. It keeps
+        // the call's consistency token (its calls to other services carry it).
         self.tasks.spawn(
-            async move {
+            boardroom_runtime::consistency::carry(async move {
                 this.drive(input, (lease, registration), events, on_disconnect, cancel)
                     .await
-            }
+            })
             .instrument(span),
         );
         Ok(rx)

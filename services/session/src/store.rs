@@ -187,7 +187,7 @@ impl SessionStore {
         let query = queries::boardrooms_by_owner(owner_id, cursor, u64::from(page.size) + 1);
         let rows = self
             .db
-            .timed("boardroom.list_by_owner", query.all(self.db.conn()))
+            .timed("boardroom.list_by_owner", query.all(self.db.reader().await))
             .await?;
         let items = rows
             .into_iter()
@@ -370,7 +370,12 @@ impl SessionStore {
     ) -> Result<Page<Session>, SessionError> {
         let rows = self
             .db
-            .timed(name, query.into_model::<session::Row>().all(self.db.conn()))
+            .timed(
+                name,
+                query
+                    .into_model::<session::Row>()
+                    .all(self.db.reader().await),
+            )
             .await?;
         let items = rows.into_iter().map(session_from).collect();
         Ok(paginate(items, size, fp, |s| Cursor {
@@ -523,7 +528,12 @@ impl SessionStore {
         let query = queries::threads_by_session(&filter, cursor, Some(u64::from(page.size) + 1));
         let rows = self
             .db
-            .timed(name, query.into_model::<thread::Row>().all(self.db.conn()))
+            .timed(
+                name,
+                query
+                    .into_model::<thread::Row>()
+                    .all(self.db.reader().await),
+            )
             .await?;
         let items = rows
             .into_iter()
@@ -582,7 +592,9 @@ impl SessionStore {
                 self.db
                     .timed(
                         "thread.tree_by_session",
-                        query.into_model::<thread::Row>().all(self.db.conn()),
+                        query
+                            .into_model::<thread::Row>()
+                            .all(self.db.reader().await),
                     )
                     .await
                     .map_err(SessionError::from)

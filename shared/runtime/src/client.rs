@@ -111,8 +111,9 @@ impl ChannelFactory {
     }
 }
 
-/// Adds `authorization: Bearer <token>` (when a token is set) to every call. (The channel
-/// sends `traceparent`, from the call's client span.)
+/// Adds `authorization: Bearer <token>` (when a token is set) to every call, and the
+/// consistency token of the call being served (`x-boardroom-lsn`). (The channel sends
+/// `traceparent`, from the call's client span.)
 #[derive(Clone, Debug, Default)]
 pub struct OutboundInterceptor {
     authorization: Option<AsciiMetadataValue>,
@@ -138,6 +139,14 @@ impl Interceptor for OutboundInterceptor {
             request
                 .metadata_mut()
                 .insert("authorization", value.clone());
+        }
+        // The consistency token of the call being served goes on to the services it calls.
+        if let Some(required) = crate::consistency::current().and_then(|t| t.required())
+            && let Ok(value) = required.to_string().parse()
+        {
+            request
+                .metadata_mut()
+                .insert(crate::consistency::HEADER, value);
         }
         Ok(request)
     }

@@ -131,6 +131,21 @@ impl Config {
                 db.min_connections, db.max_connections
             )));
         }
+        if !db.replica_urls.is_empty() && !db.url.expose().starts_with("postgres") {
+            return Err(ConfigError(
+                "key `database.replica_urls` needs a PostgreSQL `database.url` (streaming replicas)"
+                    .into(),
+            ));
+        }
+        if let Some(bad) = db
+            .replica_urls
+            .iter()
+            .position(|u| !u.expose().starts_with("postgres"))
+        {
+            return Err(ConfigError(format!(
+                "key `database.replica_urls[{bad}]` must be a postgres:// URL"
+            )));
+        }
         if self.server.concurrency_limit == 0 {
             return Err(ConfigError(
                 "key `server.concurrency_limit` must be > 0".into(),
@@ -394,6 +409,15 @@ pub struct DatabaseConfig {
     pub ping_idle_after_ms: u64,
     /// Apply pending migrations at start-up (the embedded default; Kubernetes runs a Job).
     pub migrate_on_start: bool,
+    /// PostgreSQL streaming replicas of `url`: reads that may be served from a replica go to
+    /// them, balanced (a read carrying a consistency token only to one that has replayed past
+    /// it); writes and transactions to the primary. Empty: everything on the primary.
+    pub replica_urls: Vec<Secret>,
+    /// A replica further behind than this (or down) is skipped; its reads go to the primary.
+    pub max_replica_lag_ms: u64,
+    /// How long a read carrying a consistency token waits for a replica to replay past it
+    /// before it goes to the primary.
+    pub replica_wait_ms: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -409,6 +433,9 @@ impl Default for DatabaseConfig {
             slow_query_ms: 50,
             ping_idle_after_ms: 0,
             migrate_on_start: true,
+            replica_urls: Vec::new(),
+            max_replica_lag_ms: 1_000,
+            replica_wait_ms: 50,
         }
     }
 }

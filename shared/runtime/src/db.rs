@@ -2,14 +2,17 @@
 //! histograms, a slow-query log and pool gauges.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use sea_orm::{ConnectOptions, DatabaseBackend, DatabaseConnection, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, Statement,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::DatabaseConfig;
+use crate::consistency::{self, Lsn};
 
 /// A pooled database connection that measures every named query.
 #[derive(Clone, Debug)]
@@ -21,6 +24,8 @@ pub struct Database {
     in_flight: Arc<AtomicI64>,
     max_connections: u32,
     slow_log: Arc<SlowLog>,
+    /// Streaming replicas for reads that may be served from one (`None`: none configured).
+    replicas: Option<Arc<Replicas>>,
 }
 
 /// At most one slow-query line a second: when the database stalls (a restart), every query
@@ -69,7 +74,14 @@ impl Database {
     /// Opens the pool described by `config`. SQLite runs in WAL mode with a busy timeout so
     /// that readers and the single writer do not block each other.
     pub async fn connect(config: &DatabaseConfig) -> Result<Self, DbErr> {
-        Self::open(config, false).await
+        let mut db = Self::open(config, false).await?;
+        if !config.replica_urls.is_empty() {
+            let replicas = Replicas::open(config).await?;
+            replicas.clone().follow(db.conn.clone());
+            crate::consistency::enable();
+            db.replicas = Some(replicas);
+        }
+        Ok(db)
     }
 
     /// A second, small pool whose PostgreSQL commits do not wait for the WAL flush
@@ -85,31 +97,7 @@ impl Database {
         } else {
             config.max_connections
         };
-        let mut options = ConnectOptions::new(config.url.expose().to_owned());
-        options
-            .max_connections(max_connections)
-            .min_connections(config.min_connections)
-            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
-            .connect_timeout(Duration::from_millis(config.acquire_timeout_ms))
-            .idle_timeout(Duration::from_millis(config.idle_timeout_ms))
-            .max_lifetime(Duration::from_millis(config.max_lifetime_ms))
-            .statement_timeout(Duration::from_millis(config.statement_timeout_ms))
-            .sqlx_logging(false)
-            .map_sqlx_sqlite_opts(|opts| {
-                opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(5))
-                    .foreign_keys(true)
-            });
-        if relaxed {
-            options
-                .min_connections(config.min_connections.min(1))
-                .map_sqlx_postgres_opts(|opts| opts.options([("synchronous_commit", "off")]));
-        }
-        if config.ping_idle_after_ms > 0 {
-            options
-                .test_before_acquire_if_idle_for(Duration::from_millis(config.ping_idle_after_ms));
-        }
+        let options = options(config, config.url.expose(), max_connections, relaxed);
         let conn = sea_orm::Database::connect(options).await?;
         Ok(Self {
             conn,
@@ -118,6 +106,7 @@ impl Database {
             in_flight: Arc::new(AtomicI64::new(0)),
             max_connections,
             slow_log: Arc::new(SlowLog::new()),
+            replicas: None,
         })
     }
 
@@ -127,9 +116,41 @@ impl Database {
         self
     }
 
-    /// The sea-orm connection, for statements run through [`Database::timed`].
+    /// The primary's connection, for writes, transactions and reads that must see them,
+    /// run through [`Database::timed`]. With replicas configured, the call's later reads
+    /// stay on the primary too (they may read what it wrote).
     pub fn conn(&self) -> &DatabaseConnection {
+        if self.replicas.is_some()
+            && let Some(token) = consistency::current()
+        {
+            token.touch_primary(&self.conn);
+        }
         &self.conn
+    }
+
+    /// A connection for a read that may be served by a replica: a replica that is up, within
+    /// `database.max_replica_lag_ms`, and (when the call carries a consistency token) has
+    /// replayed past the token, waiting `database.replica_wait_ms` at most for one; else the
+    /// primary. Without replicas, the primary.
+    pub async fn reader(&self) -> &DatabaseConnection {
+        let Some(replicas) = &self.replicas else {
+            return &self.conn;
+        };
+        let token = consistency::current();
+        if token.as_ref().is_some_and(|t| t.touched_primary()) {
+            return &self.conn;
+        }
+        let required = token.and_then(|t| t.required());
+        match replicas.pick(required).await {
+            Some(replica) => {
+                metrics::counter!("db_client_reads_total", "pool_name" => self.pool_name, "target" => "replica").increment(1);
+                &replica.conn
+            }
+            None => {
+                metrics::counter!("db_client_reads_total", "pool_name" => self.pool_name, "target" => "primary").increment(1);
+                &self.conn
+            }
+        }
     }
 
     /// PostgreSQL or SQLite.
@@ -224,6 +245,208 @@ impl Database {
             }
         }
     }
+}
+
+/// The pool options of `url` (the primary's or a replica's).
+fn options(
+    config: &DatabaseConfig,
+    url: &str,
+    max_connections: u32,
+    relaxed: bool,
+) -> ConnectOptions {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(max_connections)
+        .min_connections(config.min_connections)
+        .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+        .connect_timeout(Duration::from_millis(config.acquire_timeout_ms))
+        .idle_timeout(Duration::from_millis(config.idle_timeout_ms))
+        .max_lifetime(Duration::from_millis(config.max_lifetime_ms))
+        .statement_timeout(Duration::from_millis(config.statement_timeout_ms))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|opts| {
+            opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true)
+        });
+    if relaxed {
+        options
+            .min_connections(config.min_connections.min(1))
+            .map_sqlx_postgres_opts(|opts| opts.options([("synchronous_commit", "off")]));
+    }
+    if config.ping_idle_after_ms > 0 {
+        options.test_before_acquire_if_idle_for(Duration::from_millis(config.ping_idle_after_ms));
+    }
+    options
+}
+
+/// One streaming replica, as its follower last saw it.
+#[derive(Debug)]
+struct Replica {
+    /// `host:port` (its metrics' `replica` label; never the credentials).
+    name: String,
+    conn: DatabaseConnection,
+    up: AtomicBool,
+    /// `pg_last_wal_replay_lsn()`.
+    replayed: AtomicU64,
+    lag_ms: AtomicU64,
+}
+
+/// The replicas of a pool, balanced round-robin.
+#[derive(Debug)]
+struct Replicas {
+    list: Vec<Replica>,
+    next: AtomicUsize,
+    max_lag_ms: u64,
+    wait: Duration,
+}
+
+/// How often each replica's replay position and lag are read.
+const REPLICA_POLL: Duration = Duration::from_millis(100);
+
+impl Replicas {
+    /// Opens a pool per replica URL, lazily: a replica that is down at start is skipped
+    /// until it answers.
+    async fn open(config: &DatabaseConfig) -> Result<Arc<Self>, DbErr> {
+        let mut list = Vec::with_capacity(config.replica_urls.len());
+        for url in &config.replica_urls {
+            let mut options = options(config, url.expose(), config.max_connections, false);
+            options.connect_lazy(true);
+            let conn = sea_orm::Database::connect(options).await?;
+            list.push(Replica {
+                name: host_port(url.expose()),
+                conn,
+                up: AtomicBool::new(false),
+                replayed: AtomicU64::new(0),
+                lag_ms: AtomicU64::new(u64::MAX),
+            });
+        }
+        Ok(Arc::new(Self {
+            list,
+            next: AtomicUsize::new(0),
+            max_lag_ms: config.max_replica_lag_ms,
+            wait: Duration::from_millis(config.replica_wait_ms),
+        }))
+    }
+
+    fn usable(&self, replica: &Replica) -> bool {
+        replica.up.load(Ordering::Acquire)
+            && replica.lag_ms.load(Ordering::Acquire) <= self.max_lag_ms
+    }
+
+    /// A usable replica that has replayed `required`, round-robin; waits for one up to
+    /// `wait`, reading the candidates' replay positions afresh.
+    async fn pick(&self, required: Option<Lsn>) -> Option<&Replica> {
+        let n = self.list.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let caught_up =
+            |r: &Replica| required.is_none_or(|l| r.replayed.load(Ordering::Acquire) >= l.0);
+        let candidates = || {
+            (0..n)
+                .map(move |k| &self.list[(start + k) % n])
+                .filter(|r| self.usable(r))
+        };
+        if let Some(replica) = candidates().find(|r| caught_up(r)) {
+            return Some(replica);
+        }
+        let required = required?;
+        let deadline = Instant::now() + self.wait;
+        loop {
+            for replica in candidates() {
+                if let Some(replayed) = replayed(&replica.conn).await {
+                    replica.replayed.fetch_max(replayed.0, Ordering::AcqRel);
+                    if replayed >= required {
+                        return Some(replica);
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Reads every replica's replay position and lag each [`REPLICA_POLL`] until the pool is
+    /// dropped; publishes `db_replica_up` and `db_replica_lag_seconds`.
+    fn follow(self: Arc<Self>, primary: DatabaseConnection) {
+        let replicas = Arc::downgrade(&self);
+        drop(self);
+        // Owned: ends when the pool (its last Database clone) is dropped.
+        #[allow(clippy::disallowed_methods)]
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REPLICA_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(replicas) = replicas.upgrade() else {
+                    return;
+                };
+                let head =
+                    consistency::wal_position(&primary, "SELECT pg_current_wal_lsn()::text AS lsn")
+                        .await;
+                for replica in &replicas.list {
+                    replicas.observe(replica, head).await;
+                }
+            }
+        });
+    }
+
+    async fn observe(&self, replica: &Replica, head: Option<Lsn>) {
+        let sql = "SELECT pg_last_wal_replay_lsn()::text AS lsn, \
+                   COALESCE(EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp())) * 1000, 0)::float8 AS lag_ms";
+        let row = tokio::time::timeout(
+            REPLICA_POLL * 5,
+            replica
+                .conn
+                .query_one_raw(Statement::from_string(DatabaseBackend::Postgres, sql)),
+        )
+        .await;
+        let seen = match row {
+            Ok(Ok(Some(row))) => {
+                let lsn: Option<String> = row.try_get("", "lsn").ok().flatten();
+                let since_commit: f64 = row.try_get("", "lag_ms").unwrap_or(f64::MAX);
+                lsn.as_deref()
+                    .and_then(Lsn::parse)
+                    .map(|lsn| (lsn, since_commit))
+            }
+            _ => None,
+        };
+        let name = replica.name.clone();
+        match seen {
+            Some((replayed, since_commit)) => {
+                replica.replayed.fetch_max(replayed.0, Ordering::AcqRel);
+                // Caught up with the primary's position read just before: no lag, however
+                // long ago the last commit was; else the time since the last replayed commit.
+                let lag_ms = if head.is_some_and(|head| replayed >= head) {
+                    0
+                } else {
+                    since_commit.max(0.0) as u64
+                };
+                replica.lag_ms.store(lag_ms, Ordering::Release);
+                replica.up.store(true, Ordering::Release);
+                metrics::gauge!("db_replica_lag_seconds", "replica" => name.clone())
+                    .set(lag_ms as f64 / 1e3);
+                metrics::gauge!("db_replica_up", "replica" => name).set(1.0);
+            }
+            None => {
+                replica.up.store(false, Ordering::Release);
+                metrics::gauge!("db_replica_up", "replica" => name).set(0.0);
+            }
+        }
+    }
+}
+
+async fn replayed(conn: &DatabaseConnection) -> Option<Lsn> {
+    consistency::wal_position(conn, "SELECT pg_last_wal_replay_lsn()::text AS lsn").await
+}
+
+/// `host:port` of a `postgres://user:pass@host:port/db?…` URL.
+fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
 }
 
 /// Whether a write failed on a unique constraint (a duplicate key: ALREADY_EXISTS, or an

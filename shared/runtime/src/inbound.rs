@@ -20,6 +20,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::auth::Authenticator;
+use crate::consistency;
 use crate::rpc_metrics::{MethodMetrics, RpcMetrics};
 use crate::telemetry;
 
@@ -164,7 +165,25 @@ where
                 }
             };
             let remaining = deadline.saturating_sub(observer.started.elapsed());
-            match tokio::time::timeout(remaining, inner.call(req)).await {
+            // Read-your-writes: only with replicas configured, or for a caller that sent a token.
+            let token = (consistency::enabled() || req.headers().contains_key(consistency::HEADER))
+                .then(|| consistency::Token::new(consistency::from_headers(req.headers())));
+            let call = async {
+                let Some(token) = token else {
+                    return inner.call(req).await;
+                };
+                let mut result = consistency::scope(token.clone(), inner.call(req)).await;
+                // A call that used the primary answers with its commit position (a unary call's
+                // writes are done by now; a stream's later writes are not covered).
+                if let Ok(response) = &mut result
+                    && let Some(lsn) = token.commit_position().await
+                    && let Ok(value) = http::HeaderValue::from_str(&lsn.to_string())
+                {
+                    response.headers_mut().insert(consistency::HEADER, value);
+                }
+                result
+            };
+            match tokio::time::timeout(remaining, call).await {
                 Ok(Ok(response)) => Ok(observer.observe(response, permit)),
                 Ok(Err(err)) => {
                     observer.finish(tonic::Code::Internal as i32);

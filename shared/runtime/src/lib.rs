@@ -8,6 +8,7 @@ pub mod caching;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod consistency;
 pub mod db;
 pub mod inbound;
 pub mod metrics;

@@ -95,6 +95,18 @@ pub(crate) fn as_db_user(binary: &Path) -> Command {
     }
 }
 
+/// Gives `dir` to the `postgres` user when we are root (PostgreSQL refuses to run as root).
+pub(crate) fn chown_for_db(dir: &Path) -> anyhow::Result<()> {
+    if is_root() {
+        let status = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(dir)
+            .status()?;
+        anyhow::ensure!(status.success(), "chown of {} failed", dir.display());
+    }
+    Ok(())
+}
+
 pub(crate) fn start_postgres(data: &Path, port: u16) -> anyhow::Result<()> {
     let initdb = find_binary("initdb").ok_or_else(|| anyhow::anyhow!("initdb is not installed"))?;
     let postgres =

@@ -9,12 +9,14 @@ mod ephemeral;
 mod fake;
 pub mod otlp;
 mod postgres;
+mod postgres_replica;
 mod redis;
 mod redis_cluster;
 mod service;
 
 pub use fake::{Behavior, FakeOpenAi, FakeProvider, Protocol, Reported};
 pub use postgres::{TestDatabase, ephemeral_postgres_url, postgres_admin_url, sqlite_database};
+pub use postgres_replica::ReplicatedPostgres;
 pub use redis::{PrivateRedis, ephemeral_redis_url, redis_url};
 pub use redis_cluster::{ClusterNode, RedisCluster};
 pub use service::{

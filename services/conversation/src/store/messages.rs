@@ -91,6 +91,7 @@ impl ConversationStore {
         direction: Direction,
         from: Option<i64>,
         limit: u64,
+        read: Read,
     ) -> Result<Vec<Message>, ConversationError> {
         let mut query = message::Entity::find().filter(message::Column::ThreadId.eq(thread_id));
         query = match (direction, from) {
@@ -106,7 +107,7 @@ impl ConversationStore {
             .db
             .timed(
                 "conversation_list_messages",
-                query.limit(limit).all(self.db.conn()),
+                query.limit(limit).all(self.conn_for(read).await),
             )
             .await?;
         rows.into_iter().map(message_from).collect()

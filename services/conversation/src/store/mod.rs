@@ -180,25 +180,49 @@ impl ConversationStore {
         .map(|inserted| matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0))
     }
 
-    /// The thread's head, if the thread was ever written to.
+    /// The thread's head, if the thread was ever written to (from the primary).
     pub async fn head(&self, thread_id: Uuid) -> Result<Option<Head>, ConversationError> {
+        self.head_from(thread_id, Read::Primary).await
+    }
+
+    /// The thread's head as `read` sees it.
+    pub async fn head_from(
+        &self,
+        thread_id: Uuid,
+        read: Read,
+    ) -> Result<Option<Head>, ConversationError> {
         let row = self
             .db
             .timed(
                 "conversation_head",
-                head::Entity::find_by_id(thread_id).one(self.db.conn()),
+                head::Entity::find_by_id(thread_id).one(self.conn_for(read).await),
             )
             .await?;
         Ok(row.map(Head::from))
     }
 
-    /// The state at `version` (0: the empty state before the first turn).
+    /// The state at `version` (0: the empty state before the first turn). A checkpoint is
+    /// never changed once written, so a replica may serve it; one that has not replayed it
+    /// yet sends the read to the primary.
     pub async fn state_at(
         &self,
         thread_id: Uuid,
         version: i64,
     ) -> Result<ConversationState, ConversationError> {
-        state_in(self.db.conn(), thread_id, version).await
+        match state_in(self.db.reader().await, thread_id, version).await {
+            Err(ConversationError::NotFound { .. }) => {
+                state_in(self.db.conn(), thread_id, version).await
+            }
+            other => other,
+        }
+    }
+
+    /// The connection a read of kind `read` uses.
+    async fn conn_for(&self, read: Read) -> &sea_orm::DatabaseConnection {
+        match read {
+            Read::Primary => self.db.conn(),
+            Read::Replica => self.db.reader().await,
+        }
     }
 }
 
@@ -241,6 +265,16 @@ pub(super) async fn allocate(
         .next()
         .ok_or(DbErr::RecordNotUpdated)?;
     Ok((head.last_seq - n + 1, head))
+}
+
+/// Where a read may be served from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// The primary: the read must see every committed write (the turn engine, summaries).
+    Primary,
+    /// A replica when one is configured and fresh enough for the call's consistency token
+    /// (`boardroom_runtime::db::Database::reader`).
+    Replica,
 }
 
 pub(super) async fn state_in(
