@@ -134,13 +134,20 @@ where
 {
     let started = Instant::now();
     let mut backoff = Duration::from_millis(50);
+    let mut retried = false;
     loop {
         match call().await {
             Ok(value) => {
                 record(steps, name, started, Ok(()));
                 return Some(value);
             }
-            Err(failure) if failure.retryable && started.elapsed() + backoff < RETRY_BUDGET => {
+            // ABORTED after a retryable failure: the thread may be held by this request's own
+            // earlier attempt, whose instance died holding its lease (free within a lease).
+            Err(failure)
+                if (failure.retryable || (retried && failure.label == "Aborted"))
+                    && started.elapsed() + backoff < RETRY_BUDGET =>
+            {
+                retried = true;
                 record_retry(steps, name, &failure);
                 // Full jitter from the clock's low bits: retries of many users spread out.
                 let nanos = std::time::SystemTime::now()

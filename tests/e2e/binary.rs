@@ -63,7 +63,6 @@ pub async fn serve_on(db: TestDatabase, args: &[&str], env: &[(&str, String)]) -
     let mut child = boardroom()
         .arg("serve")
         .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("BOARDROOM_DATABASE__URL", &db.url)
         .env("BOARDROOM_SESSION__LISTEN__GRPC_ADDR", "127.0.0.1:0")
         .env("BOARDROOM_SESSION__LISTEN__ADMIN_ADDR", "127.0.0.1:0")
@@ -74,6 +73,8 @@ pub async fn serve_on(db: TestDatabase, args: &[&str], env: &[(&str, String)]) -
         .env("BOARDROOM_LLM__OPENAI_API__ADDR", "127.0.0.1:0")
         .env("BOARDROOM_CONVERSATION__LISTEN__GRPC_ADDR", "127.0.0.1:0")
         .env("BOARDROOM_CONVERSATION__LISTEN__ADMIN_ADDR", "127.0.0.1:0")
+        // The caller's environment last: it may name the addresses.
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -11,3 +11,4 @@ mod openai_sdk;
 mod otlp;
 mod prometheus;
 mod replicas;
+mod scale;

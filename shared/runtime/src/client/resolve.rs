@@ -79,12 +79,11 @@ type Response = http::Response<tonic::body::Body>;
 
 impl tower::Service<Request> for BalancedChannel {
     type Response = Response;
-    type Error = tonic::transport::Error;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<Response, tonic::transport::Error>> + Send + 'static>>;
+    type Error = tonic::codegen::StdError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Self::Error>> + Send + 'static>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        tower::Service::poll_ready(&mut self.channel, cx)
+        tower::Service::poll_ready(&mut self.channel, cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
@@ -100,7 +99,12 @@ impl tower::Service<Request> for BalancedChannel {
                         refresh.notify_one();
                         tracing::Span::current()
                             .record("rpc.grpc.status_code", tonic::Code::Unavailable as i32);
-                        Err(err)
+                        // No response: the connection failed or was lost. UNAVAILABLE, as gRPC
+                        // defines it (tonic would report UNKNOWN): the caller may retry.
+                        let status = tonic::Status::unavailable(format!(
+                            "the connection failed or was lost: {err}"
+                        ));
+                        Err(Box::new(status) as tonic::codegen::StdError)
                     }
                 }
             }
@@ -132,10 +136,9 @@ fn client_span(request: &mut Request) -> tracing::Span {
 
 /// Keeps the call's span open until its last message, and records the final status.
 fn traced_response(response: Response) -> Response {
+    // Without exported spans the body is still wrapped: a body cut off by its connection
+    // must fail UNAVAILABLE (`connection_lost`).
     let span = tracing::Span::current();
-    if span.is_none() {
-        return response;
-    }
     if let Some(status) = tonic::Status::from_header_map(response.headers()) {
         // Trailers-only: the call ended with its headers.
         span.record("rpc.grpc.status_code", status.code() as i32);
@@ -158,7 +161,10 @@ impl http_body::Body for TracedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let polled = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(status))) => Poll::Ready(Some(Err(connection_lost(status)))),
+            other => other,
+        };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
@@ -182,6 +188,18 @@ impl http_body::Body for TracedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A response body cut off by its connection (the instance died, the network broke) fails
+/// as UNKNOWN; it is UNAVAILABLE, as gRPC defines connection loss: the call may be retried
+/// (the contract's writes are idempotent by request id). (A status the server sent arrives in
+/// the trailers, a frame, never as a body error.)
+fn connection_lost(status: tonic::Status) -> tonic::Status {
+    if status.code() == tonic::Code::Unknown {
+        tonic::Status::unavailable(format!("the connection was lost: {}", status.message()))
+    } else {
+        status
     }
 }
 
