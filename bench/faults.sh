@@ -146,25 +146,7 @@ case $FAULT in
 esac
 wait "$LOAD"
 printf '%s\n' "${EVENTS[@]}"
-python3 - "$REPORT" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-w = r["writes"]
-print(f"{r['users']} users, {r['duration_s']:.0f} s: {r['errors']} failed calls, {r['retried_attempts']} retried attempts")
-if r["advisor_failures"]:
-    print(f"advisors that failed within completed turns (the contract lets a turn complete without them): {r['advisor_failures']}")
-print(f"writes acknowledged: {w['acknowledged']}; lost: {w['lost']}; "
-      f"stored but never acknowledged: {w['unacknowledged_turns_stored']} turns; unverified: {w['unverified']}")
-print("| step | calls | p50 ms | p99 ms | max ms | failed | retried |")
-print("|---|---|---|---|---|---|---|")
-for name, s in r["steps"].items():
-    retried = r["retried"].get(name, {})
-    print(f"| {name} | {s['count']} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['max_ms']:.0f} | {s['failures'] or ''} | {retried or ''} |")
-if r["timeline"]:
-    print("seconds with retried/failed: " + ", ".join(f"{s}s {a}/{f}" for s, a, f in r["timeline"]))
-for name, p in r["processes"].items():
-    print(f"{name}: peak RSS {p['peak_rss_mb']:.1f} MB, mean CPU {p['mean_cpu_percent']:.0f} %")
-PY
+python3 bench/fault_report.py "$REPORT"
 # Recovered without a restart: every service ready, and every cache's Redis level back up.
 for port in 9091 9092 9093 9094; do
   ready=$(curl -s -o /dev/null -w '%{http_code}' "127.0.0.1:$port/readyz" || true)

@@ -150,30 +150,11 @@ case $FAULT in
 esac
 wait "$LOAD"
 printf '%s\n' "${EVENTS[@]}"
-python3 - "$REPORT" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-w = r["writes"]
-lost = sum(w["lost"].values())
-print(f"{r['users']} users, {r['duration_s']:.0f} s: {r['errors']} failed calls, {r['retried_attempts']} retried attempts")
-print(f"writes acknowledged: {w['acknowledged']}; lost: {lost} {w['lost']}; unverified: {w['unverified']}")
-print("| step | calls | p50 ms | p99 ms | max ms | failed | retried |")
-print("|---|---|---|---|---|---|---|")
-for name, s in r["steps"].items():
-    retried = r["retried"].get(name, {})
-    print(f"| {name} | {s['count']} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['max_ms']:.0f} | {s['failures'] or ''} | {retried or ''} |")
-if r["timeline"]:
-    print("seconds with retried/failed: " + ", ".join(f"{s}s {a}/{f}" for s, a, f in r["timeline"]))
-cpu = 0.0
-for name, p in sorted(r["processes"].items()):
-    cpu += p["mean_cpu_percent"]
-    print(f"{name}: peak RSS {p['peak_rss_mb']:.1f} MB, mean CPU {p['mean_cpu_percent']:.0f} %")
-print(f"all services: mean CPU {cpu:.0f} % of a core")
-PY
+python3 bench/fault_report.py "$REPORT"
 for key in $(printf '%s\n' "${!ADMIN[@]}" | sort); do
   metrics=$(curl -s --max-time 2 "${ADMIN[$key]}/metrics" || true)
   [ -n "$metrics" ] || { echo "$key: down"; continue; }
-  l2=$(echo "$metrics" | grep -E '^cache_l2_(up|tracked_nodes)' | sed 's/{cache="\([^"]*\)"}/[\1]/' | awk '{printf "%s=%s ", $1, $2}')
-  lag=$(echo "$metrics" | grep '^db_replica_' | sed 's/{replica="[^"]*"}//' | awk '{printf "%s=%s ", $1, $2}')
+  l2=$(echo "$metrics" | grep -E '^cache_l2_(up|tracked_nodes)' | sed 's/{cache="\([^"]*\)"}/[\1]/' | awk '{printf "%s=%s ", $1, $2}' || true)
+  lag=$(echo "$metrics" | grep '^db_replica_' | sed 's/{replica="[^"]*"}//' | awk '{printf "%s=%s ", $1, $2}' || true)
   echo "$key: ${l2:-no caches} ${lag}"
 done

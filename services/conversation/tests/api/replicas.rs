@@ -92,6 +92,19 @@ async fn two_replicas(
     (suite, other, thread)
 }
 
+/// A RunTurn asked to continue without its caller (`on_disconnect: CONTINUE`), its stream.
+async fn continuing_turn(client: &Client, thread: &str) -> tonic::Streaming<pb::RunTurnResponse> {
+    client
+        .clone()
+        .run_turn(pb::RunTurnRequest {
+            on_disconnect: pb::DisconnectPolicy::Continue as i32,
+            ..turn(thread, "Plan the launch", "")
+        })
+        .await
+        .expect("RunTurn")
+        .into_inner()
+}
+
 /// Reads a JoinTurn stream to its end: (event_index, event) in order.
 async fn joined(
     client: &Client,
@@ -124,16 +137,7 @@ async fn a_turn_asked_to_continue_outlives_its_caller_and_any_replica_can_join_i
     let suite = suite(|c| upstream_alias(c, "slow", &slow.base_url())).await;
     let other = suite.replica(|_| {}).await;
     let thread = suite.thread_with(&[("cto", "slow"), ("cfo", "mock")]).await;
-    let mut stream = suite
-        .client
-        .clone()
-        .run_turn(pb::RunTurnRequest {
-            on_disconnect: pb::DisconnectPolicy::Continue as i32,
-            ..turn(&thread, "Plan the launch", "")
-        })
-        .await
-        .expect("RunTurn")
-        .into_inner();
+    let mut stream = continuing_turn(&suite.client, &thread).await;
     let first = stream.next().await.expect("an event").expect("event");
     let turn_id = match first.event {
         Some(Event::TurnStarted(s)) => s.turn_id,
@@ -172,16 +176,7 @@ async fn a_caller_that_reconnects_mid_turn_misses_nothing() {
     slow.set_pace(40, 100);
     let suite = suite(|c| upstream_alias(c, "slow", &slow.base_url())).await;
     let thread = suite.thread_with(&[("cto", "slow")]).await;
-    let mut stream = suite
-        .client
-        .clone()
-        .run_turn(pb::RunTurnRequest {
-            on_disconnect: pb::DisconnectPolicy::Continue as i32,
-            ..turn(&thread, "Plan the launch", "")
-        })
-        .await
-        .expect("RunTurn")
-        .into_inner();
+    let mut stream = continuing_turn(&suite.client, &thread).await;
     let mut seen = Vec::new();
     let mut turn_id = String::new();
     // Read until the first delta, then the "network blip".
@@ -448,16 +443,7 @@ async fn on_a_redis_cluster_turns_are_joined_and_cancelled_from_another_replica(
     let other = suite.replica(|_| {}).await;
     let thread = suite.thread_with(&[("cto", "slow")]).await;
 
-    let mut stream = suite
-        .client
-        .clone()
-        .run_turn(pb::RunTurnRequest {
-            on_disconnect: pb::DisconnectPolicy::Continue as i32,
-            ..turn(&thread, "Plan the launch", "")
-        })
-        .await
-        .expect("RunTurn")
-        .into_inner();
+    let mut stream = continuing_turn(&suite.client, &thread).await;
     let first = stream.next().await.expect("an event").expect("event");
     let Some(Event::TurnStarted(started)) = first.event else {
         panic!("{first:?}");
