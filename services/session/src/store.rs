@@ -187,7 +187,9 @@ impl SessionStore {
         let query = queries::boardrooms_by_owner(owner_id, cursor, u64::from(page.size) + 1);
         let rows = self
             .db
-            .timed("boardroom.list_by_owner", query.all(self.db.reader().await))
+            .read("boardroom.list_by_owner", |c| {
+                Box::pin(query.clone().all(c))
+            })
             .await?;
         let items = rows
             .into_iter()
@@ -370,12 +372,9 @@ impl SessionStore {
     ) -> Result<Page<Session>, SessionError> {
         let rows = self
             .db
-            .timed(
-                name,
-                query
-                    .into_model::<session::Row>()
-                    .all(self.db.reader().await),
-            )
+            .read(name, |c| {
+                Box::pin(query.clone().into_model::<session::Row>().all(c))
+            })
             .await?;
         let items = rows.into_iter().map(session_from).collect();
         Ok(paginate(items, size, fp, |s| Cursor {
@@ -528,12 +527,9 @@ impl SessionStore {
         let query = queries::threads_by_session(&filter, cursor, Some(u64::from(page.size) + 1));
         let rows = self
             .db
-            .timed(
-                name,
-                query
-                    .into_model::<thread::Row>()
-                    .all(self.db.reader().await),
-            )
+            .read(name, |c| {
+                Box::pin(query.clone().into_model::<thread::Row>().all(c))
+            })
             .await?;
         let items = rows
             .into_iter()
@@ -590,12 +586,9 @@ impl SessionStore {
             tokio::try_join!(self.get_boardroom(session.boardroom_id), async {
                 let query = queries::threads_by_session(&all, None, None);
                 self.db
-                    .timed(
-                        "thread.tree_by_session",
-                        query
-                            .into_model::<thread::Row>()
-                            .all(self.db.reader().await),
-                    )
+                    .read("thread.tree_by_session", |c| {
+                        Box::pin(query.clone().into_model::<thread::Row>().all(c))
+                    })
                     .await
                     .map_err(SessionError::from)
             })?;

@@ -153,6 +153,25 @@ impl Database {
         }
     }
 
+    /// Runs the read `query` as [`Database::timed`] on the connection [`Database::reader`]
+    /// picks; when a replica fails to answer (it went away between two polls), it is marked
+    /// down and the read runs again on the primary, so a replica's death costs no call.
+    pub async fn read<T, F>(&self, name: &'static str, query: F) -> Result<T, DbErr>
+    where
+        F: for<'c> Fn(&'c DatabaseConnection) -> ReadFuture<'c, T>,
+    {
+        let conn = self.reader().await;
+        match self.timed(name, query(conn)).await {
+            Err(err) if is_connection_failure(&err) && !std::ptr::eq(conn, &self.conn) => {
+                if let Some(replicas) = &self.replicas {
+                    replicas.mark_down(conn);
+                }
+                self.timed(name, query(&self.conn)).await
+            }
+            other => other,
+        }
+    }
+
     /// PostgreSQL or SQLite.
     pub fn backend(&self) -> DatabaseBackend {
         self.conn.get_database_backend()
@@ -281,6 +300,9 @@ fn options(
     options
 }
 
+/// The future of a read run by [`Database::read`] on the connection it is given.
+pub type ReadFuture<'c, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, DbErr>> + Send + 'c>>;
+
 /// One streaming replica, as its follower last saw it.
 #[derive(Debug)]
 struct Replica {
@@ -312,7 +334,12 @@ impl Replicas {
         let mut list = Vec::with_capacity(config.replica_urls.len());
         for url in &config.replica_urls {
             let mut options = options(config, url.expose(), config.max_connections, false);
-            options.connect_lazy(true);
+            // A replica that went away fails fast: its reads go to the primary instead.
+            let fail_fast = Duration::from_millis(config.acquire_timeout_ms.min(300));
+            options
+                .connect_lazy(true)
+                .acquire_timeout(fail_fast)
+                .connect_timeout(fail_fast);
             let conn = sea_orm::Database::connect(options).await?;
             list.push(Replica {
                 name: host_port(url.expose()),
@@ -328,6 +355,14 @@ impl Replicas {
             max_lag_ms: config.max_replica_lag_ms,
             wait: Duration::from_millis(config.replica_wait_ms),
         }))
+    }
+
+    /// Takes the replica behind `conn` out of rotation until its follower reads it again.
+    fn mark_down(&self, conn: &DatabaseConnection) {
+        if let Some(replica) = self.list.iter().find(|r| std::ptr::eq(&r.conn, conn)) {
+            replica.up.store(false, Ordering::Release);
+            tracing::warn!(replica = %replica.name, "a read on the replica failed; it is skipped until it answers");
+        }
     }
 
     fn usable(&self, replica: &Replica) -> bool {

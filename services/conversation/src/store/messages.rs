@@ -103,12 +103,11 @@ impl ConversationStore {
             Direction::Forward => query.order_by_asc(message::Column::Seq),
             Direction::Backward => query.order_by_desc(message::Column::Seq),
         };
+        let query = query.limit(limit);
         let rows = self
-            .db
-            .timed(
-                "conversation_list_messages",
-                query.limit(limit).all(self.conn_for(read).await),
-            )
+            .fetch("conversation_list_messages", read, |c| {
+                Box::pin(query.clone().all(c))
+            })
             .await?;
         rows.into_iter().map(message_from).collect()
     }

@@ -192,36 +192,42 @@ impl ConversationStore {
         read: Read,
     ) -> Result<Option<Head>, ConversationError> {
         let row = self
-            .db
-            .timed(
-                "conversation_head",
-                head::Entity::find_by_id(thread_id).one(self.conn_for(read).await),
-            )
+            .fetch("conversation_head", read, |c| {
+                Box::pin(head::Entity::find_by_id(thread_id).one(c))
+            })
             .await?;
         Ok(row.map(Head::from))
     }
 
     /// The state at `version` (0: the empty state before the first turn). A checkpoint is
     /// never changed once written, so a replica may serve it; one that has not replayed it
-    /// yet sends the read to the primary.
+    /// yet (or fails) sends the read to the primary.
     pub async fn state_at(
         &self,
         thread_id: Uuid,
         version: i64,
     ) -> Result<ConversationState, ConversationError> {
         match state_in(self.db.reader().await, thread_id, version).await {
-            Err(ConversationError::NotFound { .. }) => {
-                state_in(self.db.conn(), thread_id, version).await
-            }
-            other => other,
+            Ok(state) => Ok(state),
+            // Not replayed there yet, or the replica failed to answer: the primary has it.
+            Err(_) => state_in(self.db.conn(), thread_id, version).await,
         }
     }
 
-    /// The connection a read of kind `read` uses.
-    async fn conn_for(&self, read: Read) -> &sea_orm::DatabaseConnection {
+    /// Runs the read `query` where `read` says (on a replica, falling back to the primary
+    /// when the replica fails to answer).
+    async fn fetch<T, F>(
+        &self,
+        name: &'static str,
+        read: Read,
+        query: F,
+    ) -> Result<T, sea_orm::DbErr>
+    where
+        F: for<'c> Fn(&'c sea_orm::DatabaseConnection) -> boardroom_runtime::db::ReadFuture<'c, T>,
+    {
         match read {
-            Read::Primary => self.db.conn(),
-            Read::Replica => self.db.reader().await,
+            Read::Primary => self.db.timed(name, query(self.db.conn())).await,
+            Read::Replica => self.db.read(name, query).await,
         }
     }
 }

@@ -101,9 +101,10 @@ impl tower::Service<Request> for BalancedChannel {
                             .record("rpc.grpc.status_code", tonic::Code::Unavailable as i32);
                         // No response: the connection failed or was lost. UNAVAILABLE, as gRPC
                         // defines it (tonic would report UNKNOWN): the caller may retry.
-                        let status = tonic::Status::unavailable(format!(
+                        let mut status = tonic::Status::unavailable(format!(
                             "the connection failed or was lost: {err}"
                         ));
+                        status.set_source(Arc::new(err));
                         Err(Box::new(status) as tonic::codegen::StdError)
                     }
                 }
@@ -197,7 +198,10 @@ impl http_body::Body for TracedBody {
 /// the trailers, a frame, never as a body error.)
 fn connection_lost(status: tonic::Status) -> tonic::Status {
     if status.code() == tonic::Code::Unknown {
-        tonic::Status::unavailable(format!("the connection was lost: {}", status.message()))
+        let mut lost =
+            tonic::Status::unavailable(format!("the connection was lost: {}", status.message()));
+        lost.set_source(Arc::new(status));
+        lost
     } else {
         status
     }
