@@ -154,18 +154,24 @@ impl Database {
     }
 
     /// Runs the read `query` as [`Database::timed`] on the connection [`Database::reader`]
-    /// picks; when a replica fails to answer (it went away between two polls), it is marked
-    /// down and the read runs again on the primary, so a replica's death costs no call.
+    /// picks; when a replica fails (it went away between two polls: it is marked down; a
+    /// recovery conflict; a schema it has not replayed yet), the read runs again on the
+    /// primary, so a replica's trouble costs no call.
     pub async fn read<T, F>(&self, name: &'static str, query: F) -> Result<T, DbErr>
     where
         F: for<'c> Fn(&'c DatabaseConnection) -> ReadFuture<'c, T>,
     {
         let conn = self.reader().await;
         match self.timed(name, query(conn)).await {
-            Err(err) if is_connection_failure(&err) && !std::ptr::eq(conn, &self.conn) => {
-                if let Some(replicas) = &self.replicas {
+            // A replica's error (gone, a hot-standby recovery conflict, a schema it has not
+            // replayed yet): the primary answers instead.
+            Err(err) if !std::ptr::eq(conn, &self.conn) => {
+                if is_connection_failure(&err)
+                    && let Some(replicas) = &self.replicas
+                {
                     replicas.mark_down(conn);
                 }
+                tracing::debug!(query = name, error = %err, "a replica read failed; reading the primary");
                 self.timed(name, query(&self.conn)).await
             }
             other => other,
