@@ -115,6 +115,13 @@ for key in "${!ADMIN[@]}"; do
   curl -sf "${ADMIN[$key]}/readyz" >/dev/null || { echo "$key is not ready" >&2; tail -n 5 "$WORK/$key.log" >&2; exit 1; }
 done
 
+# CPU of every server, before and after the run (bench/proc_cpu.py: PostgreSQL's exited
+# backends included), for the cost of a user-round per component.
+SERVERS=("pg-primary=$(head -1 "$WORK/primary/postmaster.pid")" "pg-replica=$(head -1 "$WORK/replica/postmaster.pid")")
+for port in "${RPORTS[@]}"; do SERVERS+=("redis:$port=$(cat "$WORK/redis-$port/pid")"); done
+for key in "${!PID[@]}"; do SERVERS+=("$key=${PID[$key]}"); done
+python3 bench/proc_cpu.py "${SERVERS[@]}" >"$WORK/cpu-before"
+
 mkdir -p bench/out
 REPORT=bench/out/scale-$FAULT.json
 $BIN load "${GRPC[session@127.0.0.1]},${GRPC[session@127.0.0.2]}" --scenario users --users "$USERS" -z "$DURATION" \
@@ -149,8 +156,25 @@ case $FAULT in
     ;;
 esac
 wait "$LOAD"
+python3 bench/proc_cpu.py "${SERVERS[@]}" >"$WORK/cpu-after"
 printf '%s\n' "${EVENTS[@]}"
 python3 bench/fault_report.py "$REPORT"
+python3 - "$REPORT" "$WORK/cpu-before" "$WORK/cpu-after" <<'PY'
+import json, math, sys
+r = json.load(open(sys.argv[1]))
+rounds = r["steps"]["RunTurn"]["count"]
+read = lambda path: {k: float(v) for k, v in (line.split() for line in open(path))}
+before, after = read(sys.argv[2]), read(sys.argv[3])
+used = {k: after[k] - before[k] for k in before if not math.isnan(after.get(k, math.nan))}
+groups = {}
+for name, seconds in used.items():
+    group = name.split(":")[0].split("@")[0]
+    groups[group] = groups.get(group, 0.0) + seconds
+print(f"CPU per user-round ({rounds} rounds), ms: " + ", ".join(
+    f"{g} {1000 * s / rounds:.2f}" for g, s in sorted(groups.items())))
+suite = sum(s for g, s in groups.items() if not g.startswith(("pg-", "redis")))
+print(f"the four services: {1000 * suite / rounds:.2f} ms; PostgreSQL primary {1000 * groups.get('pg-primary', 0) / rounds:.2f} ms")
+PY
 for key in $(printf '%s\n' "${!ADMIN[@]}" | sort); do
   metrics=$(curl -s --max-time 2 "${ADMIN[$key]}/metrics" || true)
   [ -n "$metrics" ] || { echo "$key: down"; continue; }

@@ -105,23 +105,34 @@ async fn continuing_turn(client: &Client, thread: &str) -> tonic::Streaming<pb::
         .into_inner()
 }
 
-/// Reads a JoinTurn stream to its end: (event_index, event) in order.
+/// Reads a JoinTurn stream to its end: (event_index, event) in order. UNAVAILABLE (a replica
+/// whose Redis clients are still connecting) is retried, as the contract allows, for 5 s.
 async fn joined(
     client: &Client,
     thread: &str,
     turn_id: &str,
     after_event: u64,
 ) -> Vec<(u64, Event)> {
-    let mut stream = client
-        .clone()
-        .join_turn(pb::JoinTurnRequest {
-            thread_id: thread.into(),
-            turn_id: turn_id.into(),
-            after_event,
-        })
-        .await
-        .expect("JoinTurn")
-        .into_inner();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut stream = loop {
+        let call = client
+            .clone()
+            .join_turn(pb::JoinTurnRequest {
+                thread_id: thread.into(),
+                turn_id: turn_id.into(),
+                after_event,
+            })
+            .await;
+        match call {
+            Ok(stream) => break stream.into_inner(),
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("JoinTurn: {status:?}"),
+        }
+    };
     let mut events = Vec::new();
     while let Some(item) = stream.next().await {
         let item = item.expect("event").event.expect("an event");
