@@ -115,7 +115,7 @@ impl<C: Codec> TieredCache<C> {
     /// order. A value derived from a record that several writers may change at once should be
     /// invalidated with [`TieredCache::delete`] after the write and refilled by a loader.
     pub async fn set_many(&self, items: Vec<Item<C::Value>>) -> bool {
-        let l2 = self.inner.l2.as_ref().filter(|l2| l2.is_up());
+        let l2 = self.inner.l2.as_ref().filter(|l2| l2.pool_up());
         let tags: Vec<Arc<str>> = items.iter().flat_map(|i| i.tags.iter().cloned()).collect();
         let versions = if tags.is_empty() {
             HashMap::new()

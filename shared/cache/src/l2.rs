@@ -240,9 +240,15 @@ impl Redis {
         format!("{}{key}", self.prefix)
     }
 
-    /// The pool is connected and tracking is on at every node.
+    /// The pool is connected and tracking is on at every node: L2 is up and L1 coherent.
     pub(crate) fn is_up(&self) -> bool {
-        self.pool.next_connected().is_connected() && self.tracking_everywhere()
+        self.pool_up() && self.tracking_everywhere()
+    }
+
+    /// The pool is connected: writes can reach Redis (whether or not this instance's own
+    /// tracking has started yet; the others' is what a write must reach).
+    pub(crate) fn pool_up(&self) -> bool {
+        self.pool.next_connected().is_connected()
     }
 
     fn tracking_everywhere(&self) -> bool {

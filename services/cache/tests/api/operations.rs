@@ -39,12 +39,21 @@ async fn until(
 
 /// Both deployments: the embedded default (L1 only) and Redis as L2.
 async fn batches_and_tags(redis: Option<String>) {
+    let with_redis = redis.is_some();
     let app = spawn_app(|c| {
         if let Some(url) = redis {
             c.redis.url = Secret::new(url);
         }
     })
     .await;
+    if with_redis {
+        // Coherent from here (tracking on): `l2_up` and `replicated` agree.
+        let mut up = app.cache.l2_status();
+        tokio::time::timeout(std::time::Duration::from_secs(10), up.wait_for(|up| *up))
+            .await
+            .expect("L2 up within 10 s")
+            .expect("status open");
+    }
     let mut client = app.client.clone();
     let namespace = ns();
     let set = client
