@@ -19,6 +19,7 @@
 # Usage: bench/faults.sh FAULT [users, default 1000] [duration, default 60s] [think, default 20s]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 FAULT=${1:?usage: bench/faults.sh none|redis|postgres|sigterm|llm [users] [duration] [think]}
 USERS=${2:-1000}
 DURATION=${3:-60s}
@@ -117,7 +118,6 @@ $BIN load 127.0.0.1:50051 --scenario users --users "$USERS" -z "$DURATION" --thi
   --conversation-host "$CONVERSATION" "${WATCH[@]}" --html "bench/out/faults-$FAULT.html" >"$REPORT" &
 LOAD=$!
 START=$(date +%s.%N)
-at() { python3 -c "import sys; print(f'{float(sys.argv[1]) - float(sys.argv[2]):.1f}')" "$(date +%s.%N)" "$START"; }
 EVENTS=()
 sleep "$FAULT_AT"
 case $FAULT in

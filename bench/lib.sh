@@ -20,3 +20,7 @@ users_run() {
   kill "$pid"
   wait "$pid" 2>/dev/null || true
 }
+
+# The fault benches' clock: set START=$(date +%s.%N) when the load starts; `at` prints the
+# seconds since, for the events' timestamps.
+at() { python3 -c "import sys; print(f'{float(sys.argv[1]) - float(sys.argv[2]):.1f}')" "$(date +%s.%N)" "$START"; }

@@ -16,6 +16,7 @@
 # Usage: bench/scale.sh FAULT [users, default 500] [duration, default 40s] [think, default 5s]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 FAULT=${1:?usage: bench/scale.sh none|redis|session|cache|llm-gateway|conversation|replica-stop|replica-lag [users] [duration] [think]}
 USERS=${2:-500}
 DURATION=${3:-40s}
@@ -129,7 +130,6 @@ $BIN load "${GRPC[session@127.0.0.1]},${GRPC[session@127.0.0.2]}" --scenario use
   "${WATCH[@]}" --html "bench/out/scale-$FAULT.html" >"$REPORT" &
 LOAD=$!
 START=$(date +%s.%N)
-at() { python3 -c "import sys; print(f'{float(sys.argv[1]) - float(sys.argv[2]):.1f}')" "$(date +%s.%N)" "$START"; }
 EVENTS=()
 sleep "$FAULT_AT"
 case $FAULT in
@@ -137,8 +137,10 @@ case $FAULT in
     victim=$(redis-cli -p "${RPORTS[0]}" cluster nodes | awk '$3 ~ /master/ && $9 != "" {split($2, a, "[:@]"); print a[2]; exit}')
     kill -9 "$(cat "$WORK/redis-$victim/pid")"
     EVENTS+=("$(at) s: Redis primary :$victim killed (SIGKILL)")
-    until redis-cli -p "$(printf '%s\n' "${RPORTS[@]}" | grep -v "^$victim$" | head -1)" cluster info | grep -q cluster_state:ok \
-      && ! redis-cli -p "$(printf '%s\n' "${RPORTS[@]}" | grep -v "^$victim$" | head -1)" cluster nodes | grep -q "127.0.0.1:$victim@.* master .* connected"; do sleep 0.1; done
+    other=$(printf '%s\n' "${RPORTS[@]}" | grep -v "^$victim$" | head -1)
+    # Promoted: the victim is marked failed and the cluster covers every slot again.
+    until redis-cli -p "$other" cluster nodes | grep "127.0.0.1:$victim@" | grep -q ',fail ' \
+      && redis-cli -p "$other" cluster info | grep -q cluster_state:ok; do sleep 0.05; done
     EVENTS+=("$(at) s: its replica promoted (cluster_state:ok)")
     ;;
   session | cache | llm-gateway | conversation)
