@@ -11,6 +11,9 @@ if r["advisor_failures"]:
     print(f"advisors that failed within completed turns (the contract lets a turn complete without them): {r['advisor_failures']}")
 print(f"writes acknowledged: {w['acknowledged']}; lost: {sum(w['lost'].values())} {w['lost']}; "
       f"stored but never acknowledged: {w['unacknowledged_turns_stored']} turns; unverified: {w['unverified']}")
+own = r.get("read_your_writes")
+if own:
+    print(f"lists read with the token of the user's own write: {own['checked']}, missing it: {own['missed']}")
 print("| step | calls | p50 ms | p99 ms | max ms | failed | retried |")
 print("|---|---|---|---|---|---|---|")
 for name, s in r["steps"].items():

@@ -235,6 +235,37 @@ struct Ledger {
     session: Option<String>,
     threads: Vec<String>,
     turns: BTreeMap<String, Vec<conv::TurnCompleted>>,
+    /// The newest consistency token the user's writes were answered with (`x-boardroom-lsn`).
+    token: Option<tonic::metadata::AsciiMetadataValue>,
+    /// Lists read with that token, and those that missed the user's own write.
+    own_writes_checked: u64,
+    own_writes_missed: u64,
+}
+
+impl Ledger {
+    /// Keeps the token a write was answered with (the newest: tokens only grow per user).
+    fn keep_token(&mut self, metadata: &tonic::metadata::MetadataMap) {
+        if let Some(token) = metadata.get(boardroom_runtime::consistency::HEADER) {
+            self.token = Some(token.clone());
+        }
+    }
+
+    /// `message` as a request carrying the user's token, if any.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert(boardroom_runtime::consistency::HEADER, token.clone());
+        }
+        request
+    }
+
+    /// A list read after the user's own write: it must hold it.
+    fn saw_own_write(&mut self, found: bool) {
+        self.own_writes_checked += 1;
+        self.own_writes_missed += u64::from(!found);
+    }
 }
 
 /// What the end-of-run check found, summed over users.
@@ -250,6 +281,9 @@ struct Verified {
     unacknowledged_turns: u64,
     /// Checks that could not be made (the read failed).
     unverified: u64,
+    /// Lists read with the token of the user's own write, and those that missed it.
+    own_writes_checked: u64,
+    own_writes_missed: u64,
 }
 
 impl Verified {
@@ -262,6 +296,8 @@ impl Verified {
         self.lost_turns += other.lost_turns;
         self.unacknowledged_turns += other.unacknowledged_turns;
         self.unverified += other.unverified;
+        self.own_writes_checked += other.own_writes_checked;
+        self.own_writes_missed += other.own_writes_missed;
     }
 }
 
@@ -292,14 +328,19 @@ impl User {
             title: "load".into(),
             request_id: uuid_like(),
         };
-        let Some(session) = step(&self.steps, "CreateSession", || {
+        let Some((metadata, session)) = step(&self.steps, "CreateSession", || {
             let (mut client, request) = (self.sessions.clone(), create.clone());
-            async move { Ok(client.create_session(request).await?.into_inner().session) }
+            async move {
+                let response = client.create_session(request).await?;
+                let metadata = response.metadata().clone();
+                Ok((metadata, response.into_inner().session))
+            }
         })
         .await
-        .flatten() else {
+        .and_then(|(m, s)| Some((m, s?))) else {
             return;
         };
+        ledger.keep_token(&metadata);
         ledger.session = Some(session.id.clone());
         let mut thread: Option<sess::Thread> = None;
         let mut round = 0u64;
@@ -311,13 +352,18 @@ impl User {
                     title: format!("thread {round}"),
                     request_id: uuid_like(),
                 };
-                if let Some(created) = step(&self.steps, "CreateThread", || {
+                if let Some((metadata, created)) = step(&self.steps, "CreateThread", || {
                     let (mut client, request) = (self.sessions.clone(), create.clone());
-                    async move { Ok(client.create_thread(request).await?.into_inner().thread) }
+                    async move {
+                        let response = client.create_thread(request).await?;
+                        let metadata = response.metadata().clone();
+                        Ok((metadata, response.into_inner().thread))
+                    }
                 })
                 .await
-                .flatten()
+                .and_then(|(m, t)| Some((m, t?)))
                 {
+                    ledger.keep_token(&metadata);
                     ledger.threads.push(created.id.clone());
                     thread = Some(created);
                 }
@@ -330,21 +376,35 @@ impl User {
                 page_size: 20,
                 ..sess::ListSessionsRequest::default()
             };
-            step(&self.steps, "ListSessions", || {
-                let (mut client, request) = (self.sessions.clone(), list_sessions.clone());
-                async move { Ok(client.list_sessions(request).await?) }
+            let listed = step(&self.steps, "ListSessions", || {
+                let (mut client, request) =
+                    (self.sessions.clone(), ledger.request(list_sessions.clone()));
+                async move { Ok(client.list_sessions(request).await?.into_inner()) }
             })
             .await;
+            if let Some(listed) = listed
+                && ledger.token.is_some()
+            {
+                ledger.saw_own_write(listed.sessions.iter().any(|s| s.id == session.id));
+            }
             let list_threads = sess::ListThreadsRequest {
                 session_id: session.id.clone(),
                 page_size: 20,
                 ..sess::ListThreadsRequest::default()
             };
-            step(&self.steps, "ListThreads", || {
-                let (mut client, request) = (self.sessions.clone(), list_threads.clone());
-                async move { Ok(client.list_threads(request).await?) }
+            let listed = step(&self.steps, "ListThreads", || {
+                let (mut client, request) =
+                    (self.sessions.clone(), ledger.request(list_threads.clone()));
+                async move { Ok(client.list_threads(request).await?.into_inner()) }
             })
             .await;
+            // The newest thread, on the first page while the session has at most a page.
+            if let Some(listed) = listed
+                && ledger.token.is_some()
+                && ledger.threads.len() <= 20
+            {
+                ledger.saw_own_write(listed.threads.iter().any(|t| t.id == current.id));
+            }
             step(&self.steps, "GetSession", || {
                 let mut client = self.sessions.clone();
                 let request = sess::GetSessionRequest {
@@ -365,6 +425,11 @@ impl User {
             })
             .await
             {
+                // A stream answers with its headers before the turn is stored: the turn's
+                // consistency token comes in TurnCompleted.
+                if let Ok(token) = completed.commit_position.parse() {
+                    ledger.token = Some(token);
+                }
                 ledger
                     .turns
                     .entry(current.id.clone())
@@ -403,13 +468,17 @@ impl User {
     /// Reads back every write the user was told succeeded: its session, its threads, and
     /// every seq of every completed turn (and a state at least as new as the turn's).
     async fn verify(&self, ledger: &Ledger) -> Verified {
-        let mut verified = Verified::default();
+        let mut verified = Verified {
+            own_writes_checked: ledger.own_writes_checked,
+            own_writes_missed: ledger.own_writes_missed,
+            ..Verified::default()
+        };
         let quiet: Shared = Arc::new(Mutex::new(Steps::new()));
         if let Some(id) = &ledger.session {
             verified.sessions += 1;
             let found = step(&quiet, "verify", || {
                 let mut client = self.sessions.clone();
-                let request = sess::GetSessionRequest { id: id.clone() };
+                let request = ledger.request(sess::GetSessionRequest { id: id.clone() });
                 async move { found(client.get_session(request).await) }
             })
             .await;
@@ -419,7 +488,7 @@ impl User {
             verified.threads += 1;
             let found = step(&quiet, "verify", || {
                 let mut client = self.sessions.clone();
-                let request = sess::GetThreadRequest { id: id.clone() };
+                let request = ledger.request(sess::GetThreadRequest { id: id.clone() });
                 async move { found(client.get_thread(request).await) }
             })
             .await;
@@ -428,7 +497,11 @@ impl User {
         for (thread_id, turns) in &ledger.turns {
             verified.turns += turns.len() as u64;
             let Some(messages) = step(&quiet, "verify", || {
-                every_message(self.conversation.clone(), thread_id.clone())
+                every_message(
+                    self.conversation.clone(),
+                    thread_id.clone(),
+                    ledger.token.clone(),
+                )
             })
             .await
             else {
@@ -438,9 +511,9 @@ impl User {
             let seqs: std::collections::BTreeSet<i64> = messages.iter().map(|m| m.seq).collect();
             let state = step(&quiet, "verify", || {
                 let mut client = self.conversation.clone();
-                let request = conv::GetStateRequest {
+                let request = ledger.request(conv::GetStateRequest {
                     thread_id: thread_id.clone(),
-                };
+                });
                 async move { Ok(client.get_state(request).await?.into_inner().state) }
             })
             .await
@@ -484,19 +557,23 @@ fn found<T>(answer: Result<T, tonic::Status>) -> Result<bool, Failure> {
 async fn every_message(
     mut client: ConversationServiceClient<BalancedChannel>,
     thread_id: String,
+    token: Option<tonic::metadata::AsciiMetadataValue>,
 ) -> Result<Vec<conv::Message>, Failure> {
     let mut messages = Vec::new();
     let mut page_token = String::new();
     loop {
-        let page = client
-            .list_messages(conv::ListMessagesRequest {
-                thread_id: thread_id.clone(),
-                direction: conv::Direction::Forward as i32,
-                page_size: 500,
-                page_token,
-            })
-            .await?
-            .into_inner();
+        let mut request = tonic::Request::new(conv::ListMessagesRequest {
+            thread_id: thread_id.clone(),
+            direction: conv::Direction::Forward as i32,
+            page_size: 500,
+            page_token,
+        });
+        if let Some(token) = &token {
+            request
+                .metadata_mut()
+                .insert(boardroom_runtime::consistency::HEADER, token.clone());
+        }
+        let page = client.list_messages(request).await?.into_inner();
         messages.extend(page.messages);
         if page.next_page_token.is_empty() {
             return Ok(messages);
@@ -755,6 +832,10 @@ pub async fn run(plan: UsersPlan) -> anyhow::Result<()> {
                 "lost": {"sessions": verified.lost_sessions, "threads": verified.lost_threads, "turns": verified.lost_turns},
                 "unacknowledged_turns_stored": verified.unacknowledged_turns,
                 "unverified": verified.unverified,
+            },
+            "read_your_writes": {
+                "checked": verified.own_writes_checked,
+                "missed": verified.own_writes_missed,
             },
             "steps": step_reports,
             "processes": processes,

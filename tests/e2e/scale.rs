@@ -3,7 +3,8 @@
 //! PostgreSQL primary with a streaming replica, each conversation instance balanced over both
 //! session services and both gateways; the users scenario balanced over both instances by the
 //! services' own client. Mid-run one process is SIGKILLed (one instance of every service at
-//! once). No acknowledged write may be lost and no call may fail beyond the contract's retries.
+//! once). No acknowledged write may be lost, no call may fail beyond the contract's retries,
+//! and no list read with the token of the user's own write (`x-boardroom-lsn`) may miss it.
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
@@ -70,6 +71,9 @@ async fn two_of_every_service_on_a_redis_cluster_and_a_replica_lose_nothing_when
     let cluster = tokio::task::spawn_blocking(RedisCluster::start)
         .await
         .expect("cluster");
+    // The replica replays every commit 500 ms late yet stays within the lag bound, so it
+    // serves the token-less reads: a list that missed the user's own write would show.
+    tokio::task::block_in_place(|| pg.set_apply_delay(Duration::from_millis(500)));
     let (a, b) = (instance([127, 0, 0, 1]), instance([127, 0, 0, 2]));
     let shared = [
         ("BOARDROOM_REDIS__URL", cluster.url()),
@@ -85,6 +89,7 @@ async fn two_of_every_service_on_a_redis_cluster_and_a_replica_lose_nothing_when
             "BOARDROOM_CONVERSATION__LLM_ADDRESSES",
             list(&[a.llm, b.llm]),
         ),
+        ("BOARDROOM_DATABASE__MAX_REPLICA_LAG_MS", "5000".to_owned()),
         // A killed instance's threads are free again within a lease.
         ("BOARDROOM_CONVERSATION__TURN_LEASE_MS", "1500".to_owned()),
         (
@@ -133,6 +138,15 @@ async fn two_of_every_service_on_a_redis_cluster_and_a_replica_lose_nothing_when
     assert_eq!(
         report["errors"], 0,
         "no call failed past its retries: {summary}"
+    );
+    let own = &report["read_your_writes"];
+    assert!(
+        own["checked"].as_u64().unwrap_or(0) > 0,
+        "lists were read with the token of the user's own write: {own}"
+    );
+    assert_eq!(
+        own["missed"], 0,
+        "no list read with the token missed the write: {own}"
     );
     for kind in ["sessions", "threads", "turns"] {
         assert_eq!(

@@ -231,6 +231,7 @@ pub fn event_to(index: u64, event: TurnEvent) -> pb::RunTurnResponse {
             last_seq,
             usage,
             replayed,
+            commit_position,
         } => Event::TurnCompleted(pb::TurnCompleted {
             turn_id: turn_id.to_string(),
             state_version,
@@ -238,6 +239,7 @@ pub fn event_to(index: u64, event: TurnEvent) -> pb::RunTurnResponse {
             last_seq,
             usage: Some(usage_to(usage)),
             replayed,
+            commit_position: commit_position.unwrap_or_default(),
         }),
         TurnEvent::Failed { reason, message } => Event::TurnFailed(pb::TurnFailed {
             reason: reason_to(reason) as i32,

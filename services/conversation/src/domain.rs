@@ -246,6 +246,9 @@ pub enum TurnEvent {
         last_seq: i64,
         usage: Usage,
         replayed: bool,
+        /// The primary's WAL position once stored, with replicas configured.
+        #[serde(default)]
+        commit_position: Option<String>,
     },
     Failed {
         reason: FailureReason,

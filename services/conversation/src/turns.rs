@@ -372,7 +372,10 @@ impl Conversations {
                         state.clone(),
                     )
                     .await;
-                events.emit(completed(&stored.record, false)).await;
+                let position = self.store.commit_position().await;
+                events
+                    .emit(completed(&stored.record, false, position))
+                    .await;
                 self.logs.finished(turn_id).await;
                 drop(events);
                 // After the caller has its answer: the next turn (here or on another
@@ -431,7 +434,7 @@ impl Conversations {
                 .cloned()
                 .map(TurnEvent::AdvisorFailed),
         );
-        events.push(completed(&record, true));
+        events.push(completed(&record, true, self.store.commit_position().await));
         let (tx, rx) = mpsc::channel(events.len());
         for event in events {
             // Index 0: a replay is not a live turn's log.
@@ -442,7 +445,7 @@ impl Conversations {
     }
 }
 
-fn completed(record: &TurnRecord, replayed: bool) -> TurnEvent {
+fn completed(record: &TurnRecord, replayed: bool, commit_position: Option<String>) -> TurnEvent {
     TurnEvent::Completed {
         turn_id: record.id,
         state_version: record.state_version,
@@ -450,6 +453,7 @@ fn completed(record: &TurnRecord, replayed: bool) -> TurnEvent {
         last_seq: record.last_seq,
         usage: record.outcome.usage,
         replayed,
+        commit_position,
     }
 }
 

@@ -178,6 +178,14 @@ impl Database {
         }
     }
 
+    /// With replicas configured, the primary's WAL position now (every write committed so far
+    /// is at or before it): the consistency token of writes whose call cannot carry it in its
+    /// response headers (a stream's). `None` without replicas or on error.
+    pub async fn commit_position(&self) -> Option<Lsn> {
+        self.replicas.as_ref()?;
+        consistency::wal_position(&self.conn, "SELECT pg_current_wal_lsn()::text AS lsn").await
+    }
+
     /// PostgreSQL or SQLite.
     pub fn backend(&self) -> DatabaseBackend {
         self.conn.get_database_backend()

@@ -180,6 +180,11 @@ impl ConversationStore {
         .map(|inserted| matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0))
     }
 
+    /// The primary's WAL position now, with replicas configured (a turn's consistency token).
+    pub async fn commit_position(&self) -> Option<String> {
+        self.db.commit_position().await.map(|lsn| lsn.to_string())
+    }
+
     /// The thread's head, if the thread was ever written to (from the primary).
     pub async fn head(&self, thread_id: Uuid) -> Result<Option<Head>, ConversationError> {
         self.head_from(thread_id, Read::Primary).await
