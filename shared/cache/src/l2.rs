@@ -706,6 +706,7 @@ impl Redis {
         let mut tick = tokio::time::interval(TOPOLOGY_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry = tokio::time::interval(RETRY);
+        let mut changes_open = true;
         // The nodes known when the cache is built start clean; any found later may have
         // taken writes before its tracking started.
         let mut announce = false;
@@ -719,7 +720,10 @@ impl Redis {
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = changes.recv() => {}
+                // A closed channel (its client gone) is ready for ever: stop listening then.
+                change = changes.recv(), if changes_open => {
+                    changes_open = !matches!(change, Err(tokio::sync::broadcast::error::RecvError::Closed));
+                }
                 _ = retry.tick() => {
                     self.retry_pending().await;
                     if self.tracking_everywhere() {
