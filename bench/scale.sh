@@ -10,20 +10,23 @@
 #   session | cache | llm-gateway | conversation
 #                 SIGKILL (no drain) of that service's instance on 127.0.0.2
 #   replica-stop  the PostgreSQL replica stopped (immediate shutdown)
-#   replica-lag   the replica's replay delayed 2 s (recovery_min_apply_delay)
+#   replica-lag   the replica's replay delayed 2 s (recovery_min_apply_delay): past the 1 s
+#                 bound, so skipped
+#   replica-behind  delayed 500 ms: within the bound, so it serves the token-less reads while
+#                 the users' reads with their own write's token must still see it
 # Reported: failed calls (after retries), retried attempts, acknowledged writes that cannot be
 # read back at the end (lost), the per-step table, and each process's CPU and RSS.
 # Usage: bench/scale.sh FAULT [users, default 500] [duration, default 40s] [think, default 5s]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
-FAULT=${1:?usage: bench/scale.sh none|redis|session|cache|llm-gateway|conversation|replica-stop|replica-lag [users] [duration] [think]}
+FAULT=${1:?usage: bench/scale.sh none|redis|session|cache|llm-gateway|conversation|replica-stop|replica-lag|replica-behind [users] [duration] [think]}
 USERS=${2:-500}
 DURATION=${3:-40s}
 THINK=${4:-5s}
 RAMP=${RAMP:-5s}
 FAULT_AT=${FAULT_AT:-15}
-case $FAULT in none | redis | session | cache | llm-gateway | conversation | replica-stop | replica-lag) ;; *) echo "unknown fault $FAULT" >&2; exit 2 ;; esac
+case $FAULT in none | redis | session | cache | llm-gateway | conversation | replica-stop | replica-lag | replica-behind) ;; *) echo "unknown fault $FAULT" >&2; exit 2 ;; esac
 
 BIN=${BENCH_BOARDROOM:-target/release/boardroom}
 [ -n "${BENCH_BOARDROOM:-}" ] || cargo build --release --bin boardroom >/dev/null 2>&1
@@ -151,10 +154,11 @@ case $FAULT in
     as_postgres "$PGBIN/pg_ctl" -D "$WORK/replica" -m immediate stop >/dev/null
     EVENTS+=("$(at) s: PostgreSQL replica stopped")
     ;;
-  replica-lag)
-    echo "recovery_min_apply_delay = '2s'" >>"$WORK/replica/postgresql.auto.conf"
+  replica-lag | replica-behind)
+    delay=$([ "$FAULT" = replica-lag ] && echo 2s || echo 500ms)
+    echo "recovery_min_apply_delay = '$delay'" >>"$WORK/replica/postgresql.auto.conf"
     as_postgres "$PGBIN/pg_ctl" -D "$WORK/replica" reload >/dev/null
-    EVENTS+=("$(at) s: PostgreSQL replica replaying 2 s late")
+    EVENTS+=("$(at) s: PostgreSQL replica replaying $delay late")
     ;;
 esac
 wait "$LOAD"

@@ -400,6 +400,12 @@ impl Replicas {
             return Some(replica);
         }
         let required = required?;
+        // Waiting is for a replica that is about to replay the write; one known to be further
+        // behind than the wait would only delay the read: the primary answers at once.
+        let wait_ms = u64::try_from(self.wait.as_millis()).unwrap_or(u64::MAX);
+        if candidates().all(|r| r.lag_ms.load(Ordering::Acquire) > wait_ms) {
+            return None;
+        }
         let deadline = Instant::now() + self.wait;
         loop {
             for replica in candidates() {
