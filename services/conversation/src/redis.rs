@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use fred::types::config::{Config, ReconnectPolicy};
+use fred::types::config::Config;
 use fred::types::{Builder, RespVersion};
 
 /// A builder of such clients for `url`, commands bounded by `timeout`. A `lasting` client
@@ -16,15 +16,9 @@ pub fn builder(url: &str, timeout: Duration, lasting: bool) -> anyhow::Result<Bu
     config.fail_fast = !lasting;
     // RESP2: pub/sub messages arrive on the subscriber's own connection.
     config.version = RespVersion::RESP2;
-    let mut builder = Builder::from_config(config);
-    let connect = timeout.max(Duration::from_millis(200));
-    builder
-        .with_connection_config(|c| {
-            c.connection_timeout = connect;
-            c.internal_command_timeout = connect;
-            c.max_command_attempts = 1;
-        })
-        .with_performance_config(|p| p.default_command_timeout = timeout)
-        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
-    Ok(builder)
+    Ok(boardroom_cache::fred_builder(
+        config,
+        timeout,
+        Duration::from_secs(2),
+    ))
 }

@@ -185,8 +185,7 @@ impl Redis {
             Config::from_url(&settings.url).map_err(|e| CacheError::Config(e.to_string()))?;
         config.version = RespVersion::RESP3;
         let clustered = config.server.is_clustered();
-        let connect_timeout = settings.timeout.max(Duration::from_millis(200));
-        let pool = builder(config.clone(), connect_timeout, settings.timeout)
+        let pool = builder(config.clone(), settings.timeout)
             .build_pool(settings.pool_size.max(1))
             .map_err(|e| CacheError::Config(e.to_string()))?;
         // Connection tasks run (and reconnect) on their own; an absent Redis is not fatal.
@@ -198,7 +197,7 @@ impl Redis {
             pool,
             config,
             clustered,
-            connect_timeout,
+            connect_timeout: connect_timeout(settings.timeout),
             timeout: settings.timeout,
             nodes: RwLock::new(Vec::new()),
             pending: Pending::default(),
@@ -218,11 +217,11 @@ impl Redis {
                 server: server.clone(),
             };
         }
-        let tracker = builder(config.clone(), self.connect_timeout, self.timeout)
+        let tracker = builder(config.clone(), self.timeout)
             .build()
             .map_err(|e| CacheError::Config(e.to_string()))?;
         config.version = RespVersion::RESP2;
-        let subscriber = builder(config, self.connect_timeout, self.timeout)
+        let subscriber = builder(config, self.timeout)
             .build()
             .map_err(|e| CacheError::Config(e.to_string()))?;
         let _tracker_task = tracker.connect();
@@ -385,12 +384,7 @@ impl Redis {
                             let () = pipeline.pttl(key.as_str()).await?;
                         }
                     }
-                    // Per reply: fred folds a one-command pipeline's array into its only value.
-                    pipeline
-                        .try_all::<Value>()
-                        .await
-                        .into_iter()
-                        .collect::<Result<Vec<Value>, _>>()
+                    replies::<Value>(pipeline).await
                 }
             })
             .await?;
@@ -531,11 +525,7 @@ impl Redis {
                     for (_, keys) in groups {
                         let () = pipeline.mget(keys.clone()).await?;
                     }
-                    pipeline
-                        .try_all::<Vec<Option<u64>>>()
-                        .await
-                        .into_iter()
-                        .collect::<Result<Vec<_>, _>>()
+                    replies::<Vec<Option<u64>>>(pipeline).await
                 }
             })
             .await?;
@@ -570,12 +560,8 @@ impl Redis {
                         )
                         .await?;
                 }
-                // Per reply: fred folds a one-command pipeline's array into its only value.
-                let replies = pipeline.try_all::<Value>().await;
-                replies
-                    .into_iter()
-                    .map(|reply| reply.map(|value| value.as_u64()))
-                    .collect::<Result<Vec<Option<u64>>, _>>()
+                let versions = replies::<Value>(pipeline).await?;
+                Ok(versions.iter().map(Value::as_u64).collect::<Vec<_>>())
             })
             .await?;
         Some(
@@ -607,11 +593,7 @@ impl Redis {
                 for (_, keys) in groups {
                     let () = pipeline.del(keys.clone()).await?;
                 }
-                pipeline
-                    .try_all::<Value>()
-                    .await
-                    .into_iter()
-                    .collect::<Result<Vec<Value>, _>>()
+                replies::<Value>(pipeline).await
             }
         })
         .await
@@ -791,23 +773,41 @@ impl Redis {
     }
 }
 
-/// The pool's (and the nodes') client settings: commands bounded by `timeout`, tried once,
-/// reconnecting for ever.
-fn builder(config: Config, connect_timeout: Duration, timeout: Duration) -> fred::types::Builder {
+/// The settings of every Redis client of the suite: commands bounded by `timeout` and tried
+/// once (a command is never replayed after a disconnect: the caller falls back instead),
+/// connecting within `timeout` (at least 200 ms), reconnecting for ever from 50 ms, doubling
+/// to `max_backoff`.
+pub fn fred_builder(
+    config: Config,
+    timeout: Duration,
+    max_backoff: Duration,
+) -> fred::types::Builder {
+    let connect = connect_timeout(timeout);
     let mut builder = fred::types::Builder::from_config(config);
     builder
         .with_connection_config(|c| {
-            c.connection_timeout = connect_timeout;
-            c.internal_command_timeout = connect_timeout;
-            // Fail fast: a command is never replayed after a disconnect; the caller falls
-            // back to the loader instead.
+            c.connection_timeout = connect;
+            c.internal_command_timeout = connect;
             c.max_command_attempts = 1;
         })
         .with_performance_config(|p| p.default_command_timeout = timeout)
-        // Reconnect for ever, 50 ms doubling to 500 ms: a failed-over shard is found again
-        // within half a second of its promotion.
-        .set_policy(ReconnectPolicy::new_exponential(0, 50, 500, 2));
+        .set_policy(ReconnectPolicy::new_exponential(
+            0,
+            50,
+            u32::try_from(max_backoff.as_millis()).unwrap_or(u32::MAX),
+            2,
+        ));
     builder
+}
+
+fn connect_timeout(timeout: Duration) -> Duration {
+    timeout.max(Duration::from_millis(200))
+}
+
+/// The caches' clients: a failed-over shard is found again within half a second of its
+/// promotion.
+fn builder(config: Config, timeout: Duration) -> fred::types::Builder {
+    fred_builder(config, timeout, Duration::from_millis(500))
 }
 
 /// Applies `node`'s invalidation pushes to `cache`'s L1 and follows its two connections: L1
@@ -888,6 +888,14 @@ fn follow_node<C: Codec>(cache: TieredCache<C>, node: Arc<Node>, announce: bool)
             }
         }
     });
+}
+
+/// Every reply of `pipeline`, one per command (`all` would fold a one-command pipeline's
+/// array into its only value); the first error if any failed.
+async fn replies<T: fred::types::FromValue>(
+    pipeline: fred::clients::Pipeline<Client>,
+) -> Result<Vec<T>, fred::error::Error> {
+    pipeline.try_all::<T>().await.into_iter().collect()
 }
 
 /// Whichever of two event streams yields first; `true` when it yielded an event.

@@ -55,6 +55,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{CacheConfig, L1Policy, MemoryPressure, RedisSettings};
 use entry::{Entry, EntryTtl};
 pub use kv::Item;
+pub use l2::fred_builder;
 use l2::{Redis, Write};
 pub use pressure::{cgroup_memory_limit, process_rss_bytes};
 

@@ -105,7 +105,7 @@ impl Token {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()?;
-        let lsn = wal_position(&primary, "SELECT pg_current_wal_lsn()::text AS lsn").await?;
+        let lsn = primary_position(&primary).await?;
         self.require(lsn);
         Some(lsn)
     }
@@ -141,8 +141,18 @@ pub fn from_headers(headers: &http::HeaderMap) -> Option<Lsn> {
         .and_then(Lsn::parse)
 }
 
+/// The primary's WAL position now (`pg_current_wal_lsn()`).
+pub(crate) async fn primary_position(primary: &DatabaseConnection) -> Option<Lsn> {
+    wal_position(primary, "SELECT pg_current_wal_lsn()::text AS lsn").await
+}
+
+/// What a replica has replayed (`pg_last_wal_replay_lsn()`).
+pub(crate) async fn replayed_position(replica: &DatabaseConnection) -> Option<Lsn> {
+    wal_position(replica, "SELECT pg_last_wal_replay_lsn()::text AS lsn").await
+}
+
 /// Runs `sql` (one row, a `pg_lsn` as text named `lsn`).
-pub(crate) async fn wal_position(conn: &DatabaseConnection, sql: &str) -> Option<Lsn> {
+async fn wal_position(conn: &DatabaseConnection, sql: &str) -> Option<Lsn> {
     let row = conn
         .query_one_raw(Statement::from_string(DatabaseBackend::Postgres, sql))
         .await

@@ -183,7 +183,7 @@ impl Database {
     /// response headers (a stream's). `None` without replicas or on error.
     pub async fn commit_position(&self) -> Option<Lsn> {
         self.replicas.as_ref()?;
-        consistency::wal_position(&self.conn, "SELECT pg_current_wal_lsn()::text AS lsn").await
+        consistency::primary_position(&self.conn).await
     }
 
     /// PostgreSQL or SQLite.
@@ -409,7 +409,7 @@ impl Replicas {
         let deadline = Instant::now() + self.wait;
         loop {
             for replica in candidates() {
-                if let Some(replayed) = replayed(&replica.conn).await {
+                if let Some(replayed) = consistency::replayed_position(&replica.conn).await {
                     replica.replayed.fetch_max(replayed.0, Ordering::AcqRel);
                     if replayed >= required {
                         return Some(replica);
@@ -438,9 +438,7 @@ impl Replicas {
                 let Some(replicas) = replicas.upgrade() else {
                     return;
                 };
-                let head =
-                    consistency::wal_position(&primary, "SELECT pg_current_wal_lsn()::text AS lsn")
-                        .await;
+                let head = consistency::primary_position(&primary).await;
                 for replica in &replicas.list {
                     replicas.observe(replica, head).await;
                 }
@@ -491,10 +489,6 @@ impl Replicas {
             }
         }
     }
-}
-
-async fn replayed(conn: &DatabaseConnection) -> Option<Lsn> {
-    consistency::wal_position(conn, "SELECT pg_last_wal_replay_lsn()::text AS lsn").await
 }
 
 /// `host:port` of a `postgres://user:pass@host:port/db?…` URL.
