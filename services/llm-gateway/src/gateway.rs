@@ -278,7 +278,12 @@ impl Gateway {
                         let mut remember = None;
                         if let Some(((index, embedder), (prompt, scope))) = semantic {
                             let embedded = self
-                                .embed(embedder, vec![prompt.clone()], deadline, "semantic-cache")
+                                .embed(
+                                    embedder,
+                                    vec![crate::semantic::text::normalise(&prompt)],
+                                    deadline,
+                                    "semantic-cache",
+                                )
                                 .await;
                             if let Ok((mut embeddings, _)) = embedded
                                 && !embeddings.vectors.is_empty()
@@ -288,6 +293,10 @@ impl Gateway {
                                     && let Some(answer) = cache.get(&answer_key).await
                                 {
                                     semantic_hit.store(true, std::sync::atomic::Ordering::Release);
+                                    // Remembered as a variant of the answer's question.
+                                    index
+                                        .remember(&scope, prompt, vector, answer_key, true)
+                                        .await;
                                     return Ok::<_, GatewayError>(Some(answer));
                                 }
                                 remember = Some((index, scope, prompt, vector));
@@ -300,7 +309,7 @@ impl Gateway {
                         };
                         *loaded.lock().unwrap_or_else(|e| e.into_inner()) = Some(deployment);
                         if let Some((index, scope, prompt, vector)) = remember {
-                            index.remember(&scope, prompt, vector, key).await;
+                            index.remember(&scope, prompt, vector, key, false).await;
                         }
                         Ok(Some(Arc::new(answer)))
                     }

@@ -17,7 +17,6 @@ pub mod metrics;
 pub mod provider;
 pub mod response_cache;
 pub mod semantic;
-pub mod semantic_guard;
 pub mod settings;
 
 use std::collections::BTreeMap;
@@ -200,8 +199,11 @@ pub async fn build_gateway(
             semantic::SemanticIndex::new(
                 scopes,
                 Duration::from_millis(llm.cache.ttl_ms),
-                llm.semantic.threshold,
-                llm.semantic.max_entries_per_scope,
+                &llm.semantic,
+                reqwest::Client::builder()
+                    .connect_timeout(Duration::from_millis(llm.semantic.verifier.budget_ms))
+                    .tcp_nodelay(true)
+                    .build()?,
             ),
             llm.semantic.embedding_model.clone(),
         ))

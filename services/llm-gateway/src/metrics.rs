@@ -82,7 +82,17 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "llm_semantic_guard_rejections_total",
         kind: Kind::Counter,
-        help: "Similar cached prompts the guard refused as meaning something else, by reason (the kind of difference).",
+        help: "Similar cached prompts refused as meaning something else, by reason (the guard's kind of difference, verifier, verifier unavailable).",
+    },
+    Family {
+        name: "llm_semantic_verifier_calls_total",
+        kind: Kind::Counter,
+        help: "Semantic cache verifier verdicts, by result (same, different, unavailable, cached).",
+    },
+    Family {
+        name: "llm_semantic_verifier_duration_seconds",
+        kind: Kind::Histogram,
+        help: "Time of a semantic cache verifier call (a cross-encoder behind /v1/rerank).",
     },
     Family {
         name: "llm_http_requests_total",

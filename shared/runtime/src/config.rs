@@ -17,7 +17,7 @@ pub use conversation::{ConversationConfig, StateCacheConfig};
 
 pub use llm::{
     BreakerConfig, CallerLimits, DeploymentConfig, LlmConfig, LlmLimits, LlmTimeouts, ModelAlias,
-    OpenAiApiConfig, Price, ResponseCacheConfig, RetryConfig, SemanticConfig,
+    OpenAiApiConfig, Price, ResponseCacheConfig, RetryConfig, SemanticConfig, VerifierConfig,
 };
 
 use figment::Figment;

@@ -183,14 +183,57 @@ pub struct SemanticConfig {
     pub threshold: f32,
     /// Prompts remembered per scope (alias + conversation before the prompt + parameters).
     pub max_entries_per_scope: usize,
+    /// Prompts that were served an answer remembered with it, besides the one that was
+    /// asked first (a later prompt may be close to any of them, and must pass the guard
+    /// against all of them); 0 keeps only the first.
+    pub variants_per_answer: usize,
+    /// The optional verifier stage.
+    pub verifier: VerifierConfig,
 }
 
 impl Default for SemanticConfig {
     fn default() -> Self {
         Self {
             embedding_model: "mock".into(),
-            threshold: 0.85,
+            threshold: 0.80,
             max_entries_per_scope: 1_000,
+            variants_per_answer: 3,
+            verifier: VerifierConfig::default(),
+        }
+    }
+}
+
+/// A second opinion on a semantic hit: a candidate that passes the similarity and the guard
+/// is served only if a cross-encoder behind a `/v1/rerank`-style endpoint (Cohere, Jina,
+/// vLLM, Infinity and TEI-compatible servers: `{model, query, documents}` →
+/// `{results: [{index, relevance_score}]}`) scores the pair at least `min_score`, within
+/// `budget_ms`. Off when `url` is empty. A verifier that fails or is late refuses the hit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifierConfig {
+    /// The rerank endpoint, e.g. `http://127.0.0.1:8080/v1/rerank`; empty: no verifier.
+    pub url: String,
+    /// The model named in the request.
+    pub model: String,
+    /// Sent as a bearer token when set.
+    pub api_key: Option<super::Secret>,
+    /// Least relevance score of a confirmed pair.
+    pub min_score: f32,
+    /// Time the verifier may take before the hit is refused.
+    pub budget_ms: u64,
+    /// Verdicts remembered (by the pair of prompts).
+    pub cache_entries: u64,
+}
+
+impl Default for VerifierConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            model: "reranker".into(),
+            api_key: None,
+            min_score: 0.5,
+            budget_ms: 250,
+            cache_entries: 10_000,
         }
     }
 }
@@ -346,6 +389,18 @@ impl LlmConfig {
                 "key `llm.semantic.embedding_model` names `{}`, which is not in `llm.models`",
                 self.semantic.embedding_model
             ));
+        }
+        if !(0.0..=1.0).contains(&self.semantic.threshold) {
+            return Err("key `llm.semantic.threshold` must be in 0..=1".into());
+        }
+        let verifier = &self.semantic.verifier;
+        if !verifier.url.is_empty() {
+            if !(verifier.url.starts_with("http://") || verifier.url.starts_with("https://")) {
+                return Err("key `llm.semantic.verifier.url` must be an http(s) URL".into());
+            }
+            if verifier.budget_ms == 0 {
+                return Err("key `llm.semantic.verifier.budget_ms` must be > 0".into());
+            }
         }
         if self.retry.max_attempts == 0 {
             return Err("key `llm.retry.max_attempts` must be > 0".into());

@@ -8,7 +8,12 @@
 //! a tiered cache: in L1 as a shared list (a lookup decodes nothing), in Redis so replicas
 //! share them, kept coherent by the cache's tracking. An insert rewrites the scope's list
 //! (last writer wins between replicas: a lost entry only costs a future hit). Lookups scan
-//! the scope linearly: scopes are bounded by `max_entries_per_scope`.
+//! the scope linearly: scopes are bounded by `max_entries_per_scope`. A prompt that was
+//! served an answer is remembered with it (up to `variants_per_answer`), so later prompts
+//! are compared with every way the question was asked; a hit must pass the guard against all
+//! of them (no drift from paraphrase to paraphrase). The prompt is embedded normalised
+//! (`text::normalise`: case, contractions, politeness and filler), the guard reads it as
+//! written.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +24,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{ChatRequest, Role};
 use crate::response_cache::digest_key;
-use crate::semantic_guard::{cosine, meaning_differs};
+pub mod guard;
+mod lexicon;
+pub mod text;
+pub mod verifier;
+
+use boardroom_runtime::config::SemanticConfig;
+use guard::{cosine, meaning_differs};
+use verifier::{Verdict, Verifier};
 
 /// One remembered prompt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,31 +88,39 @@ pub fn prompt_and_scope(request: &ChatRequest) -> Option<(String, String)> {
     Some((last.content.clone(), digest_key("s:", &scope)))
 }
 
+/// Candidates (distinct answers) a lookup may put to the verifier.
+const VERIFIED_PER_LOOKUP: usize = 2;
+
 /// The semantic index.
 pub struct SemanticIndex {
     scopes: TieredCache<ScopeCodec>,
     ttl: Duration,
     threshold: f32,
     max_entries: usize,
+    variants: usize,
+    verifier: Option<Verifier>,
 }
 
 impl SemanticIndex {
-    /// An index over `scopes`.
+    /// An index over `scopes`, with `config`'s threshold, bounds and verifier.
     pub fn new(
         scopes: TieredCache<ScopeCodec>,
         ttl: Duration,
-        threshold: f32,
-        max_entries: usize,
+        config: &SemanticConfig,
+        client: reqwest::Client,
     ) -> Self {
         Self {
             scopes,
             ttl,
-            threshold,
-            max_entries: max_entries.max(1),
+            threshold: config.threshold,
+            max_entries: config.max_entries_per_scope.max(1),
+            variants: config.variants_per_answer,
+            verifier: Verifier::new(&config.verifier, client),
         }
     }
 
-    /// The answer key of the most similar remembered prompt that passes the guard.
+    /// The answer key of the most similar remembered answer whose every remembered prompt
+    /// (the first and its variants) passes the guard, and the verifier when there is one.
     pub async fn find(&self, scope: &str, prompt: &str, vector: &[f32]) -> Option<String> {
         let remembered = self.scopes.get(scope).await?;
         let mut candidates: Vec<(f32, &Remembered)> = remembered
@@ -109,30 +129,66 @@ impl SemanticIndex {
             .filter(|(similarity, _)| *similarity >= self.threshold)
             .collect();
         candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut tried: Vec<&str> = Vec::new();
+        let mut verified = 0;
         for (similarity, candidate) in candidates {
-            match meaning_differs(prompt, &candidate.prompt) {
-                None => {
-                    metrics::counter!("llm_semantic_lookups_total", "result" => "hit").increment(1);
-                    tracing::debug!(similarity, "semantic hit");
-                    return Some(candidate.answer_key.clone());
+            if tried.contains(&candidate.answer_key.as_str()) {
+                continue;
+            }
+            tried.push(&candidate.answer_key);
+            let refusal = remembered
+                .iter()
+                .filter(|r| r.answer_key == candidate.answer_key)
+                .find_map(|r| meaning_differs(prompt, &r.prompt).map(|d| (d, r)));
+            if let Some((difference, against)) = refusal {
+                tracing::debug!(
+                    similarity,
+                    kind = difference.kind,
+                    difference = %difference.detail,
+                    cached = %against.prompt,
+                    "semantic candidate refused by the guard"
+                );
+                metrics::counter!("llm_semantic_guard_rejections_total", "reason" => difference.kind)
+                    .increment(1);
+                continue;
+            }
+            if let Some(verifier) = &self.verifier {
+                if verified == VERIFIED_PER_LOOKUP {
+                    break;
                 }
-                Some(reason) => {
-                    metrics::counter!("llm_semantic_guard_rejections_total", "reason" => reason)
-                        .increment(1);
+                verified += 1;
+                match verifier.verify(prompt, &candidate.prompt).await {
+                    Verdict::Same => {}
+                    verdict => {
+                        let reason = if verdict == Verdict::Different {
+                            "verifier"
+                        } else {
+                            "verifier unavailable"
+                        };
+                        metrics::counter!("llm_semantic_guard_rejections_total", "reason" => reason)
+                            .increment(1);
+                        continue;
+                    }
                 }
             }
+            metrics::counter!("llm_semantic_lookups_total", "result" => "hit").increment(1);
+            tracing::debug!(similarity, cached = %candidate.prompt, "semantic hit");
+            return Some(candidate.answer_key.clone());
         }
         metrics::counter!("llm_semantic_lookups_total", "result" => "miss").increment(1);
         None
     }
 
-    /// Remembers a prompt whose answer is under `answer_key`.
+    /// Remembers a prompt whose answer is under `answer_key`: the first prompt of an answer,
+    /// or (`variant`) one that was served it, while the answer has fewer than
+    /// `variants_per_answer` variants.
     pub async fn remember(
         &self,
         scope: &str,
         prompt: String,
         vector: Vec<f32>,
         answer_key: String,
+        variant: bool,
     ) {
         let mut entries: Vec<Remembered> = self
             .scopes
@@ -141,6 +197,15 @@ impl SemanticIndex {
             .map(|list| list.as_ref().clone())
             .unwrap_or_default();
         if entries.iter().any(|r| r.prompt == prompt) {
+            return;
+        }
+        if variant
+            && entries
+                .iter()
+                .filter(|r| r.answer_key == answer_key)
+                .count()
+                > self.variants
+        {
             return;
         }
         entries.push(Remembered {

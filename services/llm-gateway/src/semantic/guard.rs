@@ -1,0 +1,1093 @@
+//! The semantic cache's guard. Cosine similarity of sentence embeddings cannot tell "the same
+//! question in other words" from "a look-alike that needs another answer": with
+//! all-MiniLM-L6-v2, "enable 2FA for all admins" and "disable 2FA for all admins" score 0.92,
+//! and "a letter from our company to the supplier" and "… from the supplier to our company"
+//! nearly 1.0. So a semantic hit needs the similarity AND this guard, which looks for a
+//! meaning-changing difference between the two prompts and refuses the hit when it finds one.
+//!
+//! It judges structure, not a list of any set's words:
+//! - **closed word classes** must match: negation, quantifier scope (all / some / only …),
+//!   modality and tense (should / did / must / is it legal), who is asking about whom
+//!   (pronouns), numbers, units and currencies, time references, comparatives, and the side
+//!   taken in pairs of opposites (enable / disable);
+//! - **roles**: two words of the one prompt that exchange places in the other ("X owes Y" /
+//!   "Y owes X", "from A to B" / "from B to A", "A over B"), whatever the words: the other
+//!   prompt aligns better with the two exchanged than as written. Symmetric joins ("X and Y",
+//!   "between X and Y") and a change of voice ("the board approved it" / "it was approved by
+//!   the board") are not exchanges;
+//! - **content**: the content words of the two prompts, aligned in order, must match one to
+//!   one, up to inflection, everyday synonyms and typos. A word replaced by another that is
+//!   not its synonym changes the subject ("contract" / "invoice") or, before a shared head
+//!   noun, its qualifier ("small business customers" / "enterprise customers"); a content
+//!   word on one side only adds a condition. Words that only frame the request ("give me",
+//!   "tips for", "what is the best way to", politeness) are not content.
+//!
+//! It errs on the side of a miss: a miss costs one upstream call; a false hit serves a wrong
+//! answer. Measured on held-out pairs in `benches/semantic.rs`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::OnceLock;
+
+use super::lexicon::{self, COORDINATORS};
+use super::text::{Word, stem, words};
+
+/// Cosine similarity of two vectors (of any norm).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (mut dot, mut na, mut nb) = (0f32, 0f32, 0f32);
+    for (x, y) in a.iter().zip(b) {
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na.sqrt() * nb.sqrt())
+    }
+}
+
+/// A meaning-changing difference the guard found: its kind (the metric's `reason` label) and
+/// what differs, for the debug log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    /// negation, polarity, numbers, units, time, comparison, scope, modality, perspective,
+    /// roles, entities, subject, qualifier, addition, length.
+    pub kind: &'static str,
+    /// What differs, e.g. `"supplier" and "company" exchange roles`.
+    pub detail: String,
+}
+
+fn differ(kind: &'static str, detail: String) -> Option<Difference> {
+    Some(Difference { kind, detail })
+}
+
+/// Prompts longer than this many words are not judged (a miss): the guard is for questions.
+const MAX_WORDS: usize = 200;
+
+/// Why serving `cached`'s answer to `asked` could be wrong; `None` when the guard finds no
+/// meaning-changing difference.
+pub fn meaning_differs(asked: &str, cached: &str) -> Option<Difference> {
+    let (mut a, mut b) = (prepare(asked), prepare(cached));
+    if a.len() > MAX_WORDS || b.len() > MAX_WORDS {
+        return differ("length", format!("longer than {MAX_WORDS} words"));
+    }
+    // Make the prompts meet where they only differ in writing: an acronym spelled out in
+    // the other ("PTO" / "paid time off"), a typo of the other's word ("recieve").
+    contract_acronyms(&mut a, &b);
+    contract_acronyms(&mut b, &a);
+    join_compounds(&mut a, &b);
+    join_compounds(&mut b, &a);
+    correct_typos(&mut a, &b);
+    correct_typos(&mut b, &a);
+    classes(&a, &b)
+        .or_else(|| roles(&a, &b))
+        .or_else(|| content(&a, &b))
+}
+
+/// The prompt's words without politeness and filler.
+fn prepare(text: &str) -> Vec<Word> {
+    let mut all = words(text);
+    all.retain(|w| !lexicon::is_filler_word(&w.text));
+    let texts: Vec<String> = all.iter().map(|w| w.text.clone()).collect();
+    let mut kept = Vec::with_capacity(all.len());
+    let mut i = 0;
+    while i < all.len() {
+        match lexicon::filler_at(&texts, i) {
+            Some(skip) => i += skip,
+            None => {
+                kept.push(all[i].clone());
+                i += 1;
+            }
+        }
+    }
+    kept
+}
+
+/// Words of `within` that spell out an acronym of `other` ("data processing agreement" for
+/// "DPA", "two-factor authentication" for "2FA", "request for proposal" for "RFP") become
+/// that acronym.
+fn contract_acronyms(within: &mut Vec<Word>, other: &[Word]) {
+    let acronyms: Vec<Word> = other
+        .iter()
+        .filter(|w| {
+            (2..=6).contains(&w.text.len()) && w.name && !within.iter().any(|x| x.text == w.text)
+        })
+        .cloned()
+        .collect();
+    for acronym in acronyms {
+        let letters: Vec<char> = acronym.text.chars().collect();
+        let initial = |w: &Word| -> Option<char> {
+            let digit = lexicon::NUMBER_WORDS
+                .iter()
+                .find(|(n, _)| *n == w.text)
+                .and_then(|(_, d)| d.chars().next().filter(char::is_ascii_digit));
+            digit.or_else(|| w.text.chars().next())
+        };
+        for start in 0..within.len() {
+            if let Some(end) = spell(within, start, start, &letters, &initial)
+                && end - start >= 2
+                && within[start..end].iter().all(|w| w.text.len() > 1)
+            {
+                within.splice(start..end, [acronym.clone()]);
+                break;
+            }
+        }
+    }
+}
+
+/// Where the words from `at` spell `letters` by their initials (small words may be skipped
+/// in between: "request for proposal", "simple agreement for future equity").
+fn spell(
+    words: &[Word],
+    start: usize,
+    at: usize,
+    letters: &[char],
+    initial: &dyn Fn(&Word) -> Option<char>,
+) -> Option<usize> {
+    let Some((first, rest)) = letters.split_first() else {
+        return Some(at);
+    };
+    let word = words.get(at)?;
+    if initial(word) == Some(*first)
+        && let Some(end) = spell(words, start, at + 1, rest, initial)
+    {
+        return Some(end);
+    }
+    let skippable = matches!(
+        word.text.as_str(),
+        "of" | "for" | "and" | "the" | "to" | "on" | "in"
+    );
+    (skippable && at > start)
+        .then(|| spell(words, start, at + 1, letters, initial))
+        .flatten()
+}
+
+/// Two adjacent words of `within` written as one word in `other` ("time zones" /
+/// "timezones", "set up" / "setup") become that word.
+fn join_compounds(within: &mut Vec<Word>, other: &[Word]) {
+    let mut i = 0;
+    while i + 1 < within.len() {
+        let joined = format!("{}{}", within[i].text, within[i + 1].text);
+        if let Some(word) = other
+            .iter()
+            .find(|o| o.text == joined || (o.stem == stem(&joined) && o.text.len() > 5))
+        {
+            within.splice(i..i + 2, [word.clone()]);
+        }
+        i += 1;
+    }
+}
+
+/// A word of `within` that is a typo of a word of `other` (and not its opposite) becomes
+/// that word.
+fn correct_typos(within: &mut [Word], other: &[Word]) {
+    for word in within.iter_mut() {
+        if word.name
+            || word.number
+            || other
+                .iter()
+                .any(|o| o.text == word.text || o.stem == word.stem)
+        {
+            continue;
+        }
+        if let Some(right) = other.iter().find(|o| {
+            !o.name && typo(&word.text, &o.text) && !lexicon::opposed(&word.stem, &o.stem)
+        }) {
+            *word = right.clone();
+        }
+    }
+}
+
+fn texts(words: &[Word]) -> Vec<&str> {
+    words.iter().map(|w| w.text.as_str()).collect()
+}
+
+/// Whether `phrase` (words separated by spaces) occurs in `words`, by stem.
+fn has_phrase(words: &[Word], phrase: &str) -> bool {
+    let parts: Vec<(&str, String)> = phrase.split(' ').map(|p| (p, stem(p))).collect();
+    words.windows(parts.len()).any(|window| {
+        window
+            .iter()
+            .zip(&parts)
+            .all(|(w, (text, stemmed))| w.stem == *stemmed || w.text == *text)
+    })
+}
+
+fn word_classes<'a>(words: &[Word], classes: &[(&'a str, &[&str])]) -> BTreeSet<&'a str> {
+    classes
+        .iter()
+        .filter(|(_, members)| members.iter().any(|m| words.iter().any(|w| w.text == *m)))
+        .map(|(name, _)| *name)
+        .collect()
+}
+
+fn shown(set: &BTreeSet<&str>) -> String {
+    if set.is_empty() {
+        "none".into()
+    } else {
+        set.iter().copied().collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// The closed classes: each must be the same in both prompts.
+fn classes(a: &[Word], b: &[Word]) -> Option<Difference> {
+    let negations = |w: &[Word]| {
+        w.iter()
+            .filter(|w| lexicon::NEGATIONS.contains(&w.text.as_str()))
+            .count()
+    };
+    let (na, nb) = (negations(a), negations(b));
+    if na != nb {
+        return differ("negation", format!("{na} negations against {nb}"));
+    }
+    let numbers = |w: &[Word]| {
+        let mut found: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, word) in w.iter().enumerate() {
+            // "one" is a number before a content word ("one week"), else a pronoun ("how to
+            // build one", "a simple one", "one-on-one").
+            let pronoun = word.text == "one"
+                && w.get(i + 1)
+                    .is_none_or(|next| lexicon::is_light(&next.text));
+            let value = if pronoun {
+                None
+            } else if word.number {
+                Some(word.text.clone())
+            } else {
+                lexicon::NUMBER_WORDS
+                    .iter()
+                    .find(|(n, _)| *n == word.text)
+                    .map(|(_, v)| (*v).to_owned())
+            };
+            if let Some(value) = value {
+                *found.entry(value).or_default() += 1;
+            }
+        }
+        found
+    };
+    let (numbers_a, numbers_b) = (numbers(a), numbers(b));
+    if numbers_a.keys().ne(numbers_b.keys()) {
+        let keys = |n: &BTreeMap<String, usize>| n.keys().cloned().collect::<Vec<_>>().join(", ");
+        return differ(
+            "numbers",
+            format!("{} against {}", keys(&numbers_a), keys(&numbers_b)),
+        );
+    }
+    let (units_a, units_b) = (
+        word_classes(a, lexicon::UNITS),
+        word_classes(b, lexicon::UNITS),
+    );
+    if units_a != units_b {
+        return differ(
+            "units",
+            format!("{} against {}", shown(&units_a), shown(&units_b)),
+        );
+    }
+    let (time_a, time_b) = (times(a), times(b));
+    if time_a != time_b {
+        return differ(
+            "time",
+            format!("{} against {}", shown(&time_a), shown(&time_b)),
+        );
+    }
+    let (more_a, more_b) = (comparatives(a), comparatives(b));
+    if more_a != more_b {
+        return differ(
+            "comparison",
+            format!("{} against {}", more_a.join(", "), more_b.join(", ")),
+        );
+    }
+    for (yes, no) in lexicon::OPPOSITES {
+        let side = |w: &[Word]| {
+            (
+                yes.iter().any(|p| has_phrase(w, p)),
+                no.iter().any(|p| has_phrase(w, p)),
+            )
+        };
+        if side(a) != side(b) {
+            return differ("polarity", format!("{} against {}", yes[0], no[0]));
+        }
+    }
+    let (scope_a, scope_b) = (
+        word_classes(a, lexicon::SCOPE),
+        word_classes(b, lexicon::SCOPE),
+    );
+    if scope_a != scope_b {
+        return differ(
+            "scope",
+            format!("{} against {}", shown(&scope_a), shown(&scope_b)),
+        );
+    }
+    let (mut modal_a, mut modal_b) = (modality(a), modality(b));
+    // Advice against plain present is one question ("How do we price it?" / "How should we
+    // price it?"); advice against ability or permission is not ("Can I" / "Should I").
+    let ability = |w: &[Word]| {
+        w.iter()
+            .any(|x| matches!(x.text.as_str(), "can" | "could" | "able"))
+    };
+    let (advice_a, advice_b) = (modal_a.contains("advice"), modal_b.contains("advice"));
+    let against_ability = (advice_a && ability(b)) || (advice_b && ability(a));
+    if advice_a != advice_b && !against_ability {
+        modal_a.remove("advice");
+        modal_b.remove("advice");
+    }
+    if modal_a != modal_b {
+        return differ(
+            "modality",
+            format!("{} against {}", shown(&modal_a), shown(&modal_b)),
+        );
+    }
+    let (persons_a, persons_b) = (
+        word_classes(a, lexicon::PERSONS),
+        word_classes(b, lexicon::PERSONS),
+    );
+    let only_a: BTreeSet<&str> = persons_a.difference(&persons_b).copied().collect();
+    let only_b: BTreeSet<&str> = persons_b.difference(&persons_a).copied().collect();
+    if !only_a.is_empty() && !only_b.is_empty() {
+        return differ(
+            "perspective",
+            format!("{} against {}", shown(&only_a), shown(&only_b)),
+        );
+    }
+    None
+}
+
+/// Time references: unambiguous time words, and the ambiguous ones ("this", "may", "by",
+/// "first") next to a time word or a number.
+fn times(w: &[Word]) -> BTreeSet<&'static str> {
+    let is_time = |i: usize| {
+        w.get(i).and_then(|word| {
+            lexicon::TIME
+                .iter()
+                .find(|t| **t == word.text || stem(t) == word.stem)
+        })
+    };
+    let anchored = |i: usize| {
+        let near = |j: Option<usize>| {
+            j.and_then(|j| w.get(j)).is_some_and(|n| {
+                n.number
+                    || lexicon::TIME.iter().any(|t| {
+                        !lexicon::TIME_AMBIGUOUS.contains(t) && (*t == n.text || stem(t) == n.stem)
+                    })
+            })
+        };
+        near(i.checked_sub(1)) || near(Some(i + 1)) || near(Some(i + 2))
+    };
+    (0..w.len())
+        .filter_map(|i| {
+            let time = is_time(i)?;
+            (!lexicon::TIME_AMBIGUOUS.contains(time) || anchored(i)).then_some(*time)
+        })
+        .collect()
+}
+
+/// Comparatives and superlatives: the listed words and `-er than`.
+fn comparatives(w: &[Word]) -> Vec<String> {
+    let mut found: BTreeSet<String> = w
+        .iter()
+        .filter(|w| lexicon::COMPARATIVES.contains(&w.text.as_str()))
+        .map(|w| w.text.clone())
+        .collect();
+    for pair in w.windows(2) {
+        if pair[1].text == "than"
+            && pair[0].text.ends_with("er")
+            && !lexicon::is_function_word(&pair[0].text)
+            && !matches!(
+                pair[0].text.as_str(),
+                "rather"
+                    | "other"
+                    | "either"
+                    | "neither"
+                    | "whether"
+                    | "never"
+                    | "ever"
+                    | "over"
+                    | "under"
+                    | "after"
+            )
+        {
+            found.insert(pair[0].text.clone());
+        }
+    }
+    found.into_iter().collect()
+}
+
+/// Modality and tense classes, with "have to", "has to", "need to" and "used to".
+fn modality(w: &[Word]) -> BTreeSet<&'static str> {
+    let mut found = word_classes(w, lexicon::MODALITY);
+    found.remove("obligation");
+    let obliged = w.iter().any(|x| {
+        lexicon::MODALITY
+            .iter()
+            .find(|(n, _)| *n == "obligation")
+            .is_some_and(|(_, m)| m.contains(&x.text.as_str()) && x.text != "have")
+    }) || w
+        .windows(2)
+        .any(|p| matches!(p[0].text.as_str(), "have" | "has" | "had") && p[1].text == "to");
+    if obliged {
+        found.insert("obligation");
+    }
+    if w.windows(2)
+        .any(|p| p[0].text == "used" && p[1].text == "to")
+    {
+        found.insert("past");
+    }
+    // The perfect: "has the EU banned", "have we hired".
+    if w.iter().enumerate().any(|(i, x)| {
+        matches!(x.text.as_str(), "has" | "have" | "had")
+            && w[i + 1..].iter().take(3).any(is_participle)
+    }) {
+        found.insert("past");
+    }
+    found
+}
+
+/// The synonym groups of each word form, by stem.
+fn synonym_groups() -> &'static HashMap<String, Vec<usize>> {
+    static GROUPS: OnceLock<HashMap<String, Vec<usize>>> = OnceLock::new();
+    GROUPS.get_or_init(|| {
+        let mut map: HashMap<String, Vec<usize>> = HashMap::new();
+        // Everyday synonyms, and the members of one side of a pair of opposites ("enable" /
+        // "turn on": the polarity check has made sure both prompts take the same side).
+        let sides = lexicon::OPPOSITES.iter().flat_map(|(yes, no)| [*yes, *no]);
+        for (id, group) in lexicon::SYNONYMS.iter().copied().chain(sides).enumerate() {
+            for member in group {
+                let key: String = member.split(' ').map(stem).collect::<Vec<_>>().join(" ");
+                map.entry(key).or_default().push(id);
+            }
+        }
+        map
+    })
+}
+
+/// The longest multi-word synonym phrase starting at `i`: its length and groups.
+fn phrase_at(w: &[Word], i: usize) -> Option<(usize, Vec<usize>)> {
+    (2..=4).rev().find_map(|len| {
+        let window = w.get(i..i + len)?;
+        let key = window
+            .iter()
+            .map(|x| x.stem.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        synonym_groups().get(&key).map(|g| (len, g.clone()))
+    })
+}
+
+/// A unit of content for the alignment: a word or a multi-word phrase.
+#[derive(Debug, Clone)]
+struct Unit {
+    text: String,
+    stem: String,
+    name: bool,
+    groups: Vec<usize>,
+    /// Index of the unit's last word in the prompt.
+    end: usize,
+}
+
+impl Unit {
+    fn same(&self, other: &Unit) -> bool {
+        self.stem == other.stem
+            || self.text == other.text
+            || self.groups.iter().any(|g| other.groups.contains(g))
+            || derived(&self.stem, &other.stem)
+    }
+}
+
+/// Two forms of one word that the light stem leaves apart ("storage" / "storing",
+/// "improvement" / "improve", "conversion" / "convert"): a shared root of at least four
+/// letters, each followed by a derivational ending (not "employee" / "employer").
+fn derived(a: &str, b: &str) -> bool {
+    let shared = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
+    shared >= 4
+        && [&a[shared..], &b[shared..]]
+            .iter()
+            .all(|rest| lexicon::DERIVATIONS.contains(rest))
+}
+
+/// A typo: the same first letter, at most one edit (two for long words), both of at least
+/// six letters, where a real word is rarely one edit from another ("lease" / "leave").
+fn typo(a: &str, b: &str) -> bool {
+    let (la, lb) = (a.chars().count(), b.chars().count());
+    if lexicon::is_function_word(a) && lexicon::is_function_word(b) {
+        return false; // "form" / "from" are both words
+    }
+    if la == lb && la >= 3 && transposed(a, b) {
+        return true; // "teh", "tkae", "scroe", "cheif"
+    }
+    if la.min(lb) < 6 || a.chars().next() != b.chars().next() {
+        return false;
+    }
+    let limit = if la.min(lb) >= 8 { 2 } else { 1 };
+    la.abs_diff(lb) <= limit && damerau(a, b) <= limit
+}
+
+/// One swap of adjacent letters and nothing else.
+fn transposed(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let differing: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
+    differing.len() == 2
+        && differing[1] == differing[0] + 1
+        && a[differing[0]] == b[differing[1]]
+        && a[differing[1]] == b[differing[0]]
+}
+
+/// Optimal string alignment distance (edits and adjacent transpositions).
+fn damerau(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// Whether a word is judged by a closed class rather than as content.
+fn classed(w: &Word) -> bool {
+    let t = w.text.as_str();
+    w.number
+        || lexicon::NEGATIONS.contains(&t)
+        || lexicon::COMPARATIVES.contains(&t)
+        || lexicon::NUMBER_WORDS.iter().any(|(n, _)| *n == t)
+        || [
+            lexicon::SCOPE,
+            lexicon::MODALITY,
+            lexicon::PERSONS,
+            lexicon::UNITS,
+        ]
+        .iter()
+        .any(|classes| classes.iter().any(|(_, m)| m.contains(&t)))
+        || (lexicon::TIME.contains(&t) && !lexicon::TIME_AMBIGUOUS.contains(&t))
+}
+
+/// The prompt's units: every word and phrase, light or not, for the role test; content only
+/// for the content test.
+fn units(w: &[Word], content_only: bool) -> Vec<Unit> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < w.len() {
+        if let Some((len, groups)) = phrase_at(w, i) {
+            let window = &w[i..i + len];
+            let text = texts(window).join(" ");
+            let light = window.iter().all(|x| lexicon::is_light(&x.text));
+            if !(content_only && light) {
+                out.push(Unit {
+                    stem: window
+                        .iter()
+                        .map(|x| x.stem.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    text,
+                    name: false,
+                    groups,
+                    end: i + len - 1,
+                });
+            }
+            i += len;
+            continue;
+        }
+        let word = &w[i];
+        let skip = if content_only {
+            lexicon::is_light(&word.text) || classed(word)
+        } else {
+            matches!(word.text.as_str(), "a" | "an" | "the")
+        };
+        if !skip {
+            let key = person(&word.text).map_or_else(|| word.stem.clone(), str::to_owned);
+            out.push(Unit {
+                groups: synonym_groups()
+                    .get(&word.stem)
+                    .cloned()
+                    .unwrap_or_default(),
+                text: key.clone(),
+                stem: key,
+                name: word.name,
+                end: i,
+            });
+        }
+        i += 1;
+    }
+    out
+}
+
+/// A pronoun's person, so that "my" and "me" are one argument in the role test.
+fn person(word: &str) -> Option<&'static str> {
+    lexicon::PERSONS
+        .iter()
+        .find(|(_, m)| m.contains(&word))
+        .map(|(n, _)| *n)
+}
+
+/// Length of the longest common subsequence of `a` and `b`.
+fn lcs(a: &[&Unit], b: &[&Unit]) -> usize {
+    let mut row = vec![0usize; b.len() + 1];
+    for x in a {
+        let mut diagonal = 0;
+        for (j, y) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = if x.same(y) {
+                diagonal + 1
+            } else {
+                above.max(row[j])
+            };
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// Two content words exchanging places: `b` aligns better with `a` once they are swapped.
+fn roles(a: &[Word], b: &[Word]) -> Option<Difference> {
+    let (ua, ub) = (units(a, false), units(b, false));
+    if ua.len() > 64 || ub.len() > 64 {
+        return None; // long prompts: the content test still applies
+    }
+    let ra: Vec<&Unit> = ua.iter().collect();
+    let rb: Vec<&Unit> = ub.iter().collect();
+    let base = lcs(&ra, &rb);
+    let arguments: Vec<usize> = (0..ua.len())
+        .filter(|&i| {
+            let u = &ua[i];
+            !lexicon::is_light(&u.text)
+                && person(&a[u.end].text).is_none()
+                && !a[u.end].number
+                && ub.iter().any(|v| u.same(v))
+        })
+        .collect();
+    for (n, &x) in arguments.iter().enumerate() {
+        for &y in &arguments[n + 1..] {
+            if ua[x].same(&ua[y]) {
+                continue;
+            }
+            let mut swapped = ra.clone();
+            for unit in swapped.iter_mut() {
+                if unit.same(&ua[x]) {
+                    *unit = &ua[y];
+                } else if unit.same(&ua[y]) {
+                    *unit = &ua[x];
+                }
+            }
+            if lcs(&swapped, &rb) <= base || !pivoted(&ua, &ub, x, y) || !framed(&ua, &ub, x, y) {
+                continue;
+            }
+            if symmetric(a, ua[x].end, ua[y].end) || voice_changed(a, b) {
+                continue;
+            }
+            return differ(
+                "roles",
+                format!("\"{}\" and \"{}\" exchange roles", ua[x].text, ua[y].text),
+            );
+        }
+    }
+    None
+}
+
+/// A word relates the two in both prompts: it stands between `x` and `y` in `a` and between
+/// them in `b` too ("from X to Y" / "from Y to X": "to"; "X owes Y" / "Y owes X": "owes"),
+/// so they changed places around it rather than the sentence being rebuilt ("symptoms of
+/// dehydration" / "dehydration symptoms").
+fn pivoted(ua: &[Unit], ub: &[Unit], x: usize, y: usize) -> bool {
+    let position = |units: &[Unit], of: &Unit| units.iter().position(|u| u.same(of));
+    let (Some(bx), Some(by)) = (position(ub, &ua[x]), position(ub, &ua[y])) else {
+        return false;
+    };
+    let (lo, hi) = (x.min(y), x.max(y));
+    let (blo, bhi) = (bx.min(by), bx.max(by));
+    ua[lo + 1..hi]
+        .iter()
+        .any(|pivot| ub[blo + 1..bhi].iter().any(|u| u.same(pivot)))
+}
+
+/// Each of the two stands in the other's frame: `x`'s neighbour in `a` (left or right, the
+/// start or end counting) is `y`'s neighbour in `b`, and `y`'s in `a` is `x`'s in `b`. So
+/// the words exchanged places and the sentence kept its shape ("the buyer owes the seller" /
+/// "the seller owes the buyer"), rather than being rebuilt around them ("the main components
+/// of a pitch deck for seed investors" / "seed investor pitch deck components").
+fn framed(ua: &[Unit], ub: &[Unit], x: usize, y: usize) -> bool {
+    let position = |units: &[Unit], of: &Unit| units.iter().position(|u| u.same(of));
+    fn neighbours(units: &[Unit], i: usize) -> [Option<&Unit>; 2] {
+        [i.checked_sub(1).map(|j| &units[j]), units.get(i + 1)]
+    }
+    let same = |p: Option<&Unit>, q: Option<&Unit>| match (p, q) {
+        (None, None) => true,
+        (Some(p), Some(q)) => p.same(q),
+        _ => false,
+    };
+    let shares = |ax: usize, by: usize| {
+        let (na, nb) = (neighbours(ua, ax), neighbours(ub, by));
+        same(na[0], nb[0]) || same(na[1], nb[1])
+    };
+    let (Some(bx), Some(by)) = (position(ub, &ua[x]), position(ub, &ua[y])) else {
+        return false;
+    };
+    shares(x, by) && shares(y, bx)
+}
+
+/// The words between positions `i` and `j` join them symmetrically: a coordinator and
+/// nothing that relates one to the other (a preposition or a verb-like content word).
+fn symmetric(w: &[Word], i: usize, j: usize) -> bool {
+    let (from, to) = (i.min(j), i.max(j));
+    let between = &w[from + 1..to];
+    between
+        .iter()
+        .any(|x| COORDINATORS.contains(&x.text.as_str()))
+        && between
+            .iter()
+            .filter(|x| !lexicon::is_function_word(&x.text))
+            .count()
+            <= 1
+        && !between.iter().any(|x| {
+            matches!(
+                x.text.as_str(),
+                "to" | "from"
+                    | "into"
+                    | "over"
+                    | "than"
+                    | "by"
+                    | "for"
+                    | "against"
+                    | "toward"
+                    | "towards"
+                    | "onto"
+            )
+        })
+}
+
+/// One prompt is in the passive voice and the other is not: a form of "to be" followed
+/// within three words by a participle ("are credit scores calculated", "be split").
+fn voice_changed(a: &[Word], b: &[Word]) -> bool {
+    let passive = |w: &[Word]| {
+        w.iter().enumerate().any(|(i, x)| {
+            lexicon::BE.contains(&x.text.as_str()) && w[i + 1..].iter().take(3).any(is_participle)
+        })
+    };
+    passive(a) != passive(b)
+}
+
+/// A past participle by its form ("calculated", "taken") or an irregular one ("split").
+fn is_participle(w: &Word) -> bool {
+    (w.text.len() > 4 && (w.text.ends_with("ed") || w.text.ends_with("en")))
+        || lexicon::PARTICIPLES.contains(&w.text.as_str())
+}
+
+/// The content words, matched one to one whatever their order (the role test judges order):
+/// a word left over on both sides is a substitution, on one side an addition.
+fn content(a: &[Word], b: &[Word]) -> Option<Difference> {
+    let (ua, ub) = (units(a, true), units(b, true));
+    let mut taken_a = vec![false; ua.len()];
+    let mut taken_b = vec![false; ub.len()];
+    // The closest matches first: the same stem, then synonyms, typos and word forms.
+    let exact = |x: &Unit, y: &Unit| x.stem == y.stem || x.text == y.text;
+    let close = |x: &Unit, y: &Unit| x.same(y);
+    type Matches<'f> = &'f dyn Fn(&Unit, &Unit) -> bool;
+    let passes: [Matches; 2] = [&exact, &close];
+    for matches in passes {
+        for (i, x) in ua.iter().enumerate() {
+            if taken_a[i] {
+                continue;
+            }
+            if let Some(j) = (0..ub.len()).find(|&j| !taken_b[j] && matches(x, &ub[j])) {
+                taken_a[i] = true;
+                taken_b[j] = true;
+            }
+        }
+    }
+    let left = |taken: &[bool]| -> Vec<usize> { (0..taken.len()).filter(|&i| !taken[i]).collect() };
+    let (only_a, only_b) = (left(&taken_a), left(&taken_b));
+    let shown = |units: &[Unit], which: &[usize]| {
+        which
+            .iter()
+            .map(|&i| units[i].text.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    match (only_a.is_empty(), only_b.is_empty()) {
+        (true, true) => None,
+        (false, false) => {
+            let name = only_a.iter().any(|&i| ua[i].name) || only_b.iter().any(|&i| ub[i].name);
+            // A qualifier: the replaced word stands before a word both prompts share.
+            let before_shared = only_a
+                .iter()
+                .any(|&i| taken_a.get(i + 1).copied().unwrap_or(false));
+            let kind = if name {
+                "entities"
+            } else if before_shared {
+                "qualifier"
+            } else {
+                "subject"
+            };
+            differ(
+                kind,
+                format!(
+                    "\"{}\" against \"{}\"",
+                    shown(&ua, &only_a),
+                    shown(&ub, &only_b)
+                ),
+            )
+        }
+        (false, true) => differ(
+            "addition",
+            format!("\"{}\" only in the one", shown(&ua, &only_a)),
+        ),
+        (true, false) => differ(
+            "addition",
+            format!("\"{}\" only in the other", shown(&ub, &only_b)),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(a: &str, b: &str) -> Option<&'static str> {
+        meaning_differs(a, b).map(|d| d.kind)
+    }
+
+    #[test]
+    fn look_alikes_are_caught_by_kind() {
+        let cases = [
+            (
+                "Enable 2FA for all admins",
+                "Disable 2FA for all admins",
+                "polarity",
+            ),
+            (
+                "Should we hire more engineers?",
+                "Should we not hire more engineers?",
+                "negation",
+            ),
+            (
+                "Can we cut prices by 10%?",
+                "Can we cut prices by 15%?",
+                "numbers",
+            ),
+            (
+                "Budget of $500 for the offsite",
+                "Budget of €500 for the offsite",
+                "units",
+            ),
+            (
+                "What is the forecast for next quarter?",
+                "What is the forecast for last quarter?",
+                "time",
+            ),
+            (
+                "Is Postgres faster than MySQL?",
+                "Is Postgres slower than MySQL?",
+                "comparison",
+            ),
+            (
+                "Notify all of the tenants",
+                "Notify some of the tenants",
+                "scope",
+            ),
+            (
+                "Should we have renewed the lease?",
+                "Will we renew the lease?",
+                "modality",
+            ),
+            (
+                "Should we migrate from AWS to GCP?",
+                "Should we migrate from GCP to AWS?",
+                "roles",
+            ),
+            (
+                "Does the landlord owe the tenant a refund?",
+                "Does the tenant owe the landlord a refund?",
+                "roles",
+            ),
+            (
+                "Should design report to engineering?",
+                "Should engineering report to design?",
+                "roles",
+            ),
+            (
+                "Prioritise speed over accuracy in the audit",
+                "Prioritise accuracy over speed in the audit",
+                "roles",
+            ),
+            (
+                "Summarise the Acme contract",
+                "Summarise the Globex contract",
+                "entities",
+            ),
+            ("Summarise the lease", "Summarise the mortgage", "subject"),
+            (
+                "Summarise the lease terms",
+                "Summarise the loan terms",
+                "qualifier",
+            ),
+            (
+                "Pricing for vegetarian meal kits",
+                "Pricing for vegan meal kits",
+                "qualifier",
+            ),
+        ];
+        for (a, b, expected) in cases {
+            assert_eq!(
+                kind(a, b),
+                Some(expected),
+                "{a} / {b}: {:?}",
+                meaning_differs(a, b)
+            );
+        }
+    }
+
+    #[test]
+    fn paraphrases_pass() {
+        let cases = [
+            ("Enable 2FA for all admins", "Turn on 2FA for every admin"),
+            (
+                "How do I reset my password?",
+                "What's the way to reset my password?",
+            ),
+            (
+                "Should we expand into Europe next year?",
+                "Next year, should we expand into Europe?",
+            ),
+            (
+                "Give me three ideas to improve retention",
+                "Suggest three ways to improve retention",
+            ),
+            (
+                "Hi! Could you please tell me how to recieve wire transfers",
+                "how to receive wire transfers",
+            ),
+            (
+                "Compare the cost of leasing and buying a van",
+                "Compare the cost of buying and leasing a van",
+            ),
+            (
+                "How should the board approve the budget?",
+                "How should the budget be approved by the board?",
+            ),
+        ];
+        for (a, b) in cases {
+            assert_eq!(meaning_differs(a, b), None, "{a} / {b}");
+        }
+    }
+
+    #[test]
+    fn writing_differences_meet() {
+        let cases = [
+            (
+                "What is our PTO policy?",
+                "What is our paid time off policy?",
+            ),
+            (
+                "Set up 2FA for the team",
+                "Set up two-factor authentication for the team",
+            ),
+            (
+                "Write an RFP for cleaning services",
+                "Write a request for proposal for cleaning services",
+            ),
+            (
+                "Best tools for remote teams across time zones",
+                "best tools for remote teams across timezones",
+            ),
+            (
+                "how do I make teh perfect omelette",
+                "How do I make the perfect omelette?",
+            ),
+            (
+                "What are the benefits of hiring contractors rather than employees?",
+                "What are the advantages of hiring contractors instead of staff?",
+            ),
+        ];
+        for (a, b) in cases {
+            assert_eq!(meaning_differs(a, b), None, "{a} / {b}");
+        }
+        // A typo is not a different word's inflection, nor an opposite.
+        assert_eq!(
+            kind(
+                "How do we onboarding contractors",
+                "How do we offboarding contractors"
+            ),
+            Some("polarity")
+        );
+    }
+
+    #[test]
+    fn advice_differs_from_ability_not_from_plain_present() {
+        assert_eq!(
+            meaning_differs(
+                "How do we price the add-on?",
+                "How should we price the add-on?"
+            ),
+            None
+        );
+        assert_eq!(
+            kind(
+                "Can I break my lease early?",
+                "Should I break my lease early?"
+            ),
+            Some("modality")
+        );
+        assert_eq!(
+            kind(
+                "Has the city banned scooters?",
+                "Should the city ban scooters?"
+            ),
+            Some("modality")
+        );
+    }
+
+    #[test]
+    fn rebuilt_sentences_are_not_role_swaps() {
+        let cases = [
+            (
+                "What are the symptoms of dehydration in older adults?",
+                "dehydration symptoms older adults",
+            ),
+            (
+                "How are credit scores calculated?",
+                "How do lenders calculate credit scores?",
+            ),
+        ];
+        for (a, b) in cases {
+            assert_ne!(kind(a, b), Some("roles"), "{a} / {b}");
+        }
+    }
+
+    #[test]
+    fn the_difference_explains_itself() {
+        let d = meaning_differs(
+            "a letter from the tenant to the landlord",
+            "a letter from the landlord to the tenant",
+        )
+        .expect("a difference");
+        assert_eq!(d.kind, "roles");
+        assert!(
+            d.detail.contains("tenant") && d.detail.contains("landlord"),
+            "{}",
+            d.detail
+        );
+    }
+
+    #[test]
+    fn long_prompts_are_not_judged() {
+        let long = "word ".repeat(MAX_WORDS + 1);
+        assert_eq!(kind(&long, &long), Some("length"));
+    }
+
+    #[test]
+    fn cosine_of_parallel_and_orthogonal_vectors() {
+        assert!((cosine(&[1.0, 2.0], &[2.0, 4.0]) - 1.0).abs() < 1e-6);
+        assert_eq!(cosine(&[1.0, 0.0], &[0.0, 3.0]), 0.0);
+        assert_eq!(cosine(&[0.0, 0.0], &[1.0, 1.0]), 0.0);
+    }
+}
