@@ -103,7 +103,6 @@ fn push_piece(out: &mut Vec<Word>, piece: &str, sentence_start: bool) {
         "&" => Some("and"),
         "+" => Some("plus"),
         "°" => Some("degrees"),
-        "%" => None,
         _ => None,
     };
     if let Some(symbol) = symbol {
