@@ -737,6 +737,7 @@ pub async fn run(plan: UsersPlan) -> anyhow::Result<()> {
                 .collect(),
             request_id: String::new(),
             double_text: sess::DoubleTextPolicy::Unspecified as i32,
+            ..Default::default()
         })
         .await?
         .into_inner()

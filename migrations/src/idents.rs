@@ -23,6 +23,8 @@ pub enum Boardrooms {
     CreatedAt,
     UpdatedAt,
     DoubleText,
+    Deliberation,
+    DebateRounds,
 }
 
 /// `sessions`: a user's conversation in a boardroom.

@@ -14,6 +14,7 @@ mod m0002_list_indexes;
 mod m0003_conversations;
 mod m0004_turn_queue;
 mod m0005_boardroom_double_text;
+mod m0006_boardroom_deliberation;
 
 pub use idents::{
     Boardrooms, Checkpoints, ConversationThreads, ConversationTurnQueue, Messages, Sessions,
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0003_conversations::Migration),
             Box::new(m0004_turn_queue::Migration),
             Box::new(m0005_boardroom_double_text::Migration),
+            Box::new(m0006_boardroom_deliberation::Migration),
         ]
     }
 }

@@ -204,6 +204,7 @@ pub fn boardroom_of(advisors: &[&str]) -> boardroom_proto::session::v1::CreateBo
             .collect(),
         request_id: String::new(),
         double_text: spb::DoubleTextPolicy::Unspecified as i32,
+        ..Default::default()
     }
 }
 

@@ -331,6 +331,7 @@ async fn sigterm_drains_the_call_in_flight_then_exits_cleanly() {
                 }],
                 request_id: String::new(),
                 double_text: pb::DoubleTextPolicy::Unspecified as i32,
+                ..Default::default()
             })
             .await
     });

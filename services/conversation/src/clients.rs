@@ -16,7 +16,7 @@ use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use uuid::Uuid;
 
-use crate::domain::{Advisor, DoubleText, FailureReason, ThreadContext, Usage};
+use crate::domain::{Advisor, DoubleText, FailureReason, Mode, ThreadContext, Usage};
 use crate::error::{ConversationError, Rejection};
 use crate::ports::{
     ChatCall, ChatRole, ModelCalls, ModelError, ModelEvent, ModelStream, ThreadDirectory,
@@ -142,6 +142,13 @@ impl SessionDirectory {
                 Ok(session::DoubleTextPolicy::Interrupt) => Some(DoubleText::Interrupt),
                 Ok(session::DoubleTextPolicy::Unspecified) | Err(_) => None,
             },
+            deliberation: match session::DeliberationMode::try_from(boardroom.deliberation) {
+                Ok(session::DeliberationMode::Panel) => Some(Mode::Panel),
+                Ok(session::DeliberationMode::Review) => Some(Mode::Review),
+                Ok(session::DeliberationMode::Debate) => Some(Mode::Debate),
+                Ok(session::DeliberationMode::Unspecified) | Err(_) => None,
+            },
+            debate_rounds: (boardroom.debate_rounds > 0).then_some(boardroom.debate_rounds),
             advisors: boardroom
                 .advisors
                 .into_iter()

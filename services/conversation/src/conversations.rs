@@ -39,6 +39,10 @@ pub struct Limits {
     pub summary_model: String,
     pub summary_max_tokens: u32,
     pub state_ttl: Duration,
+    /// DEBATE's rounds when neither the turn nor its boardroom says.
+    pub debate_rounds: u32,
+    /// Most DEBATE rounds a turn may run.
+    pub max_debate_rounds: u32,
 }
 
 /// The outside world, through the ports.

@@ -7,8 +7,8 @@ use tonic::Status;
 use uuid::Uuid;
 
 use crate::domain::{
-    Checkpoint, ConversationState, DoubleText, FailureReason, Message, OnDisconnect, Role,
-    StateView, TurnEvent, Usage,
+    AdvisorRank, Checkpoint, ConversationState, DoubleText, FailureReason, Message, Mode,
+    OnDisconnect, Role, RoundKind, RoundUsage, StateView, TurnEvent, Usage,
 };
 use crate::error::{ConversationError, Rejection};
 
@@ -163,26 +163,84 @@ fn reason_to(r: FailureReason) -> pb::FailureReason {
         FailureReason::Storage => pb::FailureReason::Storage,
         FailureReason::RateLimited => pb::FailureReason::RateLimited,
         FailureReason::Rejected => pb::FailureReason::Rejected,
+        FailureReason::Malformed => pb::FailureReason::Malformed,
+    }
+}
+
+fn mode_to(mode: Mode) -> pb::DeliberationMode {
+    match mode {
+        Mode::Panel => pb::DeliberationMode::Panel,
+        Mode::Review => pb::DeliberationMode::Review,
+        Mode::Debate => pb::DeliberationMode::Debate,
+    }
+}
+
+fn kind_to(kind: RoundKind) -> pb::RoundKind {
+    match kind {
+        RoundKind::Answer => pb::RoundKind::Answer,
+        RoundKind::Review => pb::RoundKind::Review,
+        RoundKind::Revision => pb::RoundKind::Revision,
+        RoundKind::Synthesis => pb::RoundKind::Synthesis,
+    }
+}
+
+fn ranks_to(ranks: Vec<AdvisorRank>) -> Vec<pb::AdvisorRank> {
+    ranks
+        .into_iter()
+        .map(|r| pb::AdvisorRank {
+            advisor: r.advisor,
+            mean_rank: r.mean_rank,
+            votes: r.votes,
+        })
+        .collect()
+}
+
+fn round_usage_to(rounds: Vec<RoundUsage>) -> Vec<pb::RoundUsage> {
+    rounds
+        .into_iter()
+        .map(|r| pb::RoundUsage {
+            round: r.round,
+            kind: kind_to(r.kind) as i32,
+            usage: Some(usage_to(r.usage)),
+        })
+        .collect()
+}
+
+/// A RunTurn's deliberation mode (`None`: not given).
+pub fn mode_from(value: i32) -> Result<Option<Mode>, ConversationError> {
+    match pb::DeliberationMode::try_from(value) {
+        Ok(pb::DeliberationMode::Unspecified) => Ok(None),
+        Ok(pb::DeliberationMode::Panel) => Ok(Some(Mode::Panel)),
+        Ok(pb::DeliberationMode::Review) => Ok(Some(Mode::Review)),
+        Ok(pb::DeliberationMode::Debate) => Ok(Some(Mode::Debate)),
+        Err(_) => Err(ConversationError::invalid(
+            "deliberation",
+            "is not a DeliberationMode",
+        )),
     }
 }
 
 /// One turn event, at `index` in its turn.
 pub fn event_to(index: u64, event: TurnEvent) -> pb::RunTurnResponse {
     use pb::run_turn_response::Event;
+    let round = event.round();
     let event = match event {
         TurnEvent::Started {
             turn_id,
             advisors,
             replayed,
+            deliberation,
         } => Event::TurnStarted(pb::TurnStarted {
             turn_id: turn_id.to_string(),
             advisors,
             replayed,
+            deliberation: mode_to(deliberation.mode) as i32,
+            rounds: deliberation.rounds(),
         }),
         TurnEvent::AdvisorStarted { advisor, model } => {
             Event::AdvisorStarted(pb::AdvisorStarted { advisor, model })
         }
-        TurnEvent::AdvisorDelta { advisor, text } => {
+        TurnEvent::AdvisorDelta { advisor, text, .. } => {
             Event::AdvisorDelta(pb::AdvisorDelta { advisor, text })
         }
         TurnEvent::ToolCalled {
@@ -213,6 +271,7 @@ pub fn event_to(index: u64, event: TurnEvent) -> pb::RunTurnResponse {
             advisor,
             usage,
             content,
+            ..
         } => Event::AdvisorFinished(pb::AdvisorFinished {
             advisor,
             usage: Some(usage_to(usage)),
@@ -223,7 +282,29 @@ pub fn event_to(index: u64, event: TurnEvent) -> pb::RunTurnResponse {
             reason: reason_to(f.reason) as i32,
             message: f.message,
         }),
-        TurnEvent::ModeratorDelta { text } => Event::ModeratorDelta(pb::ModeratorDelta { text }),
+        TurnEvent::ModeratorDelta { text, .. } => {
+            Event::ModeratorDelta(pb::ModeratorDelta { text })
+        }
+        TurnEvent::RoundStarted {
+            round,
+            kind,
+            advisors,
+        } => Event::RoundStarted(pb::RoundStarted {
+            round,
+            kind: kind_to(kind) as i32,
+            advisors,
+        }),
+        TurnEvent::ReviewRanked { review, .. } => Event::ReviewRanked(pb::ReviewRanked {
+            advisor: review.advisor,
+            ranking: review.ranking,
+            reason: review.reason,
+            shown: review.shown,
+        }),
+        TurnEvent::RankingAggregated { ranks, .. } => {
+            Event::RankingAggregated(pb::RankingAggregated {
+                ranks: ranks_to(ranks),
+            })
+        }
         TurnEvent::Completed {
             turn_id,
             state_version,
@@ -232,6 +313,9 @@ pub fn event_to(index: u64, event: TurnEvent) -> pb::RunTurnResponse {
             usage,
             replayed,
             commit_position,
+            deliberation,
+            rounds,
+            ranking,
         } => Event::TurnCompleted(pb::TurnCompleted {
             turn_id: turn_id.to_string(),
             state_version,
@@ -240,6 +324,9 @@ pub fn event_to(index: u64, event: TurnEvent) -> pb::RunTurnResponse {
             usage: Some(usage_to(usage)),
             replayed,
             commit_position: commit_position.unwrap_or_default(),
+            rounds: round_usage_to(rounds),
+            ranking: ranks_to(ranking),
+            deliberation: mode_to(deliberation.mode) as i32,
         }),
         TurnEvent::Failed { reason, message } => Event::TurnFailed(pb::TurnFailed {
             reason: reason_to(reason) as i32,
@@ -249,6 +336,7 @@ pub fn event_to(index: u64, event: TurnEvent) -> pb::RunTurnResponse {
     pb::RunTurnResponse {
         event: Some(event),
         event_index: index,
+        round,
     }
 }
 

@@ -86,6 +86,107 @@ pub struct ThreadContext {
     pub advisors: Vec<Advisor>,
     /// The boardroom's double-text policy, when it chose one.
     pub double_text: Option<DoubleText>,
+    /// The boardroom's deliberation mode, when it chose one.
+    pub deliberation: Option<Mode>,
+    /// The boardroom's DEBATE rounds, when it chose them.
+    pub debate_rounds: Option<u32>,
+}
+
+/// How a turn's advisors deliberate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Every advisor once, in parallel, then the moderator.
+    #[default]
+    Panel,
+    /// The answers, then each advisor ranks the others' (anonymised), then the moderator.
+    Review,
+    /// The answers, then rounds of revision, then the moderator.
+    Debate,
+}
+
+/// A turn's deliberation, resolved: its mode and, for DEBATE, the rounds of revision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deliberation {
+    pub mode: Mode,
+    /// DEBATE's rounds of revision after the first answers (0 otherwise).
+    pub debate_rounds: u32,
+}
+
+impl Deliberation {
+    /// PANEL.
+    pub const PANEL: Self = Self {
+        mode: Mode::Panel,
+        debate_rounds: 0,
+    };
+
+    /// Rounds the turn runs, the moderator's included.
+    pub fn rounds(self) -> u32 {
+        match self.mode {
+            Mode::Panel => 2,
+            Mode::Review => 3,
+            Mode::Debate => 2 + self.debate_rounds,
+        }
+    }
+}
+
+/// What a round of a turn does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoundKind {
+    /// The first answers (tool calls included).
+    Answer,
+    /// REVIEW's rankings.
+    Review,
+    /// A DEBATE round of revision.
+    Revision,
+    /// The moderator's synthesis.
+    Synthesis,
+}
+
+/// One advisor's ranking of the others' answers, by name, best first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Review {
+    /// The reviewer.
+    pub advisor: String,
+    pub ranking: Vec<String>,
+    /// In its words (it may cite the labels it saw).
+    pub reason: String,
+    /// The advisors behind the labels it saw, in label order (A first).
+    #[serde(default)]
+    pub shown: Vec<String>,
+}
+
+/// An advisor's place in a review's aggregate ranking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdvisorRank {
+    pub advisor: String,
+    /// Mean position over the rankings that placed it (1 = best).
+    pub mean_rank: f64,
+    /// Rankings that placed it.
+    pub votes: u32,
+}
+
+/// What one round cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundUsage {
+    pub round: u32,
+    pub kind: RoundKind,
+    pub usage: Usage,
+}
+
+/// A round as stored with its turn: what it cost, and what is not among the turn's messages
+/// (a debate's earlier answers, a review's rankings).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    pub round: u32,
+    pub kind: RoundKind,
+    pub usage: Usage,
+    /// (advisor, answer) of this round, when it is not the advisor's final answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reviews: Vec<Review>,
 }
 
 /// What one advisor remembers of the thread.
@@ -140,6 +241,15 @@ impl Usage {
         self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
         self.cost_micros = self.cost_micros.saturating_add(other.cost_micros);
     }
+
+    /// What this costs beyond `earlier` (a part of it).
+    pub fn minus(self, earlier: Usage) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens.saturating_sub(earlier.input_tokens),
+            output_tokens: self.output_tokens.saturating_sub(earlier.output_tokens),
+            cost_micros: self.cost_micros.saturating_sub(earlier.cost_micros),
+        }
+    }
 }
 
 /// Why an advisor or a turn failed.
@@ -155,11 +265,13 @@ pub enum FailureReason {
     RateLimited,
     /// The gateway refused the call (credentials, permission, a request it cannot take).
     Rejected,
+    /// The model's answer did not have the form asked for (a review's ranking).
+    Malformed,
 }
 
 impl FailureReason {
     /// Every reason.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Timeout,
         Self::Upstream,
         Self::Cancelled,
@@ -168,6 +280,7 @@ impl FailureReason {
         Self::Storage,
         Self::RateLimited,
         Self::Rejected,
+        Self::Malformed,
     ];
 }
 
@@ -177,16 +290,41 @@ pub struct AdvisorFailure {
     pub advisor: String,
     pub reason: FailureReason,
     pub message: String,
+    /// The round it failed in (0 in records written before rounds existed).
+    #[serde(default)]
+    pub round: u32,
 }
 
 /// What a completed turn recorded, so that a retry replays it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TurnOutcome {
     pub advisors: Vec<String>,
     pub failures: Vec<AdvisorFailure>,
     pub usage: Usage,
     /// Usage per advisor, by name.
     pub advisor_usage: BTreeMap<String, Usage>,
+    #[serde(default)]
+    pub deliberation: Deliberation,
+    /// Every round, in order (empty in records written before rounds existed).
+    #[serde(default)]
+    pub rounds: Vec<RoundRecord>,
+    /// REVIEW's aggregate ranking, best first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranking: Vec<AdvisorRank>,
+}
+
+impl TurnOutcome {
+    /// Usage per round.
+    pub fn round_usage(&self) -> Vec<RoundUsage> {
+        self.rounds
+            .iter()
+            .map(|r| RoundUsage {
+                round: r.round,
+                kind: r.kind,
+                usage: r.usage,
+            })
+            .collect()
+    }
 }
 
 /// A completed turn.
@@ -208,6 +346,8 @@ pub enum TurnEvent {
         turn_id: Uuid,
         advisors: Vec<String>,
         replayed: bool,
+        #[serde(default)]
+        deliberation: Deliberation,
     },
     AdvisorStarted {
         advisor: String,
@@ -216,6 +356,8 @@ pub enum TurnEvent {
     AdvisorDelta {
         advisor: String,
         text: String,
+        #[serde(default)]
+        round: u32,
     },
     ToolCalled {
         advisor: String,
@@ -234,10 +376,30 @@ pub enum TurnEvent {
         advisor: String,
         usage: Usage,
         content: String,
+        #[serde(default)]
+        round: u32,
     },
     AdvisorFailed(AdvisorFailure),
     ModeratorDelta {
         text: String,
+        #[serde(default)]
+        round: u32,
+    },
+    /// A round began (REVIEW and DEBATE).
+    RoundStarted {
+        round: u32,
+        kind: RoundKind,
+        advisors: Vec<String>,
+    },
+    /// One advisor's ranking of the others' answers.
+    ReviewRanked {
+        round: u32,
+        review: Review,
+    },
+    /// The review's aggregate ranking, best first.
+    RankingAggregated {
+        round: u32,
+        ranks: Vec<AdvisorRank>,
     },
     Completed {
         turn_id: Uuid,
@@ -249,11 +411,37 @@ pub enum TurnEvent {
         /// The primary's WAL position once stored, with replicas configured.
         #[serde(default)]
         commit_position: Option<String>,
+        #[serde(default)]
+        deliberation: Deliberation,
+        #[serde(default)]
+        rounds: Vec<RoundUsage>,
+        #[serde(default)]
+        ranking: Vec<AdvisorRank>,
     },
     Failed {
         reason: FailureReason,
         message: String,
     },
+}
+
+impl TurnEvent {
+    /// The round the event belongs to: from 1 for the advisors' and the moderator's events,
+    /// 0 for the turn's own (started, completed, failed).
+    pub fn round(&self) -> u32 {
+        match self {
+            TurnEvent::Started { .. } | TurnEvent::Completed { .. } | TurnEvent::Failed { .. } => 0,
+            TurnEvent::AdvisorStarted { .. }
+            | TurnEvent::ToolCalled { .. }
+            | TurnEvent::ToolResult { .. } => 1,
+            TurnEvent::AdvisorDelta { round, .. }
+            | TurnEvent::AdvisorFinished { round, .. }
+            | TurnEvent::ModeratorDelta { round, .. }
+            | TurnEvent::RoundStarted { round, .. }
+            | TurnEvent::ReviewRanked { round, .. }
+            | TurnEvent::RankingAggregated { round, .. } => *round,
+            TurnEvent::AdvisorFailed(failure) => failure.round,
+        }
+    }
 }
 
 /// What a turn does when its thread is running another (double-texting).
@@ -290,6 +478,10 @@ pub struct TurnRequest {
     /// `None`: the boardroom's policy (reject when it has none).
     pub double_text: Option<DoubleText>,
     pub on_disconnect: OnDisconnect,
+    /// `None`: the boardroom's mode (panel when it has none).
+    pub deliberation: Option<Mode>,
+    /// `None`: the boardroom's, else the configured default.
+    pub debate_rounds: Option<u32>,
 }
 
 /// The order of a message list.

@@ -97,6 +97,8 @@ impl ConversationService for ConversationGrpc {
                 advisors: r.advisors,
                 double_text: conv::double_text_from(r.double_text)?,
                 on_disconnect: conv::on_disconnect_from(r.on_disconnect)?,
+                deliberation: conv::mode_from(r.deliberation)?,
+                debate_rounds: (r.debate_rounds > 0).then_some(r.debate_rounds),
             })
             .await?;
         let stream = ReceiverStream::new(events).map(|(i, e)| Ok(conv::event_to(i, e)));

@@ -181,6 +181,8 @@ impl Application {
                 summary_model: c.summary_model.clone(),
                 summary_max_tokens: c.summary_max_tokens,
                 state_ttl: Duration::from_millis(c.state_cache.ttl_ms),
+                debate_rounds: c.debate_rounds,
+                max_debate_rounds: c.max_debate_rounds,
             },
             (bus, logs),
             (tasks, stop.clone()),

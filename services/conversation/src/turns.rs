@@ -13,15 +13,15 @@ use uuid::Uuid;
 use crate::bus::Registration;
 use crate::conversations::{Conversations, check_request_id, check_text};
 use crate::domain::{
-    DoubleText, FailureReason, OnDisconnect, Role, TurnEvent, TurnRecord, TurnRequest,
-    estimate_tokens,
+    Deliberation, DoubleText, FailureReason, Message, Mode, OnDisconnect, Role, RoundKind,
+    RoundRecord, TurnEvent, TurnRecord, TurnRequest, Usage, estimate_tokens,
 };
 use crate::error::ConversationError;
 use crate::lease::TurnLease;
 use crate::recent::RECENT_LIMIT;
 use crate::store::now;
 use crate::turnlog::{IndexedEvent, TurnEvents, is_last};
-use crate::workflow::TurnInput;
+use crate::workflow::{MODERATOR, TurnInput};
 
 /// Events buffered per turn stream before the workflow waits for the client.
 const EVENT_BUFFER: usize = 256;
@@ -97,6 +97,7 @@ impl Conversations {
             }
         }
         v.finish(())?;
+        let deliberation = self.deliberation(&request, &thread)?;
         if advisors.is_empty() {
             advisors = thread.advisors.clone();
         }
@@ -153,6 +154,7 @@ impl Conversations {
             state,
             recent: Arc::new(recent),
             last_seq: head.last_seq,
+            deliberation,
         };
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let events = self.logs.open(thread_id, turn_id, tx).await;
@@ -171,6 +173,41 @@ impl Conversations {
             .instrument(span),
         );
         Ok(rx)
+    }
+
+    /// The turn's deliberation: the request's mode, else the boardroom's, else PANEL; DEBATE's
+    /// rounds likewise, else the configured default. A request beyond the bound is refused; a
+    /// boardroom's (valid when it was written) is bounded.
+    fn deliberation(
+        &self,
+        request: &TurnRequest,
+        thread: &crate::domain::ThreadContext,
+    ) -> Result<Deliberation, ConversationError> {
+        let max = self.limits.max_debate_rounds;
+        if let Some(rounds) = request.debate_rounds
+            && rounds > max
+        {
+            return Err(ConversationError::invalid(
+                "debate_rounds",
+                format!("must be in 0..={max} (conversation.max_debate_rounds)"),
+            ));
+        }
+        let mode = request
+            .deliberation
+            .or(thread.deliberation)
+            .unwrap_or_default();
+        let debate_rounds = match mode {
+            Mode::Debate => request
+                .debate_rounds
+                .or(thread.debate_rounds)
+                .unwrap_or(self.limits.debate_rounds)
+                .clamp(1, max),
+            Mode::Panel | Mode::Review => 0,
+        };
+        Ok(Deliberation {
+            mode,
+            debate_rounds,
+        })
     }
 
     /// The thread is taken: refused, or waited for in its queue (an interrupt first cancels
@@ -316,6 +353,7 @@ impl Conversations {
                 turn_id,
                 advisors: input.advisors.iter().map(|a| a.name.clone()).collect(),
                 replayed: false,
+                deliberation: input.deliberation,
             })
             .await;
         let cancel_when_gone = on_disconnect == OnDisconnect::Cancel;
@@ -405,35 +443,7 @@ impl Conversations {
             .store
             .messages_between(record.thread_id, record.first_seq, record.last_seq)
             .await?;
-        let mut events = vec![TurnEvent::Started {
-            turn_id: record.id,
-            advisors: record.outcome.advisors.clone(),
-            replayed: true,
-        }];
-        for m in messages {
-            match m.role {
-                Role::Advisor => events.push(TurnEvent::AdvisorFinished {
-                    usage: record
-                        .outcome
-                        .advisor_usage
-                        .get(&m.author)
-                        .copied()
-                        .unwrap_or_default(),
-                    advisor: m.author,
-                    content: m.content,
-                }),
-                Role::Moderator => events.push(TurnEvent::ModeratorDelta { text: m.content }),
-                Role::User | Role::Tool | Role::System => {}
-            }
-        }
-        events.extend(
-            record
-                .outcome
-                .failures
-                .iter()
-                .cloned()
-                .map(TurnEvent::AdvisorFailed),
-        );
+        let mut events = replayed_events(&record, messages);
         events.push(completed(&record, true, self.store.commit_position().await));
         let (tx, rx) = mpsc::channel(events.len());
         for event in events {
@@ -445,6 +455,142 @@ impl Conversations {
     }
 }
 
+/// A completed turn's events, rebuilt from its record and its messages, round by round:
+/// every advisor's answers (a debate's earlier ones from the record, the final ones from the
+/// messages), the reviews and their aggregate, the failures, the moderator. No deltas.
+fn replayed_events(record: &TurnRecord, messages: Vec<Message>) -> Vec<TurnEvent> {
+    let outcome = &record.outcome;
+    let deliberation = outcome.deliberation;
+    let mut finals: Vec<(String, String)> = Vec::new();
+    let mut moderator = None;
+    for m in messages {
+        match m.role {
+            Role::Advisor => finals.push((m.author, m.content)),
+            Role::Moderator => moderator = Some(m.content),
+            Role::User | Role::Tool | Role::System => {}
+        }
+    }
+    // Records written before rounds existed: one round of answers, then the moderator.
+    let rounds = if outcome.rounds.is_empty() {
+        vec![
+            RoundRecord {
+                round: 1,
+                kind: RoundKind::Answer,
+                usage: outcome.usage,
+                answers: Vec::new(),
+                reviews: Vec::new(),
+            },
+            RoundRecord {
+                round: 2,
+                kind: RoundKind::Synthesis,
+                usage: Usage::default(),
+                answers: Vec::new(),
+                reviews: Vec::new(),
+            },
+        ]
+    } else {
+        outcome.rounds.clone()
+    };
+    // The round of each advisor's final answer: its last in the record (a debate's), else 1.
+    let final_round = |advisor: &str| {
+        rounds
+            .iter()
+            .filter(|r| r.answers.iter().any(|(a, _)| a == advisor))
+            .map(|r| r.round)
+            .max()
+            .unwrap_or(1)
+    };
+    let failed_in = |round: u32| {
+        outcome
+            .failures
+            .iter()
+            // Records written before rounds existed say 0: their failures were of round 1.
+            .filter(move |f| f.round.max(1) == round)
+    };
+    let mut events = vec![TurnEvent::Started {
+        turn_id: record.id,
+        advisors: outcome.advisors.clone(),
+        replayed: true,
+        deliberation,
+    }];
+    for r in &rounds {
+        if deliberation.mode != Mode::Panel {
+            let advisors = match r.kind {
+                RoundKind::Answer => outcome.advisors.clone(),
+                RoundKind::Review => r
+                    .reviews
+                    .iter()
+                    .map(|v| v.advisor.clone())
+                    .chain(failed_in(r.round).map(|f| f.advisor.clone()))
+                    .collect(),
+                RoundKind::Revision => r
+                    .answers
+                    .iter()
+                    .map(|(a, _)| a.clone())
+                    .chain(failed_in(r.round).map(|f| f.advisor.clone()))
+                    .collect(),
+                RoundKind::Synthesis => vec![MODERATOR.to_owned()],
+            };
+            events.push(TurnEvent::RoundStarted {
+                round: r.round,
+                kind: r.kind,
+                advisors,
+            });
+        }
+        match r.kind {
+            RoundKind::Answer | RoundKind::Revision => {
+                let answers: Vec<(String, String)> = if r.answers.is_empty() {
+                    finals.clone()
+                } else {
+                    r.answers.clone()
+                };
+                for (advisor, content) in answers {
+                    let last = final_round(&advisor) == r.round;
+                    let (content, usage) = match finals.iter().find(|(a, _)| *a == advisor) {
+                        Some((_, text)) if last => (
+                            text.clone(),
+                            outcome
+                                .advisor_usage
+                                .get(&advisor)
+                                .copied()
+                                .unwrap_or_default(),
+                        ),
+                        _ => (content, Usage::default()),
+                    };
+                    events.push(TurnEvent::AdvisorFinished {
+                        advisor,
+                        usage,
+                        content,
+                        round: r.round,
+                    });
+                }
+            }
+            RoundKind::Review => {
+                for review in &r.reviews {
+                    events.push(TurnEvent::ReviewRanked {
+                        round: r.round,
+                        review: review.clone(),
+                    });
+                }
+                events.push(TurnEvent::RankingAggregated {
+                    round: r.round,
+                    ranks: outcome.ranking.clone(),
+                });
+            }
+            RoundKind::Synthesis => {
+                if let Some(text) = moderator.take() {
+                    events.push(TurnEvent::ModeratorDelta {
+                        text,
+                        round: r.round,
+                    });
+                }
+            }
+        }
+        events.extend(failed_in(r.round).cloned().map(TurnEvent::AdvisorFailed));
+    }
+    events
+}
+
 fn completed(record: &TurnRecord, replayed: bool, commit_position: Option<String>) -> TurnEvent {
     TurnEvent::Completed {
         turn_id: record.id,
@@ -454,6 +600,9 @@ fn completed(record: &TurnRecord, replayed: bool, commit_position: Option<String
         usage: record.outcome.usage,
         replayed,
         commit_position,
+        deliberation: record.outcome.deliberation,
+        rounds: record.outcome.round_usage(),
+        ranking: record.outcome.ranking.clone(),
     }
 }
 

@@ -6,8 +6,8 @@ use tonic::Status;
 use uuid::Uuid;
 
 use crate::domain::{
-    Advisor, Boardroom, BoardroomUpdate, DoubleText, NewBoardroom, NewSession, NewThread,
-    PageRequest, Session, Thread, ThreadFilter, ThreadStatus, ThreadType,
+    Advisor, Boardroom, BoardroomUpdate, Deliberation, DoubleText, MAX_DEBATE_ROUNDS, NewBoardroom,
+    NewSession, NewThread, PageRequest, Session, Thread, ThreadFilter, ThreadStatus, ThreadType,
 };
 use crate::error::SessionError;
 use boardroom_runtime::status::Violations;
@@ -121,10 +121,54 @@ fn double_text_to(policy: DoubleText) -> pb::DoubleTextPolicy {
     }
 }
 
+/// A boardroom's deliberation mode (`field` names it in errors).
+pub fn deliberation_from(field: &str, value: i32) -> Result<Deliberation, SessionError> {
+    match pb::DeliberationMode::try_from(value) {
+        Ok(pb::DeliberationMode::Unspecified) => Ok(Deliberation::Unspecified),
+        Ok(pb::DeliberationMode::Panel) => Ok(Deliberation::Panel),
+        Ok(pb::DeliberationMode::Review) => Ok(Deliberation::Review),
+        Ok(pb::DeliberationMode::Debate) => Ok(Deliberation::Debate),
+        Err(_) => Err(SessionError::invalid(field, "is not a DeliberationMode")),
+    }
+}
+
+fn deliberation_to(mode: Deliberation) -> pb::DeliberationMode {
+    match mode {
+        Deliberation::Unspecified => pb::DeliberationMode::Unspecified,
+        Deliberation::Panel => pb::DeliberationMode::Panel,
+        Deliberation::Review => pb::DeliberationMode::Review,
+        Deliberation::Debate => pb::DeliberationMode::Debate,
+    }
+}
+
+/// DEBATE's rounds (`field` names it in errors): 0 (the default) up to the bound.
+fn debate_rounds_from(v: &mut Violations, field: &str, rounds: u32) -> u32 {
+    if rounds > MAX_DEBATE_ROUNDS {
+        v.add(
+            field,
+            format!("must be in 0..={MAX_DEBATE_ROUNDS} (0: the service's default)"),
+        );
+    }
+    rounds
+}
+
 /// CreateBoardroom; the fields' own rules are checked by the store.
 pub fn new_boardroom(r: pb::CreateBoardroomRequest) -> Result<NewBoardroom, SessionError> {
+    let mut v = Violations::default();
+    let debate_rounds = debate_rounds_from(&mut v, "debate_rounds", r.debate_rounds);
+    let deliberation = match deliberation_from("deliberation", r.deliberation) {
+        Ok(mode) => mode,
+        Err(SessionError::Invalid(more)) => {
+            v.extend(more);
+            Deliberation::Unspecified
+        }
+        Err(err) => return Err(err),
+    };
+    v.into_result()?;
     Ok(NewBoardroom {
         double_text: double_text_from("double_text", r.double_text)?,
+        deliberation,
+        debate_rounds,
         owner_id: r.owner_id,
         name: r.name,
         advisors: advisors_from(r.advisors),
@@ -143,10 +187,11 @@ pub fn boardroom_update(r: pb::UpdateBoardroomRequest) -> Result<BoardroomUpdate
     if paths.is_empty() {
         v.add(
             "update_mask",
-            "must name at least one of: name, advisors, double_text",
+            "must name at least one of: name, advisors, double_text, deliberation, debate_rounds",
         );
     }
     let (mut name, mut advisors, mut double_text) = (None, None, None);
+    let (mut deliberation, mut debate_rounds) = (None, None);
     for path in &paths {
         match path.as_str() {
             "name" => name = Some(boardroom.name.clone()),
@@ -157,6 +202,20 @@ pub fn boardroom_update(r: pb::UpdateBoardroomRequest) -> Result<BoardroomUpdate
                 Err(SessionError::Invalid(more)) => v.extend(more),
                 Err(_) => {}
             },
+            "deliberation" => {
+                match deliberation_from("boardroom.deliberation", boardroom.deliberation) {
+                    Ok(mode) => deliberation = Some(mode),
+                    Err(SessionError::Invalid(more)) => v.extend(more),
+                    Err(_) => {}
+                }
+            }
+            "debate_rounds" => {
+                debate_rounds = Some(debate_rounds_from(
+                    &mut v,
+                    "boardroom.debate_rounds",
+                    boardroom.debate_rounds,
+                ));
+            }
             other => v.add(
                 "update_mask",
                 format!("unknown or immutable field {other:?}"),
@@ -172,6 +231,8 @@ pub fn boardroom_update(r: pb::UpdateBoardroomRequest) -> Result<BoardroomUpdate
         name,
         advisors,
         double_text,
+        deliberation,
+        debate_rounds,
         expected_version: (r.expected_version > 0).then_some(r.expected_version),
     })
 }
@@ -284,6 +345,8 @@ pub fn boardroom_to(b: &Boardroom) -> pb::Boardroom {
             .collect(),
         version: b.version,
         double_text: double_text_to(b.double_text) as i32,
+        deliberation: deliberation_to(b.deliberation) as i32,
+        debate_rounds: b.debate_rounds,
         create_time: Some(timestamp(b.created_at)),
         update_time: Some(timestamp(b.updated_at)),
     }

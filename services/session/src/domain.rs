@@ -52,6 +52,43 @@ impl DoubleText {
     }
 }
 
+/// How a boardroom's advisors deliberate on a turn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Deliberation {
+    /// Not chosen: the conversation service's default (panel).
+    #[default]
+    Unspecified,
+    Panel,
+    Review,
+    Debate,
+}
+
+impl Deliberation {
+    /// The stored name (`None` for unspecified).
+    pub fn as_str(self) -> Option<&'static str> {
+        match self {
+            Deliberation::Unspecified => None,
+            Deliberation::Panel => Some("panel"),
+            Deliberation::Review => Some("review"),
+            Deliberation::Debate => Some("debate"),
+        }
+    }
+
+    /// From the stored name.
+    pub fn parse(text: Option<&str>) -> Self {
+        match text {
+            Some("panel") => Deliberation::Panel,
+            Some("review") => Deliberation::Review,
+            Some("debate") => Deliberation::Debate,
+            _ => Deliberation::Unspecified,
+        }
+    }
+}
+
+/// Most DEBATE rounds of revision a boardroom may ask for.
+pub const MAX_DEBATE_ROUNDS: u32 = 4;
+
 /// A configured panel of advisors.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Boardroom {
@@ -62,6 +99,12 @@ pub struct Boardroom {
     /// Entries cached before the field existed read as unspecified.
     #[serde(default)]
     pub double_text: DoubleText,
+    /// Entries cached before the field existed read as unspecified.
+    #[serde(default)]
+    pub deliberation: Deliberation,
+    /// DEBATE's rounds of revision; 0: the conversation service's default.
+    #[serde(default)]
+    pub debate_rounds: u32,
     /// Incremented by every update.
     pub version: i64,
     pub created_at: DateTime<Utc>,
@@ -141,6 +184,9 @@ pub struct NewBoardroom {
     pub name: String,
     pub advisors: Vec<Advisor>,
     pub double_text: DoubleText,
+    pub deliberation: Deliberation,
+    /// 0..=[`MAX_DEBATE_ROUNDS`].
+    pub debate_rounds: u32,
     pub request_id: Option<String>,
 }
 
@@ -151,6 +197,8 @@ pub struct BoardroomUpdate {
     pub name: Option<String>,
     pub advisors: Option<Vec<Advisor>>,
     pub double_text: Option<DoubleText>,
+    pub deliberation: Option<Deliberation>,
+    pub debate_rounds: Option<u32>,
     /// Fail with [`crate::SessionError::VersionMismatch`] unless the stored version is this.
     pub expected_version: Option<i64>,
 }

@@ -14,6 +14,8 @@ pub mod boardroom {
         #[sea_orm(column_type = "JsonBinary")]
         pub advisors: Json,
         pub double_text: Option<String>,
+        pub deliberation: Option<String>,
+        pub debate_rounds: Option<i16>,
         pub version: i64,
         pub request_id: Option<String>,
         pub created_at: DateTimeUtc,

@@ -11,8 +11,9 @@ use uuid::Uuid;
 
 use crate::cache::{Cached, EntityCache, EntityKey, KeyText};
 use crate::domain::{
-    Advisor, Boardroom, BoardroomUpdate, DoubleText, NewBoardroom, NewSession, NewThread, Page,
-    PageRequest, Session, SessionTree, Thread, ThreadFilter, ThreadStatus, ThreadType,
+    Advisor, Boardroom, BoardroomUpdate, Deliberation, DoubleText, NewBoardroom, NewSession,
+    NewThread, Page, PageRequest, Session, SessionTree, Thread, ThreadFilter, ThreadStatus,
+    ThreadType,
 };
 use crate::entity::{boardroom, session, thread};
 use crate::error::SessionError;
@@ -123,6 +124,8 @@ impl SessionStore {
             name: Set(input.name.trim().to_owned()),
             advisors: Set(advisors_json(&input.advisors)?),
             double_text: Set(input.double_text.as_str().map(str::to_owned)),
+            deliberation: Set(input.deliberation.as_str().map(str::to_owned)),
+            debate_rounds: Set(stored_rounds(input.debate_rounds)),
             version: Set(1),
             request_id: Set(request_id.clone()),
             created_at: Set(at),
@@ -227,6 +230,18 @@ impl SessionStore {
             query = query.col_expr(
                 boardroom::Column::DoubleText,
                 Expr::val(policy.as_str().map(str::to_owned)),
+            );
+        }
+        if let Some(mode) = update.deliberation {
+            query = query.col_expr(
+                boardroom::Column::Deliberation,
+                Expr::val(mode.as_str().map(str::to_owned)),
+            );
+        }
+        if let Some(rounds) = update.debate_rounds {
+            query = query.col_expr(
+                boardroom::Column::DebateRounds,
+                Expr::val(stored_rounds(rounds)),
             );
         }
         if let Some(expected) = update.expected_version {
@@ -624,6 +639,11 @@ fn paginate<T>(
     }
 }
 
+/// DEBATE's rounds as stored: `None` for the default (0).
+fn stored_rounds(rounds: u32) -> Option<i16> {
+    i16::try_from(rounds).ok().filter(|r| *r > 0)
+}
+
 fn advisors_json(advisors: &[Advisor]) -> Result<serde_json::Value, SessionError> {
     serde_json::to_value(advisors)
         .map_err(|e| SessionError::Internal(format!("encoding advisors: {e}")))
@@ -639,6 +659,11 @@ fn boardroom_from(row: boardroom::Model) -> Result<Boardroom, SessionError> {
         name: row.name,
         advisors,
         double_text: DoubleText::parse(row.double_text.as_deref()),
+        deliberation: Deliberation::parse(row.deliberation.as_deref()),
+        debate_rounds: row
+            .debate_rounds
+            .and_then(|r| u32::try_from(r).ok())
+            .unwrap_or(0),
         version: row.version,
         created_at: row.created_at,
         updated_at: row.updated_at,

@@ -7,7 +7,7 @@ use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ActiveValue::Set, ColumnTrait, DbErr, EntityTrait, QueryFilter, TransactionTrait};
 use uuid::Uuid;
 
-use crate::domain::{ConversationState, Message, TurnRecord};
+use crate::domain::{ConversationState, Message, Mode, TurnRecord};
 use crate::entity::{head, message, turn};
 use crate::error::ConversationError;
 
@@ -189,8 +189,9 @@ impl ConversationStore {
                     .exec_without_returning(&txn)
                     .await?;
                 insert_checkpoint(&txn, write.thread_id, &next, Some(version - 1), false).await?;
-                // Only a turn that can be retried by its request id needs its outcome kept.
-                if write.request_id.is_some() {
+                // A turn that can be retried by its request id needs its outcome kept; so does
+                // one that deliberated (its rounds and reviews are stored with it).
+                if write.request_id.is_some() || write.outcome.deliberation.mode != Mode::Panel {
                     turn::Entity::insert(turn::ActiveModel {
                         id: Set(write.turn_id),
                         thread_id: Set(write.thread_id),

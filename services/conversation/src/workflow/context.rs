@@ -71,11 +71,21 @@ fn history_message(advisor: &Advisor, message: &Message) -> ChatMessage {
     }
 }
 
-/// The moderator's call: every answer of the turn, attributed.
-pub fn moderator_context(user_message: &str, answers: &[(String, String)]) -> Vec<ChatMessage> {
+/// The moderator's call: every answer of the turn, attributed, and what the deliberation
+/// adds (REVIEW's ranking, DEBATE's rounds).
+pub fn moderator_context(
+    user_message: &str,
+    answers: &[(String, String)],
+    note: Option<&str>,
+) -> Vec<ChatMessage> {
     let mut prompt = format!("The user asked: {user_message}\n\nThe board answered:\n");
     for (advisor, answer) in answers {
         prompt.push_str(&format!("\n[{advisor}] {answer}\n"));
+    }
+    if let Some(note) = note {
+        prompt.push('\n');
+        prompt.push_str(note);
+        prompt.push('\n');
     }
     vec![
         ChatMessage::text(

@@ -3,15 +3,19 @@
 //!
 //! ```text
 //! Advise ──(tool calls)──▶ Tools ──▶ Advise ...
-//!    └──(answers)──▶ Moderate ──▶ Persist ──▶ end
+//!    └──(answers)──▶ [REVIEW: Review | DEBATE: Revise ──▶ Revise ...] ──▶ Moderate ──▶ Persist
 //! ```
 //!
 //! `Advise` runs every advisor still answering concurrently (bounded), streaming their deltas
 //! as events tagged by advisor; an advisor that fails or passes its deadline is reported and
-//! left out. `Tools` runs every call of the round as one batch. The last round offers no
-//! tools, so every advisor ends with an answer or a failure.
+//! left out. `Tools` runs every call of the round as one batch. The last tool round offers no
+//! tools, so every advisor ends with an answer or a failure. Those are round 1. REVIEW's
+//! round 2 has every advisor that answered rank the others' answers (anonymised); DEBATE's
+//! rounds 2.. have every advisor still in revise its answer after reading the others'. Each
+//! round runs its advisors in parallel, with a deadline of its own; the moderator's is last.
 
 pub mod context;
+pub mod deliberation;
 #[cfg(test)]
 mod scripted;
 #[cfg(test)]
@@ -26,8 +30,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::domain::{
-    Advisor, AdvisorFailure, ConversationState, FailureReason, Message, NewMessage, Role,
-    TurnEvent, TurnOutcome, Usage,
+    Advisor, AdvisorFailure, AdvisorRank, ConversationState, Deliberation, FailureReason, Message,
+    Mode, NewMessage, Review, Role, RoundKind, RoundRecord, TurnEvent, TurnOutcome, Usage,
 };
 use crate::error::ConversationError;
 use crate::error::Rejection;
@@ -64,6 +68,8 @@ pub struct TurnInput {
     pub recent: Arc<Vec<Message>>,
     /// The thread's last seq when the turn started (what a search may see).
     pub last_seq: i64,
+    /// How the advisors deliberate.
+    pub deliberation: Deliberation,
 }
 
 /// The nodes of the turn graph.
@@ -71,6 +77,8 @@ pub struct TurnInput {
 enum Node {
     Advise,
     Tools,
+    Review,
+    Revise,
     Moderate,
     Persist,
 }
@@ -80,6 +88,8 @@ impl Node {
         match self {
             Node::Advise => "advise",
             Node::Tools => "tools",
+            Node::Review => "review",
+            Node::Revise => "revise",
             Node::Moderate => "moderate",
             Node::Persist => "persist",
         }
@@ -96,14 +106,26 @@ enum Next {
 struct AdvisorRun {
     advisor: Advisor,
     conversation: Vec<ChatMessage>,
+    /// Its latest answer.
     answer: String,
     usage: Usage,
     pending: Vec<ToolInvocation>,
     /// Tool results, as stored messages.
     tool_log: Vec<NewMessage>,
+    /// Round 1 failed: it has no answer.
     failure: Option<AdvisorFailure>,
+    /// Failures of later rounds (it keeps its latest answer).
+    later_failures: Vec<AdvisorFailure>,
+    /// Sits out the later rounds (a DEBATE round failed).
+    out: bool,
     done: bool,
     deadline: tokio::time::Instant,
+}
+
+impl AdvisorRun {
+    fn answered(&self) -> bool {
+        self.failure.is_none()
+    }
 }
 
 /// A turn whose advisors and moderator are done: what [`Workflow::store`] stores.
@@ -116,10 +138,67 @@ pub struct Answered {
 struct Run {
     input: TurnInput,
     advisors: Vec<AdvisorRun>,
+    /// Tool rounds of round 1 so far.
+    tool_round: u32,
+    /// The round running, from 1.
     round: u32,
+    /// Usage of every call before the running round.
+    usage_before: Usage,
+    rounds: Vec<RoundRecord>,
+    ranking: Vec<AdvisorRank>,
     moderator: Option<(String, Usage)>,
     /// Time spent waiting for models, to tell the engine's own time apart.
     model_time: Duration,
+}
+
+impl Run {
+    fn usage(&self) -> Usage {
+        let mut total = Usage::default();
+        for a in &self.advisors {
+            total.add(a.usage);
+        }
+        if let Some((_, u)) = &self.moderator {
+            total.add(*u);
+        }
+        total
+    }
+
+    /// Closes the running round: its record (what it cost since the last), then the next.
+    fn close_round(
+        &mut self,
+        kind: RoundKind,
+        answers: Vec<(String, String)>,
+        reviews: Vec<Review>,
+    ) {
+        let total = self.usage();
+        self.rounds.push(RoundRecord {
+            round: self.round,
+            kind,
+            usage: total.minus(self.usage_before),
+            answers,
+            reviews,
+        });
+        self.usage_before = total;
+        self.round += 1;
+    }
+
+    /// The answers given in the round just run (by the advisors still in), for a DEBATE
+    /// round's record.
+    fn debate_answers(&self) -> Vec<(String, String)> {
+        if self.input.deliberation.mode != Mode::Debate {
+            return Vec::new();
+        }
+        self.advisors
+            .iter()
+            .filter(|a| a.answered() && !a.out)
+            .map(|a| (a.advisor.name.clone(), a.answer.clone()))
+            .collect()
+    }
+
+    /// Whether the rounds of review or revision have anyone to read: two answers at least.
+    fn deliberates(&self) -> bool {
+        self.advisors.iter().filter(|a| a.answered()).count() >= 2
+    }
 }
 
 /// Everything the workflow calls.
@@ -145,6 +224,14 @@ type Events = TurnEvents;
 /// cancellation, not here.
 async fn emit(events: &Events, event: TurnEvent) {
     events.emit(event).await;
+}
+
+/// The model failure of a call that passed its deadline.
+fn timed_out(what: &str) -> ModelError {
+    ModelError {
+        reason: FailureReason::Timeout,
+        message: format!("the {what}'s deadline passed"),
+    }
 }
 
 impl Workflow {
@@ -185,6 +272,8 @@ impl Workflow {
                 pending: Vec::new(),
                 tool_log: Vec::new(),
                 failure: None,
+                later_failures: Vec::new(),
+                out: false,
                 done: false,
                 deadline,
             })
@@ -192,16 +281,25 @@ impl Workflow {
         let mut run = Run {
             input,
             advisors,
-            round: 0,
+            tool_round: 0,
+            round: 1,
+            usage_before: Usage::default(),
+            rounds: Vec::new(),
+            ranking: Vec::new(),
             moderator: None,
             model_time: Duration::ZERO,
         };
+        if run.input.deliberation.mode != Mode::Panel {
+            self.round_started(&run, RoundKind::Answer, events).await;
+        }
         let mut node = Node::Advise;
         loop {
             let entered = Instant::now();
             let next = match node {
                 Node::Advise => self.advise(&mut run, events).await,
                 Node::Tools => self.run_tools(&mut run, events).await,
+                Node::Review => self.review(&mut run, events).await,
+                Node::Revise => self.revise(&mut run, events).await,
                 Node::Moderate => self.moderate(&mut run, events).await,
                 Node::Persist => return Ok(Answered { run, started }),
             };
@@ -233,6 +331,9 @@ impl Workflow {
                 let engine = started.elapsed().saturating_sub(run.model_time);
                 metrics::histogram!("conversation_turn_overhead_seconds")
                     .record(engine.as_secs_f64());
+                let rounds = run.input.deliberation.rounds().max(1);
+                metrics::histogram!("conversation_round_overhead_seconds", "mode" => mode_name(run.input.deliberation.mode))
+                    .record(engine.as_secs_f64() / f64::from(rounds));
                 Ok(*done)
             }
             Next::Go(_) => Err(ConversationError::Internal(
@@ -241,10 +342,71 @@ impl Workflow {
         }
     }
 
-    /// One round of every advisor still answering, concurrently.
+    /// Announces the running round (REVIEW and DEBATE) with those taking part.
+    async fn round_started(&self, run: &Run, kind: RoundKind, events: &Events) {
+        let advisors = match kind {
+            RoundKind::Answer => run
+                .advisors
+                .iter()
+                .map(|a| a.advisor.name.clone())
+                .collect(),
+            RoundKind::Review => run
+                .advisors
+                .iter()
+                .filter(|a| a.answered())
+                .map(|a| a.advisor.name.clone())
+                .collect(),
+            RoundKind::Revision => run
+                .advisors
+                .iter()
+                .filter(|a| a.answered() && !a.out)
+                .map(|a| a.advisor.name.clone())
+                .collect(),
+            RoundKind::Synthesis => vec![MODERATOR.to_owned()],
+        };
+        emit(
+            events,
+            TurnEvent::RoundStarted {
+                round: run.round,
+                kind,
+                advisors,
+            },
+        )
+        .await;
+    }
+
+    /// Where round 1 leads once every advisor has answered or failed.
+    async fn after_answers(&self, run: &mut Run, events: &Events) -> Node {
+        let answers = run.debate_answers();
+        run.close_round(RoundKind::Answer, answers, Vec::new());
+        let next = match run.input.deliberation.mode {
+            Mode::Review if run.deliberates() => (Node::Review, RoundKind::Review),
+            Mode::Debate if run.deliberates() && run.input.deliberation.debate_rounds > 0 => {
+                (Node::Revise, RoundKind::Revision)
+            }
+            Mode::Panel | Mode::Review | Mode::Debate => {
+                return self.to_moderator(run, events).await;
+            }
+        };
+        self.round_started(run, next.1, events).await;
+        next.0
+    }
+
+    /// The moderator's round comes next: the planned last (with fewer than two answers the
+    /// rounds of review or revision are left out, and the moderator's number stays).
+    async fn to_moderator(&self, run: &mut Run, events: &Events) -> Node {
+        run.round = run.input.deliberation.rounds();
+        if run.input.deliberation.mode != Mode::Panel {
+            self.round_started(run, RoundKind::Synthesis, events).await;
+        }
+        Node::Moderate
+    }
+
+    /// One tool round of every advisor still answering round 1, concurrently.
     async fn advise(&self, run: &mut Run, events: &Events) -> Result<Next, ConversationError> {
+        let tool_round = run.tool_round;
         let round = run.round;
-        let offer_tools = round < self.settings.max_tool_rounds;
+        let offer_tools = tool_round < self.settings.max_tool_rounds;
         let request_id = run.input.turn_id.to_string();
         let waited = Instant::now();
         futures::stream::iter(run.advisors.iter_mut().filter(|a| !a.done))
@@ -256,9 +418,10 @@ impl Workflow {
                     advisor = %advisor.advisor.name,
                     model = %advisor.advisor.model,
                     round,
+                    tool_round,
                 );
                 async move {
-                    if round == 0 {
+                    if tool_round == 0 {
                         emit(
                             events,
                             TurnEvent::AdvisorStarted {
@@ -271,7 +434,11 @@ impl Workflow {
                     let call = ChatCall {
                         model: advisor.advisor.model.clone(),
                         messages: advisor.conversation.clone(),
-                        tools: if offer_tools { TOOLS.to_vec() } else { Vec::new() },
+                        tools: if offer_tools {
+                            TOOLS.to_vec()
+                        } else {
+                            Vec::new()
+                        },
                         temperature: self.settings.temperature,
                         max_tokens: self.settings.max_answer_tokens,
                         request_id,
@@ -283,24 +450,16 @@ impl Workflow {
                             + DEADLINE_GRACE,
                     };
                     let deadline = advisor.deadline;
-                    let outcome =
-                        tokio::time::timeout_at(deadline, self.stream_answer(advisor, call, events))
-                            .await
-                            .unwrap_or_else(|_| {
-                                Err(ModelError {
-                                    reason: FailureReason::Timeout,
-                                    message: "the advisor's deadline passed".into(),
-                                })
-                            });
+                    let outcome = tokio::time::timeout_at(
+                        deadline,
+                        self.stream_answer(advisor, call, events),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err(timed_out("advisor")));
                     if let Err(err) = outcome {
-                        let failure = AdvisorFailure {
-                            advisor: advisor.advisor.name.clone(),
-                            reason: err.reason,
-                            message: err.message,
-                        };
-                        metrics::counter!("conversation_advisor_failures_total", "reason" => format!("{:?}", failure.reason))
-                            .increment(1);
-                        emit(events, TurnEvent::AdvisorFailed(failure.clone())).await;
+                        let failure = self
+                            .advisor_failed(&advisor.advisor.name, err, round, events)
+                            .await;
                         advisor.failure = Some(failure);
                         advisor.done = true;
                         return;
@@ -313,6 +472,7 @@ impl Workflow {
                                 advisor: advisor.advisor.name.clone(),
                                 usage: advisor.usage,
                                 content: advisor.answer.clone(),
+                                round,
                             },
                         )
                         .await;
@@ -322,12 +482,32 @@ impl Workflow {
             })
             .await;
         run.model_time += waited.elapsed();
-        run.round += 1;
+        run.tool_round += 1;
         if run.advisors.iter().any(|a| !a.pending.is_empty()) {
             Ok(Next::Go(Node::Tools))
         } else {
-            Ok(Next::Go(Node::Moderate))
+            Ok(Next::Go(self.after_answers(run, events).await))
         }
+    }
+
+    /// Reports an advisor's failure in `round` (counted by reason) and returns it.
+    async fn advisor_failed(
+        &self,
+        advisor: &str,
+        err: ModelError,
+        round: u32,
+        events: &Events,
+    ) -> AdvisorFailure {
+        let failure = AdvisorFailure {
+            advisor: advisor.to_owned(),
+            reason: err.reason,
+            message: err.message,
+            round,
+        };
+        metrics::counter!("conversation_advisor_failures_total", "reason" => format!("{:?}", failure.reason))
+            .increment(1);
+        emit(events, TurnEvent::AdvisorFailed(failure.clone())).await;
+        failure
     }
 
     /// Streams one model call of an advisor into its run and the event stream.
@@ -348,6 +528,7 @@ impl Workflow {
                         TurnEvent::AdvisorDelta {
                             advisor: advisor.advisor.name.clone(),
                             text,
+                            round: 1,
                         },
                     )
                     .await;
@@ -378,6 +559,259 @@ impl Workflow {
         }
         advisor.answer.push_str(&said);
         Ok(())
+    }
+
+    /// A text call of a later round (review, revision, synthesis): its text and usage, each
+    /// delta passed to `on_delta` (which may emit it). Tool calls are not offered, and ignored.
+    async fn stream_text<F, Fut>(
+        &self,
+        call: ChatCall,
+        mut on_delta: F,
+    ) -> Result<(String, Usage), ModelError>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let mut stream = std::pin::pin!(self.models.stream(call).await?);
+        let (mut text, mut usage) = (String::new(), Usage::default());
+        while let Some(event) = stream.next().await {
+            match event? {
+                ModelEvent::Delta(delta) => {
+                    text.push_str(&delta);
+                    on_delta(delta).await;
+                }
+                ModelEvent::Done(u) => usage.add(u),
+                ModelEvent::ToolCall(_) => {}
+            }
+        }
+        Ok((text, usage))
+    }
+
+    /// A call of a later round for `advisor` (no tools, its own deadline).
+    fn round_call(&self, model: &str, messages: Vec<ChatMessage>, turn_id: Uuid) -> ChatCall {
+        ChatCall {
+            model: model.to_owned(),
+            messages,
+            tools: Vec::new(),
+            temperature: self.settings.temperature,
+            max_tokens: self.settings.max_answer_tokens,
+            request_id: turn_id.to_string(),
+            timeout: self.settings.advisor_timeout + DEADLINE_GRACE,
+        }
+    }
+
+    /// REVIEW's round: every advisor that answered ranks the others' answers, shown under
+    /// labels in an order drawn for the turn; then the aggregate.
+    async fn review(&self, run: &mut Run, events: &Events) -> Result<Next, ConversationError> {
+        let round = run.round;
+        let answered: Vec<usize> = (0..run.advisors.len())
+            .filter(|&i| run.advisors[i].answered())
+            .collect();
+        let order: Vec<usize> = deliberation::shuffled(run.input.turn_id, answered.len())
+            .into_iter()
+            .map(|k| answered[k])
+            .collect();
+        let budget = self.settings.context_budget_tokens;
+        let (question, turn_id) = (run.input.content.as_str(), run.input.turn_id);
+        let deadline = tokio::time::Instant::now() + self.settings.advisor_timeout;
+        let waited = Instant::now();
+        let advisors = &run.advisors;
+        // Each reviewer, its review or failure streamed as it comes: (index, usage, outcome).
+        let outcomes: Vec<(usize, Usage, Result<Review, AdvisorFailure>)> =
+            futures::stream::iter(answered.iter().copied())
+                .map(|me| {
+                    let shown: Vec<usize> = order.iter().copied().filter(|&i| i != me).collect();
+                    let labelled: Vec<(String, &str)> = shown
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &i)| (deliberation::label(k), advisors[i].answer.as_str()))
+                        .collect();
+                    let labels: Vec<String> = labelled.iter().map(|(l, _)| l.clone()).collect();
+                    let reviewer = &advisors[me].advisor;
+                    let call = self.round_call(
+                        &reviewer.model,
+                        deliberation::review_context(reviewer, question, &labelled, budget),
+                        turn_id,
+                    );
+                    let span = tracing::info_span!("review", advisor = %reviewer.name, round);
+                    async move {
+                        let reply =
+                            tokio::time::timeout_at(deadline, self.stream_text(call, |_| async {}))
+                                .await
+                                .unwrap_or_else(|_| Err(timed_out("review")));
+                        let (review, usage) = match reply {
+                            Ok((text, usage)) => (
+                                deliberation::parse_ranking(&text, &labels)
+                                    .map(|(ranking, reason)| Review {
+                                        advisor: reviewer.name.clone(),
+                                        ranking: ranking
+                                            .into_iter()
+                                            .map(|k| advisors[shown[k]].advisor.name.clone())
+                                            .collect(),
+                                        reason,
+                                        shown: shown
+                                            .iter()
+                                            .map(|&i| advisors[i].advisor.name.clone())
+                                            .collect(),
+                                    })
+                                    .map_err(|why| {
+                                        tracing::debug!(%why, reply = %text, "a malformed ranking");
+                                        ModelError::new(
+                                            FailureReason::Malformed,
+                                            format!("the ranking could not be used: {why}"),
+                                        )
+                                    }),
+                                usage,
+                            ),
+                            Err(err) => (Err(err), Usage::default()),
+                        };
+                        let outcome = match review {
+                            Ok(review) => {
+                                emit(
+                                    events,
+                                    TurnEvent::ReviewRanked {
+                                        round,
+                                        review: review.clone(),
+                                    },
+                                )
+                                .await;
+                                Ok(review)
+                            }
+                            Err(err) => Err(self
+                                .advisor_failed(&reviewer.name, err, round, events)
+                                .await),
+                        };
+                        (me, usage, outcome)
+                    }
+                    .instrument(span)
+                })
+                .buffer_unordered(self.settings.max_parallel_advisors)
+                .collect()
+                .await;
+        run.model_time += waited.elapsed();
+        let mut reviews = Vec::new();
+        for (me, usage, outcome) in outcomes {
+            run.advisors[me].usage.add(usage);
+            match outcome {
+                Ok(review) => reviews.push(review),
+                Err(failure) => run.advisors[me].later_failures.push(failure),
+            }
+        }
+        // In the advisors' order, whatever order the reviews arrived in.
+        reviews.sort_by_key(|r| {
+            run.advisors
+                .iter()
+                .position(|a| a.advisor.name == r.advisor)
+        });
+        run.ranking = deliberation::aggregate(&reviews);
+        emit(
+            events,
+            TurnEvent::RankingAggregated {
+                round,
+                ranks: run.ranking.clone(),
+            },
+        )
+        .await;
+        run.close_round(RoundKind::Review, Vec::new(), reviews);
+        Ok(Next::Go(self.to_moderator(run, events).await))
+    }
+
+    /// A DEBATE round: every advisor still in reads the others' latest answers and revises
+    /// its own, streamed; one that fails sits out the later rounds and keeps its answer.
+    async fn revise(&self, run: &mut Run, events: &Events) -> Result<Next, ConversationError> {
+        let round = run.round;
+        let latest: Vec<(String, String)> = run
+            .advisors
+            .iter()
+            .map(|a| (a.advisor.name.clone(), a.answer.clone()))
+            .collect();
+        let answered: Vec<bool> = run.advisors.iter().map(AdvisorRun::answered).collect();
+        let budget = self.settings.context_budget_tokens;
+        let (question, turn_id) = (run.input.content.clone(), run.input.turn_id);
+        let deadline = tokio::time::Instant::now() + self.settings.advisor_timeout;
+        let waited = Instant::now();
+        let (latest, answered, question) = (&latest, &answered, &question);
+        futures::stream::iter(
+            run.advisors
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, a)| a.answered() && !a.out),
+        )
+        .for_each_concurrent(self.settings.max_parallel_advisors, |(me, advisor)| {
+            let others: Vec<(&str, &str)> = latest
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != me && answered[i])
+                .map(|(_, (name, answer))| (name.as_str(), answer.as_str()))
+                .collect();
+            let call = self.round_call(
+                &advisor.advisor.model,
+                deliberation::revision_context(
+                    &advisor.advisor,
+                    question,
+                    &latest[me].1,
+                    &others,
+                    budget,
+                ),
+                turn_id,
+            );
+            let span = tracing::info_span!("revision", advisor = %advisor.advisor.name, round);
+            async move {
+                let name = advisor.advisor.name.clone();
+                let reply = tokio::time::timeout_at(
+                    deadline,
+                    self.stream_text(call, |text| {
+                        let advisor = name.clone();
+                        async move {
+                            emit(
+                                events,
+                                TurnEvent::AdvisorDelta {
+                                    advisor,
+                                    text,
+                                    round,
+                                },
+                            )
+                            .await;
+                        }
+                    }),
+                )
+                .await
+                .unwrap_or_else(|_| Err(timed_out("advisor")));
+                match reply {
+                    Ok((text, usage)) => {
+                        advisor.usage.add(usage);
+                        advisor.answer = text;
+                        emit(
+                            events,
+                            TurnEvent::AdvisorFinished {
+                                advisor: name,
+                                usage,
+                                content: advisor.answer.clone(),
+                                round,
+                            },
+                        )
+                        .await;
+                    }
+                    Err(err) => {
+                        let failure = self.advisor_failed(&name, err, round, events).await;
+                        advisor.later_failures.push(failure);
+                        advisor.out = true;
+                    }
+                }
+            }
+            .instrument(span)
+        })
+        .await;
+        run.model_time += waited.elapsed();
+        let answers = run.debate_answers();
+        run.close_round(RoundKind::Revision, answers, Vec::new());
+        let last = 1 + run.input.deliberation.debate_rounds;
+        if run.round <= last && run.advisors.iter().any(|a| a.answered() && !a.out) {
+            self.round_started(run, RoundKind::Revision, events).await;
+            Ok(Next::Go(Node::Revise))
+        } else {
+            Ok(Next::Go(self.to_moderator(run, events).await))
+        }
     }
 
     /// Every tool call of the round, as one concurrent batch.
@@ -431,12 +865,13 @@ impl Workflow {
         Ok(Next::Go(Node::Advise))
     }
 
-    /// The moderator's synthesis of the answers.
+    /// The moderator's synthesis of the latest answers (with REVIEW's aggregate ranking).
     async fn moderate(&self, run: &mut Run, events: &Events) -> Result<Next, ConversationError> {
+        let round = run.round;
         let answers: Vec<(String, String)> = run
             .advisors
             .iter()
-            .filter(|a| a.failure.is_none())
+            .filter(|a| a.answered())
             .map(|a| (a.advisor.name.clone(), a.answer.clone()))
             .collect();
         if answers.is_empty() {
@@ -453,43 +888,33 @@ impl Workflow {
             }
             return Err(ConversationError::NoAnswer);
         }
-        let call = ChatCall {
-            model: self.settings.moderator_model.clone(),
-            messages: context::moderator_context(&run.input.content, &answers),
-            tools: Vec::new(),
-            temperature: self.settings.temperature,
-            max_tokens: self.settings.max_answer_tokens,
-            request_id: run.input.turn_id.to_string(),
-            timeout: self.settings.advisor_timeout + DEADLINE_GRACE,
+        let note = match run.input.deliberation.mode {
+            Mode::Review if !run.ranking.is_empty() => {
+                Some(deliberation::ranking_note(&run.ranking))
+            }
+            Mode::Debate if run.rounds.len() > 1 => Some(format!(
+                "These are the advisors' answers after {} round(s) of debate, in which each read \
+                 the others' answers and revised its own.",
+                run.rounds.len() - 1
+            )),
+            Mode::Panel | Mode::Review | Mode::Debate => None,
         };
+        let call = self.round_call(
+            &self.settings.moderator_model,
+            context::moderator_context(&run.input.content, &answers, note.as_deref()),
+            run.input.turn_id,
+        );
         let waited = Instant::now();
         let span = tracing::info_span!("moderator", model = %call.model);
         let synthesis = tokio::time::timeout(
             self.settings.advisor_timeout,
-            async {
-                let mut stream = std::pin::pin!(self.models.stream(call).await?);
-                let (mut text, mut usage) = (String::new(), Usage::default());
-                while let Some(event) = stream.next().await {
-                    match event? {
-                        ModelEvent::Delta(delta) => {
-                            text.push_str(&delta);
-                            emit(events, TurnEvent::ModeratorDelta { text: delta }).await;
-                        }
-                        ModelEvent::Done(u) => usage.add(u),
-                        ModelEvent::ToolCall(_) => {}
-                    }
-                }
-                Ok::<_, ModelError>((text, usage))
-            }
+            self.stream_text(call, |text| async move {
+                emit(events, TurnEvent::ModeratorDelta { text, round }).await;
+            })
             .instrument(span),
         )
         .await
-        .unwrap_or_else(|_| {
-            Err(ModelError {
-                reason: FailureReason::Timeout,
-                message: "the moderator's deadline passed".into(),
-            })
-        });
+        .unwrap_or_else(|_| Err(timed_out("moderator")));
         run.model_time += waited.elapsed();
         match synthesis {
             Ok(done) => run.moderator = Some(done),
@@ -500,11 +925,13 @@ impl Workflow {
                         advisor: MODERATOR.into(),
                         reason: err.reason,
                         message: err.message,
+                        round,
                     }),
                 )
                 .await;
             }
         }
+        run.close_round(RoundKind::Synthesis, Vec::new(), Vec::new());
         Ok(Next::Go(Node::Persist))
     }
 
@@ -522,6 +949,9 @@ impl Workflow {
                 .iter()
                 .map(|a| a.advisor.name.clone())
                 .collect(),
+            deliberation: input.deliberation,
+            rounds: run.rounds.clone(),
+            ranking: run.ranking.clone(),
             ..TurnOutcome::default()
         };
         let mut memory = Vec::new();
@@ -542,6 +972,7 @@ impl Workflow {
                     memory.push((a.advisor.name.clone(), a.answer.clone()));
                 }
             }
+            outcome.failures.extend(a.later_failures.iter().cloned());
         }
         if let Some((text, usage)) = &run.moderator {
             outcome.usage.add(*usage);
@@ -565,6 +996,15 @@ impl Workflow {
             })
             .await?;
         Ok(Next::End(Box::new(stored)))
+    }
+}
+
+/// The metric label of a mode.
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Panel => "panel",
+        Mode::Review => "review",
+        Mode::Debate => "debate",
     }
 }
 

@@ -13,7 +13,9 @@ use uuid::Uuid;
 use super::scripted::{Reply, ScriptedModels};
 use super::tools::Toolbox;
 use super::{MODERATOR, Settings, TurnInput, Workflow};
-use crate::domain::{Advisor, ConversationState, FailureReason, Role, TurnEvent};
+use crate::domain::{
+    Advisor, ConversationState, Deliberation, FailureReason, Mode, Role, RoundKind, TurnEvent,
+};
 use crate::error::ConversationError;
 use crate::ports::ChatRole;
 use crate::store::{ConversationStore, StoredTurn, lease_until};
@@ -90,6 +92,7 @@ impl Bench {
             state: Arc::new(ConversationState::default()),
             recent: Arc::new(Vec::new()),
             last_seq: 0,
+            deliberation: Deliberation::PANEL,
         }
     }
 
@@ -115,14 +118,14 @@ fn kinds(events: &[TurnEvent]) -> Vec<String> {
         .iter()
         .map(|e| match e {
             TurnEvent::AdvisorStarted { advisor, .. } => format!("started {advisor}"),
-            TurnEvent::AdvisorDelta { advisor, text } => format!("delta {advisor} {text}"),
+            TurnEvent::AdvisorDelta { advisor, text, .. } => format!("delta {advisor} {text}"),
             TurnEvent::ToolCalled { advisor, name, .. } => format!("tool {advisor} {name}"),
             TurnEvent::ToolResult {
                 advisor, content, ..
             } => format!("result {advisor} {content}"),
             TurnEvent::AdvisorFinished { advisor, .. } => format!("finished {advisor}"),
             TurnEvent::AdvisorFailed(f) => format!("failed {} {:?}", f.advisor, f.reason),
-            TurnEvent::ModeratorDelta { text } => format!("moderator {text}"),
+            TurnEvent::ModeratorDelta { text, .. } => format!("moderator {text}"),
             other => format!("{other:?}"),
         })
         .collect()
@@ -304,4 +307,193 @@ async fn cancelling_a_turn_drops_its_model_calls_and_stores_nothing() {
         .expect("head")
         .expect("exists");
     assert_eq!(head.last_seq, 0, "nothing stored");
+}
+
+/// The user-side text of a call (what a reviewer or debater reads besides its own persona).
+fn shown(call: &crate::ports::ChatCall) -> String {
+    call.messages
+        .iter()
+        .filter(|m| m.role != ChatRole::System)
+        .map(|m| m.content.clone())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn a_review_ranks_anonymised_answers_and_a_malformed_ranking_fails_only_its_reviewer() {
+    let b = bench(0).await;
+    for (name, answer) in [("cfo", "Raise"), ("cto", "Hold"), ("coo", "Wait")] {
+        b.models
+            .script(&format!("{name}-model"), [Reply::Text(vec![answer])]);
+    }
+    let ranking = r#"{"ranking": ["B", "A"], "reason": "B is concrete"}"#;
+    b.models.script("cfo-model", [Reply::Text(vec![ranking])]);
+    b.models.script("cto-model", [Reply::Text(vec![ranking])]);
+    b.models
+        .script("coo-model", [Reply::Text(vec!["I like them all"])]);
+    let mut input = b.input(&["cfo", "cto", "coo"]).await;
+    input.deliberation = Deliberation {
+        mode: Mode::Review,
+        debate_rounds: 0,
+    };
+    let (result, events) = b.run(input).await;
+    let stored = result.expect("stored");
+
+    let calls = b.models.calls();
+    let answers = [("cfo", "Raise"), ("cto", "Hold"), ("coo", "Wait")];
+    let mut reviews = Vec::new();
+    for e in &events {
+        match e {
+            TurnEvent::ReviewRanked { round, review } => {
+                assert_eq!(*round, 2);
+                reviews.push(review.clone());
+            }
+            TurnEvent::AdvisorFailed(f) => {
+                assert_eq!(
+                    (f.advisor.as_str(), f.reason, f.round),
+                    ("coo", FailureReason::Malformed, 2)
+                );
+                assert!(f.message.contains("no JSON object"), "{}", f.message);
+                assert!(!f.message.contains("\n"));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(reviews.len(), 2, "{events:#?}");
+    for review in &reviews {
+        // The reviewer's call shows the others under labels, never its own answer or a name.
+        let call = calls
+            .iter()
+            .rfind(|c| c.model == format!("{}-model", review.advisor))
+            .expect("its review call");
+        let text = shown(call);
+        for (name, answer) in answers {
+            assert!(!text.contains(name), "{text}");
+            assert_eq!(
+                text.contains(&format!("] {answer}\n")),
+                name != review.advisor,
+                "{text}"
+            );
+        }
+        // Its "B" is the advisor whose answer was shown under [B].
+        let under_b = answers
+            .iter()
+            .find(|(_, a)| text.contains(&format!("[B] {a}\n")))
+            .expect("B shown");
+        assert_eq!(review.ranking[0], under_b.0);
+        assert_eq!(review.ranking.len(), 2);
+        assert!(!review.ranking.contains(&review.advisor));
+        assert_eq!(review.shown[1], under_b.0);
+    }
+    // The aggregate is the mean rank of the valid rankings, and the moderator reads it.
+    let aggregate = crate::workflow::deliberation::aggregate(&reviews);
+    assert!(events.iter().any(
+        |e| matches!(e, TurnEvent::RankingAggregated { round: 2, ranks } if *ranks == aggregate)
+    ));
+    let moderator = calls.last().expect("the moderator's call");
+    assert_eq!(moderator.model, "moderator-model");
+    assert!(shown(moderator).contains("ranked each other's answers blind"));
+    // Every answer is stored (the malformed reviewer's too); the rounds go with the turn.
+    let authors: Vec<&str> = stored.messages.iter().map(|m| m.author.as_str()).collect();
+    assert_eq!(authors, ["user", "cfo", "cto", "coo", MODERATOR]);
+    let outcome = &stored.record.outcome;
+    let kinds: Vec<RoundKind> = outcome.rounds.iter().map(|r| r.kind).collect();
+    assert_eq!(
+        kinds,
+        [RoundKind::Answer, RoundKind::Review, RoundKind::Synthesis]
+    );
+    assert_eq!(outcome.rounds[1].reviews, reviews);
+    assert_eq!(outcome.ranking, aggregate);
+    assert_eq!(
+        outcome.rounds[1].usage.input_tokens, 30,
+        "three review calls"
+    );
+}
+
+#[tokio::test]
+async fn a_debate_revises_in_rounds_and_an_advisor_failing_in_round_2_sits_out_with_its_answer() {
+    let b = bench(0).await;
+    b.models.script(
+        "cfo-model",
+        [
+            Reply::Text(vec!["Raise"]),
+            Reply::Text(vec!["Raise a little"]),
+            Reply::Text(vec!["Raise 5%"]),
+        ],
+    );
+    b.models.script(
+        "cto-model",
+        [
+            Reply::Text(vec!["Hold"]),
+            Reply::Fail(FailureReason::Upstream),
+        ],
+    );
+    let mut input = b.input(&["cfo", "cto"]).await;
+    input.deliberation = Deliberation {
+        mode: Mode::Debate,
+        debate_rounds: 2,
+    };
+    let (result, events) = b.run(input).await;
+    let stored = result.expect("stored");
+
+    let calls = b.models.calls();
+    let of = |model: &str| {
+        calls
+            .iter()
+            .filter(|c| c.model == model)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of("cfo-model").len(), 3);
+    assert_eq!(of("cto-model").len(), 2, "cto sits out round 3");
+    // Round 3: cfo revises its round-2 answer, reading cto's last (round 1).
+    let third = shown(of("cfo-model")[2]);
+    assert!(
+        third.contains("Raise a little") && third.contains("[cto] Hold"),
+        "{third}"
+    );
+    let rounds: Vec<(u32, RoundKind)> = events
+        .iter()
+        .filter_map(|e| match e {
+            TurnEvent::RoundStarted { round, kind, .. } => Some((*round, *kind)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        rounds,
+        [
+            (1, RoundKind::Answer),
+            (2, RoundKind::Revision),
+            (3, RoundKind::Revision),
+            (4, RoundKind::Synthesis)
+        ]
+    );
+    assert!(
+        events.iter().any(
+            |e| matches!(e, TurnEvent::AdvisorFailed(f) if f.advisor == "cto" && f.round == 2)
+        )
+    );
+    assert!(events.iter().any(|e| matches!(e, TurnEvent::AdvisorFinished { advisor, round: 3, content, .. } if advisor == "cfo" && content == "Raise 5%")));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, TurnEvent::ModeratorDelta { round: 4, .. }))
+    );
+    // The final answers are the messages; the rounds' answers go with the turn.
+    let answers: Vec<(&str, &str)> = stored
+        .messages
+        .iter()
+        .filter(|m| m.role == Role::Advisor)
+        .map(|m| (m.author.as_str(), m.content.as_str()))
+        .collect();
+    assert_eq!(answers, [("cfo", "Raise 5%"), ("cto", "Hold")]);
+    let outcome = &stored.record.outcome;
+    assert_eq!(outcome.rounds.len(), 4);
+    assert_eq!(
+        outcome.rounds[1].answers,
+        [("cfo".to_owned(), "Raise a little".to_owned())],
+        "the round's answers: cto gave none"
+    );
+    assert_eq!(outcome.failures.len(), 1);
+    let total: u32 = outcome.rounds.iter().map(|r| r.usage.input_tokens).sum();
+    assert_eq!(total, outcome.usage.input_tokens);
 }

@@ -182,6 +182,40 @@ impl Suite {
         advisors: &[(&str, &str)],
         double_text: spb::DoubleTextPolicy,
     ) -> String {
+        self.thread_in(
+            advisors,
+            spb::CreateBoardroomRequest {
+                double_text: double_text as i32,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// [`Suite::thread_with`], the boardroom deliberating in `mode` (`rounds` for DEBATE).
+    pub async fn thread_deliberating(
+        &self,
+        advisors: &[(&str, &str)],
+        mode: spb::DeliberationMode,
+        rounds: u32,
+    ) -> String {
+        self.thread_in(
+            advisors,
+            spb::CreateBoardroomRequest {
+                deliberation: mode as i32,
+                debate_rounds: rounds,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// A thread in a new boardroom of `advisors` with the policies of `boardroom`.
+    pub async fn thread_in(
+        &self,
+        advisors: &[(&str, &str)],
+        boardroom: spb::CreateBoardroomRequest,
+    ) -> String {
         let mut sessions = self.sessions.clone();
         let boardroom = sessions
             .create_boardroom(spb::CreateBoardroomRequest {
@@ -197,7 +231,7 @@ impl Suite {
                     })
                     .collect(),
                 request_id: String::new(),
-                double_text: double_text as i32,
+                ..boardroom
             })
             .await
             .expect("boardroom")
@@ -374,4 +408,17 @@ pub async fn last_event(stream: &mut tonic::Streaming<pb::RunTurnResponse>) -> O
         last = event.expect("event").event;
     }
     last
+}
+
+/// Runs a turn to its end: every response (event, index and round), or the refusal.
+pub async fn run_rounds(
+    client: &Client,
+    request: pb::RunTurnRequest,
+) -> Result<Vec<pb::RunTurnResponse>, tonic::Status> {
+    let mut stream = client.clone().run_turn(request).await?.into_inner();
+    let mut responses = Vec::new();
+    while let Some(item) = stream.next().await {
+        responses.push(item?);
+    }
+    Ok(responses)
 }

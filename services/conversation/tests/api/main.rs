@@ -4,6 +4,7 @@
 // A test owns the tasks it spawns: they end with its runtime.
 #![allow(clippy::disallowed_methods)]
 
+mod deliberation;
 mod failures;
 mod helpers;
 mod history;

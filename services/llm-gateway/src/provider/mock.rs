@@ -3,7 +3,10 @@
 //! time to first token and token rate; embeddings are deterministic bags of hashed words, so
 //! texts sharing words are close. It asks for a tool when the last user message says
 //! `use tool <name> <argument>` and the request offers that tool; the argument fills the
-//! tool's first required parameter.
+//! tool's first required parameter. It ranks when the last user message ends with a line
+//! `Labels: A, B, C.` (the conversation service's review): `{"ranking": [...], "reason": ...}`
+//! with the labels ordered by a hash of the answers shown under them (`[A] text`), so every
+//! reviewer agrees on the order of the same answers.
 
 use std::time::Duration;
 
@@ -110,6 +113,19 @@ impl MockProvider {
                 model: self.settings.model.clone(),
             };
         }
+        if let Some(content) = ranking(request) {
+            return Completion {
+                usage: Usage {
+                    input_tokens,
+                    output_tokens: estimate_tokens(&content),
+                    ..Usage::default()
+                },
+                content,
+                tool_calls: Vec::new(),
+                finish_reason: FinishReason::Stop,
+                model: self.settings.model.clone(),
+            };
+        }
         let wanted = request
             .params
             .max_tokens
@@ -167,6 +183,38 @@ impl MockProvider {
             arguments,
         })
     }
+}
+
+/// The ranking a review asks for (see the module's doc), or `None` when none is asked.
+fn ranking(request: &ChatRequest) -> Option<String> {
+    let last = request.messages.last().filter(|m| m.role == Role::User)?;
+    let line = last
+        .content
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())?
+        .strip_prefix("Labels: ")?;
+    let labels: Vec<&str> = line
+        .trim_end_matches('.')
+        .split(',')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if labels.is_empty() {
+        return None;
+    }
+    let shown = |label: &str| {
+        let mark = format!("[{label}] ");
+        last.content
+            .lines()
+            .find_map(|l| l.strip_prefix(mark.as_str()))
+            .unwrap_or(label)
+            .to_owned()
+    };
+    let mut ranked = labels.clone();
+    ranked.sort_by_key(|label| fnv(&shown(label), 3));
+    let reason = format!("{} reads as the most concrete answer", ranked[0]);
+    Some(serde_json::json!({ "ranking": ranked, "reason": reason }).to_string())
 }
 
 /// A deterministic unit vector of `text`'s words.

@@ -99,6 +99,7 @@ on_both_backends!(validation_names_every_field, |backend| async move {
             ],
             request_id: "r".repeat(129),
             double_text: pb::DoubleTextPolicy::Unspecified as i32,
+            ..Default::default()
         })
         .await
         .expect_err("invalid");
@@ -123,6 +124,7 @@ on_both_backends!(validation_names_every_field, |backend| async move {
             advisors: vec![],
             request_id: String::new(),
             double_text: pb::DoubleTextPolicy::Unspecified as i32,
+            ..Default::default()
         })
         .await
         .expect_err("no advisors");
@@ -136,6 +138,7 @@ on_both_backends!(validation_names_every_field, |backend| async move {
             advisors: too_many,
             request_id: String::new(),
             double_text: pb::DoubleTextPolicy::Unspecified as i32,
+            ..Default::default()
         })
         .await
         .expect_err("too many advisors");
@@ -218,6 +221,7 @@ on_both_backends!(
             advisors: vec![advisor("CFO")],
             request_id: "req-42".into(),
             double_text: pb::DoubleTextPolicy::Unspecified as i32,
+            ..Default::default()
         };
         let calls = (0..8).map(|_| {
             let mut client = app.client.clone();
@@ -272,6 +276,7 @@ on_both_backends!(
                 advisors: vec![advisor("CFO")],
                 request_id: String::new(),
                 double_text: pb::DoubleTextPolicy::Enqueue as i32,
+                ..Default::default()
             })
             .await
             .expect("create")
@@ -325,6 +330,7 @@ on_both_backends!(
                 advisors: vec![advisor("CFO")],
                 request_id: String::new(),
                 double_text: 42,
+                ..Default::default()
             })
             .await
             .expect_err("refused");
@@ -341,5 +347,115 @@ on_both_backends!(
             .await
             .expect_err("refused");
         assert_eq!(violated_fields(&err), ["boardroom.double_text"]);
+    }
+);
+
+on_both_backends!(
+    a_deliberation_mode_and_debate_rounds_are_stored_updated_and_checked,
+    |backend| async move {
+        let mut app = spawn_app(backend).await;
+        let create = |deliberation: i32, debate_rounds: u32| pb::CreateBoardroomRequest {
+            owner_id: "owner-1".into(),
+            name: "Board".into(),
+            advisors: vec![advisor("CFO")],
+            deliberation,
+            debate_rounds,
+            ..Default::default()
+        };
+        let plain = app
+            .client
+            .create_boardroom(create(0, 0))
+            .await
+            .expect("create")
+            .into_inner()
+            .boardroom
+            .expect("boardroom");
+        assert_eq!(
+            (plain.deliberation, plain.debate_rounds),
+            (pb::DeliberationMode::Unspecified as i32, 0)
+        );
+        let created = app
+            .client
+            .create_boardroom(create(pb::DeliberationMode::Debate as i32, 3))
+            .await
+            .expect("create")
+            .into_inner()
+            .boardroom
+            .expect("boardroom");
+        assert_eq!(
+            (created.deliberation, created.debate_rounds),
+            (pb::DeliberationMode::Debate as i32, 3)
+        );
+        // Each changed by its own path only.
+        let mut change = created.clone();
+        change.deliberation = pb::DeliberationMode::Review as i32;
+        change.debate_rounds = 1;
+        let updated = app
+            .client
+            .update_boardroom(pb::UpdateBoardroomRequest {
+                boardroom: Some(change.clone()),
+                update_mask: mask(&["deliberation"]),
+                expected_version: 0,
+            })
+            .await
+            .expect("update")
+            .into_inner()
+            .boardroom
+            .expect("boardroom");
+        assert_eq!(
+            (updated.deliberation, updated.debate_rounds),
+            (pb::DeliberationMode::Review as i32, 3)
+        );
+        app.client
+            .update_boardroom(pb::UpdateBoardroomRequest {
+                boardroom: Some(change),
+                update_mask: mask(&["debate_rounds"]),
+                expected_version: 0,
+            })
+            .await
+            .expect("update");
+        let got = app
+            .client
+            .get_boardroom(pb::GetBoardroomRequest {
+                id: created.id.clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .boardroom
+            .expect("boardroom");
+        assert_eq!(
+            (got.deliberation, got.debate_rounds),
+            (pb::DeliberationMode::Review as i32, 1)
+        );
+
+        // Out of range: the field is named and nothing is written.
+        let err = app
+            .client
+            .create_boardroom(create(42, 5))
+            .await
+            .expect_err("refused");
+        assert_eq!(violated_fields(&err), ["debate_rounds", "deliberation"]);
+        let mut bad = got.clone();
+        bad.debate_rounds = 5;
+        let err = app
+            .client
+            .update_boardroom(pb::UpdateBoardroomRequest {
+                boardroom: Some(bad),
+                update_mask: mask(&["debate_rounds"]),
+                expected_version: 0,
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(violated_fields(&err), ["boardroom.debate_rounds"]);
+        let after = app
+            .client
+            .get_boardroom(pb::GetBoardroomRequest { id: created.id })
+            .await
+            .expect("get")
+            .into_inner()
+            .boardroom
+            .expect("boardroom");
+        assert_eq!((after.debate_rounds, after.version), (1, got.version));
     }
 );

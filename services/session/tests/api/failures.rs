@@ -353,6 +353,7 @@ async fn oversized_messages_are_refused() {
             }],
             request_id: String::new(),
             double_text: pb::DoubleTextPolicy::Unspecified as i32,
+            ..Default::default()
         })
         .await
         .expect_err("too large");
@@ -392,6 +393,7 @@ async fn our_client_channels_balance_over_replicas_and_present_their_token() {
                 advisors: vec![crate::helpers::advisor("CFO")],
                 request_id: String::new(),
                 double_text: pb::DoubleTextPolicy::Unspecified as i32,
+                ..Default::default()
             })
             .await
             .expect("authenticated call through the balanced channel");

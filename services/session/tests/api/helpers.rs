@@ -104,6 +104,7 @@ impl TestApp {
                 advisors: vec![advisor("CFO"), advisor("CTO")],
                 request_id: String::new(),
                 double_text: pb::DoubleTextPolicy::Unspecified as i32,
+                ..Default::default()
             })
             .await
             .expect("create boardroom")

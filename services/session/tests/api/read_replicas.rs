@@ -40,6 +40,7 @@ async fn create(app: &TestApp, owner: &str) -> (String, String) {
             advisors: vec![advisor("CFO")],
             request_id: String::new(),
             double_text: pb::DoubleTextPolicy::Unspecified as i32,
+            ..Default::default()
         })
         .await
         .expect("create");

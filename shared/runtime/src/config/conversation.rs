@@ -40,6 +40,11 @@ pub struct ConversationConfig {
     pub turn_log_ttl_ms: u64,
     /// Memory for the events of this instance's running and just-finished turns.
     pub turn_log_memory_bytes: u64,
+    /// DEBATE's rounds of revision when neither the turn nor its boardroom says.
+    pub debate_rounds: u32,
+    /// Most DEBATE rounds of revision a turn may run (1..=4); a boardroom that asks for more
+    /// gets this many, a RunTurn that asks for more is refused.
+    pub max_debate_rounds: u32,
     /// Tool rounds per advisor per turn.
     pub max_tool_rounds: u32,
     /// Token budget of one advisor's context: system prompt + summary + recent messages.
@@ -83,6 +88,8 @@ impl Default for ConversationConfig {
             max_queued_turns: 8,
             turn_log_ttl_ms: 10 * 60 * 1000,
             turn_log_memory_bytes: 16 * 1024 * 1024,
+            debate_rounds: 2,
+            max_debate_rounds: 4,
             max_tool_rounds: 2,
             context_budget_tokens: 3_000,
             history_budget_tokens: 6_000,
@@ -122,6 +129,14 @@ impl ConversationConfig {
         if self.max_queued_turns == 0 || self.turn_log_ttl_ms < 1_000 {
             return Err(
                 "keys `conversation.max_queued_turns` must be > 0 and `turn_log_ttl_ms` >= 1000"
+                    .into(),
+            );
+        }
+        if !(1..=4).contains(&self.max_debate_rounds)
+            || !(1..=self.max_debate_rounds).contains(&self.debate_rounds)
+        {
+            return Err(
+                "keys `conversation.max_debate_rounds` must be in 1..=4 and `debate_rounds` in 1..=`max_debate_rounds`"
                     .into(),
             );
         }
