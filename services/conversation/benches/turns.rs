@@ -25,10 +25,8 @@ mod helpers;
 use std::time::{Duration, Instant};
 
 use boardroom_proto::conversation::v1 as pb;
-use boardroom_proto::llm::v1 as llm;
 use boardroom_proto::llm::v1::llm_gateway_service_client::LlmGatewayServiceClient;
-use common::{histogram, ms};
-use futures::StreamExt;
+use common::{direct_turn, histogram, ms};
 use helpers::*;
 use sea_orm::{ConnectionTrait, Statement};
 
@@ -68,52 +66,6 @@ async fn parallel() {
     }
 }
 
-/// The model calls of one turn, straight to the gateway: every advisor's stream at once,
-/// then the moderator's.
-async fn direct_turn(
-    gateway: &LlmGatewayServiceClient<tonic::transport::Channel>,
-    advisors: usize,
-    text: &str,
-) -> Duration {
-    let chat = |prompt: String| llm::ChatStreamRequest {
-        chat: Some(llm::ChatRequest {
-            model: "mock".into(),
-            messages: vec![
-                llm::Message {
-                    role: llm::Role::System as i32,
-                    content: "You are an advisor on this board. Answer from your role.".into(),
-                    ..llm::Message::default()
-                },
-                llm::Message {
-                    role: llm::Role::User as i32,
-                    content: prompt,
-                    ..llm::Message::default()
-                },
-            ],
-            temperature: Some(0.7),
-            max_tokens: Some(512),
-            ..llm::ChatRequest::default()
-        }),
-    };
-    let drain = |request: llm::ChatStreamRequest| {
-        let mut client = gateway.clone();
-        async move {
-            let mut stream = client
-                .chat_stream(request)
-                .await
-                .expect("stream")
-                .into_inner();
-            while let Some(event) = stream.next().await {
-                event.expect("event");
-            }
-        }
-    };
-    let started = Instant::now();
-    futures::future::join_all((0..advisors).map(|i| drain(chat(format!("{text} #{i}"))))).await;
-    drain(chat(format!("synthesise: {text}"))).await;
-    started.elapsed()
-}
-
 async fn overhead() {
     let suite = suite(|c| mock_latency(c, 0)).await;
     let gateway =
@@ -123,13 +75,13 @@ async fn overhead() {
         let thread = suite.thread(advisors).await;
         for i in 0..20 {
             timed_turn(&suite, &thread, &format!("warm-up {i}")).await;
-            direct_turn(&gateway, advisors, &format!("warm-up {i}")).await;
+            direct_turn(&gateway, advisors, 1, &format!("warm-up {i}")).await;
         }
         let (mut turns, mut direct) = (histogram(), histogram());
         for i in 0..300 {
             let text = format!("question {i}: what is the risk?");
             let t = timed_turn(&suite, &thread, &text).await;
-            let d = direct_turn(&gateway, advisors, &text).await;
+            let d = direct_turn(&gateway, advisors, 1, &text).await;
             turns.record(t.as_micros() as u64).expect("record");
             direct.record(d.as_micros() as u64).expect("record");
         }

@@ -30,6 +30,11 @@ pub const FAMILIES: &[Family] = &[
         help: "Time of a turn minus the time waiting on the model: the engine's own cost.",
     },
     Family {
+        name: "conversation_round_overhead_seconds",
+        kind: Kind::Histogram,
+        help: "The engine's own cost of a turn divided by its rounds (the moderator's included), by deliberation mode.",
+    },
+    Family {
         name: "conversation_node_duration_seconds",
         kind: Kind::Histogram,
         help: "Time in each node of the turn workflow, by node.",

@@ -1,5 +1,11 @@
-//! What the conversation benches share: latency histograms in microseconds.
+//! What the conversation benches share: latency histograms in microseconds, and a turn's
+//! model calls made straight to the gateway (the baseline of the engine's overhead).
 
+use std::time::{Duration, Instant};
+
+use boardroom_proto::llm::v1 as llm;
+use boardroom_proto::llm::v1::llm_gateway_service_client::LlmGatewayServiceClient;
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 
 /// 1 µs to 10 min, 3 significant digits.
@@ -19,4 +25,57 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
+}
+
+/// The model calls of one turn, straight to the gateway: `rounds` rounds of every advisor's
+/// stream at once, one after the other, then the moderator's.
+#[allow(dead_code)] // not every bench measures overhead
+pub async fn direct_turn(
+    gateway: &LlmGatewayServiceClient<tonic::transport::Channel>,
+    advisors: usize,
+    rounds: usize,
+    text: &str,
+) -> Duration {
+    let chat = |prompt: String| llm::ChatStreamRequest {
+        chat: Some(llm::ChatRequest {
+            model: "mock".into(),
+            messages: vec![
+                llm::Message {
+                    role: llm::Role::System as i32,
+                    content: "You are an advisor on this board. Answer from your role.".into(),
+                    ..llm::Message::default()
+                },
+                llm::Message {
+                    role: llm::Role::User as i32,
+                    content: prompt,
+                    ..llm::Message::default()
+                },
+            ],
+            temperature: Some(0.7),
+            max_tokens: Some(512),
+            ..llm::ChatRequest::default()
+        }),
+    };
+    let drain = |request: llm::ChatStreamRequest| {
+        let mut client = gateway.clone();
+        async move {
+            let mut stream = client
+                .chat_stream(request)
+                .await
+                .expect("stream")
+                .into_inner();
+            while let Some(event) = stream.next().await {
+                event.expect("event");
+            }
+        }
+    };
+    let started = Instant::now();
+    for round in 0..rounds {
+        futures::future::join_all(
+            (0..advisors).map(|i| drain(chat(format!("{text} #{i} round {round}")))),
+        )
+        .await;
+    }
+    drain(chat(format!("synthesise: {text}"))).await;
+    started.elapsed()
 }
