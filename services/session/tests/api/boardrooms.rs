@@ -1,13 +1,51 @@
 use boardroom_proto::session::v1 as pb;
 use tonic::Code;
 
-use crate::helpers::{advisor, spawn_app, violated_fields};
+use crate::helpers::{TestApp, advisor, spawn_app, violated_fields};
 use crate::on_both_backends;
 
 fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
     Some(prost_types::FieldMask {
         paths: paths.iter().map(|p| (*p).to_owned()).collect(),
     })
+}
+
+/// CreateBoardroom, its boardroom or the refusal.
+async fn create(
+    app: &mut TestApp,
+    request: pb::CreateBoardroomRequest,
+) -> Result<pb::Boardroom, tonic::Status> {
+    let created = app.client.create_boardroom(request).await?.into_inner();
+    Ok(created.boardroom.expect("boardroom"))
+}
+
+/// UpdateBoardroom of the `paths` of `boardroom`, the new boardroom or the refusal.
+async fn update(
+    app: &mut TestApp,
+    boardroom: pb::Boardroom,
+    paths: &[&str],
+) -> Result<pb::Boardroom, tonic::Status> {
+    let updated = app
+        .client
+        .update_boardroom(pb::UpdateBoardroomRequest {
+            boardroom: Some(boardroom),
+            update_mask: mask(paths),
+            expected_version: 0,
+        })
+        .await?
+        .into_inner();
+    Ok(updated.boardroom.expect("boardroom"))
+}
+
+/// GetBoardroom.
+async fn get(app: &mut TestApp, id: &str) -> pb::Boardroom {
+    app.client
+        .get_boardroom(pb::GetBoardroomRequest { id: id.into() })
+        .await
+        .expect("get")
+        .into_inner()
+        .boardroom
+        .expect("boardroom")
 }
 
 on_both_backends!(create_get_update, |backend| async move {
@@ -354,7 +392,7 @@ on_both_backends!(
     a_deliberation_mode_and_debate_rounds_are_stored_updated_and_checked,
     |backend| async move {
         let mut app = spawn_app(backend).await;
-        let create = |deliberation: i32, debate_rounds: u32| pb::CreateBoardroomRequest {
+        let request = |deliberation: i32, debate_rounds: u32| pb::CreateBoardroomRequest {
             owner_id: "owner-1".into(),
             name: "Board".into(),
             advisors: vec![advisor("CFO")],
@@ -362,26 +400,14 @@ on_both_backends!(
             debate_rounds,
             ..Default::default()
         };
-        let plain = app
-            .client
-            .create_boardroom(create(0, 0))
-            .await
-            .expect("create")
-            .into_inner()
-            .boardroom
-            .expect("boardroom");
+        let plain = create(&mut app, request(0, 0)).await.expect("create");
         assert_eq!(
             (plain.deliberation, plain.debate_rounds),
             (pb::DeliberationMode::Unspecified as i32, 0)
         );
-        let created = app
-            .client
-            .create_boardroom(create(pb::DeliberationMode::Debate as i32, 3))
+        let created = create(&mut app, request(pb::DeliberationMode::Debate as i32, 3))
             .await
-            .expect("create")
-            .into_inner()
-            .boardroom
-            .expect("boardroom");
+            .expect("create");
         assert_eq!(
             (created.deliberation, created.debate_rounds),
             (pb::DeliberationMode::Debate as i32, 3)
@@ -390,72 +416,32 @@ on_both_backends!(
         let mut change = created.clone();
         change.deliberation = pb::DeliberationMode::Review as i32;
         change.debate_rounds = 1;
-        let updated = app
-            .client
-            .update_boardroom(pb::UpdateBoardroomRequest {
-                boardroom: Some(change.clone()),
-                update_mask: mask(&["deliberation"]),
-                expected_version: 0,
-            })
+        let updated = update(&mut app, change.clone(), &["deliberation"])
             .await
-            .expect("update")
-            .into_inner()
-            .boardroom
-            .expect("boardroom");
+            .expect("update");
         assert_eq!(
             (updated.deliberation, updated.debate_rounds),
             (pb::DeliberationMode::Review as i32, 3)
         );
-        app.client
-            .update_boardroom(pb::UpdateBoardroomRequest {
-                boardroom: Some(change),
-                update_mask: mask(&["debate_rounds"]),
-                expected_version: 0,
-            })
+        update(&mut app, change, &["debate_rounds"])
             .await
             .expect("update");
-        let got = app
-            .client
-            .get_boardroom(pb::GetBoardroomRequest {
-                id: created.id.clone(),
-            })
-            .await
-            .expect("get")
-            .into_inner()
-            .boardroom
-            .expect("boardroom");
+        let got = get(&mut app, &created.id).await;
         assert_eq!(
             (got.deliberation, got.debate_rounds),
             (pb::DeliberationMode::Review as i32, 1)
         );
 
         // Out of range: the field is named and nothing is written.
-        let err = app
-            .client
-            .create_boardroom(create(42, 5))
-            .await
-            .expect_err("refused");
+        let err = create(&mut app, request(42, 5)).await.expect_err("refused");
         assert_eq!(violated_fields(&err), ["debate_rounds", "deliberation"]);
         let mut bad = got.clone();
         bad.debate_rounds = 5;
-        let err = app
-            .client
-            .update_boardroom(pb::UpdateBoardroomRequest {
-                boardroom: Some(bad),
-                update_mask: mask(&["debate_rounds"]),
-                expected_version: 0,
-            })
+        let err = update(&mut app, bad, &["debate_rounds"])
             .await
             .expect_err("refused");
         assert_eq!(violated_fields(&err), ["boardroom.debate_rounds"]);
-        let after = app
-            .client
-            .get_boardroom(pb::GetBoardroomRequest { id: created.id })
-            .await
-            .expect("get")
-            .into_inner()
-            .boardroom
-            .expect("boardroom");
+        let after = get(&mut app, &created.id).await;
         assert_eq!((after.debate_rounds, after.version), (1, got.version));
     }
 );
