@@ -114,12 +114,6 @@ pub struct Deliberation {
 }
 
 impl Deliberation {
-    /// PANEL.
-    pub const PANEL: Self = Self {
-        mode: Mode::Panel,
-        debate_rounds: 0,
-    };
-
     /// Rounds the turn runs, the moderator's included.
     pub fn rounds(self) -> u32 {
         match self.mode {

@@ -141,6 +141,18 @@ fn deliberation_to(mode: Deliberation) -> pb::DeliberationMode {
     }
 }
 
+/// The value of a field's check, or `None` with its violations added to `v`.
+fn collected<T>(v: &mut Violations, checked: Result<T, SessionError>) -> Option<T> {
+    match checked {
+        Ok(value) => Some(value),
+        Err(SessionError::Invalid(more)) => {
+            v.extend(more);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 /// DEBATE's rounds (`field` names it in errors): 0 (the default) up to the bound.
 fn debate_rounds_from(v: &mut Violations, field: &str, rounds: u32) -> u32 {
     if rounds > MAX_DEBATE_ROUNDS {
@@ -156,14 +168,8 @@ fn debate_rounds_from(v: &mut Violations, field: &str, rounds: u32) -> u32 {
 pub fn new_boardroom(r: pb::CreateBoardroomRequest) -> Result<NewBoardroom, SessionError> {
     let mut v = Violations::default();
     let debate_rounds = debate_rounds_from(&mut v, "debate_rounds", r.debate_rounds);
-    let deliberation = match deliberation_from("deliberation", r.deliberation) {
-        Ok(mode) => mode,
-        Err(SessionError::Invalid(more)) => {
-            v.extend(more);
-            Deliberation::Unspecified
-        }
-        Err(err) => return Err(err),
-    };
+    let deliberation =
+        collected(&mut v, deliberation_from("deliberation", r.deliberation)).unwrap_or_default();
     v.into_result()?;
     Ok(NewBoardroom {
         double_text: double_text_from("double_text", r.double_text)?,
@@ -196,18 +202,17 @@ pub fn boardroom_update(r: pb::UpdateBoardroomRequest) -> Result<BoardroomUpdate
         match path.as_str() {
             "name" => name = Some(boardroom.name.clone()),
             "advisors" => advisors = Some(advisors_from(boardroom.advisors.clone())),
-            "double_text" => match double_text_from("boardroom.double_text", boardroom.double_text)
-            {
-                Ok(policy) => double_text = Some(policy),
-                Err(SessionError::Invalid(more)) => v.extend(more),
-                Err(_) => {}
-            },
+            "double_text" => {
+                double_text = collected(
+                    &mut v,
+                    double_text_from("boardroom.double_text", boardroom.double_text),
+                );
+            }
             "deliberation" => {
-                match deliberation_from("boardroom.deliberation", boardroom.deliberation) {
-                    Ok(mode) => deliberation = Some(mode),
-                    Err(SessionError::Invalid(more)) => v.extend(more),
-                    Err(_) => {}
-                }
+                deliberation = collected(
+                    &mut v,
+                    deliberation_from("boardroom.deliberation", boardroom.deliberation),
+                );
             }
             "debate_rounds" => {
                 debate_rounds = Some(debate_rounds_from(

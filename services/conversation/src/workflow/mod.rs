@@ -587,7 +587,7 @@ impl Workflow {
         Ok((text, usage))
     }
 
-    /// A call of a later round for `advisor` (no tools, its own deadline).
+    /// A call of a later round (review, revision, synthesis) to `model`: no tools.
     fn round_call(&self, model: &str, messages: Vec<ChatMessage>, turn_id: Uuid) -> ChatCall {
         ChatCall {
             model: model.to_owned(),

@@ -92,7 +92,7 @@ impl Bench {
             state: Arc::new(ConversationState::default()),
             recent: Arc::new(Vec::new()),
             last_seq: 0,
-            deliberation: Deliberation::PANEL,
+            deliberation: Deliberation::default(),
         }
     }
 
