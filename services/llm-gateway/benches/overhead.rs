@@ -10,6 +10,8 @@
 //! `LITELLM_MASTER_KEY`, to compare at `OVERHEAD_LITELLM_RPS`, default 20, a rate it sustains; `OVERHEAD_ONLY_LITELLM` skips the rest).
 
 // A benchmark owns the tasks it spawns: they end with its runtime.
+// The front door's handler futures are deep: their layout needs more than the default 128.
+#![recursion_limit = "256"]
 #![allow(clippy::disallowed_methods)]
 
 mod support;

@@ -16,6 +16,8 @@
 //!
 //! Env: `PROVIDERS_SECONDS` (default 8), `PROVIDERS_RPS` (default 200).
 
+// The front door's handler futures are deep: their layout needs more than the default 128.
+#![recursion_limit = "256"]
 // A benchmark owns the tasks it spawns: they end with its runtime.
 #![allow(clippy::disallowed_methods)]
 

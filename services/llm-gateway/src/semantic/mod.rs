@@ -2,7 +2,7 @@
 //! in the same scope, gets that answer. Scope = the alias, the conversation before the
 //! prompt, the tools and the parameters (a prompt is only compared with prompts asked in the
 //! same situation). A candidate must be at least `threshold` similar (cosine of embeddings
-//! from the configured embedding alias) AND pass the guard (`semantic_guard.rs`).
+//! from the configured embedding alias) AND pass the guard (`boardroom_semantic::guard`).
 //!
 //! Each scope's prompts (text, vector, the exact-cache key of their answer) are one entry of
 //! a tiered cache: in L1 as a shared list (a lookup decodes nothing), in Redis so replicas
@@ -24,10 +24,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{ChatRequest, Role};
 use crate::response_cache::digest_key;
-pub mod guard;
-mod lexicon;
-pub mod text;
 pub mod verifier;
+
+/// The guard and the prompt's words live in their own crate (the conversation's memory uses
+/// them too); the gateway's paths stay as they were.
+pub use boardroom_semantic::{guard, text};
 
 use boardroom_runtime::config::SemanticConfig;
 use guard::{cosine, meaning_differs};

@@ -3,7 +3,7 @@
 //! words split, numbers kept whole ("1,000", "2.5", "10%" and "10k" → "1000", "2.5", "10%",
 //! "10000"), and currency signs made words ("$" → "usd"), so that the forms people type meet.
 
-use super::lexicon;
+use crate::lexicon;
 
 /// One word of a prompt.
 #[derive(Debug, Clone, PartialEq)]

@@ -28,8 +28,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::OnceLock;
 
-use super::lexicon::{self, COORDINATORS};
-use super::text::{Word, stem, words};
+use crate::lexicon::{self, COORDINATORS};
+use crate::text::{Word, stem, words};
 
 /// Cosine similarity of two vectors (of any norm).
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -67,21 +67,48 @@ const MAX_WORDS: usize = 200;
 /// Why serving `cached`'s answer to `asked` could be wrong; `None` when the guard finds no
 /// meaning-changing difference.
 pub fn meaning_differs(asked: &str, cached: &str) -> Option<Difference> {
-    let (mut a, mut b) = (prepare(asked), prepare(cached));
+    let (a, b) = match met(asked, cached) {
+        Ok(words) => words,
+        Err(too_long) => return Some(too_long),
+    };
+    classes(&a, &b)
+        .or_else(|| roles(&a, &b))
+        .or_else(|| content(&a, &b))
+}
+
+/// Both texts' words, made to meet where they only differ in writing: an acronym spelled out
+/// in the other ("PTO" / "paid time off"), a compound written apart ("time zones" /
+/// "timezones"), a typo of the other's word ("recieve"). Texts too long to judge are a
+/// difference of their own.
+fn met(a: &str, b: &str) -> Result<(Vec<Word>, Vec<Word>), Difference> {
+    let (mut a, mut b) = (prepare(a), prepare(b));
     if a.len() > MAX_WORDS || b.len() > MAX_WORDS {
-        return differ("length", format!("longer than {MAX_WORDS} words"));
+        return Err(Difference {
+            kind: "length",
+            detail: format!("longer than {MAX_WORDS} words"),
+        });
     }
-    // Make the prompts meet where they only differ in writing: an acronym spelled out in
-    // the other ("PTO" / "paid time off"), a typo of the other's word ("recieve").
     contract_acronyms(&mut a, &b);
     contract_acronyms(&mut b, &a);
     join_compounds(&mut a, &b);
     join_compounds(&mut b, &a);
     correct_typos(&mut a, &b);
     correct_typos(&mut b, &a);
-    classes(&a, &b)
-        .or_else(|| roles(&a, &b))
-        .or_else(|| content(&a, &b))
+    Ok((a, b))
+}
+
+/// Whether `a` and `b` speak of different things: their content words (closed classes such
+/// as numbers, negations, times and quantifiers aside) do not match one to one, up to word
+/// forms, everyday synonyms, typos, acronyms and compounds. Two statements of one topic
+/// ("runway is 14 months" / "our runway is now 12 months") are not different here, though
+/// [`meaning_differs`] tells them apart: the conversation's memory keeps the newer of them
+/// as an update of the older, and keeps both of "churn among small customers is 5 %" and
+/// "churn among enterprise customers is 2 %".
+pub fn topic_differs(a: &str, b: &str) -> Option<Difference> {
+    match met(a, b) {
+        Ok((a, b)) => content(&a, &b),
+        Err(too_long) => Some(too_long),
+    }
 }
 
 /// The prompt's words without politeness and filler.
@@ -1089,5 +1116,38 @@ mod tests {
         assert!((cosine(&[1.0, 2.0], &[2.0, 4.0]) - 1.0).abs() < 1e-6);
         assert_eq!(cosine(&[1.0, 0.0], &[0.0, 3.0]), 0.0);
         assert_eq!(cosine(&[0.0, 0.0], &[1.0, 1.0]), 0.0);
+    }
+
+    #[test]
+    fn a_new_value_of_one_topic_is_the_same_topic_and_another_segment_is_not() {
+        let same = [
+            ("Our runway is 14 months.", "Runway is now 12 months."),
+            (
+                "We sell to mid-market companies.",
+                "We do not sell to mid-market companies.",
+            ),
+            ("The CFO reports to the CEO.", "The CEO reports to the CFO."),
+            ("Revenue grew 20% last year.", "revenue grew 35 % last year"),
+        ];
+        for (a, b) in same {
+            assert_eq!(topic_differs(a, b), None, "{a} / {b}");
+            assert!(meaning_differs(a, b).is_some(), "{a} / {b}");
+        }
+        let other = [
+            (
+                "Churn among small business customers is 5%.",
+                "Churn among enterprise customers is 2%.",
+            ),
+            ("Our runway is 14 months.", "Our headcount is 14 people."),
+            (
+                "We sell to mid-market companies.",
+                "We sell to mid-market companies in Germany.",
+            ),
+            // Two years' figures are two facts.
+            ("Revenue grew 20% last year.", "revenue grew 35 % this year"),
+        ];
+        for (a, b) in other {
+            assert!(topic_differs(a, b).is_some(), "{a} / {b}");
+        }
     }
 }

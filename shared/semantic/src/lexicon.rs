@@ -4,7 +4,7 @@
 //! changes meaning is listed whole (every modal, every quantifier), open classes (opposites,
 //! synonyms) by their common members.
 
-use super::text::stem;
+use crate::text::stem;
 
 /// Contractions and their apostrophe-less typos, expanded.
 pub fn contraction(lower: &str) -> Option<&'static str> {
