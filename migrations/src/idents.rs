@@ -120,3 +120,31 @@ pub enum ConversationTurnQueue {
     Position,
     ExpiresAt,
 }
+
+/// `memories`: facts remembered for a user in a boardroom, keyed `(owner_id, boardroom_id,
+/// id)` (ids are UUIDv7: the key's order is their age).
+#[derive(DeriveIden, Debug, Clone, Copy)]
+pub enum Memories {
+    Table,
+    OwnerId,
+    BoardroomId,
+    Id,
+    Fact,
+    Embedding,
+    ThreadId,
+    TurnId,
+    Uses,
+    UsedAt,
+    CreatedAt,
+    UpdatedAt,
+}
+
+/// `memory_heads`: one row per (owner, boardroom) with a memory; its generation moves with
+/// every change of that memory (writers check it, as an optimistic lock).
+#[derive(DeriveIden, Debug, Clone, Copy)]
+pub enum MemoryHeads {
+    Table,
+    OwnerId,
+    BoardroomId,
+    Generation,
+}

@@ -15,10 +15,11 @@ mod m0003_conversations;
 mod m0004_turn_queue;
 mod m0005_boardroom_double_text;
 mod m0006_boardroom_deliberation;
+mod m0007_memories;
 
 pub use idents::{
-    Boardrooms, Checkpoints, ConversationThreads, ConversationTurnQueue, Messages, Sessions,
-    Threads, Turns,
+    Boardrooms, Checkpoints, ConversationThreads, ConversationTurnQueue, Memories, MemoryHeads,
+    Messages, Sessions, Threads, Turns,
 };
 
 /// Every migration, in order.
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0004_turn_queue::Migration),
             Box::new(m0005_boardroom_double_text::Migration),
             Box::new(m0006_boardroom_deliberation::Migration),
+            Box::new(m0007_memories::Migration),
         ]
     }
 }

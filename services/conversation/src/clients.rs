@@ -135,6 +135,8 @@ impl SessionDirectory {
         Ok(Arc::new(ThreadContext {
             thread_id,
             session_id,
+            boardroom_id: parse_uuid(&boardroom.id, "boardroom id")?,
+            owner_id: found.user_id,
             writable: found.active && thread.status == session::ThreadStatus::Open as i32,
             double_text: match session::DoubleTextPolicy::try_from(boardroom.double_text) {
                 Ok(session::DoubleTextPolicy::Reject) => Some(DoubleText::Reject),
@@ -347,6 +349,39 @@ impl ModelCalls for GatewayModels {
                 response.message.map(|m| m.content).unwrap_or_default(),
                 usage,
             ))
+        })
+    }
+    fn embed(
+        &self,
+        model: String,
+        texts: Vec<String>,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, ModelError>> {
+        Box::pin(async move {
+            let wanted = texts.len();
+            let mut request = tonic::Request::new(llm::EmbedRequest {
+                model,
+                inputs: texts,
+                ..llm::EmbedRequest::default()
+            });
+            request.set_timeout(timeout);
+            let response = self
+                .client
+                .clone()
+                .embed(request)
+                .await
+                .map_err(model_error)?
+                .into_inner();
+            if response.embeddings.len() != wanted {
+                return Err(ModelError::new(
+                    FailureReason::Upstream,
+                    format!(
+                        "Embed answered {} vectors for {wanted} texts",
+                        response.embeddings.len()
+                    ),
+                ));
+            }
+            Ok(response.embeddings.into_iter().map(|e| e.values).collect())
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The conversation domain: what every operation shares. The operations live by what they
 //! do: `history` (append, list), `checkpoints` (state, checkpoints, fork), `turns` (run, replay,
-//! cancel, join) and `summaries` (the rolling summary, in the background).
+//! cancel, join), `summaries` (the rolling summary, in the background) and `memories` (the
+//! boardroom memory: recall, distillation, what users see and remove).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use crate::bus::TurnBus;
 use crate::domain::{ConversationState, ThreadContext};
 use crate::error::ConversationError;
 use crate::lease::Leases;
+use crate::memories::Memories;
 use crate::ports::{ModelCalls, ThreadDirectory};
 use crate::recent::RecentWindows;
 use crate::state::StateCodec;
@@ -66,6 +68,7 @@ pub struct Conversations {
     pub(crate) bus: TurnBus,
     pub(crate) logs: TurnLogs,
     pub(crate) summarising: Arc<Mutex<HashSet<Uuid>>>,
+    pub(crate) memories: Memories,
     pub(crate) tasks: TaskTracker,
     pub(crate) shutdown: CancellationToken,
 }
@@ -105,6 +108,7 @@ impl Conversations {
         hot: TieredCache<StateCodec>,
         recent: RecentWindows,
         limits: Limits,
+        memories: Memories,
         (bus, logs): (TurnBus, TurnLogs),
         (tasks, shutdown): (TaskTracker, CancellationToken),
     ) -> Self {
@@ -126,6 +130,7 @@ impl Conversations {
             bus,
             logs,
             summarising: Arc::default(),
+            memories,
             tasks,
             shutdown,
         }

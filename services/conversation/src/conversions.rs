@@ -11,6 +11,7 @@ use crate::domain::{
     OnDisconnect, Role, RoundKind, RoundUsage, StateView, TurnEvent, Usage,
 };
 use crate::error::{ConversationError, Rejection};
+use crate::memory::{Memory, MemoryKey};
 
 impl From<ConversationError> for Status {
     fn from(err: ConversationError) -> Self {
@@ -49,6 +50,64 @@ pub fn uuid_field(field: &str, text: &str) -> Result<Uuid, ConversationError> {
         return Err(ConversationError::invalid(field, "is required"));
     }
     Uuid::parse_str(text).map_err(|_| ConversationError::invalid(field, "is not a UUID"))
+}
+
+/// Whose memory a call names: a user (`owner_id`) in a boardroom.
+pub fn memory_key(owner_id: String, boardroom_id: &str) -> Result<MemoryKey, ConversationError> {
+    memory_fields(owner_id, boardroom_id, None).map(|(key, _)| key)
+}
+
+/// A fact of a user's memory in a boardroom: the memory and the fact's `id`.
+pub fn memory_fact(
+    owner_id: String,
+    boardroom_id: &str,
+    id: &str,
+) -> Result<(MemoryKey, Uuid), ConversationError> {
+    memory_fields(owner_id, boardroom_id, Some(id)).map(|(key, id)| (key, id.unwrap_or_default()))
+}
+
+/// Every field of a memory call checked, every problem reported at once.
+fn memory_fields(
+    owner_id: String,
+    boardroom_id: &str,
+    id: Option<&str>,
+) -> Result<(MemoryKey, Option<Uuid>), ConversationError> {
+    let mut v = Violations::default();
+    v.required("owner_id", &owner_id, 128);
+    let mut parse = |field: &str, text: &str| match uuid_field(field, text) {
+        Ok(id) => Ok(id),
+        Err(ConversationError::Invalid(found)) => {
+            v.extend(found);
+            Ok(Uuid::nil())
+        }
+        Err(other) => Err(other),
+    };
+    let boardroom_id = parse("boardroom_id", boardroom_id)?;
+    let id = id.map(|text| parse("id", text)).transpose()?;
+    v.finish(())?;
+    Ok((
+        MemoryKey {
+            owner_id,
+            boardroom_id,
+        },
+        id,
+    ))
+}
+
+/// A remembered fact as the API shows it.
+pub fn memory_to(m: &Memory) -> pb::Memory {
+    pb::Memory {
+        id: m.id.to_string(),
+        owner_id: m.owner_id.clone(),
+        boardroom_id: m.boardroom_id.to_string(),
+        fact: m.fact.clone(),
+        thread_id: m.thread_id.to_string(),
+        turn_id: m.turn_id.to_string(),
+        create_time: Some(timestamp(m.created_at)),
+        update_time: Some(timestamp(m.updated_at)),
+        use_count: m.uses,
+        last_use_time: m.used_at.map(timestamp),
+    }
 }
 
 /// An optional idempotency key.
@@ -316,6 +375,7 @@ pub fn event_to(index: u64, event: TurnEvent) -> pb::RunTurnResponse {
             deliberation,
             rounds,
             ranking,
+            memories_recalled,
         } => Event::TurnCompleted(pb::TurnCompleted {
             turn_id: turn_id.to_string(),
             state_version,
@@ -327,6 +387,7 @@ pub fn event_to(index: u64, event: TurnEvent) -> pb::RunTurnResponse {
             rounds: round_usage_to(rounds),
             ranking: ranks_to(ranking),
             deliberation: mode_to(deliberation.mode) as i32,
+            memories_recalled,
         }),
         TurnEvent::Failed { reason, message } => Event::TurnFailed(pb::TurnFailed {
             reason: reason_to(reason) as i32,

@@ -81,6 +81,10 @@ pub struct Advisor {
 pub struct ThreadContext {
     pub thread_id: Uuid,
     pub session_id: Uuid,
+    /// The session's boardroom.
+    pub boardroom_id: Uuid,
+    /// The session's user: whose memory of the boardroom the thread reads and adds to.
+    pub owner_id: String,
     /// The thread is open and its session active: turns and appends are allowed.
     pub writable: bool,
     pub advisors: Vec<Advisor>,
@@ -305,6 +309,13 @@ pub struct TurnOutcome {
     /// REVIEW's aggregate ranking, best first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ranking: Vec<AdvisorRank>,
+    /// Facts of the boardroom's memory given to the advisors.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub memories_recalled: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl TurnOutcome {
@@ -411,6 +422,9 @@ pub enum TurnEvent {
         rounds: Vec<RoundUsage>,
         #[serde(default)]
         ranking: Vec<AdvisorRank>,
+        /// Facts of the boardroom's memory given to the advisors.
+        #[serde(default)]
+        memories_recalled: u32,
     },
     Failed {
         reason: FailureReason,

@@ -119,3 +119,54 @@ pub mod queued {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// `memories`: facts remembered for a user in a boardroom.
+pub mod memory {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "memories")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub owner_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub boardroom_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        #[sea_orm(column_type = "Text")]
+        pub fact: String,
+        #[sea_orm(column_type = "Blob")]
+        pub embedding: Vec<u8>,
+        pub thread_id: Uuid,
+        pub turn_id: Uuid,
+        pub uses: i64,
+        pub used_at: Option<DateTimeUtc>,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `memory_heads`: the generation of a user's memory in a boardroom.
+pub mod memory_head {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "memory_heads")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub owner_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub boardroom_id: Uuid,
+        pub generation: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -183,4 +183,41 @@ impl ConversationService for ConversationGrpc {
             cancelled: self.domain.cancel(thread_id, turn_id).await?,
         }))
     }
+    async fn list_memories(
+        &self,
+        request: Request<pb::ListMemoriesRequest>,
+    ) -> Result<Response<pb::ListMemoriesResponse>, Status> {
+        let r = request.into_inner();
+        let key = conv::memory_key(r.owner_id, &r.boardroom_id)?;
+        let page = self
+            .domain
+            .list_memories(key, r.page_size, &r.page_token)
+            .await?;
+        Ok(Response::new(pb::ListMemoriesResponse {
+            memories: page.items.iter().map(conv::memory_to).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn delete_memory(
+        &self,
+        request: Request<pb::DeleteMemoryRequest>,
+    ) -> Result<Response<pb::DeleteMemoryResponse>, Status> {
+        let r = request.into_inner();
+        let (key, id) = conv::memory_fact(r.owner_id, &r.boardroom_id, &r.id)?;
+        Ok(Response::new(pb::DeleteMemoryResponse {
+            deleted: self.domain.delete_memory(key, id).await?,
+        }))
+    }
+
+    async fn forget_boardroom(
+        &self,
+        request: Request<pb::ForgetBoardroomRequest>,
+    ) -> Result<Response<pb::ForgetBoardroomResponse>, Status> {
+        let r = request.into_inner();
+        let key = conv::memory_key(r.owner_id, &r.boardroom_id)?;
+        Ok(Response::new(pb::ForgetBoardroomResponse {
+            deleted_count: self.domain.forget_boardroom(key).await?,
+        }))
+    }
 }

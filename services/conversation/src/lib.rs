@@ -8,7 +8,8 @@
 //!                            ├─ checkpoints  state, checkpoints, fork
 //!                            ├─ turns        run (lease · double-text queue), replay, cancel, join
 //!                            │    └─ workflow   Advise ⇄ Tools → Moderate → Persist
-//!                            └─ summaries    the rolling summary, in the background
+//!                            ├─ summaries    the rolling summary, in the background
+//!                            └─ memories     the boardroom memory: recall, distil, list, forget
 //!  ports (traits, domain types) ◀── clients (tonic: session service, LLM gateway)
 //!  store (sea-orm)   lease (guard + heartbeat)   bus (cancels: Redis pub/sub)
 //!  turnlog (events: memory + Redis Streams)     recent, state (hot state)
@@ -27,6 +28,8 @@ pub mod error;
 pub mod grpc;
 pub mod history;
 pub mod lease;
+pub mod memories;
+pub mod memory;
 pub mod metrics;
 pub mod page;
 pub mod ports;
@@ -113,6 +116,12 @@ impl Application {
             stop.clone(),
         )
         .await?;
+        let memory_cache = TieredCache::new(
+            "conversation_memory",
+            boardroom_runtime::caching::cache_config(config, "br:mem:", c.memory.cache_max_bytes),
+            stop.clone(),
+        )
+        .await?;
         let channels = ChannelFactory::new(config.client.clone());
         let interceptor = OutboundInterceptor::new(&config.auth.outgoing_token)?;
         let ports = Ports {
@@ -158,6 +167,8 @@ impl Application {
                 advisor_timeout: Duration::from_millis(c.advisor_timeout_ms),
                 max_tool_rounds: c.max_tool_rounds,
                 context_budget_tokens: c.context_budget_tokens,
+                memory_budget_tokens: (c.context_budget_tokens as f32 * c.memory.budget_share)
+                    as u32,
             }),
         };
         let domain = Conversations::new(
@@ -184,6 +195,7 @@ impl Application {
                 debate_rounds: c.debate_rounds,
                 max_debate_rounds: c.max_debate_rounds,
             },
+            memories::Memories::new(memory_cache, c.memory.clone()),
             (bus, logs),
             (tasks, stop.clone()),
         );
@@ -201,6 +213,7 @@ impl Application {
                     .family("conversation_")
                     .family("rpc_client_")
                     .label("cache", "conversation_state")
+                    .label("cache", "conversation_memory")
                     .label("pool_name", "conversation"),
             );
         Ok(Self {

@@ -89,6 +89,36 @@ pub const FAMILIES: &[Family] = &[
         kind: Kind::Counter,
         help: "Failed writes of a turn's event log to Redis (retried with backoff).",
     },
+    Family {
+        name: "conversation_memory_recall_seconds",
+        kind: Kind::Histogram,
+        help: "Time of a turn's recall from the boardroom memory with facts to search: the cached facts, the message's embedding and the search.",
+    },
+    Family {
+        name: "conversation_memory_search_seconds",
+        kind: Kind::Histogram,
+        help: "Time of a recall's in-process search of the boardroom memory's facts (the embedding call aside).",
+    },
+    Family {
+        name: "conversation_memory_recalled_total",
+        kind: Kind::Counter,
+        help: "Facts of the boardroom memory recalled into turns' contexts.",
+    },
+    Family {
+        name: "conversation_memory_recall_failures_total",
+        kind: Kind::Counter,
+        help: "Turns that ran without the boardroom memory, by reason (storage, embedding, timeout).",
+    },
+    Family {
+        name: "conversation_memory_distillations_total",
+        kind: Kind::Counter,
+        help: "Completed turns distilled into the boardroom memory, by outcome (stored, empty, malformed, conflict, failed).",
+    },
+    Family {
+        name: "conversation_memory_facts_total",
+        kind: Kind::Counter,
+        help: "Changes of the boardroom memory's facts, by change (added, restated, updated, evicted).",
+    },
 ];
 
 /// Creates the series whose label values are known in advance at zero, so that a rate or a
@@ -96,6 +126,14 @@ pub const FAMILIES: &[Family] = &[
 pub fn zero_known_series() {
     for outcome in ["completed", "failed", "replayed"] {
         metrics::counter!("conversation_turns_total", "outcome" => outcome).increment(0);
+    }
+    for outcome in ["stored", "empty", "malformed", "conflict", "failed"] {
+        metrics::counter!("conversation_memory_distillations_total", "outcome" => outcome)
+            .increment(0);
+    }
+    for reason in ["storage", "embedding", "timeout"] {
+        metrics::counter!("conversation_memory_recall_failures_total", "reason" => reason)
+            .increment(0);
     }
     for reason in crate::domain::FailureReason::ALL {
         metrics::counter!("conversation_advisor_failures_total", "reason" => format!("{reason:?}"))

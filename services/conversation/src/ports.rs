@@ -106,6 +106,23 @@ pub trait ModelCalls: Send + Sync + 'static {
 
     /// One call, whole: its text and usage.
     fn complete(&self, call: ChatCall) -> BoxFuture<'_, Result<(String, Usage), ModelError>>;
+
+    /// Embeddings of `texts` by the embedding `model`, one per text, in order, within
+    /// `timeout`. Models without embeddings refuse.
+    fn embed(
+        &self,
+        model: String,
+        texts: Vec<String>,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, ModelError>> {
+        let _ = (model, texts, timeout);
+        Box::pin(async {
+            Err(ModelError::new(
+                FailureReason::Rejected,
+                "these model calls have no embeddings",
+            ))
+        })
+    }
 }
 
 /// Threads and their boardrooms: the session service in production.

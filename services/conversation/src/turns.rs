@@ -18,8 +18,10 @@ use crate::domain::{
 };
 use crate::error::ConversationError;
 use crate::lease::TurnLease;
+use crate::memories::{Distillable, Recall};
+use crate::memory::MemoryKey;
 use crate::recent::RECENT_LIMIT;
-use crate::store::now;
+use crate::store::{Source, now};
 use crate::turnlog::{IndexedEvent, TurnEvents, is_last};
 use crate::workflow::{MODERATOR, TurnInput};
 
@@ -155,6 +157,11 @@ impl Conversations {
             recent: Arc::new(recent),
             last_seq: head.last_seq,
             deliberation,
+            recalled: Vec::new(),
+        };
+        let memory = MemoryKey {
+            owner_id: thread.owner_id.clone(),
+            boardroom_id: thread.boardroom_id,
         };
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let events = self.logs.open(thread_id, turn_id, tx).await;
@@ -167,8 +174,14 @@ impl Conversations {
         // the call's consistency token (its calls to other services carry it).
         self.tasks.spawn(
             boardroom_runtime::consistency::carry(async move {
-                this.drive(input, (lease, registration), events, on_disconnect, cancel)
-                    .await
+                this.drive(
+                    (input, memory),
+                    (lease, registration),
+                    events,
+                    on_disconnect,
+                    cancel,
+                )
+                .await
             })
             .instrument(span),
         );
@@ -330,7 +343,7 @@ impl Conversations {
 
     async fn drive(
         &self,
-        input: TurnInput,
+        (mut input, memory): (TurnInput, MemoryKey),
         (lease, registration): (TurnLease, Registration),
         events: TurnEvents,
         on_disconnect: OnDisconnect,
@@ -358,6 +371,14 @@ impl Conversations {
             .await;
         let cancel_when_gone = on_disconnect == OnDisconnect::Cancel;
         metrics::gauge!("conversation_turns_running").increment(1.0);
+        // What the boardroom remembers of this user, for the advisors (bounded by its own
+        // timeout; a cancel stops it at once).
+        let recall = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Recall::default(),
+            recall = self.recall(&memory, &input.content) => recall,
+        };
+        input.recalled = recall.facts;
         // The run first: a turn that finished (and committed) is reported as done even if the
         // caller left or a cancel arrived in the same instant.
         // Answering may be cut short (a cancel, the bound, a lost lease, the caller leaving);
@@ -423,6 +444,13 @@ impl Conversations {
                 if recent_full || unsummarised + turn_tokens > self.limits.history_budget_tokens {
                     self.summarise_later(thread_id);
                 }
+                self.distil_later(Distillable {
+                    key: memory,
+                    source: Source { thread_id, turn_id },
+                    user_message: first_of(&stored.messages, Role::User),
+                    synthesis: first_of(&stored.messages, Role::Moderator),
+                    used: recall.ids,
+                });
             }
             Err((reason, message)) => {
                 metrics::counter!("conversation_turns_total", "outcome" => "failed").increment(1);
@@ -603,7 +631,17 @@ fn completed(record: &TurnRecord, replayed: bool, commit_position: Option<String
         deliberation: record.outcome.deliberation,
         rounds: record.outcome.round_usage(),
         ranking: record.outcome.ranking.clone(),
+        memories_recalled: record.outcome.memories_recalled,
     }
+}
+
+/// The content of the first of `messages` written by `role` (empty when none is).
+fn first_of(messages: &[Message], role: Role) -> String {
+    messages
+        .iter()
+        .find(|m| m.role == role)
+        .map(|m| m.content.clone())
+        .unwrap_or_default()
 }
 
 fn failure_reason(err: &ConversationError) -> FailureReason {

@@ -13,7 +13,7 @@ use std::time::Duration;
 mod conversation;
 mod llm;
 
-pub use conversation::{ConversationConfig, StateCacheConfig};
+pub use conversation::{BoardroomMemoryConfig, ConversationConfig, StateCacheConfig};
 
 pub use llm::{
     BreakerConfig, CallerLimits, DeploymentConfig, LlmConfig, LlmLimits, LlmTimeouts, ModelAlias,

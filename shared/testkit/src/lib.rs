@@ -21,7 +21,7 @@ pub use redis::{PrivateRedis, ephemeral_redis_url, redis_url};
 pub use redis_cluster::{ClusterNode, RedisCluster};
 pub use service::{
     FlakyProxy, channel, main_thread, metric_value, scrape_metrics, service_test_config,
-    test_config,
+    test_config, user_thread,
 };
 
 /// Where a test server came from.

@@ -170,11 +170,22 @@ pub async fn main_thread(
     >,
     boardroom_id: String,
 ) -> String {
+    user_thread(sessions, boardroom_id, "user").await
+}
+
+/// A new session of `user` in `boardroom_id` and its main thread's id.
+pub async fn user_thread(
+    sessions: &mut boardroom_proto::session::v1::session_service_client::SessionServiceClient<
+        Channel,
+    >,
+    boardroom_id: String,
+    user: &str,
+) -> String {
     use boardroom_proto::session::v1 as spb;
     let session = sessions
         .create_session(spb::CreateSessionRequest {
             boardroom_id,
-            user_id: "user".into(),
+            user_id: user.into(),
             title: "s".into(),
             request_id: String::new(),
         })

@@ -26,10 +26,12 @@ use crate::error::ConversationError;
 use crate::state;
 
 mod checkpoints;
+mod memories;
 mod messages;
 mod queue;
 mod turns;
 
+pub use memories::{Applied, Source};
 pub(crate) use turns::lease_until;
 
 pub(crate) use boardroom_runtime::clock::now;

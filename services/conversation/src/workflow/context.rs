@@ -1,5 +1,6 @@
-//! An advisor's context window: its system prompt, the rolling summary, and as many of the
-//! most recent messages as fit the token budget, then the user's new message.
+//! An advisor's context window: its system prompt, the rolling summary, the facts recalled
+//! from the boardroom's memory, and as many of the most recent messages as fit the token
+//! budget, then the user's new message.
 
 use crate::domain::{Advisor, ConversationState, Message, Role, estimate_tokens};
 use crate::ports::{ChatMessage, ChatRole};
@@ -8,6 +9,7 @@ use crate::ports::{ChatMessage, ChatRole};
 pub fn advisor_context(
     advisor: &Advisor,
     state: &ConversationState,
+    memory: Option<&str>,
     recent: &[Message],
     user_message: &str,
     budget_tokens: u32,
@@ -26,6 +28,9 @@ pub fn advisor_context(
             ChatRole::System,
             format!("Summary of the discussion so far: {}", state.summary),
         ));
+    }
+    if let Some(memory) = memory {
+        messages.push(ChatMessage::text(ChatRole::System, memory));
     }
     let fixed: u32 = messages
         .iter()
@@ -155,7 +160,7 @@ mod tests {
             })
             .collect();
         let state = ConversationState::default();
-        let context = advisor_context(&advisor, &state, &recent, "next?", 400);
+        let context = advisor_context(&advisor, &state, None, &recent, "next?", 400);
         let total: u32 = context.iter().map(|m| estimate_tokens(&m.content)).sum();
         assert!(total <= 400, "{total} tokens");
         assert!(context.len() > 3 && context.len() < 52);
@@ -165,5 +170,20 @@ mod tests {
         assert_eq!(newest.role, ChatRole::Assistant);
         let other = &context[context.len() - 3];
         assert!(other.content.starts_with("[advisor cto]"));
+        // Recalled facts come after the system prompt and count in the budget: fewer
+        // history messages fit.
+        let memory = "What the board remembers:\n- Our runway is 14 months.".to_owned()
+            + &" More.".repeat(60);
+        let with = advisor_context(&advisor, &state, Some(&memory), &recent, "next?", 400);
+        assert_eq!(with[1].role, ChatRole::System);
+        assert_eq!(with[1].content, memory);
+        let total: u32 = with.iter().map(|m| estimate_tokens(&m.content)).sum();
+        assert!(total <= 400, "{total} tokens");
+        assert!(
+            with.len() < context.len() + 1,
+            "{} vs {}",
+            with.len(),
+            context.len()
+        );
     }
 }

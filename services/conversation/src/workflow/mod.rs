@@ -52,6 +52,8 @@ pub struct Settings {
     pub advisor_timeout: Duration,
     pub max_tool_rounds: u32,
     pub context_budget_tokens: u32,
+    /// The share of an advisor's context the boardroom memory's facts may take.
+    pub memory_budget_tokens: u32,
 }
 
 /// What the workflow needs to run one turn.
@@ -70,6 +72,8 @@ pub struct TurnInput {
     pub last_seq: i64,
     /// How the advisors deliberate.
     pub deliberation: Deliberation,
+    /// Facts recalled from the boardroom's memory, most similar to the message first.
+    pub recalled: Vec<String>,
 }
 
 /// The nodes of the turn graph.
@@ -149,6 +153,8 @@ struct Run {
     moderator: Option<(String, Usage)>,
     /// Time spent waiting for models, to tell the engine's own time apart.
     model_time: Duration,
+    /// Facts of the boardroom's memory in the advisors' contexts.
+    memories_recalled: u32,
 }
 
 impl Run {
@@ -255,6 +261,8 @@ impl Workflow {
     ) -> Result<Answered, ConversationError> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.settings.advisor_timeout;
+        let memory =
+            crate::memory::recall_block(&input.recalled, self.settings.memory_budget_tokens);
         let advisors = input
             .advisors
             .iter()
@@ -262,6 +270,7 @@ impl Workflow {
                 conversation: context::advisor_context(
                     advisor,
                     &input.state,
+                    memory.as_ref().map(|(block, _)| block.as_str()),
                     &input.recent,
                     &input.content,
                     self.settings.context_budget_tokens,
@@ -288,6 +297,7 @@ impl Workflow {
             ranking: Vec::new(),
             moderator: None,
             model_time: Duration::ZERO,
+            memories_recalled: memory.map_or(0, |(_, count)| count),
         };
         if run.input.deliberation.mode != Mode::Panel {
             self.round_started(&run, RoundKind::Answer, events).await;
@@ -952,6 +962,7 @@ impl Workflow {
             deliberation: input.deliberation,
             rounds: run.rounds.clone(),
             ranking: run.ranking.clone(),
+            memories_recalled: run.memories_recalled,
             ..TurnOutcome::default()
         };
         let mut memory = Vec::new();

@@ -50,6 +50,7 @@ async fn bench(max_tool_rounds: u32) -> Bench {
             advisor_timeout: Duration::from_secs(5),
             max_tool_rounds,
             context_budget_tokens: 2_000,
+            memory_budget_tokens: 300,
         }),
     };
     Bench {
@@ -93,6 +94,7 @@ impl Bench {
             recent: Arc::new(Vec::new()),
             last_seq: 0,
             deliberation: Deliberation::default(),
+            recalled: Vec::new(),
         }
     }
 
@@ -496,4 +498,39 @@ async fn a_debate_revises_in_rounds_and_an_advisor_failing_in_round_2_sits_out_w
     assert_eq!(outcome.failures.len(), 1);
     let total: u32 = outcome.rounds.iter().map(|r| r.usage.input_tokens).sum();
     assert_eq!(total, outcome.usage.input_tokens);
+}
+
+#[tokio::test]
+async fn recalled_facts_reach_every_advisor_within_their_share_and_are_counted() {
+    let b = bench(1).await;
+    b.models.script("cfo-model", [Reply::Text(vec!["Cut"])]);
+    b.models.script("cto-model", [Reply::Text(vec!["Ship"])]);
+    b.models
+        .script("moderator-model", [Reply::Text(vec!["Both"])]);
+    let mut input = b.input(&["cfo", "cto"]).await;
+    // Far more facts than the 300 tokens the memory may take.
+    input.recalled = (0..200)
+        .map(|i| format!("Fact {i}: the company's runway is {i} months."))
+        .collect();
+    let (result, _) = b.run(input).await;
+    let stored = result.expect("stored");
+    let recalled = stored.record.outcome.memories_recalled;
+    assert!(recalled > 3 && recalled < 200, "{recalled}");
+    for call in b
+        .models
+        .calls()
+        .iter()
+        .filter(|c| c.model != "moderator-model")
+    {
+        let memory: Vec<&str> = call
+            .messages
+            .iter()
+            .filter(|m| m.role == ChatRole::System && m.content.contains("remembers"))
+            .map(|m| m.content.as_str())
+            .collect();
+        assert_eq!(memory.len(), 1, "{}: {:?}", call.model, call.messages);
+        assert!(memory[0].contains("- Fact 0: "));
+        assert_eq!(memory[0].matches("\n- ").count() as u32, recalled);
+        assert!(crate::domain::estimate_tokens(memory[0]) <= 300);
+    }
 }

@@ -216,8 +216,19 @@ impl Suite {
         advisors: &[(&str, &str)],
         boardroom: spb::CreateBoardroomRequest,
     ) -> String {
-        let mut sessions = self.sessions.clone();
-        let boardroom = sessions
+        let boardroom_id = self.boardroom_in(advisors, boardroom).await;
+        boardroom_testkit::main_thread(&mut self.sessions.clone(), boardroom_id).await
+    }
+
+    /// A new boardroom of `advisors` (name, model alias) with the policies of `boardroom`:
+    /// its id.
+    pub async fn boardroom_in(
+        &self,
+        advisors: &[(&str, &str)],
+        boardroom: spb::CreateBoardroomRequest,
+    ) -> String {
+        self.sessions
+            .clone()
             .create_boardroom(spb::CreateBoardroomRequest {
                 owner_id: "owner".into(),
                 name: "board".into(),
@@ -237,8 +248,13 @@ impl Suite {
             .expect("boardroom")
             .into_inner()
             .boardroom
-            .expect("boardroom");
-        boardroom_testkit::main_thread(&mut sessions, boardroom.id).await
+            .expect("boardroom")
+            .id
+    }
+
+    /// A new session of `user` in `boardroom_id` and its main thread.
+    pub async fn thread_of(&self, boardroom_id: &str, user: &str) -> String {
+        boardroom_testkit::user_thread(&mut self.sessions.clone(), boardroom_id.into(), user).await
     }
 
     /// A thread whose boardroom has `n` advisors on the mock model.

@@ -8,6 +8,7 @@ mod deliberation;
 mod failures;
 mod helpers;
 mod history;
+mod memory;
 mod replicas;
 mod turns;
 mod validation;

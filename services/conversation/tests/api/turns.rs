@@ -1,4 +1,5 @@
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use boardroom_proto::conversation::v1 as pb;
 use boardroom_proto::conversation::v1::run_turn_response::Event;
@@ -87,6 +88,15 @@ async fn a_retried_turn_replays_its_recorded_outcome_without_running_again() {
         .await
         .expect("RunTurn");
     let done = completed(&first);
+    // The turn's distillation into the boardroom memory calls the gateway in the background:
+    // done before the count starts.
+    eventually(Duration::from_secs(10), || async {
+        let metrics = boardroom_testkit::scrape_metrics(suite.admin).await;
+        (boardroom_testkit::metric_value(&metrics, &["conversation_memory_distillations_total"])
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
     let calls_before = boardroom_testkit::metric_value(
         &boardroom_testkit::scrape_metrics(suite.gateway_admin).await,
         &["llm_requests_total"],

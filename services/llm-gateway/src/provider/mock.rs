@@ -6,7 +6,10 @@
 //! tool's first required parameter. It ranks when the last user message ends with a line
 //! `Labels: A, B, C.` (the conversation service's review): `{"ranking": [...], "reason": ...}`
 //! with the labels ordered by a hash of the answers shown under them (`[A] text`), so every
-//! reviewer agrees on the order of the same answers.
+//! reviewer agrees on the order of the same answers. It distils facts when the last user
+//! message ends with the line `Facts: JSON.` (the conversation service's memory):
+//! `{"facts": [...]}` holding every statement (a sentence ending in `.` or `!`, not `?`) of
+//! its `[user] ` line.
 
 use std::time::Duration;
 
@@ -113,7 +116,7 @@ impl MockProvider {
                 model: self.settings.model.clone(),
             };
         }
-        if let Some(content) = ranking(request) {
+        if let Some(content) = ranking(request).or_else(|| facts(request)) {
             return Completion {
                 usage: Usage {
                     input_tokens,
@@ -217,6 +220,37 @@ fn ranking(request: &ChatRequest) -> Option<String> {
     Some(serde_json::json!({ "ranking": ranked, "reason": reason }).to_string())
 }
 
+/// The facts a memory's distillation asks for (see the module's doc), or `None` when none
+/// are asked.
+fn facts(request: &ChatRequest) -> Option<String> {
+    let last = request.messages.last().filter(|m| m.role == Role::User)?;
+    let mut lines = last.content.lines().filter(|l| !l.trim().is_empty());
+    if lines.next_back()?.trim() != "Facts: JSON." {
+        return None;
+    }
+    let user = last
+        .content
+        .lines()
+        .find_map(|l| l.strip_prefix("[user] "))
+        .unwrap_or_default();
+    let mut facts = Vec::new();
+    let mut start = 0;
+    let chars: Vec<(usize, char)> = user.char_indices().collect();
+    for (i, &(at, c)) in chars.iter().enumerate() {
+        let ends = chars
+            .get(i + 1)
+            .is_none_or(|(_, next)| next.is_whitespace());
+        if matches!(c, '.' | '!' | '?') && ends {
+            let sentence = user[start..at + c.len_utf8()].trim();
+            if c != '?' && sentence.len() > 1 {
+                facts.push(sentence.to_owned());
+            }
+            start = at + c.len_utf8();
+        }
+    }
+    Some(serde_json::json!({ "facts": facts }).to_string())
+}
+
 /// A deterministic unit vector of `text`'s words.
 pub fn embed_text(text: &str) -> Vec<f32> {
     let mut vector = vec![0f32; EMBEDDING_DIMENSIONS];
@@ -307,5 +341,44 @@ impl Provider for MockProvider {
             })
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{CachePolicy, Message, Params};
+
+    fn asked(text: &str) -> ChatRequest {
+        ChatRequest {
+            model: "mock".into(),
+            messages: vec![Message {
+                role: Role::User,
+                content: text.into(),
+                tool_calls: Vec::new(),
+                tool_call_id: None,
+                name: None,
+            }],
+            tools: Vec::new(),
+            params: Params::default(),
+            request_id: String::new(),
+            cache_policy: CachePolicy::default(),
+        }
+    }
+
+    #[test]
+    fn a_distillation_gets_the_user_s_statements_and_nothing_else_does() {
+        let reply = facts(&asked(
+            "[user] Our runway is 14.5 months. Should we raise prices? We sell to mid-market!\n[moderator] Raise them.\n\nFacts: JSON.",
+        ));
+        assert_eq!(
+            reply.as_deref(),
+            Some(r#"{"facts":["Our runway is 14.5 months.","We sell to mid-market!"]}"#)
+        );
+        assert_eq!(
+            facts(&asked("[user] Hi?\n\nFacts: JSON.")).as_deref(),
+            Some(r#"{"facts":[]}"#)
+        );
+        assert_eq!(facts(&asked("[user] Our runway is 14 months.")), None);
     }
 }

@@ -66,6 +66,8 @@ pub struct ConversationConfig {
     pub default_page_size: u32,
     /// Largest page a List request may ask for.
     pub max_page_size: u32,
+    /// The boardroom memory: facts distilled from turns, recalled into advisors' contexts.
+    pub memory: BoardroomMemoryConfig,
 }
 
 impl Default for ConversationConfig {
@@ -100,6 +102,7 @@ impl Default for ConversationConfig {
             max_message_bytes: 32 * 1024,
             default_page_size: 50,
             max_page_size: 1000,
+            memory: BoardroomMemoryConfig::default(),
         }
     }
 }
@@ -143,6 +146,85 @@ impl ConversationConfig {
         if self.history_budget_tokens < self.context_budget_tokens / 2 {
             return Err(
                 "key `conversation.history_budget_tokens` must be >= half of `context_budget_tokens`"
+                    .into(),
+            );
+        }
+        self.memory.check()
+    }
+}
+
+/// The boardroom memory: after a completed turn the summary model distils durable facts from
+/// it into a memory per (user, boardroom); a turn's advisors get the facts most similar to
+/// its message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BoardroomMemoryConfig {
+    /// Off: nothing is distilled or recalled (what is stored stays, and stays listable).
+    pub enabled: bool,
+    /// The embedding model alias (the gateway's Embed) for facts and turns' messages.
+    pub embedding_model: String,
+    /// Most facts kept per (user, boardroom); beyond it the least used (then the oldest) go.
+    pub max_facts: u32,
+    /// Most facts distilled from one turn.
+    pub max_facts_per_turn: u32,
+    /// Longest fact kept, in bytes (longer ones are dropped, not cut).
+    pub max_fact_bytes: usize,
+    /// Most facts recalled into a turn's contexts.
+    pub recall_count: u32,
+    /// Least cosine similarity of a recalled fact to the turn's message.
+    pub min_similarity: f32,
+    /// Least cosine similarity at which a new fact is compared with a kept one as a
+    /// restatement or update of it (then it replaces it when both speak of the same thing).
+    pub merge_similarity: f32,
+    /// Share of `context_budget_tokens` the recalled facts may take.
+    pub budget_share: f32,
+    /// Bound of the recall's embedding call; past it the turn runs without memories.
+    pub recall_timeout_ms: u64,
+    /// In-process bound of the memories cached for recall, in bytes.
+    pub cache_max_bytes: u64,
+}
+
+impl Default for BoardroomMemoryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            embedding_model: "mock".into(),
+            max_facts: 1_000,
+            max_facts_per_turn: 5,
+            max_fact_bytes: 400,
+            recall_count: 5,
+            min_similarity: 0.25,
+            merge_similarity: 0.75,
+            budget_share: 0.15,
+            recall_timeout_ms: 500,
+            cache_max_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+impl BoardroomMemoryConfig {
+    fn check(&self) -> Result<(), String> {
+        if self.max_facts == 0 || self.max_facts > 100_000 || self.max_facts_per_turn == 0 {
+            return Err(
+                "keys `conversation.memory.max_facts` must be in 1..=100000 and `max_facts_per_turn` > 0"
+                    .into(),
+            );
+        }
+        let unit = 0.0..=1.0;
+        let share = self.budget_share > 0.0 && self.budget_share <= 0.5;
+        if !(unit.contains(&self.min_similarity) && unit.contains(&self.merge_similarity) && share)
+        {
+            return Err(
+                "keys `conversation.memory.min_similarity` and `merge_similarity` must be in 0..=1, `budget_share` in (0, 0.5]"
+                    .into(),
+            );
+        }
+        if self.max_fact_bytes < 16
+            || self.recall_timeout_ms == 0
+            || self.embedding_model.is_empty()
+        {
+            return Err(
+                "keys `conversation.memory.max_fact_bytes` must be >= 16, `recall_timeout_ms` > 0, `embedding_model` set"
                     .into(),
             );
         }

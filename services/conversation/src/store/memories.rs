@@ -1,0 +1,304 @@
+//! The boardroom memory on the database: a user's facts in a boardroom, their generation
+//! (an optimistic lock: every change moves it, a writer stores only over the generation it
+//! decided on), keyset pages, deletes and use counts.
+
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
+};
+use uuid::Uuid;
+
+use crate::entity::{memory, memory_head};
+use crate::error::ConversationError;
+use crate::memory::{Change, FactSet, Memory, MemoryKey, vector_bytes, vector_from};
+
+use super::*;
+
+fn memory_from(m: memory::Model) -> Memory {
+    Memory {
+        id: m.id,
+        owner_id: m.owner_id,
+        boardroom_id: m.boardroom_id,
+        fact: m.fact,
+        thread_id: m.thread_id,
+        turn_id: m.turn_id,
+        uses: u64::try_from(m.uses).unwrap_or(0),
+        used_at: m.used_at,
+        created_at: m.created_at,
+        updated_at: m.updated_at,
+    }
+}
+
+fn of(key: &MemoryKey) -> sea_orm::Condition {
+    sea_orm::Condition::all()
+        .add(memory::Column::OwnerId.eq(key.owner_id.as_str()))
+        .add(memory::Column::BoardroomId.eq(key.boardroom_id))
+}
+
+fn head_of(key: &MemoryKey) -> sea_orm::Condition {
+    sea_orm::Condition::all()
+        .add(memory_head::Column::OwnerId.eq(key.owner_id.as_str()))
+        .add(memory_head::Column::BoardroomId.eq(key.boardroom_id))
+}
+
+/// Where a distilled fact came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Source {
+    pub thread_id: Uuid,
+    pub turn_id: Uuid,
+}
+
+/// What storing a memory's changes did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub added: u64,
+    pub replaced: u64,
+    /// Facts that left to keep the memory within its bound.
+    pub evicted: u64,
+}
+
+impl ConversationStore {
+    /// A memory's facts and generation, for recall (from the primary: the generation must be
+    /// current for a writer to decide on it).
+    pub async fn fact_set(&self, key: &MemoryKey) -> Result<FactSet, ConversationError> {
+        let conn = self.db.conn();
+        let (generation, rows) = self
+            .db
+            .timed("memory_fact_set", async {
+                let generation = memory_head::Entity::find()
+                    .filter(head_of(key))
+                    .one(conn)
+                    .await?
+                    .map_or(0, |h| h.generation);
+                let rows = memory::Entity::find()
+                    .select_only()
+                    .columns([
+                        memory::Column::Id,
+                        memory::Column::Fact,
+                        memory::Column::Embedding,
+                    ])
+                    .filter(of(key))
+                    .order_by_asc(memory::Column::Id)
+                    .into_tuple::<(Uuid, String, Vec<u8>)>()
+                    .all(conn)
+                    .await?;
+                Ok((generation, rows))
+            })
+            .await?;
+        let mut set = FactSet::empty(generation);
+        for (id, fact, bytes) in rows {
+            let vector = vector_from(&bytes).ok_or_else(|| {
+                ConversationError::Internal(format!("memory {id}: its embedding does not decode"))
+            })?;
+            set.push(id, fact, vector);
+        }
+        Ok(set)
+    }
+
+    /// A page of a memory's facts, newest first, after `before` (a page's last id).
+    pub async fn list_memories(
+        &self,
+        key: &MemoryKey,
+        before: Option<Uuid>,
+        limit: u64,
+    ) -> Result<Vec<Memory>, ConversationError> {
+        let mut query = memory::Entity::find().filter(of(key));
+        if let Some(id) = before {
+            query = query.filter(memory::Column::Id.lt(id));
+        }
+        let query = query.order_by_desc(memory::Column::Id).limit(limit);
+        let rows = self
+            .fetch("memory_list", Read::Replica, |c| {
+                Box::pin(query.clone().all(c))
+            })
+            .await?;
+        Ok(rows.into_iter().map(memory_from).collect())
+    }
+
+    /// Stores `changes` decided on `set` (its generation, its indexes), then evicts the least
+    /// used (then oldest) facts beyond `max_facts`, in one transaction. `None` when the
+    /// memory changed since `set` was read (nothing is stored; decide again).
+    pub async fn apply_memory(
+        &self,
+        key: &MemoryKey,
+        set: &FactSet,
+        changes: Vec<Change>,
+        source: Source,
+        max_facts: u64,
+    ) -> Result<Option<Applied>, ConversationError> {
+        let conn = self.db.conn();
+        let applied = self
+            .db
+            .timed("memory_apply", async {
+                let txn = conn.begin().await?;
+                if !advance(&txn, key, Some(set.generation)).await? {
+                    txn.rollback().await?;
+                    return Ok(None);
+                }
+                let at = now();
+                let mut applied = Applied::default();
+                for change in changes {
+                    match change {
+                        Change::Add { fact, vector } => {
+                            memory::Entity::insert(memory::ActiveModel {
+                                owner_id: Set(key.owner_id.clone()),
+                                boardroom_id: Set(key.boardroom_id),
+                                id: Set(Uuid::now_v7()),
+                                fact: Set(fact),
+                                embedding: Set(vector_bytes(&vector)),
+                                thread_id: Set(source.thread_id),
+                                turn_id: Set(source.turn_id),
+                                uses: Set(0),
+                                used_at: Set(None),
+                                created_at: Set(at),
+                                updated_at: Set(at),
+                            })
+                            .exec_without_returning(&txn)
+                            .await?;
+                            applied.added += 1;
+                        }
+                        Change::Replace {
+                            index,
+                            fact,
+                            vector,
+                            ..
+                        } => {
+                            let Some(id) = set.ids.get(index) else {
+                                continue;
+                            };
+                            memory::Entity::update_many()
+                                .col_expr(memory::Column::Fact, Expr::value(fact))
+                                .col_expr(
+                                    memory::Column::Embedding,
+                                    Expr::value(vector_bytes(&vector)),
+                                )
+                                .col_expr(memory::Column::ThreadId, Expr::value(source.thread_id))
+                                .col_expr(memory::Column::TurnId, Expr::value(source.turn_id))
+                                .col_expr(memory::Column::UpdatedAt, Expr::value(at))
+                                .filter(of(key))
+                                .filter(memory::Column::Id.eq(*id))
+                                .exec(&txn)
+                                .await?;
+                            applied.replaced += 1;
+                        }
+                    }
+                }
+                let kept = memory::Entity::find().filter(of(key)).count(&txn).await?;
+                if kept > max_facts {
+                    let leaving: Vec<Uuid> = memory::Entity::find()
+                        .select_only()
+                        .column(memory::Column::Id)
+                        .filter(of(key))
+                        .order_by_asc(memory::Column::Uses)
+                        .order_by_asc(memory::Column::UpdatedAt)
+                        .limit(kept - max_facts)
+                        .into_tuple()
+                        .all(&txn)
+                        .await?;
+                    applied.evicted = memory::Entity::delete_many()
+                        .filter(of(key))
+                        .filter(memory::Column::Id.is_in(leaving))
+                        .exec(&txn)
+                        .await?
+                        .rows_affected;
+                }
+                txn.commit().await?;
+                Ok(Some(applied))
+            })
+            .await?;
+        Ok(applied)
+    }
+
+    /// Forgets one fact; whether it was there.
+    pub async fn delete_memory(
+        &self,
+        key: &MemoryKey,
+        id: Uuid,
+    ) -> Result<bool, ConversationError> {
+        let deleted = self.forget(key, Some(id)).await?;
+        Ok(deleted > 0)
+    }
+
+    /// Forgets a whole memory; how many facts it held.
+    pub async fn forget_memory(&self, key: &MemoryKey) -> Result<u64, ConversationError> {
+        self.forget(key, None).await
+    }
+
+    async fn forget(&self, key: &MemoryKey, id: Option<Uuid>) -> Result<u64, ConversationError> {
+        let conn = self.db.conn();
+        let deleted = self
+            .db
+            .timed("memory_delete", async {
+                let txn = conn.begin().await?;
+                let mut delete = memory::Entity::delete_many().filter(of(key));
+                if let Some(id) = id {
+                    delete = delete.filter(memory::Column::Id.eq(id));
+                }
+                let deleted = delete.exec(&txn).await?.rows_affected;
+                if deleted > 0 {
+                    // A writer that decided before this delete must decide again.
+                    advance(&txn, key, None).await?;
+                }
+                txn.commit().await?;
+                Ok(deleted)
+            })
+            .await?;
+        Ok(deleted)
+    }
+
+    /// Counts a use of each of `ids` (a turn's advisors were given them). Not a change of
+    /// the facts: the generation stays.
+    pub async fn record_uses(
+        &self,
+        key: &MemoryKey,
+        ids: &[Uuid],
+    ) -> Result<(), ConversationError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.db
+            .timed(
+                "memory_uses",
+                memory::Entity::update_many()
+                    .col_expr(memory::Column::Uses, Expr::col(memory::Column::Uses).add(1))
+                    .col_expr(memory::Column::UsedAt, Expr::value(now()))
+                    .filter(of(key))
+                    .filter(memory::Column::Id.is_in(ids.iter().copied()))
+                    .exec(self.db.conn()),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Moves the memory's generation on, from `expected` when given (the first change of a
+/// memory creates its head); whether it was `expected` (always, without one).
+async fn advance(
+    txn: &DatabaseTransaction,
+    key: &MemoryKey,
+    expected: Option<i64>,
+) -> Result<bool, DbErr> {
+    if expected == Some(0) {
+        let inserted = memory_head::Entity::insert(memory_head::ActiveModel {
+            owner_id: Set(key.owner_id.clone()),
+            boardroom_id: Set(key.boardroom_id),
+            generation: Set(1),
+        })
+        .on_conflict_do_nothing()
+        .exec_without_returning(txn)
+        .await?;
+        return Ok(matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0));
+    }
+    let mut update = memory_head::Entity::update_many()
+        .col_expr(
+            memory_head::Column::Generation,
+            Expr::col(memory_head::Column::Generation).add(1),
+        )
+        .filter(head_of(key));
+    if let Some(generation) = expected {
+        update = update.filter(memory_head::Column::Generation.eq(generation));
+    }
+    let moved = update.exec(txn).await?.rows_affected;
+    Ok(expected.is_none() || moved == 1)
+}
