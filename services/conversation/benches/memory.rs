@@ -7,8 +7,8 @@
 //!   memory's vectors (the cached case, every turn after the first), at 256 dimensions (the
 //!   mock's), 384 (all-MiniLM-L6-v2) and 1536 (text-embedding-3-small), p50/p99 over 2,000
 //!   searches; and a cache miss, the memory loaded from PostgreSQL (p50/p99 over 50 loads).
-//!   Baseline in the same run: a copy of the vectors scanned with no top-k kept (the floor
-//!   of any exhaustive search).
+//!   Baseline in the same run: the same vectors scanned by a plain scalar dot product with no
+//!   top-k kept (what an exhaustive search written the obvious way costs).
 //! - turn: through the real servers (PostgreSQL, Redis, the gateway's mock model at 0 ms), a
 //!   turn of 3 advisors in a boardroom whose memory holds N facts against the same turn in a
 //!   boardroom with none (baseline), interleaved: p50/p99 and the ratio, the service's own
@@ -87,7 +87,7 @@ fn set_of(vectors: &[Vec<f32>]) -> FactSet {
 async fn search() {
     println!("\n## Recall search in process (message already embedded)\n");
     println!(
-        "| facts | dims | top-5 search p50 / p99 µs | plain scan p50 / p99 µs (baseline) | ratio p50 |"
+        "| facts | dims | top-5 search p50 / p99 µs | plain scalar scan p50 / p99 µs (baseline) | ratio p50 |"
     );
     println!("|---|---|---|---|---|");
     for dims in [256, 384, 1536] {
