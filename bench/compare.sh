@@ -4,6 +4,8 @@
 # to the first token and 50 tokens/s), alternating A, B, A, B, each on a fresh database. Prints
 # per run the suite's CPU per user-round, peak RSS and the p99s, and B's ratios to A.
 # Usage: bench/compare.sh A_BIN B_BIN [users, default 200] [duration, default 40s] [think, default 3s]
+# With A_ENV or B_ENV ("NAME=VALUE ..."), that side's suite runs with those settings: e.g.
+# A_ENV=BOARDROOM_CONVERSATION__MEMORY__ENABLED=false bench/compare.sh BIN BIN (the memory's cost).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=$1
@@ -18,13 +20,17 @@ BENCH_LOG=$(mktemp)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -f "$BENCH_LOG"' EXIT
 source bench/lib.sh
 
-run() { # label binary index; the same generator (A's) for both
-  users_run "bench/out/compare-$1-$3.json" "$2" "$A" "$USERS" "$DURATION" "$THINK"
+run() { # label binary index [NAME=VALUE ...]; the same generator (A's) for both
+  local label=$1 bin=$2 index=$3
+  shift 3
+  users_run "bench/out/compare-$label-$index.json" "$bin" "$A" "$USERS" "$DURATION" "$THINK" "$@"
 }
 
+# A_ENV / B_ENV: settings for one side only (the same binary twice compares a setting).
+# shellcheck disable=SC2086
 for index in 1 2; do
-  run A "$A" "$index"
-  run B "$B" "$index"
+  run A "$A" "$index" ${A_ENV:-}
+  run B "$B" "$index" ${B_ENV:-}
 done
 
 python3 - "$USERS" <<'PY'

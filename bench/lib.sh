@@ -4,7 +4,7 @@
 
 # users_run OUT SERVE_BIN LOAD_BIN USERS DURATION THINK [NAME=VALUE ...]: a fresh database,
 # `SERVE_BIN serve` with the extra environment, the scenario from LOAD_BIN with the suite's
-# RSS/CPU sampled, its JSON report to OUT, then the suite stopped.
+# RSS/CPU sampled (ramp RAMP, default 5s), its JSON report to OUT, then the suite stopped.
 users_run() {
   local out=$1 bin=$2 load=$3 users=$4 duration=$5 think=$6
   shift 6
@@ -16,7 +16,11 @@ users_run() {
   local pid=$!
   for _ in $(seq 300); do curl -sf 127.0.0.1:9092/readyz >/dev/null && break; sleep 0.1; done
   "$load" load 127.0.0.1:50051 --scenario users --users "$users" -z "$duration" --think "$think" \
-    --ramp 5s --pid "suite=$pid" >"$out"
+    --ramp "${RAMP:-5s}" --pid "suite=$pid" >"$out"
+  # SCRAPE_TO=FILE keeps the four admin ports' metrics as the run left them.
+  if [ -n "${SCRAPE_TO:-}" ]; then
+    for port in 9091 9092 9093 9094; do curl -sf "127.0.0.1:$port/metrics"; done >"$SCRAPE_TO"
+  fi
   kill "$pid"
   wait "$pid" 2>/dev/null || true
 }
