@@ -58,6 +58,8 @@ type Shared = Arc<Mutex<Steps>>;
 struct Failure {
     label: String,
     retryable: bool,
+    /// How long the server asked the caller to wait before trying again (`retry-after`).
+    retry_after: Option<Duration>,
 }
 
 impl From<tonic::Status> for Failure {
@@ -66,6 +68,12 @@ impl From<tonic::Status> for Failure {
         Self {
             label: format!("{:?}", status.code()),
             retryable: status.code() == tonic::Code::Unavailable,
+            retry_after: status
+                .metadata()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs),
         }
     }
 }
@@ -126,7 +134,8 @@ fn record_retry(steps: &Shared, step: &'static str, failure: &Failure) {
 
 /// Runs `call` as a well-behaved client does, timing it as `step` from its first attempt: a
 /// retryable failure is tried again (the same request, so the same request id) after a backoff
-/// from 50 ms doubling to 1 s with jitter, within [`RETRY_BUDGET`]. `None` when it failed.
+/// from 50 ms doubling to 1 s with jitter, or after the server's `retry-after` when it sent one
+/// (an overloaded server's refusal), within [`RETRY_BUDGET`]. `None` when it failed.
 async fn step<T, F, Fut>(steps: &Shared, name: &'static str, mut call: F) -> Option<T>
 where
     F: FnMut() -> Fut,
@@ -153,7 +162,11 @@ where
                 let nanos = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.subsec_nanos());
-                tokio::time::sleep(backoff.mul_f64(0.5 + f64::from(nanos % 1000) / 2000.0)).await;
+                let jitter = 0.5 + f64::from(nanos % 1000) / 2000.0;
+                let wait = failure
+                    .retry_after
+                    .map_or(backoff.mul_f64(jitter), |asked| asked.mul_f64(0.5 + jitter));
+                tokio::time::sleep(wait).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
             Err(failure) => {
@@ -218,6 +231,7 @@ async fn run_turn(
                             | conv::FailureReason::Upstream
                             | conv::FailureReason::NoAnswer
                     ),
+                    retry_after: None,
                 });
             }
             _ => {}
@@ -226,6 +240,7 @@ async fn run_turn(
     Err(Failure {
         label: "stream ended without TurnCompleted".into(),
         retryable: false,
+        retry_after: None,
     })
 }
 

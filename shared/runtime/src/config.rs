@@ -296,6 +296,13 @@ pub struct ServerConfig {
     pub concurrency_limit: usize,
     /// Calls allowed to wait for a slot; beyond it calls are shed with UNAVAILABLE.
     pub max_pending: usize,
+    /// Admission by queueing delay (`boardroom_runtime::admission`): when even the quickest
+    /// call of an `admission_interval_ms` waited longer than this to start, calls that have
+    /// waited this long are refused (UNAVAILABLE, `retry-after`) until the queue drains.
+    /// 0 turns it off.
+    pub admission_target_ms: u64,
+    /// The interval over which the quickest admission is judged.
+    pub admission_interval_ms: u64,
     /// Largest encoded message accepted or sent.
     pub max_message_bytes: usize,
     /// HTTP/2 streams per connection.
@@ -316,6 +323,8 @@ impl Default for ServerConfig {
             request_timeout_ms: 30_000,
             concurrency_limit: 2048,
             max_pending: 8192,
+            admission_target_ms: 10,
+            admission_interval_ms: 100,
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 1024,
             drain_timeout_ms: 25_000,

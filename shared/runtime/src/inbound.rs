@@ -1,7 +1,7 @@
 //! The tower layer every gRPC server runs each call through: a tracing span continuing the
-//! caller's W3C trace, caller authentication, admission (concurrency limit with a bounded
-//! wait queue, shedding beyond it), the call deadline, and RED metrics named after the
-//! OpenTelemetry RPC conventions.
+//! caller's W3C trace, caller authentication, admission (by queueing delay, see
+//! `crate::admission`; a concurrency limit with a bounded wait queue, shedding beyond it), the
+//! call deadline, and RED metrics named after the OpenTelemetry RPC conventions.
 //!
 //! One layer instead of five keeps a single boxed future per call on the hot path.
 
@@ -19,6 +19,7 @@ use tonic::body::Body;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
+use crate::admission::QueueDelay;
 use crate::auth::Authenticator;
 use crate::consistency;
 use crate::rpc_metrics::{MethodMetrics, RpcMetrics};
@@ -37,6 +38,8 @@ pub struct InboundPolicy {
     pub concurrency_limit: usize,
     /// Calls that may wait for a slot; more are shed.
     pub max_pending: usize,
+    /// Admission by queueing delay: (target, interval); a zero target turns it off.
+    pub admission: (Duration, Duration),
     /// Deadline of a call when the client sends a longer one or none.
     pub request_timeout: Duration,
     /// Caller authentication; `None` admits everyone.
@@ -51,6 +54,7 @@ struct Shared {
     permits: Arc<Semaphore>,
     pending: AtomicUsize,
     max_pending: usize,
+    delay: QueueDelay,
     request_timeout: Duration,
     authenticator: Option<Authenticator>,
     metrics: RpcMetrics,
@@ -67,12 +71,14 @@ impl InboundLayer {
     pub fn new(policy: InboundPolicy) -> Self {
         // At zero before the first shed, so that its rate exists.
         metrics::counter!("rpc_server_shed_total", "server" => policy.server).increment(0);
+        metrics::gauge!("rpc_server_overloaded", "server" => policy.server).set(0.0);
         Self {
             shared: Arc::new(Shared {
                 server: policy.server,
                 permits: Arc::new(Semaphore::new(policy.concurrency_limit)),
                 pending: AtomicUsize::new(0),
                 max_pending: policy.max_pending,
+                delay: QueueDelay::new(policy.admission.0, policy.admission.1),
                 request_timeout: policy.request_timeout,
                 authenticator: policy.authenticator,
                 metrics: RpcMetrics::new(policy.server, policy.services),
@@ -159,7 +165,7 @@ where
             let permit = if exempt {
                 None
             } else {
-                match admit(&shared, deadline).await {
+                match admit(&shared, observer.started, deadline).await {
                     Ok(permit) => Some(permit),
                     Err(status) => return Ok(observer.reject(status)),
                 }
@@ -205,24 +211,72 @@ where
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallDeadline(pub std::time::Instant);
 
-async fn admit(shared: &Shared, deadline: Duration) -> Result<OwnedSemaphorePermit, Status> {
+/// A slot for a call that arrived at `arrived`, or why it gets none: refused at once while the
+/// server is overloaded and the call has waited `target` already (see `crate::admission`),
+/// shed when too many wait, refused when its wait would outlast the overload's patience.
+async fn admit(
+    shared: &Shared,
+    arrived: Instant,
+    deadline: Duration,
+) -> Result<OwnedSemaphorePermit, Status> {
+    let waited = arrived.elapsed();
+    if shared.delay.refuses(waited) {
+        return Err(shed(
+            shared,
+            "server overloaded: calls wait too long to start",
+        ));
+    }
     if let Ok(permit) = shared.permits.clone().try_acquire_owned() {
+        admitted(shared, waited);
         return Ok(permit);
     }
     if shared.pending.fetch_add(1, Ordering::AcqRel) >= shared.max_pending {
         shared.pending.fetch_sub(1, Ordering::AcqRel);
-        metrics::counter!("rpc_server_shed_total", "server" => shared.server).increment(1);
-        return Err(overloaded("server overloaded: admission queue full"));
+        return Err(shed(shared, "server overloaded: admission queue full"));
     }
-    let waited = tokio::time::timeout(deadline, shared.permits.clone().acquire_owned()).await;
+    let left = deadline.saturating_sub(waited);
+    let patience = shared.delay.patience(waited, left);
+    let got = tokio::time::timeout(patience, shared.permits.clone().acquire_owned()).await;
     shared.pending.fetch_sub(1, Ordering::AcqRel);
-    match waited {
-        Ok(Ok(permit)) => Ok(permit),
+    match got {
+        Ok(Ok(permit)) => {
+            admitted(shared, arrived.elapsed());
+            Ok(permit)
+        }
         Ok(Err(_closed)) => Err(overloaded("server shutting down")),
+        Err(_) if patience < left => Err(shed(
+            shared,
+            "server overloaded: calls wait too long for a slot",
+        )),
         Err(_) => Err(Status::deadline_exceeded(
             "deadline exceeded while queued for admission",
         )),
     }
+}
+
+/// Records an admission's queueing delay; logs and reports the overload turning on or off.
+fn admitted(shared: &Shared, waited: Duration) {
+    if shared.delay.admitted(waited, Instant::now()) {
+        let on = shared.delay.overloaded();
+        metrics::gauge!("rpc_server_overloaded", "server" => shared.server).set(if on {
+            1.0
+        } else {
+            0.0
+        });
+        if on {
+            tracing::warn!(
+                server = shared.server,
+                "overloaded: refusing calls that wait to start"
+            );
+        } else {
+            tracing::info!(server = shared.server, "no longer overloaded");
+        }
+    }
+}
+
+fn shed(shared: &Shared, message: &str) -> Status {
+    metrics::counter!("rpc_server_shed_total", "server" => shared.server).increment(1);
+    overloaded(message)
 }
 
 fn overloaded(message: &str) -> Status {
@@ -449,6 +503,7 @@ mod tests {
             server: "test",
             concurrency_limit: 4,
             max_pending: 4,
+            admission: (Duration::from_millis(5), Duration::from_millis(100)),
             request_timeout: Duration::from_secs(1),
             authenticator: Authenticator::from_config(&auth).expect("valid"),
             services: vec!["pkg.Svc".into()],
@@ -505,51 +560,50 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn admission_sheds_beyond_the_queue() {
-        let shared = Shared {
+    fn shared(permits: usize, max_pending: usize, target: Duration) -> Shared {
+        Shared {
             server: "test",
-            permits: Arc::new(Semaphore::new(1)),
+            permits: Arc::new(Semaphore::new(permits)),
             pending: AtomicUsize::new(0),
-            max_pending: 0,
+            max_pending,
+            delay: QueueDelay::new(target, Duration::from_millis(100)),
             request_timeout: Duration::from_secs(1),
             authenticator: None,
             metrics: RpcMetrics::new("test", Vec::new()),
-        };
-        let held = admit(&shared, Duration::from_secs(1))
+        }
+    }
+
+    fn retry_after(status: &Status) -> Option<&str> {
+        status
+            .metadata()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+    }
+
+    #[tokio::test]
+    async fn admission_sheds_beyond_the_queue() {
+        let shared = shared(1, 0, Duration::ZERO);
+        let held = admit(&shared, Instant::now(), Duration::from_secs(1))
             .await
             .expect("first call admitted");
-        let shed = admit(&shared, Duration::from_secs(1))
+        let shed = admit(&shared, Instant::now(), Duration::from_secs(1))
             .await
             .expect_err("second call shed");
         assert_eq!(shed.code(), tonic::Code::Unavailable);
-        assert_eq!(
-            shed.metadata()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok()),
-            Some("1")
-        );
+        assert_eq!(retry_after(&shed), Some("1"));
         drop(held);
-        let _again = admit(&shared, Duration::from_secs(1))
+        let _again = admit(&shared, Instant::now(), Duration::from_secs(1))
             .await
             .expect("admitted once the slot is free");
     }
 
     #[tokio::test]
     async fn queued_call_times_out_with_deadline_exceeded() {
-        let shared = Shared {
-            server: "test",
-            permits: Arc::new(Semaphore::new(1)),
-            pending: AtomicUsize::new(0),
-            max_pending: 4,
-            request_timeout: Duration::from_secs(1),
-            authenticator: None,
-            metrics: RpcMetrics::new("test", Vec::new()),
-        };
-        let _held = admit(&shared, Duration::from_secs(1))
+        let shared = shared(1, 4, Duration::ZERO);
+        let _held = admit(&shared, Instant::now(), Duration::from_secs(1))
             .await
             .expect("admitted");
-        let err = admit(&shared, Duration::from_millis(10))
+        let err = admit(&shared, Instant::now(), Duration::from_millis(10))
             .await
             .expect_err("queued past deadline");
         assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
@@ -558,5 +612,62 @@ mod tests {
             0,
             "queue slot released"
         );
+    }
+
+    #[tokio::test]
+    async fn an_overloaded_server_refuses_late_calls_at_once_and_admits_again_once_it_drains() {
+        let target = Duration::from_millis(5);
+        let shared = shared(2, 16, target);
+        let late = || Instant::now() - Duration::from_millis(40);
+        // A standing queue: every call of two intervals waited 40 ms to start.
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(220) && !shared.delay.overloaded() {
+            let permit = admit(&shared, late(), Duration::from_secs(1)).await;
+            drop(permit);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(shared.delay.overloaded(), "the standing queue was seen");
+        // A call that already waited past the target is refused at once, slot free or not.
+        let asked = Instant::now();
+        let refused = admit(&shared, late(), Duration::from_secs(1))
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert_eq!(retry_after(&refused), Some("1"));
+        assert!(
+            asked.elapsed() < Duration::from_millis(5),
+            "{:?}",
+            asked.elapsed()
+        );
+        // A fresh call still runs; one that must queue for a slot waits the target at most
+        // and is refused (not left to wait out its deadline).
+        let a = admit(&shared, Instant::now(), Duration::from_secs(1))
+            .await
+            .expect("fresh call admitted");
+        let b = admit(&shared, Instant::now(), Duration::from_secs(1))
+            .await
+            .expect("fresh call admitted");
+        let queued = Instant::now();
+        let refused = admit(&shared, Instant::now(), Duration::from_secs(1))
+            .await
+            .expect_err("no slot within the target");
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert!(
+            queued.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            queued.elapsed()
+        );
+        drop((a, b));
+        // The queue drains: quick admissions for an interval turn the refusals off.
+        let t1 = Instant::now();
+        while t1.elapsed() < Duration::from_millis(300) && shared.delay.overloaded() {
+            let permit = admit(&shared, Instant::now(), Duration::from_secs(1)).await;
+            drop(permit);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!shared.delay.overloaded(), "recovered");
+        let _admitted = admit(&shared, late(), Duration::from_secs(1))
+            .await
+            .expect("a late call is admitted again");
     }
 }

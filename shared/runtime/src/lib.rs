@@ -3,6 +3,7 @@
 //! signals and status helpers, the clock and page fingerprints, and the settings of the tiered
 //! caches.
 
+pub mod admission;
 pub mod auth;
 pub mod caching;
 pub mod client;

@@ -83,7 +83,12 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "rpc_server_shed_total",
         kind: Kind::Counter,
-        help: "gRPC calls refused UNAVAILABLE because the server was at its concurrency limit with its queue full or the wait past the deadline, by server.",
+        help: "gRPC calls refused UNAVAILABLE (with retry-after) because the server was overloaded: calls waiting too long to start, or its concurrency limit reached with its queue full, by server.",
+    },
+    Family {
+        name: "rpc_server_overloaded",
+        kind: Kind::Gauge,
+        help: "1 while the server refuses calls that wait too long to start (the quickest admission of an interval waited longer than server.admission_target_ms), by server.",
     },
     Family {
         name: "rpc_client_endpoints",

@@ -149,6 +149,10 @@ impl GrpcServer {
             server: name,
             concurrency_limit: config.concurrency_limit,
             max_pending: config.max_pending,
+            admission: (
+                Duration::from_millis(config.admission_target_ms),
+                Duration::from_millis(config.admission_interval_ms),
+            ),
             request_timeout: config.request_timeout(),
             authenticator,
             services: service_names
