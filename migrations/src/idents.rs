@@ -140,11 +140,13 @@ pub enum Memories {
 }
 
 /// `memory_heads`: one row per (owner, boardroom) with a memory; its generation moves with
-/// every change of that memory (writers check it, as an optimistic lock).
+/// every change of that memory (writers check it, as an optimistic lock); `forgotten_at` is the
+/// last ForgetBoardroom (turns that ended before it are not distilled into the memory after it).
 #[derive(DeriveIden, Debug, Clone, Copy)]
 pub enum MemoryHeads {
     Table,
     OwnerId,
     BoardroomId,
     Generation,
+    ForgottenAt,
 }

@@ -6,7 +6,9 @@
 //!   process (a memory is bounded by `memory.max_facts`).
 //! - `memory_heads` holds a generation per memory, moved by every change: a writer that
 //!   decided on one generation stores only if it is still current (an optimistic lock on
-//!   both databases), so two turns distilling at once never store the same fact twice.
+//!   both databases), so two turns distilling at once never store the same fact twice; and
+//!   when the memory was last forgotten, so that a turn that ended before a ForgetBoardroom
+//!   is not distilled into the memory after it.
 
 use sea_orm_migration::prelude::*;
 
@@ -67,6 +69,11 @@ impl MigrationTrait for Migration {
                             .big_integer()
                             .not_null()
                             .default(0),
+                    )
+                    .col(
+                        ColumnDef::new(MemoryHeads::ForgottenAt)
+                            .timestamp_with_time_zone()
+                            .null(),
                     )
                     .primary_key(
                         Index::create()

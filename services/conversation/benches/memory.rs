@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use boardroom_conversation::ConversationStore;
 use boardroom_conversation::memory::{Change, FactSet, MemoryKey, unit};
-use boardroom_conversation::store::Source;
+use boardroom_conversation::store::{Source, Written};
 use boardroom_llm_gateway::provider::mock::embed_text;
 use boardroom_runtime::db::Database;
 use common::{histogram, ms};
@@ -142,11 +142,11 @@ async fn fill(store: &ConversationStore, key: &MemoryKey, n: usize) {
         thread_id: Uuid::now_v7(),
         turn_id: Uuid::now_v7(),
     };
-    store
+    let written = store
         .apply_memory(key, &FactSet::empty(0), changes, source, n as u64)
         .await
-        .expect("stored")
-        .expect("a new memory");
+        .expect("stored");
+    assert!(matches!(written, Written::Stored(_)), "{written:?}");
 }
 
 async fn turn(turns: usize) {

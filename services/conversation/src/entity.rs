@@ -163,6 +163,7 @@ pub mod memory_head {
         #[sea_orm(primary_key, auto_increment = false)]
         pub boardroom_id: Uuid,
         pub generation: i64,
+        pub forgotten_at: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -21,7 +21,7 @@ use crate::error::ConversationError;
 use crate::memory::{Change, FactCodec, FactSet, Memory, MemoryKey, plan, unit};
 use crate::page;
 use crate::ports::ChatCall;
-use crate::store::Source;
+use crate::store::{Source, Written};
 
 /// How long a memory's facts stay cached (every change invalidates them before that).
 const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
@@ -230,7 +230,7 @@ impl Conversations {
                 .iter()
                 .filter(|c| matches!(c, Change::Replace { restated: true, .. }))
                 .count() as u64;
-            let Some(applied) = self
+            let applied = match self
                 .store
                 .apply_memory(
                     &turn.key,
@@ -240,10 +240,17 @@ impl Conversations {
                     u64::from(config.max_facts),
                 )
                 .await?
-            else {
+            {
+                Written::Stored(applied) => applied,
                 // Changed meanwhile (another turn, a delete): decide again on what is there.
-                self.memories.cache.delete(&cache_key).await;
-                continue;
+                Written::Moved => {
+                    self.memories.cache.delete(&cache_key).await;
+                    continue;
+                }
+                Written::Forgotten => {
+                    outcome("forgotten");
+                    return Ok(());
+                }
             };
             self.memories.cache.delete(&cache_key).await;
             for (kind, n) in [

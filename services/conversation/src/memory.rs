@@ -14,6 +14,9 @@ use uuid::Uuid;
 use crate::domain::estimate_tokens;
 use crate::ports::{ChatMessage, ChatRole};
 
+/// Kept facts a new fact is compared with (the most similar at or above the merge threshold).
+const MERGE_CANDIDATES: usize = 3;
+
 /// The last line of the distiller's request (the mock provider answers it in kind).
 pub const DISTIL_MARK: &str = "Facts: JSON.";
 
@@ -177,11 +180,13 @@ impl FactSet {
         let generation = bytes.get_i64();
         let n = bytes.get_u32() as usize;
         let dims = bytes.get_u32() as usize;
+        // The count is only trusted as far as the bytes can hold it (20 bytes a fact at least).
+        let room = n.min(bytes.remaining() / 20);
         let mut set = FactSet {
             generation,
             dims,
-            ids: Vec::with_capacity(n),
-            facts: Vec::with_capacity(n),
+            ids: Vec::with_capacity(room),
+            facts: Vec::with_capacity(room),
             vectors: Vec::new(),
         };
         for _ in 0..n {
@@ -265,7 +270,7 @@ pub enum Change {
 }
 
 /// How new facts (with their embeddings) change `set`: each is compared with the most
-/// similar fact kept (and with those added before it); at `merge_similarity` or above, a fact
+/// similar facts kept (and with those added before it); at `merge_similarity` or above, a fact
 /// that speaks of the same thing (the same content words, up to word forms and synonyms:
 /// `boardroom_semantic::guard::topic_differs`) replaces it, as a restatement when nothing
 /// else differs either, as an update when a value does ("runway is 12 months" after
@@ -283,18 +288,22 @@ pub fn plan(set: &FactSet, new: Vec<(String, Vec<f32>)>, merge_similarity: f32) 
         if vector.len() != set.dims && !set.is_empty() {
             continue;
         }
-        let mut near: Option<(Near, f32)> = set
-            .search(&vector, 1, merge_similarity)
-            .first()
-            .map(|&(i, s)| (Near::Kept(i), s));
+        // The closest kept facts (a few: the nearest may speak of another thing than the
+        // second) and the facts added before it in this batch, most similar first.
+        let mut near: Vec<(Near, f32)> = set
+            .search(&vector, MERGE_CANDIDATES, merge_similarity)
+            .into_iter()
+            .map(|(i, s)| (Near::Kept(i), s))
+            .collect();
         for (at, change) in changes.iter().enumerate() {
             if let Change::Add { vector: v, .. } = change {
                 let s = dot(v, &vector);
-                if s >= merge_similarity && near.as_ref().is_none_or(|(_, best)| s > *best) {
-                    near = Some((Near::Added(at), s));
+                if s >= merge_similarity {
+                    near.push((Near::Added(at), s));
                 }
             }
         }
+        near.sort_by(|a, b| b.1.total_cmp(&a.1));
         // The text it is compared with: a kept fact as this batch left it.
         let replaced = |i: usize| {
             changes
@@ -310,7 +319,7 @@ pub fn plan(set: &FactSet, new: Vec<(String, Vec<f32>)>, merge_similarity: f32) 
                 Change::Add { fact, .. } | Change::Replace { fact, .. } => fact.clone(),
             },
         };
-        let same_topic = near.and_then(|(n, _)| {
+        let same_topic = near.into_iter().find_map(|(n, _)| {
             let old = current(&n);
             boardroom_semantic::guard::topic_differs(&fact, &old)
                 .is_none()
@@ -477,6 +486,13 @@ mod tests {
         let back = FactSet::decode(s.encode()).expect("decodes");
         assert_eq!(back, s);
         assert_eq!(FactSet::decode(Bytes::from_static(b"nope")), None);
+        // A count no bytes back up is refused, not allocated.
+        let mut huge = BytesMut::new();
+        huge.put_u8(1);
+        huge.put_i64(1);
+        huge.put_u32(u32::MAX);
+        huge.put_u32(u32::MAX);
+        assert_eq!(FactSet::decode(huge.freeze()), None);
         let mut cut = s.encode().to_vec();
         cut.pop();
         assert_eq!(FactSet::decode(Bytes::from(cut)), None);
@@ -524,6 +540,27 @@ mod tests {
                 &update[0],
                 Change::Replace {
                     index: 0,
+                    restated: false,
+                    ..
+                }
+            ),
+            "{update:?}"
+        );
+        // Among close facts of two segments, the one of the same segment is updated.
+        let two = set(&[
+            "Churn among enterprise customers is 5%.",
+            "Churn among small business customers is 5%.",
+        ]);
+        let update = plan(
+            &two,
+            vec![new("Churn among small business customers is 7%.")],
+            0.5,
+        );
+        assert!(
+            matches!(
+                &update[0],
+                Change::Replace {
+                    index: 1,
                     restated: false,
                     ..
                 }

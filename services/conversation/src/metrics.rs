@@ -112,7 +112,7 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "conversation_memory_distillations_total",
         kind: Kind::Counter,
-        help: "Completed turns distilled into the boardroom memory, by outcome (stored, empty, malformed, conflict, failed).",
+        help: "Completed turns distilled into the boardroom memory, by outcome (stored, empty, malformed, conflict, forgotten, failed).",
     },
     Family {
         name: "conversation_memory_facts_total",
@@ -127,7 +127,14 @@ pub fn zero_known_series() {
     for outcome in ["completed", "failed", "replayed"] {
         metrics::counter!("conversation_turns_total", "outcome" => outcome).increment(0);
     }
-    for outcome in ["stored", "empty", "malformed", "conflict", "failed"] {
+    for outcome in [
+        "stored",
+        "empty",
+        "malformed",
+        "conflict",
+        "forgotten",
+        "failed",
+    ] {
         metrics::counter!("conversation_memory_distillations_total", "outcome" => outcome)
             .increment(0);
     }

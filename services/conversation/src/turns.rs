@@ -449,7 +449,12 @@ impl Conversations {
                     source: Source { thread_id, turn_id },
                     user_message: first_of(&stored.messages, Role::User),
                     synthesis: first_of(&stored.messages, Role::Moderator),
-                    used: recall.ids,
+                    // The facts that fit the advisors' contexts, not every one found.
+                    used: recall
+                        .ids
+                        .into_iter()
+                        .take(stored.record.outcome.memories_recalled as usize)
+                        .collect(),
                 });
             }
             Err((reason, message)) => {

@@ -1,6 +1,7 @@
 //! The boardroom memory on the database: a user's facts in a boardroom, their generation
 //! (an optimistic lock: every change moves it, a writer stores only over the generation it
-//! decided on), keyset pages, deletes and use counts.
+//! decided on), keyset pages, deletes and use counts. Every writer updates the memory's head
+//! row before any fact row, so writers of one memory queue on the head and never deadlock.
 
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
@@ -47,6 +48,17 @@ fn head_of(key: &MemoryKey) -> sea_orm::Condition {
 pub struct Source {
     pub thread_id: Uuid,
     pub turn_id: Uuid,
+}
+
+/// What a distillation's write came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Stored.
+    Stored(Applied),
+    /// The memory changed since the set was read: nothing stored; decide again.
+    Moved,
+    /// The memory was forgotten after the turn started: nothing of the turn is stored.
+    Forgotten,
 }
 
 /// What storing a memory's changes did.
@@ -117,8 +129,9 @@ impl ConversationStore {
     }
 
     /// Stores `changes` decided on `set` (its generation, its indexes), then evicts the least
-    /// used (then oldest) facts beyond `max_facts`, in one transaction. `None` when the
-    /// memory changed since `set` was read (nothing is stored; decide again).
+    /// used (then longest unused) facts beyond `max_facts`, never those this write adds, in one
+    /// transaction. Nothing is stored when the memory changed since `set` was read
+    /// ([`Written::Moved`]: decide again) or was forgotten after the source turn started.
     pub async fn apply_memory(
         &self,
         key: &MemoryKey,
@@ -126,25 +139,39 @@ impl ConversationStore {
         changes: Vec<Change>,
         source: Source,
         max_facts: u64,
-    ) -> Result<Option<Applied>, ConversationError> {
+    ) -> Result<Written, ConversationError> {
         let conn = self.db.conn();
-        let applied = self
+        let written = self
             .db
             .timed("memory_apply", async {
                 let txn = conn.begin().await?;
-                if !advance(&txn, key, Some(set.generation)).await? {
+                // The head first (every writer locks it before any fact row).
+                if !advance(&txn, key, set.generation).await? {
                     txn.rollback().await?;
-                    return Ok(None);
+                    return Ok(Written::Moved);
+                }
+                let forgotten = memory_head::Entity::find()
+                    .filter(head_of(key))
+                    .one(&txn)
+                    .await?
+                    .and_then(|h| h.forgotten_at);
+                // A turn that started before the memory was forgotten (ended before it, or was
+                // running when the user asked) leaves nothing in it.
+                if forgotten.is_some_and(|at| started(source.turn_id) <= at) {
+                    txn.rollback().await?;
+                    return Ok(Written::Forgotten);
                 }
                 let at = now();
                 let mut applied = Applied::default();
+                let mut added = Vec::new();
                 for change in changes {
                     match change {
                         Change::Add { fact, vector } => {
+                            let id = Uuid::now_v7();
                             memory::Entity::insert(memory::ActiveModel {
                                 owner_id: Set(key.owner_id.clone()),
                                 boardroom_id: Set(key.boardroom_id),
-                                id: Set(Uuid::now_v7()),
+                                id: Set(id),
                                 fact: Set(fact),
                                 embedding: Set(vector_bytes(&vector)),
                                 thread_id: Set(source.thread_id),
@@ -156,6 +183,7 @@ impl ConversationStore {
                             })
                             .exec_without_returning(&txn)
                             .await?;
+                            added.push(id);
                             applied.added += 1;
                         }
                         Change::Replace {
@@ -186,12 +214,19 @@ impl ConversationStore {
                 }
                 let kept = memory::Entity::find().filter(of(key)).count(&txn).await?;
                 if kept > max_facts {
+                    // The least used leave first, then the longest unused; never what this
+                    // write adds (else a full memory of facts used once would learn nothing).
                     let leaving: Vec<Uuid> = memory::Entity::find()
                         .select_only()
                         .column(memory::Column::Id)
                         .filter(of(key))
+                        .filter(memory::Column::Id.is_not_in(added.iter().copied()))
                         .order_by_asc(memory::Column::Uses)
-                        .order_by_asc(memory::Column::UpdatedAt)
+                        .order_by(
+                            Expr::cust("COALESCE(used_at, updated_at)"),
+                            sea_orm::Order::Asc,
+                        )
+                        .order_by_asc(memory::Column::Id)
                         .limit(kept - max_facts)
                         .into_tuple()
                         .all(&txn)
@@ -204,10 +239,10 @@ impl ConversationStore {
                         .rows_affected;
                 }
                 txn.commit().await?;
-                Ok(Some(applied))
+                Ok(Written::Stored(applied))
             })
             .await?;
-        Ok(applied)
+        Ok(written)
     }
 
     /// Forgets one fact; whether it was there.
@@ -220,7 +255,8 @@ impl ConversationStore {
         Ok(deleted > 0)
     }
 
-    /// Forgets a whole memory; how many facts it held.
+    /// Forgets a whole memory; how many facts it held. Turns that ended before this are not
+    /// distilled into the memory after it.
     pub async fn forget_memory(&self, key: &MemoryKey) -> Result<u64, ConversationError> {
         self.forget(key, None).await
     }
@@ -231,15 +267,28 @@ impl ConversationStore {
             .db
             .timed("memory_delete", async {
                 let txn = conn.begin().await?;
+                // The head first, as every writer: a writer that decided before this delete
+                // must decide again (and, for a whole memory, one whose turn ended before it
+                // stores nothing).
+                let whole = id.is_none();
+                if !advance_forgetting(&txn, key, whole.then(now)).await? && whole {
+                    memory_head::Entity::insert(memory_head::ActiveModel {
+                        owner_id: Set(key.owner_id.clone()),
+                        boardroom_id: Set(key.boardroom_id),
+                        generation: Set(1),
+                        forgotten_at: Set(Some(now())),
+                    })
+                    .on_conflict_do_nothing()
+                    .exec_without_returning(&txn)
+                    .await?;
+                    // A head created meanwhile by a writer: mark it (its row is locked now).
+                    advance_forgetting(&txn, key, Some(now())).await?;
+                }
                 let mut delete = memory::Entity::delete_many().filter(of(key));
                 if let Some(id) = id {
                     delete = delete.filter(memory::Column::Id.eq(id));
                 }
                 let deleted = delete.exec(&txn).await?.rows_affected;
-                if deleted > 0 {
-                    // A writer that decided before this delete must decide again.
-                    advance(&txn, key, None).await?;
-                }
                 txn.commit().await?;
                 Ok(deleted)
             })
@@ -272,33 +321,60 @@ impl ConversationStore {
     }
 }
 
-/// Moves the memory's generation on, from `expected` when given (the first change of a
-/// memory creates its head); whether it was `expected` (always, without one).
-async fn advance(
+/// When a turn started: its id is a UUIDv7.
+fn started(turn_id: Uuid) -> DateTime<Utc> {
+    turn_id
+        .get_timestamp()
+        .and_then(|t| {
+            let (secs, nanos) = t.to_unix();
+            DateTime::<Utc>::from_timestamp(i64::try_from(secs).ok()?, nanos)
+        })
+        .unwrap_or_default()
+}
+
+/// Moves an existing head's generation on, and marks it forgotten at `forgotten` when given;
+/// whether the head existed.
+async fn advance_forgetting(
     txn: &DatabaseTransaction,
     key: &MemoryKey,
-    expected: Option<i64>,
+    forgotten: Option<DateTime<Utc>>,
 ) -> Result<bool, DbErr> {
-    if expected == Some(0) {
-        let inserted = memory_head::Entity::insert(memory_head::ActiveModel {
-            owner_id: Set(key.owner_id.clone()),
-            boardroom_id: Set(key.boardroom_id),
-            generation: Set(1),
-        })
-        .on_conflict_do_nothing()
-        .exec_without_returning(txn)
-        .await?;
-        return Ok(matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0));
-    }
     let mut update = memory_head::Entity::update_many()
         .col_expr(
             memory_head::Column::Generation,
             Expr::col(memory_head::Column::Generation).add(1),
         )
         .filter(head_of(key));
-    if let Some(generation) = expected {
-        update = update.filter(memory_head::Column::Generation.eq(generation));
+    if let Some(at) = forgotten {
+        update = update.col_expr(memory_head::Column::ForgottenAt, Expr::value(Some(at)));
     }
-    let moved = update.exec(txn).await?.rows_affected;
-    Ok(expected.is_none() || moved == 1)
+    Ok(update.exec(txn).await?.rows_affected == 1)
+}
+
+/// Moves the memory's generation on from `expected` (the first change of a memory creates
+/// its head); whether it was `expected`.
+async fn advance(txn: &DatabaseTransaction, key: &MemoryKey, expected: i64) -> Result<bool, DbErr> {
+    if expected == 0 {
+        let inserted = memory_head::Entity::insert(memory_head::ActiveModel {
+            owner_id: Set(key.owner_id.clone()),
+            boardroom_id: Set(key.boardroom_id),
+            generation: Set(1),
+            forgotten_at: Set(None),
+        })
+        .on_conflict_do_nothing()
+        .exec_without_returning(txn)
+        .await?;
+        return Ok(matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0));
+    }
+    let moved = memory_head::Entity::update_many()
+        .col_expr(
+            memory_head::Column::Generation,
+            Expr::col(memory_head::Column::Generation).add(1),
+        )
+        .filter(head_of(key))
+        .filter(memory_head::Column::Generation.eq(expected))
+        .exec(txn)
+        .await?
+        .rows_affected;
+    Ok(moved == 1)
 }

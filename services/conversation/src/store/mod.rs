@@ -31,7 +31,7 @@ mod messages;
 mod queue;
 mod turns;
 
-pub use memories::{Applied, Source};
+pub use memories::{Applied, Source, Written};
 pub(crate) use turns::lease_until;
 
 pub(crate) use boardroom_runtime::clock::now;

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use boardroom_conversation::ConversationStore;
-use boardroom_conversation::memory::{Change, MemoryKey};
-use boardroom_conversation::store::Source;
+use boardroom_conversation::memory::{Change, FactSet, MemoryKey};
+use boardroom_conversation::store::{Source, Written};
 use boardroom_proto::conversation::v1 as pb;
 use boardroom_runtime::db::Database;
 use boardroom_testkit::{FakeOpenAi, TestDatabase};
@@ -225,9 +225,12 @@ async fn remembers_across_sessions_merges_and_forgets(db: TestDatabase) {
             .deleted
     );
     let third = suite.thread_of(&boardroom_id, OWNER).await;
-    complete_turn(&suite.client, &third, "How long is our runway in months?").await;
+    let asked = complete_turn(&suite.client, &third, "How long is our runway in months?").await;
     let body = echo.last_body().expect("called").to_string();
     assert!(!body.contains("runway is 12 months"), "{body}");
+    // The others still are.
+    assert!(asked.memories_recalled >= 1, "{asked:?}");
+    assert!(body.contains("- Our headcount is 40 people."), "{body}");
     assert_eq!(memories(&suite, &boardroom_id, OWNER).await.len(), 4);
 
     // Forgetting the boardroom removes everything, once.
@@ -336,43 +339,129 @@ async fn a_writer_that_decided_on_an_old_memory_stores_nothing_and_the_least_use
             thread_id: uuid::Uuid::now_v7(),
             turn_id: uuid::Uuid::now_v7(),
         };
+        let stored = |w: Written| match w {
+            Written::Stored(applied) => applied,
+            other => panic!("not stored: {other:?}"),
+        };
         let empty = store.fact_set(&key).await.expect("read");
         assert_eq!((empty.generation, empty.len()), (0, 0));
         let first = store
             .apply_memory(&key, &empty, vec![add("a"), add("bb")], source, 3)
             .await
             .expect("stored");
-        assert_eq!(first.map(|a| a.added), Some(2));
+        assert_eq!(stored(first).added, 2);
         // A second writer that read the memory before the first stored: refused, nothing
         // written; it decides again on what is there.
         let late = store
             .apply_memory(&key, &empty, vec![add("a")], source, 3)
             .await
             .expect("answered");
-        assert_eq!(late, None);
+        assert_eq!(late, Written::Moved);
         let now = store.fact_set(&key).await.expect("read");
         assert_eq!(now.len(), 2);
         assert!(now.generation > empty.generation);
+        let id_of = |set: &FactSet, fact: &str| {
+            set.ids[set.facts.iter().position(|f| f == fact).expect(fact)]
+        };
         // "a" was recalled once; two more facts overflow the bound of 3: "bb", unused and
         // the oldest unused, leaves.
-        let a = now.ids[now.facts.iter().position(|f| f == "a").expect("a")];
-        store.record_uses(&key, &[a]).await.expect("used");
-        let applied = store
-            .apply_memory(&key, &now, vec![add("ccc"), add("dddd")], source, 3)
+        store
+            .record_uses(&key, &[id_of(&now, "a")])
             .await
-            .expect("stored")
-            .expect("current");
+            .expect("used");
+        let applied = stored(
+            store
+                .apply_memory(&key, &now, vec![add("ccc"), add("dddd")], source, 3)
+                .await
+                .expect("stored"),
+        );
         assert_eq!((applied.added, applied.evicted), (2, 1));
-        let mut kept = store.fact_set(&key).await.expect("read").facts;
+        let full = store.fact_set(&key).await.expect("read");
+        let mut kept = full.facts.clone();
         kept.sort();
         assert_eq!(kept, ["a", "ccc", "dddd"]);
+        // Every fact used once: a new one still gets in (what it adds never leaves in the same
+        // write); the longest unused goes.
+        store
+            .record_uses(&key, &[id_of(&full, "ccc"), id_of(&full, "dddd")])
+            .await
+            .expect("used");
+        let applied = stored(
+            store
+                .apply_memory(&key, &full, vec![add("eeeee")], source, 3)
+                .await
+                .expect("stored"),
+        );
+        assert_eq!((applied.added, applied.evicted), (1, 1));
+        let mut kept = store.fact_set(&key).await.expect("read").facts;
+        kept.sort();
+        assert_eq!(kept, ["ccc", "dddd", "eeeee"]);
         // A delete moves the generation too: a writer that read before it decides again.
         let before = store.fact_set(&key).await.expect("read");
-        assert!(store.delete_memory(&key, a).await.expect("deleted"));
+        assert!(
+            store
+                .delete_memory(&key, id_of(&before, "ccc"))
+                .await
+                .expect("deleted")
+        );
         let stale = store
-            .apply_memory(&key, &before, vec![add("e")], source, 3)
+            .apply_memory(&key, &before, vec![add("f")], source, 3)
             .await
             .expect("answered");
-        assert_eq!(stale, None);
+        assert_eq!(stale, Written::Moved);
+        // Forgotten: a turn that started before stores nothing, even decided afresh; a later
+        // one does.
+        let running = Source {
+            thread_id: source.thread_id,
+            turn_id: uuid::Uuid::now_v7(),
+        };
+        assert_eq!(store.forget_memory(&key).await.expect("forgotten"), 2);
+        let after = store.fact_set(&key).await.expect("read");
+        let written = store
+            .apply_memory(&key, &after, vec![add("g")], running, 3)
+            .await
+            .expect("answered");
+        assert_eq!(written, Written::Forgotten);
+        assert!(store.fact_set(&key).await.expect("read").is_empty());
+        // A turn started a second after the forget (ids hold milliseconds only).
+        let later = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            + std::time::Duration::from_secs(1);
+        let next = Source {
+            thread_id: source.thread_id,
+            turn_id: uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+                uuid::NoContext,
+                later.as_secs(),
+                later.subsec_nanos(),
+            )),
+        };
+        let after = store.fact_set(&key).await.expect("read");
+        assert_eq!(
+            stored(
+                store
+                    .apply_memory(&key, &after, vec![add("h")], next, 3)
+                    .await
+                    .expect("stored")
+            )
+            .added,
+            1
+        );
+        // Forgetting a memory never written to still marks it.
+        let fresh = MemoryKey {
+            owner_id: OWNER.into(),
+            boardroom_id: uuid::Uuid::now_v7(),
+        };
+        let early = Source {
+            thread_id: source.thread_id,
+            turn_id: uuid::Uuid::now_v7(),
+        };
+        assert_eq!(store.forget_memory(&fresh).await.expect("forgotten"), 0);
+        let set = store.fact_set(&fresh).await.expect("read");
+        let written = store
+            .apply_memory(&fresh, &set, vec![add("i")], early, 3)
+            .await
+            .expect("answered");
+        assert_eq!(written, Written::Forgotten);
     }
 }
