@@ -9,8 +9,9 @@
 //! admission of a whole `interval` waited longer than `target`, the server is overloaded, and
 //! until an interval passes whose quickest admission is back under `target`, a call that has
 //! already waited `target` is refused (UNAVAILABLE with `retry-after`) rather than run late.
-//! Refusals cost next to nothing, so the calls that are admitted keep their normal latency and
-//! the queue drains; as load falls the callers' retries are admitted again.
+//! Otherwise a call may wait `interval` at most (Facebook's long and short queue timeouts).
+//! Refusals cost next to nothing, so the queue drains; as load falls the callers' retries are
+//! admitted again.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -46,18 +47,29 @@ impl QueueDelay {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Whether a call that has waited `waited` so far is refused now.
-    pub fn refuses(&self, waited: Duration) -> bool {
-        !self.target.is_zero() && waited > self.target && self.overloaded.load(Ordering::Relaxed)
+    /// How long a call may wait to start now: `target` while overloaded, `interval`
+    /// otherwise (a call that waited longer is stale: its caller is better served by a fast
+    /// refusal and a retry than by a late answer).
+    fn limit(&self) -> Duration {
+        if self.overloaded.load(Ordering::Relaxed) {
+            self.target
+        } else {
+            self.interval
+        }
     }
 
-    /// How much longer a call that has waited `waited` may wait for a concurrency slot:
-    /// while overloaded, until it has waited `target`; otherwise `otherwise`.
-    pub fn patience(&self, waited: Duration, otherwise: Duration) -> Duration {
-        if !self.target.is_zero() && self.overloaded.load(Ordering::Relaxed) {
-            self.target.saturating_sub(waited)
+    /// Whether a call that has waited `waited` so far is refused now.
+    pub fn refuses(&self, waited: Duration) -> bool {
+        !self.target.is_zero() && waited > self.limit()
+    }
+
+    /// How much longer a call that has waited `waited` may wait for a concurrency slot: until
+    /// it has waited the limit (see [`QueueDelay::refuses`]), and never past `left`.
+    pub fn patience(&self, waited: Duration, left: Duration) -> Duration {
+        if self.target.is_zero() {
+            left
         } else {
-            otherwise
+            self.limit().saturating_sub(waited).min(left)
         }
     }
 
@@ -108,6 +120,9 @@ mod tests {
         q.admitted(MS, t0 + 20 * MS);
         assert!(!q.admitted(50 * MS, t0 + 101 * MS));
         assert!(!q.overloaded() && !q.refuses(80 * MS));
+        // Not overloaded, a call may still wait an interval at most.
+        assert!(q.refuses(101 * MS));
+        assert_eq!(q.patience(30 * MS, Duration::from_secs(30)), 70 * MS);
         // A standing queue: every admission of an interval waited more than the target.
         for i in 1..10 {
             q.admitted(20 * MS, t0 + 110 * MS + i * 10 * MS);
@@ -116,11 +131,14 @@ mod tests {
         assert!(q.overloaded());
         assert!(q.refuses(6 * MS) && !q.refuses(4 * MS));
         assert_eq!(q.patience(2 * MS, 30 * MS * 1000), 3 * MS);
+        // Never past the call's own deadline.
+        assert_eq!(q.patience(2 * MS, MS), MS);
         // Load falls: an interval with a quick admission turns it off.
         q.admitted(MS, t0 + 250 * MS);
         assert!(q.admitted(MS, t0 + 311 * MS), "turned off");
         assert!(!q.refuses(100 * MS));
         assert_eq!(q.patience(2 * MS, 30 * MS), 30 * MS);
+        assert_eq!(q.patience(2 * MS, Duration::from_secs(30)), 98 * MS);
     }
 
     #[test]

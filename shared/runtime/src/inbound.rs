@@ -211,9 +211,10 @@ where
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallDeadline(pub std::time::Instant);
 
-/// A slot for a call that arrived at `arrived`, or why it gets none: refused at once while the
-/// server is overloaded and the call has waited `target` already (see `crate::admission`),
-/// shed when too many wait, refused when its wait would outlast the overload's patience.
+/// A slot for a call that arrived at `arrived`, or why it gets none: refused at once when it
+/// has waited longer than the admission allows (`target` while the server is overloaded, an
+/// interval otherwise: see `crate::admission`), shed when too many wait, refused when its wait
+/// for a slot passes that limit, DEADLINE_EXCEEDED when its own deadline comes first.
 async fn admit(
     shared: &Shared,
     arrived: Instant,
@@ -566,7 +567,8 @@ mod tests {
             permits: Arc::new(Semaphore::new(permits)),
             pending: AtomicUsize::new(0),
             max_pending,
-            delay: QueueDelay::new(target, Duration::from_millis(100)),
+            // A long interval: the test's steps must fit in one on a loaded machine.
+            delay: QueueDelay::new(target, Duration::from_millis(250)),
             request_timeout: Duration::from_secs(1),
             authenticator: None,
             metrics: RpcMetrics::new("test", Vec::new()),
@@ -619,9 +621,9 @@ mod tests {
         let target = Duration::from_millis(5);
         let shared = shared(2, 16, target);
         let late = || Instant::now() - Duration::from_millis(40);
-        // A standing queue: every call of two intervals waited 40 ms to start.
+        // A standing queue: every call of an interval waited 40 ms to start.
         let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_millis(220) && !shared.delay.overloaded() {
+        while t0.elapsed() < Duration::from_millis(800) && !shared.delay.overloaded() {
             let permit = admit(&shared, late(), Duration::from_secs(1)).await;
             drop(permit);
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -660,7 +662,7 @@ mod tests {
         drop((a, b));
         // The queue drains: quick admissions for an interval turn the refusals off.
         let t1 = Instant::now();
-        while t1.elapsed() < Duration::from_millis(300) && shared.delay.overloaded() {
+        while t1.elapsed() < Duration::from_millis(800) && shared.delay.overloaded() {
             let permit = admit(&shared, Instant::now(), Duration::from_secs(1)).await;
             drop(permit);
             tokio::time::sleep(Duration::from_millis(5)).await;
