@@ -36,6 +36,8 @@ const BLOCKING_FLOATS: usize = 3_000_000;
 pub struct Memories {
     pub(crate) cache: TieredCache<FactCodec>,
     pub(crate) config: Arc<BoardroomMemoryConfig>,
+    /// Distillations running at once (each a model call, an embedding call and a write).
+    distilling: Arc<tokio::sync::Semaphore>,
 }
 
 impl Memories {
@@ -43,6 +45,9 @@ impl Memories {
     pub fn new(cache: TieredCache<FactCodec>, config: BoardroomMemoryConfig) -> Self {
         Self {
             cache,
+            distilling: Arc::new(tokio::sync::Semaphore::new(
+                config.max_concurrent_distillations as usize,
+            )),
             config: Arc::new(config),
         }
     }
@@ -148,15 +153,23 @@ impl Conversations {
     }
 
     /// Distils a completed turn into its boardroom's memory, in the background (owned: ends
-    /// with the service's shutdown). A failure costs this turn's facts only.
+    /// with the service's shutdown), at most `max_concurrent_distillations` at once. A failure
+    /// costs this turn's facts only.
     pub(crate) fn distil_later(&self, turn: Distillable) {
         if !self.memories.config.enabled {
             return;
         }
+        // Bounded: past the bound a turn's facts are not distilled (counted), rather than
+        // distillations piling up against the live turns for the gateway and the database.
+        let Ok(permit) = self.memories.distilling.clone().try_acquire_owned() else {
+            outcome("shed");
+            return;
+        };
         let this = self.clone();
         let span = tracing::info_span!("distil", turn_id = %turn.source.turn_id);
         self.tasks.spawn(
             async move {
+                let _permit = permit;
                 tokio::select! {
                     _ = this.shutdown.cancelled() => {}
                     result = this.distil(&turn) => if let Err(err) = result {

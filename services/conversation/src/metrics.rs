@@ -112,7 +112,12 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "conversation_memory_distillations_total",
         kind: Kind::Counter,
-        help: "Completed turns distilled into the boardroom memory, by outcome (stored, empty, malformed, conflict, forgotten, failed).",
+        help: "Completed turns distilled into the boardroom memory, by outcome (stored, empty, malformed, conflict, forgotten, failed, shed: too many distilling at once).",
+    },
+    Family {
+        name: "conversation_memory_unfit_facts_total",
+        kind: Kind::Counter,
+        help: "Facts left out of a memory when it was loaded: embedded with other dimensions than its oldest fact (the embedding model changed).",
     },
     Family {
         name: "conversation_memory_facts_total",

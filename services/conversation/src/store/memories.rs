@@ -99,11 +99,22 @@ impl ConversationStore {
             })
             .await?;
         let mut set = FactSet::empty(generation);
+        let mut unfit = 0u64;
         for (id, fact, bytes) in rows {
             let vector = vector_from(&bytes).ok_or_else(|| {
                 ConversationError::Internal(format!("memory {id}: its embedding does not decode"))
             })?;
-            set.push(id, fact, vector);
+            unfit += u64::from(!set.push(id, fact, vector));
+        }
+        if unfit > 0 {
+            // Embedded by another model (other dimensions) than the oldest fact: left out of
+            // recall and merging until the memory is re-embedded or those facts deleted.
+            metrics::counter!("conversation_memory_unfit_facts_total").increment(unfit);
+            tracing::warn!(
+                unfit,
+                kept = set.len(),
+                "facts of another embedding size than the memory's are left out"
+            );
         }
         Ok(set)
     }

@@ -447,6 +447,26 @@ async fn a_writer_that_decided_on_an_old_memory_stores_nothing_and_the_least_use
             .added,
             1
         );
+        // A fact embedded by another model (other dimensions) is stored but left out of the
+        // set a recall searches.
+        let set = store.fact_set(&key).await.expect("read");
+        let other_model = Change::Add {
+            fact: "j".into(),
+            vector: vec![0.5; 4],
+        };
+        let later = Source {
+            thread_id: source.thread_id,
+            turn_id: next.turn_id,
+        };
+        stored(
+            store
+                .apply_memory(&key, &set, vec![other_model], later, 3)
+                .await
+                .expect("stored"),
+        );
+        let loaded = store.fact_set(&key).await.expect("read");
+        assert_eq!(loaded.facts, ["h"]);
+        assert_eq!(loaded.dims, 3);
         // Forgetting a memory never written to still marks it.
         let fresh = MemoryKey {
             owner_id: OWNER.into(),
@@ -464,4 +484,42 @@ async fn a_writer_that_decided_on_an_old_memory_stores_nothing_and_the_least_use
             .expect("answered");
         assert_eq!(written, Written::Forgotten);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distillations_past_the_bound_are_shed_and_counted() {
+    // One distillation at a time, each taking the summary model's second.
+    let suite = suite(|c| {
+        mock_latency(c, 1000);
+        c.conversation.memory.max_concurrent_distillations = 1;
+    })
+    .await;
+    let boardroom_id = suite
+        .boardroom_in(&[("cfo", "mock")], Default::default())
+        .await;
+    let (a, b) = (
+        suite.thread_of(&boardroom_id, OWNER).await,
+        suite.thread_of(&boardroom_id, OWNER).await,
+    );
+    // Two turns ending together: the second's distillation finds the first's running.
+    let (x, y) = tokio::join!(
+        complete_turn(&suite.client, &a, "Our runway is 14 months."),
+        complete_turn(&suite.client, &b, "We sell to mid-market companies.")
+    );
+    assert_eq!((x.memories_recalled, y.memories_recalled), (0, 0));
+    let count = |text: &str, outcome: &str| {
+        boardroom_testkit::metric_value(
+            text,
+            &[&format!(
+                "conversation_memory_distillations_total{{outcome=\"{outcome}\"}}"
+            )],
+        )
+    };
+    eventually(Duration::from_secs(10), || async {
+        let text = boardroom_testkit::scrape_metrics(suite.admin).await;
+        (count(&text, "shed") >= 1.0 && count(&text, "stored") >= 1.0).then_some(())
+    })
+    .await;
+    // One of the two turns' facts is remembered, the other's was shed.
+    assert_eq!(memories(&suite, &boardroom_id, OWNER).await.len(), 1);
 }

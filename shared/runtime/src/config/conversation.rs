@@ -182,6 +182,9 @@ pub struct BoardroomMemoryConfig {
     pub recall_timeout_ms: u64,
     /// In-process bound of the memories cached for recall, in bytes.
     pub cache_max_bytes: u64,
+    /// Distillations running at once; past it a completed turn is not distilled (counted as
+    /// `shed`).
+    pub max_concurrent_distillations: u32,
 }
 
 impl Default for BoardroomMemoryConfig {
@@ -198,6 +201,7 @@ impl Default for BoardroomMemoryConfig {
             budget_share: 0.15,
             recall_timeout_ms: 500,
             cache_max_bytes: 32 * 1024 * 1024,
+            max_concurrent_distillations: 64,
         }
     }
 }
