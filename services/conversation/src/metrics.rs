@@ -139,6 +139,7 @@ pub fn zero_known_series() {
         "conflict",
         "forgotten",
         "failed",
+        "shed",
     ] {
         metrics::counter!("conversation_memory_distillations_total", "outcome" => outcome)
             .increment(0);

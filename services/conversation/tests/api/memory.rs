@@ -488,38 +488,35 @@ async fn a_writer_that_decided_on_an_old_memory_stores_nothing_and_the_least_use
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distillations_past_the_bound_are_shed_and_counted() {
-    // One distillation at a time, each taking the summary model's second.
+    // One distillation at a time; the advisors answer at once, while the summary model (a fake
+    // upstream) takes 5 s: the first turn's distillation still runs when the second turn ends.
+    let slow = FakeOpenAi::start().await;
+    slow.set_latency(Duration::from_secs(5));
     let suite = suite(|c| {
-        mock_latency(c, 1000);
+        upstream_alias(c, "slow", &slow.base_url());
+        c.conversation.summary_model = "slow".into();
         c.conversation.memory.max_concurrent_distillations = 1;
     })
     .await;
     let boardroom_id = suite
         .boardroom_in(&[("cfo", "mock")], Default::default())
         .await;
-    let (a, b) = (
-        suite.thread_of(&boardroom_id, OWNER).await,
-        suite.thread_of(&boardroom_id, OWNER).await,
-    );
-    // Two turns ending together: the second's distillation finds the first's running.
-    let (x, y) = tokio::join!(
-        complete_turn(&suite.client, &a, "Our runway is 14 months."),
-        complete_turn(&suite.client, &b, "We sell to mid-market companies.")
-    );
-    assert_eq!((x.memories_recalled, y.memories_recalled), (0, 0));
-    let count = |text: &str, outcome: &str| {
+    let thread = suite.thread_of(&boardroom_id, OWNER).await;
+    let shed = |text: &str| {
         boardroom_testkit::metric_value(
             text,
-            &[&format!(
-                "conversation_memory_distillations_total{{outcome=\"{outcome}\"}}"
-            )],
+            &["conversation_memory_distillations_total{outcome=\"shed\"}"],
         )
     };
-    eventually(Duration::from_secs(10), || async {
-        let text = boardroom_testkit::scrape_metrics(suite.admin).await;
-        (count(&text, "shed") >= 1.0 && count(&text, "stored") >= 1.0).then_some(())
-    })
-    .await;
-    // One of the two turns' facts is remembered, the other's was shed.
-    assert_eq!(memories(&suite, &boardroom_id, OWNER).await.len(), 1);
+    let before = boardroom_testkit::scrape_metrics(suite.admin).await;
+    assert_eq!(shed(&before), 0.0, "counted from zero");
+    complete_turn(&suite.client, &thread, "Our runway is 14 months.").await;
+    complete_turn(&suite.client, &thread, "We sell to mid-market companies.").await;
+    let after = boardroom_testkit::scrape_metrics(suite.admin).await;
+    assert_eq!(shed(&after), 1.0, "the second turn's distillation is shed");
+    assert_eq!(
+        slow.calls(),
+        1,
+        "only the first turn asked the summary model"
+    );
 }
