@@ -281,19 +281,13 @@ impl ConversationStore {
                 // The head first, as every writer: a writer that decided before this delete
                 // must decide again (and, for a whole memory, one whose turn ended before it
                 // stores nothing).
-                let whole = id.is_none();
-                if !advance_forgetting(&txn, key, whole.then(now)).await? && whole {
-                    memory_head::Entity::insert(memory_head::ActiveModel {
-                        owner_id: Set(key.owner_id.clone()),
-                        boardroom_id: Set(key.boardroom_id),
-                        generation: Set(1),
-                        forgotten_at: Set(Some(now())),
-                    })
-                    .on_conflict_do_nothing()
-                    .exec_without_returning(&txn)
-                    .await?;
+                let forgotten = id.is_none().then(now);
+                if !move_head(&txn, key, None, forgotten).await?
+                    && forgotten.is_some()
+                    && !create_head(&txn, key, forgotten).await?
+                {
                     // A head created meanwhile by a writer: mark it (its row is locked now).
-                    advance_forgetting(&txn, key, Some(now())).await?;
+                    move_head(&txn, key, None, forgotten).await?;
                 }
                 let mut delete = memory::Entity::delete_many().filter(of(key));
                 if let Some(id) = id {
@@ -343,11 +337,31 @@ fn started(turn_id: Uuid) -> DateTime<Utc> {
         .unwrap_or_default()
 }
 
-/// Moves an existing head's generation on, and marks it forgotten at `forgotten` when given;
-/// whether the head existed.
-async fn advance_forgetting(
+/// Creates the memory's head at generation 1 (forgotten at `forgotten`) unless it exists;
+/// whether it did.
+async fn create_head(
     txn: &DatabaseTransaction,
     key: &MemoryKey,
+    forgotten: Option<DateTime<Utc>>,
+) -> Result<bool, DbErr> {
+    let inserted = memory_head::Entity::insert(memory_head::ActiveModel {
+        owner_id: Set(key.owner_id.clone()),
+        boardroom_id: Set(key.boardroom_id),
+        generation: Set(1),
+        forgotten_at: Set(forgotten),
+    })
+    .on_conflict_do_nothing()
+    .exec_without_returning(txn)
+    .await?;
+    Ok(matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0))
+}
+
+/// Moves an existing head's generation on (only from `expected`, when given) and marks it
+/// forgotten at `forgotten` (when given); whether it moved.
+async fn move_head(
+    txn: &DatabaseTransaction,
+    key: &MemoryKey,
+    expected: Option<i64>,
     forgotten: Option<DateTime<Utc>>,
 ) -> Result<bool, DbErr> {
     let mut update = memory_head::Entity::update_many()
@@ -356,6 +370,9 @@ async fn advance_forgetting(
             Expr::col(memory_head::Column::Generation).add(1),
         )
         .filter(head_of(key));
+    if let Some(generation) = expected {
+        update = update.filter(memory_head::Column::Generation.eq(generation));
+    }
     if let Some(at) = forgotten {
         update = update.col_expr(memory_head::Column::ForgottenAt, Expr::value(Some(at)));
     }
@@ -366,26 +383,8 @@ async fn advance_forgetting(
 /// its head); whether it was `expected`.
 async fn advance(txn: &DatabaseTransaction, key: &MemoryKey, expected: i64) -> Result<bool, DbErr> {
     if expected == 0 {
-        let inserted = memory_head::Entity::insert(memory_head::ActiveModel {
-            owner_id: Set(key.owner_id.clone()),
-            boardroom_id: Set(key.boardroom_id),
-            generation: Set(1),
-            forgotten_at: Set(None),
-        })
-        .on_conflict_do_nothing()
-        .exec_without_returning(txn)
-        .await?;
-        return Ok(matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0));
+        create_head(txn, key, None).await
+    } else {
+        move_head(txn, key, Some(expected), None).await
     }
-    let moved = memory_head::Entity::update_many()
-        .col_expr(
-            memory_head::Column::Generation,
-            Expr::col(memory_head::Column::Generation).add(1),
-        )
-        .filter(head_of(key))
-        .filter(memory_head::Column::Generation.eq(expected))
-        .exec(txn)
-        .await?
-        .rows_affected;
-    Ok(moved == 1)
 }

@@ -339,6 +339,11 @@ async fn a_writer_that_decided_on_an_old_memory_stores_nothing_and_the_least_use
             thread_id: uuid::Uuid::now_v7(),
             turn_id: uuid::Uuid::now_v7(),
         };
+        // Another turn of the same thread.
+        let turn = |turn_id| Source {
+            thread_id: source.thread_id,
+            turn_id,
+        };
         let stored = |w: Written| match w {
             Written::Stored(applied) => applied,
             other => panic!("not stored: {other:?}"),
@@ -411,10 +416,7 @@ async fn a_writer_that_decided_on_an_old_memory_stores_nothing_and_the_least_use
         assert_eq!(stale, Written::Moved);
         // Forgotten: a turn that started before stores nothing, even decided afresh; a later
         // one does.
-        let running = Source {
-            thread_id: source.thread_id,
-            turn_id: uuid::Uuid::now_v7(),
-        };
+        let running = turn(uuid::Uuid::now_v7());
         assert_eq!(store.forget_memory(&key).await.expect("forgotten"), 2);
         let after = store.fact_set(&key).await.expect("read");
         let written = store
@@ -428,14 +430,11 @@ async fn a_writer_that_decided_on_an_old_memory_stores_nothing_and_the_least_use
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock")
             + std::time::Duration::from_secs(1);
-        let next = Source {
-            thread_id: source.thread_id,
-            turn_id: uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
-                uuid::NoContext,
-                later.as_secs(),
-                later.subsec_nanos(),
-            )),
-        };
+        let next = turn(uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            later.as_secs(),
+            later.subsec_nanos(),
+        )));
         let after = store.fact_set(&key).await.expect("read");
         assert_eq!(
             stored(
@@ -454,13 +453,9 @@ async fn a_writer_that_decided_on_an_old_memory_stores_nothing_and_the_least_use
             fact: "j".into(),
             vector: vec![0.5; 4],
         };
-        let later = Source {
-            thread_id: source.thread_id,
-            turn_id: next.turn_id,
-        };
         stored(
             store
-                .apply_memory(&key, &set, vec![other_model], later, 3)
+                .apply_memory(&key, &set, vec![other_model], next, 3)
                 .await
                 .expect("stored"),
         );
@@ -472,10 +467,7 @@ async fn a_writer_that_decided_on_an_old_memory_stores_nothing_and_the_least_use
             owner_id: OWNER.into(),
             boardroom_id: uuid::Uuid::now_v7(),
         };
-        let early = Source {
-            thread_id: source.thread_id,
-            turn_id: uuid::Uuid::now_v7(),
-        };
+        let early = turn(uuid::Uuid::now_v7());
         assert_eq!(store.forget_memory(&fresh).await.expect("forgotten"), 0);
         let set = store.fact_set(&fresh).await.expect("read");
         let written = store
