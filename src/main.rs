@@ -8,6 +8,10 @@ mod serve;
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc rather than glibc's malloc: see README, "Memory over hours".
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "boardroom",

@@ -97,6 +97,11 @@ impl TurnBus {
         Self::default()
     }
 
+    /// Turns registered here now.
+    pub fn running(&self) -> usize {
+        self.running.0.lock().map_or(0, |r| r.len())
+    }
+
     /// A bus over Redis at `url` (empty: [`TurnBus::local`]). An unreachable Redis is not
     /// fatal: the clients reconnect on their own (and re-subscribe), and until then a cancel
     /// for a turn of another instance answers UNAVAILABLE. The listener is tracked by `tasks`

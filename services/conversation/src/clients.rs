@@ -206,6 +206,10 @@ impl ThreadDirectory for SessionDirectory {
         Box::pin(async move { self.contexts.invalidate(&thread_id).await })
     }
 
+    fn cached(&self) -> u64 {
+        self.contexts.entry_count()
+    }
+
     fn create_thread(
         &self,
         session_id: Uuid,

@@ -79,6 +79,28 @@ impl std::fmt::Debug for Conversations {
     }
 }
 
+/// Sizes of what a conversation instance keeps in memory (see [`Conversations::resident`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resident {
+    /// Threads whose recent messages are kept, and their weighed bytes.
+    pub recent_windows: u64,
+    pub recent_window_bytes: u64,
+    /// Event logs of the turns running here, of finished ones, and the latter's weighed bytes.
+    pub turn_logs_running: u64,
+    pub turn_logs_finished: u64,
+    pub turn_log_bytes: u64,
+    /// Cached thread lookups.
+    pub thread_contexts: u64,
+    /// Turns registered to be cancelled here.
+    pub running_turns: u64,
+    /// Cached tool results.
+    pub tool_results: u64,
+    /// Threads being summarised.
+    pub summaries_running: u64,
+    /// States in the hot cache's L1.
+    pub hot_states: u64,
+}
+
 pub(crate) fn check_text(v: &mut Violations, field: &str, text: &str, max: usize, required: bool) {
     if required && text.trim().is_empty() {
         v.add(field, "must not be empty");
@@ -118,7 +140,7 @@ impl Conversations {
             tasks.clone(),
             shutdown.clone(),
         );
-        Self {
+        let conversations = Self {
             store,
             directory: ports.directory,
             models: ports.models,
@@ -133,6 +155,57 @@ impl Conversations {
             memories,
             tasks,
             shutdown,
+        };
+        conversations.report_resident();
+        conversations
+    }
+
+    /// Publishes every 5 s, until shutdown, [`Conversations::resident`] as
+    /// `conversation_resident_entries` and `conversation_resident_bytes` by structure.
+    fn report_resident(&self) {
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            let entries =
+                |structure: &'static str| metrics::gauge!("conversation_resident_entries", "structure" => structure);
+            let bytes =
+                |structure: &'static str| metrics::gauge!("conversation_resident_bytes", "structure" => structure);
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    () = this.shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let now = this.resident().await;
+                entries("recent_windows").set(now.recent_windows as f64);
+                bytes("recent_windows").set(now.recent_window_bytes as f64);
+                entries("turn_logs_running").set(now.turn_logs_running as f64);
+                entries("turn_logs_finished").set(now.turn_logs_finished as f64);
+                bytes("turn_logs_finished").set(now.turn_log_bytes as f64);
+                entries("thread_contexts").set(now.thread_contexts as f64);
+                entries("running_turns").set(now.running_turns as f64);
+                entries("tool_results").set(now.tool_results as f64);
+                entries("summaries_running").set(now.summaries_running as f64);
+            }
+        });
+    }
+
+    /// What this instance keeps in memory now, per structure (its tiered caches' L1 states
+    /// included: they report their bytes themselves).
+    pub async fn resident(&self) -> Resident {
+        let (recent_windows, recent_window_bytes) = self.recent.resident().await;
+        let (turn_logs_running, turn_logs_finished, turn_log_bytes) = self.logs.resident().await;
+        self.hot.l1_bytes().await;
+        Resident {
+            recent_windows,
+            recent_window_bytes,
+            turn_logs_running,
+            turn_logs_finished,
+            turn_log_bytes,
+            thread_contexts: self.directory.cached(),
+            running_turns: self.bus.running() as u64,
+            tool_results: self.workflow.tools.cached(),
+            summaries_running: self.summarising.lock().map_or(0, |s| s.len() as u64),
+            hot_states: self.hot.l1_entries(),
         }
     }
 
@@ -179,6 +252,9 @@ impl Conversations {
         })
     }
 
+    /// Keeps a thread's new state warm here and in Redis; the version it superseded leaves
+    /// this instance's L1 (the next turn reads the new one), so L1 holds about one state per
+    /// thread in use rather than every version of the last idle period.
     pub(crate) async fn remember(&self, thread_id: Uuid, state: &ConversationState) {
         self.hot
             .set(
@@ -187,6 +263,11 @@ impl Conversations {
                 self.limits.state_ttl,
             )
             .await;
+        if state.version > 1 {
+            self.hot
+                .evict_local(&format!("{thread_id}:{}", state.version - 1))
+                .await;
+        }
     }
 
     pub(crate) async fn writable_thread(

@@ -432,7 +432,74 @@ pub enum TurnEvent {
     },
 }
 
+/// Bytes a string holds on the heap, with the allocator's bookkeeping (for memory bounds).
+pub(crate) fn heap_bytes(text: &str) -> usize {
+    if text.is_empty() { 0 } else { text.len() + 16 }
+}
+
+fn names_bytes(names: &[String]) -> usize {
+    std::mem::size_of_val(names) + names.iter().map(|n| heap_bytes(n)).sum::<usize>()
+}
+
 impl TurnEvent {
+    /// Bytes the event holds on the heap besides its own size (for memory bounds).
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            TurnEvent::Started { advisors, .. } | TurnEvent::RoundStarted { advisors, .. } => {
+                names_bytes(advisors)
+            }
+            TurnEvent::AdvisorStarted { advisor, model } => heap_bytes(advisor) + heap_bytes(model),
+            TurnEvent::AdvisorDelta { advisor, text, .. }
+            | TurnEvent::AdvisorFinished {
+                advisor,
+                content: text,
+                ..
+            } => heap_bytes(advisor) + heap_bytes(text),
+            TurnEvent::ToolCalled {
+                advisor,
+                call_id,
+                name,
+                arguments_json: text,
+            }
+            | TurnEvent::ToolResult {
+                advisor,
+                call_id,
+                name,
+                content: text,
+                ..
+            } => heap_bytes(advisor) + heap_bytes(call_id) + heap_bytes(name) + heap_bytes(text),
+            TurnEvent::AdvisorFailed(failure) => {
+                heap_bytes(&failure.advisor) + heap_bytes(&failure.message)
+            }
+            TurnEvent::ModeratorDelta { text, .. } | TurnEvent::Failed { message: text, .. } => {
+                heap_bytes(text)
+            }
+            TurnEvent::ReviewRanked { review, .. } => {
+                heap_bytes(&review.advisor)
+                    + heap_bytes(&review.reason)
+                    + names_bytes(&review.ranking)
+                    + names_bytes(&review.shown)
+            }
+            TurnEvent::RankingAggregated { ranks, .. } => ranks
+                .iter()
+                .map(|r| std::mem::size_of::<AdvisorRank>() + heap_bytes(&r.advisor))
+                .sum(),
+            TurnEvent::Completed {
+                rounds,
+                ranking,
+                commit_position,
+                ..
+            } => {
+                rounds.len() * std::mem::size_of::<RoundUsage>()
+                    + ranking
+                        .iter()
+                        .map(|r| std::mem::size_of::<AdvisorRank>() + heap_bytes(&r.advisor))
+                        .sum::<usize>()
+                    + commit_position.as_deref().map_or(0, heap_bytes)
+            }
+        }
+    }
+
     /// The round the event belongs to: from 1 for the advisors' and the moderator's events,
     /// 0 for the turn's own (started, completed, failed).
     pub fn round(&self) -> u32 {

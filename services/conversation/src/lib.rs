@@ -57,7 +57,7 @@ use boardroom_runtime::server::GrpcServer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use conversations::Conversations;
+pub use conversations::{Conversations, Resident};
 pub use error::ConversationError;
 pub use store::ConversationStore;
 

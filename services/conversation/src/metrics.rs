@@ -15,6 +15,16 @@ pub const FAMILIES: &[Family] = &[
         help: "Turns this instance runs now.",
     },
     Family {
+        name: "conversation_resident_entries",
+        kind: Kind::Gauge,
+        help: "Entries of each per-thread or per-turn structure this instance keeps in memory besides its caches, by structure (recent_windows, turn_logs_running, turn_logs_finished, thread_contexts, running_turns, tool_results, summaries_running).",
+    },
+    Family {
+        name: "conversation_resident_bytes",
+        kind: Kind::Gauge,
+        help: "Weighed bytes of the byte-bounded in-memory structures, by structure (recent_windows, turn_logs_finished).",
+    },
+    Family {
         name: "conversation_turns_queued",
         kind: Kind::Gauge,
         help: "Turns waiting on this instance for their thread (double-text ENQUEUE).",

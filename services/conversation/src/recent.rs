@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::domain::{ConversationState, Message};
+use crate::domain::{ConversationState, Message, heap_bytes};
 use crate::error::ConversationError;
 use crate::store::ConversationStore;
 
@@ -42,11 +42,12 @@ impl std::fmt::Debug for RecentWindows {
 }
 
 fn weight(window: &Window) -> u32 {
-    let bytes: usize = window
-        .messages
-        .iter()
-        .map(|m| 96 + m.author.len() + m.content.len())
-        .sum();
+    let bytes: usize = window.messages.capacity() * std::mem::size_of::<Message>()
+        + window
+            .messages
+            .iter()
+            .map(|m| heap_bytes(&m.author) + heap_bytes(&m.content))
+            .sum::<usize>();
     let state = window.state.as_ref().map_or(0, |s| {
         <crate::state::StateCodec as boardroom_cache::Codec>::weight(s)
     });
@@ -68,9 +69,17 @@ impl RecentWindows {
             windows: moka::future::Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(|_, w: &Arc<Window>| weight(w))
+                // The threads in use move on (a user opens a new one): recency, not frequency.
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .time_to_idle(idle)
                 .build(),
         }
+    }
+
+    /// Windows in memory now, and their weighed bytes.
+    pub async fn resident(&self) -> (u64, u64) {
+        self.windows.run_pending_tasks().await;
+        (self.windows.entry_count(), self.windows.weighted_size())
     }
 
     /// The state at `version` of a thread, if the last turn here left exactly that one.

@@ -61,9 +61,14 @@ struct LocalLog {
 }
 
 impl LocalLog {
+    /// What the log holds: its events' slots (spare capacity included), what they hold on the
+    /// heap, and the log itself.
     fn bytes(&self) -> u32 {
-        let events = self.events.lock().map(|e| e.len()).unwrap_or(0);
-        u32::try_from(events * 160 + 256).unwrap_or(u32::MAX)
+        let events = self.events.lock().map_or(0, |e| {
+            e.capacity() * std::mem::size_of::<TurnEvent>()
+                + e.iter().map(TurnEvent::heap_bytes).sum::<usize>()
+        });
+        u32::try_from(events + 256).unwrap_or(u32::MAX)
     }
 
     fn after(&self, after: u64) -> Vec<IndexedEvent> {
@@ -173,6 +178,17 @@ impl TurnEvents {
 }
 
 impl TurnLogs {
+    /// Logs in memory now: of running turns, and of finished ones with their weighed bytes.
+    pub async fn resident(&self) -> (u64, u64, u64) {
+        self.local.run_pending_tasks().await;
+        let running = self.running.lock().map_or(0, |r| r.len() as u64);
+        (
+            running,
+            self.local.entry_count(),
+            self.local.weighted_size(),
+        )
+    }
+
     /// Logs kept in memory up to `max_bytes` (finished turns for `linger`), and mirrored to
     /// Redis at `redis_url` when it is set, for `ttl` after their last event.
     /// Redis commands are bounded by `timeout`.
@@ -209,6 +225,8 @@ impl TurnLogs {
             local: moka::future::Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(|_, log: &Arc<LocalLog>| log.bytes())
+                // A late joiner wants the turns that just ended.
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .time_to_idle(linger)
                 .build(),
             redis,
@@ -256,6 +274,10 @@ impl TurnLogs {
     pub async fn finished(&self, turn_id: Uuid) {
         // Kept before it leaves the running ones, so that a join in between finds it.
         if let Some(log) = self.running_log(turn_id) {
+            // No more events come: the spare slots are given back before it is weighed.
+            if let Ok(mut events) = log.events.lock() {
+                events.shrink_to_fit();
+            }
             self.local.insert(turn_id, log).await;
         }
         if let Ok(mut running) = self.running.lock() {
@@ -516,5 +538,65 @@ impl RedisLog {
         if let Some(reader) = blocking {
             let _ = reader.quit().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A finished turn of `deltas` streamed pieces of `text`, as the engine writes it.
+    async fn finish_turn(logs: &TurnLogs, deltas: usize, text: &str) -> Uuid {
+        let (thread_id, turn_id) = (Uuid::now_v7(), Uuid::now_v7());
+        let (caller, mut heard) = mpsc::channel(deltas + 1);
+        let events = logs.open(thread_id, turn_id, caller).await;
+        for _ in 0..deltas {
+            events
+                .emit(TurnEvent::AdvisorDelta {
+                    advisor: "CFO".into(),
+                    text: text.into(),
+                    round: 1,
+                })
+                .await;
+        }
+        logs.finished(turn_id).await;
+        drop(events);
+        while heard.try_recv().is_ok() {}
+        turn_id
+    }
+
+    #[tokio::test]
+    async fn finished_logs_are_weighed_by_what_they_hold_and_stay_within_their_bound() {
+        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        let max_bytes = 256 * 1024;
+        let logs = TurnLogs::new(
+            ("", Duration::from_secs(1)),
+            max_bytes,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            tasks,
+            stop.clone(),
+        )
+        .expect("logs");
+        // 100 pieces of 200 bytes: at least the text and a slot per event.
+        let text = "x".repeat(200);
+        finish_turn(&logs, 100, &text).await;
+        let (running, finished, bytes) = logs.resident().await;
+        assert_eq!((running, finished), (0, 1));
+        let floor = 100 * (std::mem::size_of::<TurnEvent>() + 200);
+        assert!(
+            bytes >= floor as u64,
+            "weighed {bytes}, holds at least {floor}"
+        );
+        assert!(bytes < 2 * floor as u64, "no spare slots counted: {bytes}");
+
+        // Many more turns than fit: the oldest leave, the bound holds.
+        for _ in 0..40 {
+            finish_turn(&logs, 100, &text).await;
+        }
+        let (_, finished, bytes) = logs.resident().await;
+        assert!(bytes <= max_bytes, "{bytes} bytes kept, bound {max_bytes}");
+        assert!(finished < 41, "{finished} of 41 logs kept");
+        stop.cancel();
     }
 }

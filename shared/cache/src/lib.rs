@@ -513,6 +513,13 @@ impl<C: Codec> TieredCache<C> {
         );
     }
 
+    /// Drops `key` from this instance's L1 only; Redis and the other instances keep theirs.
+    /// For a value this instance will not read again (a superseded version under a key of its
+    /// own), so that it leaves memory now rather than when it is idle or evicted.
+    pub async fn evict_local(&self, key: &str) {
+        self.forget_local(key).await;
+    }
+
     async fn forget_local(&self, key: &str) {
         self.stripe(key).fetch_add(1, Ordering::AcqRel);
         self.inner.l1.invalidate(key).await;

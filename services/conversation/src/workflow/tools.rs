@@ -85,6 +85,11 @@ impl Toolbox {
         }
     }
 
+    /// Results held in memory now.
+    pub fn cached(&self) -> u64 {
+        self.results.entry_count()
+    }
+
     /// Runs one call for a thread that has reached `through_seq`. Never fails: a bad call is
     /// an error result the model can read.
     pub async fn run(

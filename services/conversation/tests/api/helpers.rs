@@ -31,6 +31,8 @@ pub struct Suite {
     /// Kept alive for the test (it drops its schema).
     _db: TestDatabase,
     conversation: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+    /// The running conversation service's domain, to look inside.
+    domain: Option<boardroom_conversation::Conversations>,
     others: CancellationToken,
 }
 
@@ -124,6 +126,7 @@ pub async fn suite_on(db: TestDatabase, configure: impl FnOnce(&mut Config)) -> 
         config,
         _db: db,
         conversation: None,
+        domain: None,
         others,
     };
     suite.start_conversation().await;
@@ -138,10 +141,17 @@ impl Suite {
             .expect("building the conversation service");
         let addr = app.local_addr().expect("bound");
         self.admin = app.admin_addr().expect("bound");
+        self.domain = Some(app.domain().clone());
         let stop = CancellationToken::new();
         let task = tokio::spawn(app.run_until_stopped(stop.clone()));
         self.client = ConversationServiceClient::new(channel(addr).await);
         self.conversation = Some((stop, task));
+    }
+
+    /// What the running conversation service keeps in memory now.
+    #[allow(dead_code)] // not every test binary looks
+    pub async fn resident(&self) -> boardroom_conversation::Resident {
+        self.domain.as_ref().expect("started").resident().await
     }
 
     /// Another conversation instance on the same database and Redis (a replica), with

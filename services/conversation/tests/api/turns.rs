@@ -405,3 +405,29 @@ async fn recent_messages_come_from_memory_and_appends_are_read_incrementally() {
     complete_turn(&suite.client, &thread, "fourth").await;
     assert_eq!(window("hit").await - hit, 2.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_keeps_one_state_in_memory_and_finished_turns_stay_within_their_bound() {
+    let log_bound = 48 * 1024;
+    let suite = suite(|c| c.conversation.turn_log_memory_bytes = log_bound).await;
+    let thread = suite.thread(1).await;
+    // Each turn's state is read back (GetState keeps it in L1); the next turn supersedes it.
+    for content in ["first", "second", "third", "fourth"] {
+        complete_turn(&suite.client, &thread, content).await;
+        suite.state(&thread).await;
+    }
+    // A turn keeps its new state warm after its caller has the answer: wait for the last one.
+    let resident = eventually(Duration::from_secs(5), || async {
+        let now = suite.resident().await;
+        (now.hot_states <= 1 && now.turn_logs_running == 0).then_some(now)
+    })
+    .await;
+    assert_eq!(
+        resident.recent_windows, 1,
+        "one thread, one window: {resident:?}"
+    );
+    assert!(
+        resident.turn_log_bytes <= log_bound,
+        "finished turns within their bound: {resident:?}"
+    );
+}

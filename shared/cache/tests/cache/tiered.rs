@@ -437,3 +437,54 @@ async fn a_refresh_that_races_a_write_does_not_land() {
     }
     stop.cancel();
 }
+
+/// L1's entries once its pending maintenance has run.
+async fn entries(cache: &TieredCache) -> u64 {
+    cache.l1_bytes().await;
+    cache.l1_entries()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_eviction_leaves_redis_alone() {
+    let (url, _) = redis_url().await;
+    let prefix = format!("t{}:", unique_suffix());
+    let stop = CancellationToken::new();
+    let (a, b) = (
+        cache(&url, &prefix, &stop).await,
+        cache(&url, &prefix, &stop).await,
+    );
+    wait_until(a.l2_status(), true).await;
+    wait_until(b.l2_status(), true).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    // B loads and fills Redis; A reads it from there (a read, no write: nothing evicts it).
+    for instance in [&b, &a] {
+        assert_eq!(
+            instance
+                .get_or_load("k", TTL, loader(&calls, Some("v1")))
+                .await
+                .expect("load"),
+            Some(Bytes::from("v1"))
+        );
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "A read B's fill from Redis"
+    );
+    assert_eq!(entries(&a).await, 1, "in A's L1");
+
+    a.evict_local("k").await;
+    assert_eq!(entries(&a).await, 0, "gone from A's L1");
+    assert_eq!(
+        a.get_or_load("k", TTL, loader(&calls, Some("never")))
+            .await
+            .expect("L2 hit"),
+        Some(Bytes::from("v1"))
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "A read it back from Redis, not from the loader"
+    );
+    stop.cancel();
+}
