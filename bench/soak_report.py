@@ -89,9 +89,18 @@ print(
 )
 
 
+def label(name):
+    """A legend's name: `cache X` or the structure, without the family's prefix."""
+    if ":" not in name:
+        return name
+    family, labels = name.split(":", 1)
+    value = labels.split("=", 1)[1]
+    return f"cache {value}" if family.startswith("cache_") else value
+
+
 def chart(title, names, y_label):
     """An SVG line chart of the named series against minutes."""
-    w, h, left, bottom, top, right = 760, 240, 70, 40, 24, 180
+    w, h, left, bottom, top, right = 900, 240, 70, 40, 24, 220
     picked = [(n, series[n]) for n in names if series.get(n)]
     if not picked:
         return ""
@@ -122,7 +131,7 @@ def chart(title, names, y_label):
         c = colours[i % len(colours)]
         path = " ".join(f"{x(t):.1f},{y(v / scale):.1f}" for t, v in points)
         parts.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{path}"/>')
-        parts.append(f'<text x="{w - right + 8}" y="{top + 14 * i + 10}" fill="{c}">{html.escape(name)}</text>')
+        parts.append(f'<text x="{w - right + 8}" y="{top + 14 * i + 10}" fill="{c}">{html.escape(label(name))}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -130,8 +139,8 @@ def chart(title, names, y_label):
 groups = [
     ("Resident memory of the suite", ["rss_bytes"], "RSS, MB"),
     ("Caches' L1", sorted(n for n in series if n.startswith("cache_l1_bytes")), "L1 bytes, MB"),
-    ("In-process structures", sorted(n for n in series if "_resident_bytes" in n), "bytes, MB"),
-    ("In-process structures", sorted(n for n in series if "_resident_entries" in n or n.startswith("cache_l1_entries")), "entries"),
+    ("Bytes of the in-process structures", sorted(n for n in series if "_resident_bytes" in n), "weighed bytes, MB"),
+    ("Entries of every cache's L1 and structure", sorted(n for n in series if "_resident_entries" in n or n.startswith("cache_l1_entries")), "entries"),
     ("Descriptors, threads, connections", ["open_fds", "os_threads", "db_connections"], "count"),
 ]
 table = "".join(
