@@ -252,9 +252,10 @@ impl Conversations {
         })
     }
 
-    /// Keeps a thread's new state warm here and in Redis; the version it superseded leaves
-    /// this instance's L1 (the next turn reads the new one), so L1 holds about one state per
-    /// thread in use rather than every version of the last idle period.
+    /// Stores a thread's new state in the hot cache (Redis keeps it warm for every instance);
+    /// the version it superseded leaves this instance's L1 (the next turn reads the new one),
+    /// so L1 holds about one state per thread in use rather than every version read in the
+    /// last idle period.
     pub(crate) async fn remember(&self, thread_id: Uuid, state: &ConversationState) {
         self.hot
             .set(

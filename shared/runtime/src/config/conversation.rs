@@ -89,7 +89,7 @@ impl Default for ConversationConfig {
             turn_lease_ms: 5_000,
             max_queued_turns: 8,
             turn_log_ttl_ms: 10 * 60 * 1000,
-            turn_log_memory_bytes: 4 * 1024 * 1024,
+            turn_log_memory_bytes: 2 * 1024 * 1024,
             debate_rounds: 2,
             max_debate_rounds: 4,
             max_tool_rounds: 2,
@@ -254,7 +254,7 @@ impl Default for StateCacheConfig {
     fn default() -> Self {
         Self {
             max_bytes: 32 * 1024 * 1024,
-            recent_max_bytes: 12 * 1024 * 1024,
+            recent_max_bytes: 10 * 1024 * 1024,
             ttl_ms: 60 * 60 * 1000,
             idle_ms: 10 * 60 * 1000,
         }
