@@ -14,6 +14,19 @@ pub async fn cache(url: &str, prefix: &str, stop: &CancellationToken) -> TieredC
     cache_with(url, prefix, stop, |_| {}).await
 }
 
+/// Two instances on the real Redis under a fresh prefix, both connected.
+pub async fn two_connected(stop: &CancellationToken) -> (TieredCache, TieredCache) {
+    let (url, _) = boardroom_testkit::redis_url().await;
+    let prefix = format!("t{}:", boardroom_testkit::unique_suffix());
+    let (a, b) = (
+        cache(&url, &prefix, stop).await,
+        cache(&url, &prefix, stop).await,
+    );
+    wait_until(a.l2_status(), true).await;
+    wait_until(b.l2_status(), true).await;
+    (a, b)
+}
+
 /// [`cache`] with `adjust` applied to its configuration.
 pub async fn cache_with(
     url: &str,

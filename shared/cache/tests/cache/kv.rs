@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use boardroom_cache::{CacheConfig, Invalidation, Item, TieredCache};
-use boardroom_testkit::{PrivateRedis, redis_url, unique_suffix};
+use boardroom_testkit::PrivateRedis;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{TTL, barrier, cache, next_invalidation, wait_until};
+use crate::helpers::{TTL, barrier, cache, next_invalidation, two_connected, wait_until};
 
 fn item(key: &str, value: &str, tags: &[&str]) -> Item<Bytes> {
     Item {
@@ -38,15 +38,8 @@ async fn command_calls(redis: &PrivateRedis, command: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_invalidation_on_one_instance_reaches_every_value_under_it_on_every_instance() {
-    let (url, _) = redis_url().await;
-    let prefix = format!("t{}:", unique_suffix());
     let stop = CancellationToken::new();
-    let (a, b) = (
-        cache(&url, &prefix, &stop).await,
-        cache(&url, &prefix, &stop).await,
-    );
-    wait_until(a.l2_status(), true).await;
-    wait_until(b.l2_status(), true).await;
+    let (a, b) = two_connected(&stop).await;
     let keys = ["x", "y", "z", "w"];
     assert!(
         a.set_many(vec![

@@ -7,7 +7,8 @@ use std::time::Duration;
 use boardroom_cache::{CacheConfig, Invalidation, RawBytes, TieredCache};
 
 use crate::helpers::{
-    INVALIDATION_DELAY, TTL, barrier, cache, load, loader, next_invalidation, wait_until,
+    INVALIDATION_DELAY, TTL, barrier, cache, load, loader, next_invalidation, two_connected,
+    wait_until,
 };
 use boardroom_testkit::{PrivateRedis, redis_url, unique_suffix};
 use bytes::Bytes;
@@ -446,15 +447,8 @@ async fn entries(cache: &TieredCache) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_eviction_leaves_redis_alone() {
-    let (url, _) = redis_url().await;
-    let prefix = format!("t{}:", unique_suffix());
     let stop = CancellationToken::new();
-    let (a, b) = (
-        cache(&url, &prefix, &stop).await,
-        cache(&url, &prefix, &stop).await,
-    );
-    wait_until(a.l2_status(), true).await;
-    wait_until(b.l2_status(), true).await;
+    let (a, b) = two_connected(&stop).await;
     let calls = Arc::new(AtomicUsize::new(0));
     // B loads and fills Redis; A reads it from there (a read, no write: nothing evicts it).
     for instance in [&b, &a] {
