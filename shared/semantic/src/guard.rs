@@ -20,7 +20,13 @@
 //!   not its synonym changes the subject ("contract" / "invoice") or, before a shared head
 //!   noun, its qualifier ("small business customers" / "enterprise customers"); a content
 //!   word on one side only adds a condition. Words that only frame the request ("give me",
-//!   "tips for", "what is the best way to", politeness) are not content.
+//!   "tips for", "what is the best way to", politeness) are not content. Synonyms are the
+//!   lexicon's and WordNet 3.0's (the sets of senses attested in its tagged corpora);
+//! - **the asker's side**: "I" acting in one prompt and "me" acted on in the other ("my
+//!   cofounder wants to buy me out" / "I want to buy out my cofounder");
+//! - **a preamble about the asking** ("I keep hearing this term. What is a cap table?") is
+//!   framing: the question after it is judged. One that states a condition (a number, a
+//!   name, "we", or no word of asking: "I'm self-employed.") is content.
 //!
 //! It errs on the side of a miss: a miss costs one upstream call; a false hit serves a wrong
 //! answer. Measured on held-out pairs in `benches/semantic.rs`.
@@ -67,6 +73,21 @@ const MAX_WORDS: usize = 200;
 /// Why serving `cached`'s answer to `asked` could be wrong; `None` when the guard finds no
 /// meaning-changing difference.
 pub fn meaning_differs(asked: &str, cached: &str) -> Option<Difference> {
+    let difference = judged(asked, cached)?;
+    if difference.kind == "length" {
+        return Some(difference);
+    }
+    // One prompt is the other's question after words about the asker's asking ("I'm curious
+    // about something I use every day. How do noise-canceling headphones work?").
+    if framed_question(asked).is_some_and(|(_, q)| judged(q, cached).is_none())
+        || framed_question(cached).is_some_and(|(_, q)| judged(asked, q).is_none())
+    {
+        return None;
+    }
+    Some(difference)
+}
+
+fn judged(asked: &str, cached: &str) -> Option<Difference> {
     let (a, b) = match met(asked, cached) {
         Ok(words) => words,
         Err(too_long) => return Some(too_long),
@@ -74,6 +95,54 @@ pub fn meaning_differs(asked: &str, cached: &str) -> Option<Difference> {
     classes(&a, &b)
         .or_else(|| roles(&a, &b))
         .or_else(|| content(&a, &b))
+}
+
+/// Most words a preamble about the asking may have.
+const MAX_PREAMBLE_WORDS: usize = 30;
+
+/// A prompt's last sentence, when the sentences before it only speak of the asker's asking:
+/// the speaker is "I" (not "we": a company's facts are conditions), a word of asking or
+/// knowing is there ("curious", "question", "wondering", "understand", "advice"), and nothing
+/// that conditions an answer is (a number, a name, a unit or currency). So "I've been reading
+/// the news lately and it got me thinking. What causes inflation?" is the question; "We have
+/// 40 staff. What benefits should we offer?" and "I'm self-employed. How do I file taxes?"
+/// are not (no asking in them). Returns (preamble, question).
+fn framed_question(text: &str) -> Option<(&str, &str)> {
+    let text = text.trim();
+    // The last sentence end with a sentence after it ('.', '?', '!' or ':' then a space).
+    let boundary = text
+        .char_indices()
+        .filter(|&(i, c)| {
+            matches!(c, '.' | '?' | '!' | ':')
+                && text[i + 1..].starts_with(char::is_whitespace)
+                && text[i + 1..].split_whitespace().nth(1).is_some()
+        })
+        .map(|(i, _)| i + 1)
+        .next_back()?;
+    let (preamble, question) = (&text[..boundary], text[boundary..].trim());
+    let w = words(preamble);
+    let has = |class: &str| {
+        lexicon::PERSONS.iter().any(|(name, members)| {
+            *name == class && w.iter().any(|x| members.contains(&x.text.as_str()))
+        })
+    };
+    let conditioned = w.iter().any(|x| {
+        x.name
+            || x.number
+            || lexicon::NUMBER_WORDS
+                .iter()
+                .any(|(n, _)| *n == x.text && x.text != "one")
+            || lexicon::UNITS
+                .iter()
+                .any(|(_, m)| m.contains(&x.text.as_str()))
+    });
+    let asking = w.iter().any(|x| lexicon::is_asking(&x.stem));
+    (w.len() <= MAX_PREAMBLE_WORDS
+        && has("first person")
+        && !has("first person plural")
+        && asking
+        && !conditioned)
+        .then_some((preamble, question))
 }
 
 /// Both texts' words, made to meet where they only differ in writing: an acronym spelled out
@@ -121,6 +190,13 @@ fn prepare(text: &str) -> Vec<Word> {
     while i < all.len() {
         match lexicon::filler_at(&texts, i) {
             Some(skip) => i += skip,
+            // "fails to rise" is "does not rise".
+            None if all[i].stem == stem("fail")
+                && all.get(i + 1).is_some_and(|n| n.text == "to") =>
+            {
+                kept.extend(words("not"));
+                i += 2;
+            }
             None => {
                 kept.push(all[i].clone());
                 i += 1;
@@ -275,8 +351,20 @@ fn classes(a: &[Word], b: &[Word]) -> Option<Difference> {
             let pronoun = word.text == "one"
                 && w.get(i + 1)
                     .is_none_or(|next| lexicon::is_light(&next.text));
+            // "a week" is one week ("twice a week" is a rate: no number of its own).
+            let one_unit = matches!(word.text.as_str(), "a" | "an")
+                && w.get(i + 1)
+                    .is_some_and(|next| lexicon::TIME_UNITS.iter().any(|u| stem(u) == next.stem))
+                && i.checked_sub(1).is_none_or(|before| {
+                    let before = &w[before];
+                    !(before.number
+                        || lexicon::NUMBER_WORDS.iter().any(|(n, _)| *n == before.text)
+                        || matches!(before.text.as_str(), "once" | "times"))
+                });
             let value = if pronoun {
                 None
+            } else if one_unit {
+                Some("1".to_owned())
             } else if word.number {
                 Some(word.text.clone())
             } else {
@@ -334,10 +422,7 @@ fn classes(a: &[Word], b: &[Word]) -> Option<Difference> {
             return differ("polarity", format!("{} against {}", yes[0], no[0]));
         }
     }
-    let (scope_a, scope_b) = (
-        word_classes(a, lexicon::SCOPE),
-        word_classes(b, lexicon::SCOPE),
-    );
+    let (scope_a, scope_b) = (scope(a), scope(b));
     if scope_a != scope_b {
         return differ(
             "scope",
@@ -363,6 +448,9 @@ fn classes(a: &[Word], b: &[Word]) -> Option<Difference> {
             format!("{} against {}", shown(&modal_a), shown(&modal_b)),
         );
     }
+    if let Some(flip) = asker_flips(a, b) {
+        return Some(flip);
+    }
     let (persons_a, persons_b) = (
         word_classes(a, lexicon::PERSONS),
         word_classes(b, lexicon::PERSONS),
@@ -376,6 +464,58 @@ fn classes(a: &[Word], b: &[Word]) -> Option<Difference> {
         );
     }
     None
+}
+
+/// The asker acts in the one prompt and is only acted on in the other: "I want to buy out my
+/// cofounder" / "my cofounder wants to buy me out", "we owe them" / "they owe us". The same
+/// pronoun's subject and object forms tell it, whatever the nouns; an object after a word that
+/// frames the request ("give me", "walk us through") is the addressee of the answer, not a
+/// party, and a change of voice moves the subject by itself.
+fn asker_flips(a: &[Word], b: &[Word]) -> Option<Difference> {
+    let cases = |w: &[Word], subject: &str, object: &str| {
+        let acts = w.iter().filter(|x| x.text == subject).count();
+        let acted_on = w
+            .iter()
+            .enumerate()
+            .filter(|(i, x)| {
+                x.text == object
+                    && !i.checked_sub(1).is_some_and(|p| {
+                        lexicon::is_light(&w[p].text) && !lexicon::is_function_word(&w[p].text)
+                    })
+            })
+            .count();
+        (acts, acted_on)
+    };
+    if voice_changed(a, b) {
+        return None;
+    }
+    for (subject, object) in [("i", "me"), ("we", "us")] {
+        let ((sa, oa), (sb, ob)) = (cases(a, subject, object), cases(b, subject, object));
+        // More of the one form and fewer of the other: the asker moved between the parties.
+        if (sa > sb && oa < ob) || (sa < sb && oa > ob) {
+            return differ(
+                "perspective",
+                format!("\"{subject}\" {sa} and \"{object}\" {oa} times against {sb} and {ob}"),
+            );
+        }
+    }
+    None
+}
+
+/// The quantifiers' scopes; "much" and "many" after "how", "too", "so" or "as" ask or
+/// judge an amount ("how much should we charge"), they do not quantify.
+fn scope(w: &[Word]) -> BTreeSet<&'static str> {
+    let quantifying: Vec<Word> = w
+        .iter()
+        .enumerate()
+        .filter(|(i, x)| {
+            !(matches!(x.text.as_str(), "much" | "many")
+                && i.checked_sub(1)
+                    .is_some_and(|b| matches!(w[b].text.as_str(), "how" | "too" | "so" | "as")))
+        })
+        .map(|(_, x)| x.clone())
+        .collect();
+    word_classes(&quantifying, lexicon::SCOPE)
 }
 
 /// Time references: unambiguous time words, and the ambiguous ones ("this", "may", "by",
@@ -468,6 +608,15 @@ fn modality(w: &[Word]) -> BTreeSet<&'static str> {
     found
 }
 
+/// Builds the synonym table now (WordNet's sets are read once per process, ~60 ms), so that
+/// the first comparison a server makes is as fast as the others.
+pub fn warm() {
+    synonym_groups();
+}
+
+/// WordNet 3.0's synonym sets of attested senses (`wordnet/extract.py`).
+const WORDNET: &str = include_str!("wordnet.txt");
+
 /// The synonym groups of each word form, by stem.
 fn synonym_groups() -> &'static HashMap<String, Vec<usize>> {
     static GROUPS: OnceLock<HashMap<String, Vec<usize>>> = OnceLock::new();
@@ -476,10 +625,35 @@ fn synonym_groups() -> &'static HashMap<String, Vec<usize>> {
         // Everyday synonyms, and the members of one side of a pair of opposites ("enable" /
         // "turn on": the polarity check has made sure both prompts take the same side).
         let sides = lexicon::OPPOSITES.iter().flat_map(|(yes, no)| [*yes, *no]);
-        for (id, group) in lexicon::SYNONYMS.iter().copied().chain(sides).enumerate() {
+        let ours = lexicon::SYNONYMS.iter().copied().chain(sides);
+        let mut add = |id: usize, member: &str| {
+            let key: String = member.split(' ').map(stem).collect::<Vec<_>>().join(" ");
+            map.entry(key).or_default().push(id);
+        };
+        let mut id = 0;
+        for group in ours {
             for member in group {
-                let key: String = member.split(' ').map(stem).collect::<Vec<_>>().join(" ");
-                map.entry(key).or_default().push(id);
+                add(id, member);
+            }
+            id += 1;
+        }
+        // WordNet's synonym sets, without the members that belong to a closed class (numbers,
+        // scope, time: "some" in "about, approximately, some"), frame the request, or hold a
+        // function word ("take for", "buy out": the phrase would swallow words that the
+        // alignment needs apart).
+        for line in WORDNET.lines().filter(|l| !l.starts_with('#')) {
+            let members: Vec<&str> = line
+                .split(',')
+                .filter(|m| {
+                    let w = words(m);
+                    !w.iter().any(|x| classed(x) || lexicon::is_light(&x.text))
+                })
+                .collect();
+            if members.len() >= 2 {
+                for member in members {
+                    add(id, member);
+                }
+                id += 1;
             }
         }
         map
@@ -1149,5 +1323,101 @@ mod tests {
         for (a, b) in other {
             assert!(topic_differs(a, b).is_some(), "{a} / {b}");
         }
+    }
+
+    #[test]
+    fn a_preamble_about_the_asking_is_framing_and_one_about_the_asker_is_a_condition() {
+        let question = "What is a convertible note?";
+        let framed = "I keep getting confused by this term. What is a convertible note?";
+        assert_eq!(meaning_differs(framed, question), None);
+        assert_eq!(meaning_differs(question, framed), None);
+        let conditioned = [
+            (
+                "How do I file my taxes?",
+                "I'm self-employed. How do I file my taxes?",
+            ),
+            (
+                "What benefits should we offer?",
+                "We have 40 staff and I'm curious. What benefits should we offer?",
+            ),
+            (
+                "How should I invest my savings?",
+                "I'm curious as I live in Germany. How should I invest my savings?",
+            ),
+        ];
+        for (a, b) in conditioned {
+            assert!(meaning_differs(b, a).is_some(), "{a} / {b}");
+        }
+        // A prompt too long to judge is not searched for a preamble.
+        let long = format!("{} {question}", "Our team keeps asking. ".repeat(100));
+        assert_eq!(kind(&long, question), Some("length"));
+    }
+
+    #[test]
+    fn fixed_forms_meet_their_plain_ones() {
+        let same = [
+            (
+                "Why does the nightly build not finish?",
+                "Why does the nightly build fail to finish?",
+            ),
+            ("Plan a week in Lisbon", "Plan one week in Lisbon"),
+            (
+                "How much should we charge for onboarding?",
+                "What should we charge for onboarding?",
+            ),
+            // WordNet's synonyms.
+            ("How do I mend a torn sail?", "How do I repair a torn sail?"),
+        ];
+        for (a, b) in same {
+            assert_eq!(meaning_differs(a, b), None, "{a} / {b}");
+        }
+        let different = [
+            (
+                "Why does the nightly build finish?",
+                "Why does the nightly build fail to finish?",
+                "negation",
+            ),
+            (
+                "Plan a week in Lisbon",
+                "Plan two weeks in Lisbon",
+                "numbers",
+            ),
+            (
+                "Should we keep both vendors?",
+                "Should we keep either vendor?",
+                "scope",
+            ),
+            (
+                "Do any of our customers use SSO?",
+                "Do all of our customers use SSO?",
+                "scope",
+            ),
+        ];
+        for (a, b, expected) in different {
+            assert_eq!(kind(a, b), Some(expected), "{a} / {b}");
+        }
+    }
+
+    #[test]
+    fn the_asker_changing_sides_is_a_perspective() {
+        assert_eq!(
+            kind(
+                "My landlord wants to sue me. What can I do?",
+                "I want to sue my landlord. What can I do?"
+            ),
+            Some("perspective")
+        );
+        assert_eq!(
+            kind("Do they owe us the deposit?", "Do we owe them the deposit?"),
+            Some("perspective")
+        );
+        // An object after a framing word is the addressee, not a party.
+        assert_eq!(
+            meaning_differs(
+                "Give me tips so I can sleep better",
+                "How can I sleep better?"
+            ),
+            None
+        );
     }
 }

@@ -460,6 +460,50 @@ const FRAMING: &[&str] = &[
     "works",
 ];
 
+/// Words of asking and knowing: a sentence about the asker that holds one speaks of the
+/// asking ("I'm curious", "a quick sanity check", "it got me thinking"), not of a condition.
+const ASKING: &[&str] = &[
+    "ask",
+    "question",
+    "wonder",
+    "curious",
+    "curiosity",
+    "know",
+    "understand",
+    "clarify",
+    "clarification",
+    "sure",
+    "check",
+    "guidance",
+    "help",
+    "advice",
+    "confused",
+    "confusion",
+    "think",
+    "learn",
+    "figure",
+    "clear",
+    "unclear",
+    "puzzled",
+    "interested",
+    "explanation",
+    "doubt",
+    "unsure",
+    "remind",
+    "refresher",
+    "basics",
+    "straight",
+];
+
+/// Whether a stem is one of a word of asking or knowing (`ASKING`).
+pub fn is_asking(stemmed: &str) -> bool {
+    static STEMS: std::sync::OnceLock<std::collections::HashSet<String>> =
+        std::sync::OnceLock::new();
+    STEMS
+        .get_or_init(|| ASKING.iter().map(|w| stem(w)).collect())
+        .contains(stemmed)
+}
+
 /// A word that frames the request (see `FRAMING`, in any form: "explained", "drafting")
 /// or builds the sentence (`FUNCTION`).
 pub fn is_light(word: &str) -> bool {
@@ -639,10 +683,13 @@ pub const SCOPE: &[(&str, &[&str])] = &[
             "everything",
             "always",
             "everywhere",
-            "any",
-            "anyone",
-            "anybody",
         ],
+    ),
+    // In a question "any" asks whether there is one ("do any customers use it?"), not
+    // about all of them.
+    (
+        "free choice",
+        &["any", "anyone", "anybody", "anything", "anywhere"],
     ),
     (
         "existential",
@@ -658,10 +705,15 @@ pub const SCOPE: &[(&str, &[&str])] = &[
             "part",
         ],
     ),
-    ("majority", &["most", "majority", "mostly", "many", "much"]),
+    (
+        "majority",
+        &["most", "majority", "mostly", "mainly", "largely"],
+    ),
+    ("many", &["many", "much", "lots", "plenty"]),
     ("minority", &["minority", "rarely", "seldom"]),
     ("only", &["only", "solely", "exclusively", "alone", "sole"]),
-    ("both", &["both", "either"]),
+    ("both", &["both"]),
+    ("either", &["either"]),
     ("other", &["other", "another", "else", "remaining", "rest"]),
 ];
 
@@ -1419,6 +1471,11 @@ pub const BE: &[&str] = &[
     "is", "are", "was", "were", "be", "been", "being", "get", "gets", "got",
 ];
 
+/// Units of time: "a" before one of them is the number one ("a week", "an hour").
+pub const TIME_UNITS: &[&str] = &[
+    "second", "minute", "hour", "day", "week", "month", "quarter", "year", "decade",
+];
+
 /// Number words, as digits.
 pub const NUMBER_WORDS: &[(&str, &str)] = &[
     ("zero", "0"),
@@ -1464,6 +1521,7 @@ pub const NUMBER_WORDS: &[(&str, &str)] = &[
     ("pair", "2"),
     ("couple", "2"),
     ("first", "1st"),
+    ("initial", "1st"),
     ("second", "2nd"),
     ("third", "3rd"),
     ("fourth", "4th"),

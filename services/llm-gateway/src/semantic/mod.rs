@@ -110,6 +110,7 @@ impl SemanticIndex {
         config: &SemanticConfig,
         client: reqwest::Client,
     ) -> Self {
+        guard::warm();
         Self {
             scopes,
             ttl,
