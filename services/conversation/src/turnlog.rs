@@ -5,7 +5,8 @@
 //! turn keeps the events in memory while it runs and for a short while after (bounded by
 //! bytes); with Redis configured it also appends them, in batches, to a Redis Stream per turn
 //! (`br:conv:turn:{thread}:{turn}`, entry ids `0-<index>`) that expires
-//! `conversation.turn_log_ttl_ms` after its last write. A join is served from memory when the
+//! `conversation.turn_log_ttl_ms` after its last write (the expiry is set with the first batch,
+//! the last, and at least every quarter of the TTL in between). A join is served from memory when the
 //! turn runs (or just ran) here, else from the stream: `XRANGE` for what was missed, then
 //! blocking `XREAD`s for what comes, until the turn's last event.
 
@@ -384,6 +385,9 @@ impl RedisLog {
         let mut written = 0u64;
         // While Redis fails: the next wait, and since when (given up after the log's TTL).
         let mut failing: Option<(Duration, tokio::time::Instant)> = None;
+        // When the stream's expiry was last set: with the first batch, the last, and once a
+        // quarter of the TTL has passed (not with every batch: a turn writes a few dozen).
+        let mut expiry_set: Option<tokio::time::Instant> = None;
         loop {
             let (total, done) = *count.borrow_and_update();
             if total > written {
@@ -399,13 +403,19 @@ impl RedisLog {
                     }
                 }
                 let batch = log.after(written);
-                let Some(&(last, _)) = batch.last() else {
+                let Some((last, last_event)) = batch.last() else {
                     continue;
                 };
-                match self.append(&key, &batch, ttl).await {
+                let last = *last;
+                let expire =
+                    is_last(last_event) || expiry_set.is_none_or(|at| at.elapsed() >= self.ttl / 4);
+                match self.append(&key, &batch, expire.then_some(ttl)).await {
                     Ok(()) => {
                         written = last;
                         failing = None;
+                        if expire {
+                            expiry_set = Some(tokio::time::Instant::now());
+                        }
                     }
                     Err(err) => {
                         // Kept and tried again: a joiner elsewhere sees them late, not never.
@@ -438,12 +448,12 @@ impl RedisLog {
         }
     }
 
-    /// One pipeline: the events, then the stream's expiry.
+    /// One pipeline: the events, then the stream's expiry when `ttl` is given.
     async fn append(
         &self,
         key: &str,
         batch: &[IndexedEvent],
-        ttl: i64,
+        ttl: Option<i64>,
     ) -> Result<(), fred::error::Error> {
         if !self.client.is_connected() {
             return Err(fred::error::Error::new(
@@ -460,7 +470,9 @@ impl RedisLog {
                 .xadd(key, false, None, format!("0-{index}"), ("e", json))
                 .await;
         }
-        let _: Result<(), _> = pipeline.expire(key, ttl, None).await;
+        if let Some(ttl) = ttl {
+            let _: Result<(), _> = pipeline.expire(key, ttl, None).await;
+        }
         pipeline.all::<Vec<fred::types::Value>>().await.map(|_| ())
     }
 
@@ -597,6 +609,106 @@ mod tests {
         let (_, finished, bytes) = logs.resident().await;
         assert!(bytes <= max_bytes, "{bytes} bytes kept, bound {max_bytes}");
         assert!(finished < 41, "{finished} of 41 logs kept");
+        stop.cancel();
+    }
+
+    /// Calls of a Redis command since the server started.
+    async fn calls(client: &Client, command: &str) -> u64 {
+        let info: String = client
+            .custom(fred::cmd!("INFO"), vec!["commandstats"])
+            .await
+            .expect("INFO");
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_gets_its_expiry_with_its_first_and_last_batch_not_with_every_one() {
+        let redis = boardroom_testkit::PrivateRedis::start();
+        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        let ttl = Duration::from_secs(600);
+        let logs = TurnLogs::new(
+            (&redis.url(), Duration::from_secs(5)),
+            1 << 20,
+            Duration::from_secs(60),
+            ttl,
+            tasks,
+            stop.clone(),
+        )
+        .expect("logs");
+        let client = crate::redis::builder(&redis.url(), Duration::from_secs(5), false)
+            .expect("builder")
+            .build()
+            .expect("client");
+        let _connection = client.init().await.expect("connected");
+        let (thread_id, turn_id) = (Uuid::now_v7(), Uuid::now_v7());
+        let stream = key(thread_id, turn_id);
+        let (caller, _heard) = mpsc::channel(16);
+        let events = logs.open(thread_id, turn_id, caller).await;
+        // Each event written before the next is emitted: a batch each.
+        let written = |n: u64| {
+            let (client, stream) = (client.clone(), stream.clone());
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                loop {
+                    let len: u64 = client.xlen(&stream).await.expect("XLEN");
+                    if len >= n {
+                        return;
+                    }
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{len} of {n} written"
+                    );
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        };
+        for n in 1..=5 {
+            events
+                .emit(TurnEvent::AdvisorDelta {
+                    advisor: "CFO".into(),
+                    text: format!("piece {n}"),
+                    round: 1,
+                })
+                .await;
+            written(n).await;
+        }
+        events
+            .emit(TurnEvent::Completed {
+                turn_id,
+                state_version: 1,
+                first_seq: 1,
+                last_seq: 2,
+                usage: Default::default(),
+                replayed: false,
+                commit_position: None,
+                deliberation: Default::default(),
+                rounds: Vec::new(),
+                ranking: Vec::new(),
+                memories_recalled: 0,
+            })
+            .await;
+        written(6).await;
+        // The last batch's EXPIRE follows its entry in one pipeline.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while calls(&client, "expire").await < 2 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let remaining: i64 = client.pttl(&stream).await.expect("PTTL");
+        assert!(
+            remaining > 0 && remaining <= ttl.as_millis() as i64,
+            "expires in {remaining} ms"
+        );
+        assert_eq!(calls(&client, "xadd").await, 6, "an entry per event");
+        assert_eq!(
+            calls(&client, "expire").await,
+            2,
+            "the expiry with the first batch and the last"
+        );
         stop.cancel();
     }
 }
