@@ -63,7 +63,7 @@ def main():
               f"({pct(*served[False]):.1f} %)", file=sys.stderr)
         for kind, (n, d) in sorted(by_kind.items()):
             print(f"  {kind}: {n}/{d} served", file=sys.stderr)
-        if "test" not in name:  # the held-out half's mistakes are not read while tuning
+        if "test" not in name and "fresh" not in name:  # held-out sets: mistakes not read while tuning
             for kind, a, b in wrong:
                 print(f"  wrong [{kind}]: {a} | {b}", file=sys.stderr)
     print(json.dumps(report, indent=1))
