@@ -191,8 +191,10 @@ fn prepare(text: &str) -> Vec<Word> {
         match lexicon::filler_at(&texts, i) {
             Some(skip) => i += skip,
             // "fails to rise" is "does not rise".
-            None if all[i].stem == stem("fail")
-                && all.get(i + 1).is_some_and(|n| n.text == "to") =>
+            None if matches!(
+                all[i].text.as_str(),
+                "fail" | "fails" | "failed" | "failing"
+            ) && all.get(i + 1).is_some_and(|n| n.text == "to") =>
             {
                 kept.extend(words("not"));
                 i += 2;
@@ -354,7 +356,7 @@ fn classes(a: &[Word], b: &[Word]) -> Option<Difference> {
             // "a week" is one week ("twice a week" is a rate: no number of its own).
             let one_unit = matches!(word.text.as_str(), "a" | "an")
                 && w.get(i + 1)
-                    .is_some_and(|next| lexicon::TIME_UNITS.iter().any(|u| stem(u) == next.stem))
+                    .is_some_and(|next| lexicon::is_time_unit(&next.stem))
                 && i.checked_sub(1).is_none_or(|before| {
                     let before = &w[before];
                     !(before.number
@@ -505,17 +507,18 @@ fn asker_flips(a: &[Word], b: &[Word]) -> Option<Difference> {
 /// The quantifiers' scopes; "much" and "many" after "how", "too", "so" or "as" ask or
 /// judge an amount ("how much should we charge"), they do not quantify.
 fn scope(w: &[Word]) -> BTreeSet<&'static str> {
-    let quantifying: Vec<Word> = w
+    let quantifies = |i: usize| {
+        !(matches!(w[i].text.as_str(), "much" | "many")
+            && i.checked_sub(1)
+                .is_some_and(|b| matches!(w[b].text.as_str(), "how" | "too" | "so" | "as")))
+    };
+    lexicon::SCOPE
         .iter()
-        .enumerate()
-        .filter(|(i, x)| {
-            !(matches!(x.text.as_str(), "much" | "many")
-                && i.checked_sub(1)
-                    .is_some_and(|b| matches!(w[b].text.as_str(), "how" | "too" | "so" | "as")))
+        .filter(|(_, members)| {
+            (0..w.len()).any(|i| quantifies(i) && members.contains(&w[i].text.as_str()))
         })
-        .map(|(_, x)| x.clone())
-        .collect();
-    word_classes(&quantifying, lexicon::SCOPE)
+        .map(|(name, _)| *name)
+        .collect()
 }
 
 /// Time references: unambiguous time words, and the ambiguous ones ("this", "may", "by",

@@ -1472,9 +1472,18 @@ pub const BE: &[&str] = &[
 ];
 
 /// Units of time: "a" before one of them is the number one ("a week", "an hour").
-pub const TIME_UNITS: &[&str] = &[
+const TIME_UNITS: &[&str] = &[
     "second", "minute", "hour", "day", "week", "month", "quarter", "year", "decade",
 ];
+
+/// Whether a stem is a unit of time's (`TIME_UNITS`).
+pub fn is_time_unit(stemmed: &str) -> bool {
+    static STEMS: std::sync::OnceLock<std::collections::HashSet<String>> =
+        std::sync::OnceLock::new();
+    STEMS
+        .get_or_init(|| TIME_UNITS.iter().map(|w| stem(w)).collect())
+        .contains(stemmed)
+}
 
 /// Number words, as digits.
 pub const NUMBER_WORDS: &[(&str, &str)] = &[
