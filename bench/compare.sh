@@ -6,6 +6,8 @@
 # Usage: bench/compare.sh A_BIN B_BIN [users, default 200] [duration, default 40s] [think, default 3s]
 # With A_ENV or B_ENV ("NAME=VALUE ..."), that side's suite runs with those settings: e.g.
 # A_ENV=BOARDROOM_CONVERSATION__MEMORY__ENABLED=false bench/compare.sh BIN BIN (the memory's cost).
+# With COST_SECS=N, bench/cost.sh measures N seconds of each run (from COST_AFTER, default 15 s,
+# after the start): the CPU per round of PostgreSQL and Redis as well as the suite's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=$1
@@ -21,9 +23,17 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -f "$BENCH_LOG"' EXIT
 source bench/lib.sh
 
 run() { # label binary index [NAME=VALUE ...]; the same generator (A's) for both
-  local label=$1 bin=$2 index=$3
+  local label=$1 bin=$2 index=$3 cost=
   shift 3
+  rm -f "bench/out/compare-$label-$index-cost.json"
+  if [ -n "${COST_SECS:-}" ]; then
+    # The CPU of PostgreSQL and Redis per round too, over a window after the ramp.
+    (sleep "${COST_AFTER:-15}" && PERF=0 BENCH_DB_URL="$PG/boardroom_bench" \
+      bench/cost.sh "$COST_SECS" "bench/out/compare-$label-$index-cost" >/dev/null) &
+    cost=$!
+  fi
   users_run "bench/out/compare-$label-$index.json" "$bin" "$A" "$USERS" "$DURATION" "$THINK" "$@"
+  if [ -n "$cost" ]; then wait "$cost" || true; fi
 }
 
 # A_ENV / B_ENV: settings for one side only (the same binary twice compares a setting).
@@ -50,6 +60,20 @@ print("| run | errors | user-rounds | CPU ms / round | RunTurn p99 ms | worst no
 print("|---|---|---|---|---|---|---|")
 for (l, i), r in rows.items():
     print(f"| {l} #{i} | {r['errors']} | {r['rounds']} | {r['cpu_ms']:.2f} | {r['turn_p99']:.0f} | {r['non_llm_p99']:.2f} | {r['rss']:.1f} |")
+import os
+costs = {k: json.load(open(p)) for k in rows
+         if os.path.exists(p := f"bench/out/compare-{k[0]}-{k[1]}-cost.json")}
+if costs:
+    print("\nCPU per round over the window of bench/cost.sh (ms):\n")
+    print("| run | suite | PostgreSQL | Redis | suite + PostgreSQL + Redis | generator |")
+    print("|---|---|---|---|---|---|")
+    for (l, i), c in costs.items():
+        c["all_ms"] = c["suite_ms"] + c["postgres_ms"] + c["redis_ms"]
+        print(f"| {l} #{i} | {c['suite_ms']:.2f} | {c['postgres_ms']:.2f} | {c['redis_ms']:.2f} | {c['all_ms']:.2f} | {c['load_ms']:.2f} |")
+    if len(costs) == 4:
+        cm = lambda l, k: sum(costs[(l, i)][k] for i in (1, 2)) / 2
+        print("B / A: " + ", ".join(f"{k} {cm('B', k) / cm('A', k):.2f}" for k in ["suite_ms", "postgres_ms", "redis_ms", "all_ms"]))
+    print()
 mean = lambda l, k: sum(rows[(l, i)][k] for i in (1, 2)) / 2
 print("B / A: " + ", ".join(f"{label} {mean('B', k) / mean('A', k):.2f}" for k, label in
       [("cpu_ms", "CPU per round"), ("non_llm_p99", "worst non-LLM p99"), ("turn_p99", "RunTurn p99"), ("rss", "peak RSS")]))
