@@ -70,6 +70,11 @@ pub const FAMILIES: &[Family] = &[
         help: "Reads of a thread's recent messages, by result (hit: from the cached window, extended, miss).",
     },
     Family {
+        name: "conversation_turn_writes_total",
+        kind: Kind::Counter,
+        help: "Completed turns stored, by path (one_statement: the whole write in one PostgreSQL statement, the head unchanged since the lease; transaction: statement by statement, on SQLite or when the head moved).",
+    },
+    Family {
         name: "conversation_checkpoints_pruned_total",
         kind: Kind::Counter,
         help: "Checkpoints deleted beyond a thread's retention.",
@@ -141,6 +146,9 @@ pub const FAMILIES: &[Family] = &[
 pub fn zero_known_series() {
     for outcome in ["completed", "failed", "replayed"] {
         metrics::counter!("conversation_turns_total", "outcome" => outcome).increment(0);
+    }
+    for path in ["one_statement", "transaction"] {
+        metrics::counter!("conversation_turn_writes_total", "path" => path).increment(0);
     }
     for outcome in [
         "stored",

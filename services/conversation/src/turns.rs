@@ -80,10 +80,14 @@ impl Conversations {
         check_request_id(&mut v, &request.request_id);
         v.finish(())?;
         let thread_id = request.thread_id;
-        if let Some(id) = &request.request_id
-            && let Some(done) = self.store.turn_by_request(thread_id, id).await?
-        {
-            return self.replay(done).await;
+        // The thread's state version when the request was looked up (none without one).
+        let mut looked_at = None;
+        if let Some(id) = &request.request_id {
+            let (done, version) = self.store.request_lookup(thread_id, id).await?;
+            if let Some(done) = done {
+                return self.replay(done).await;
+            }
+            looked_at = Some(version);
         }
         let thread = self.writable_thread(thread_id).await?;
         let mut v = Violations::default();
@@ -125,9 +129,11 @@ impl Conversations {
         // while its state loads).
         let cancel = self.shutdown.child_token();
         let registration = self.bus.register(thread_id, turn_id, cancel.clone());
-        // The first run of this request may have completed between the check above and the
-        // lease: its record is committed with its lease release, so it is visible now.
+        // The first run of this request may have completed between the lookup above and the
+        // lease: its record is committed with its lease release, so it is visible now. Had
+        // it, the state version would have moved (a completed turn bumps it).
         if let Some(id) = &request.request_id
+            && looked_at != Some(head.state_version)
             && let Some(done) = self.store.turn_by_request(thread_id, id).await?
         {
             lease.release().await;

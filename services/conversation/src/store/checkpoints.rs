@@ -215,8 +215,14 @@ pub(super) async fn prune(
         .filter(checkpoint::Column::Pinned.eq(false))
         .exec(txn)
         .await?;
-    if result.rows_affected > 0 {
-        metrics::counter!("conversation_checkpoints_pruned_total").increment(result.rows_affected);
-    }
+    count_pruned(result.rows_affected);
     Ok(())
+}
+
+/// Counts `n` checkpoints pruned.
+pub(super) fn count_pruned(n: impl TryInto<u64>) {
+    let n = n.try_into().unwrap_or(0);
+    if n > 0 {
+        metrics::counter!("conversation_checkpoints_pruned_total").increment(n);
+    }
 }

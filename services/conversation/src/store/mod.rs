@@ -29,6 +29,8 @@ mod checkpoints;
 mod memories;
 mod messages;
 mod queue;
+#[cfg(test)]
+mod tests;
 mod turns;
 
 pub use memories::{Applied, Source, Written};
@@ -46,6 +48,8 @@ pub struct TurnWrite {
     /// The state the turn started from; the new state builds on it unless a summary was
     /// stored meanwhile (then on that).
     pub base: Arc<ConversationState>,
+    /// The head's `last_seq` when the turn took its lease (`base` covers up to it).
+    pub base_seq: i64,
     pub messages: Vec<NewMessage>,
     /// Per advisor that answered: its answer, shortened.
     pub memory: Vec<(String, String)>,

@@ -4,14 +4,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ActiveValue::Set, ColumnTrait, DbErr, EntityTrait, QueryFilter, TransactionTrait};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseBackend, DbErr, EntityTrait,
+    QueryFilter, Statement, TransactionTrait, Value,
+};
 use uuid::Uuid;
 
 use crate::domain::{ConversationState, Message, Mode, TurnRecord};
 use crate::entity::{head, message, turn};
 use crate::error::ConversationError;
 
-use super::checkpoints::{insert_checkpoint, prune};
+use super::checkpoints::{count_pruned, insert_checkpoint, prune};
 use super::*;
 
 /// Shortens an answer for an advisor's memory (at a char boundary).
@@ -136,90 +139,28 @@ impl ConversationStore {
     }
 
     /// Stores a turn: its messages (one batch, consecutive seqs), its checkpoint (merged into
-    /// whatever state is latest now) and its record, in one transaction that also releases
-    /// the lease and prunes old checkpoints. Fails with `Aborted` if the turn lost its lease.
+    /// whatever state is latest now) and its record, atomically, releasing the lease and
+    /// pruning old checkpoints. Fails with `Aborted` if the turn lost its lease.
+    ///
+    /// On PostgreSQL the usual case is one statement (one round trip, one commit); when the
+    /// head moved since the lease (or on SQLite) it is a transaction of several.
     pub async fn persist_turn(&self, write: TurnWrite) -> Result<StoredTurn, ConversationError> {
-        let retention = *self.retention;
         let result = self
             .db
             .timed("conversation_persist_turn", async {
-                let txn = self.db.conn().begin().await?;
-                let n = i64::try_from(write.messages.len()).unwrap_or(i64::MAX);
-                let (first, head) =
-                    match allocate(&txn, write.thread_id, n, Some(write.turn_id)).await {
-                        Ok(allocated) => allocated,
-                        Err(DbErr::RecordNotUpdated) => return Ok(None),
-                        Err(err) => return Err(err),
-                    };
-                let version = head.state_version;
-                let next = if write.base.version == version - 1 {
-                    write.base.after_turn(version, head.last_seq, &write.memory)
-                } else {
-                    state_in(&txn, write.thread_id, version - 1)
-                        .await
-                        .map_err(|e| DbErr::Custom(e.to_string()))?
-                        .after_turn(version, head.last_seq, &write.memory)
-                };
-                let at = now();
-                let stored: Vec<Message> = write
-                    .messages
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| Message {
-                        thread_id: write.thread_id,
-                        seq: first + i64::try_from(i).unwrap_or(0),
-                        role: m.role,
-                        author: m.author.clone(),
-                        content: m.content.clone(),
-                        turn_id: Some(write.turn_id),
-                        created_at: at,
-                    })
-                    .collect();
-                let rows = stored.iter().map(|m| message::ActiveModel {
-                    thread_id: Set(m.thread_id),
-                    seq: Set(m.seq),
-                    role: Set(m.role.as_str().to_owned()),
-                    author: Set(m.author.clone()),
-                    content: Set(m.content.clone()),
-                    turn_id: Set(m.turn_id),
-                    request_id: Set(None),
-                    created_at: Set(at),
-                });
-                message::Entity::insert_many(rows)
-                    .exec_without_returning(&txn)
-                    .await?;
-                insert_checkpoint(&txn, write.thread_id, &next, Some(version - 1), false).await?;
-                // A turn that can be retried by its request id needs its outcome kept; so does
-                // one that deliberated (its rounds and reviews are stored with it).
-                if write.request_id.is_some() || write.outcome.deliberation.mode != Mode::Panel {
-                    turn::Entity::insert(turn::ActiveModel {
-                        id: Set(write.turn_id),
-                        thread_id: Set(write.thread_id),
-                        request_id: Set(write.request_id.clone()),
-                        first_seq: Set(first),
-                        last_seq: Set(head.last_seq),
-                        state_version: Set(version),
-                        outcome: Set(serde_json::to_value(&write.outcome)
-                            .map_err(|e| DbErr::Custom(e.to_string()))?),
-                        created_at: Set(at),
-                    })
-                    .exec_without_returning(&txn)
-                    .await?;
+                if self.db.backend() == DatabaseBackend::Postgres
+                    && let Some(stored) = self.persist_in_one_statement(&write).await?
+                {
+                    metrics::counter!("conversation_turn_writes_total", "path" => "one_statement")
+                        .increment(1);
+                    return Ok(Some(stored));
                 }
-                prune(&txn, write.thread_id, version, retention).await?;
-                txn.commit().await?;
-                Ok(Some(StoredTurn {
-                    record: TurnRecord {
-                        id: write.turn_id,
-                        thread_id: write.thread_id,
-                        first_seq: first,
-                        last_seq: head.last_seq,
-                        state_version: version,
-                        outcome: write.outcome.clone(),
-                    },
-                    state: next,
-                    messages: stored,
-                }))
+                let stored = self.persist_in_transaction(&write).await?;
+                if stored.is_some() {
+                    metrics::counter!("conversation_turn_writes_total", "path" => "transaction")
+                        .increment(1);
+                }
+                Ok(stored)
             })
             .await;
         match result {
@@ -233,6 +174,219 @@ impl ConversationStore {
             )),
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// PostgreSQL: the whole turn in one statement of data-modifying CTEs, provided the head
+    /// is as the turn found it when it took its lease: still its lease, no seq or state
+    /// version taken since (the usual case), so seqs, version and state are known before it
+    /// runs. The head's UPDATE fences the rest: each INSERT and the prune select from its
+    /// RETURNING, so when it matches no row nothing is written and `None` sends the turn to
+    /// [`Self::persist_in_transaction`], which finds out why.
+    pub(super) async fn persist_in_one_statement(
+        &self,
+        write: &TurnWrite,
+    ) -> Result<Option<StoredTurn>, DbErr> {
+        if write.messages.is_empty() || write.messages.len() > ONE_STATEMENT_MAX_MESSAGES {
+            return Ok(None);
+        }
+        let n = i64::try_from(write.messages.len()).unwrap_or(i64::MAX);
+        let version = write.base.version + 1;
+        let (first, last) = (write.base_seq + 1, write.base_seq + n);
+        let next = write.base.after_turn(version, last, &write.memory);
+        let at = now();
+        let stored = stored_messages(write, first, at);
+        // $1..$11; the messages' and the record's values follow.
+        let mut values: Vec<Value> = vec![
+            write.thread_id.into(),
+            write.turn_id.into(),
+            n.into(),
+            at.into(),
+            write.base_seq.into(),
+            write.base.version.into(),
+            version.into(),
+            Some(version - 1).filter(|p| *p > 0).into(),
+            last.into(),
+            state::encode(&next).into(),
+            (version - *self.retention).into(),
+        ];
+        let mut sql = String::from(
+            "WITH h AS (UPDATE conversation_threads SET last_seq = last_seq + $3, \
+             state_version = state_version + 1, running_turn = NULL, lease_until = NULL, \
+             updated_at = $4 WHERE thread_id = $1 AND running_turn = $2 AND last_seq = $5 \
+             AND state_version = $6 RETURNING 1), \
+             m AS (INSERT INTO messages (thread_id, seq, role, author, content, turn_id, \
+             created_at) SELECT $1, v.seq, v.role, v.author, v.content, $2, $4 FROM h, (VALUES ",
+        );
+        for (i, m) in stored.iter().enumerate() {
+            let p = values.len();
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("(${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4));
+            values.extend([
+                m.seq.into(),
+                m.role.as_str().into(),
+                m.author.as_str().into(),
+                m.content.as_str().into(),
+            ]);
+        }
+        sql.push_str(
+            ") AS v(seq, role, author, content)), \
+             c AS (INSERT INTO checkpoints (thread_id, version, parent_version, covers_seq, \
+             state, pinned, created_at) SELECT $1, $7, $8, $9, $10, false, $4 FROM h), ",
+        );
+        if keeps_record(write) {
+            let p = values.len();
+            sql.push_str(&format!(
+                "r AS (INSERT INTO turns (id, thread_id, request_id, first_seq, last_seq, \
+                 state_version, outcome, created_at) SELECT $2, $1, ${}, ${}, $9, $7, ${}, $4 \
+                 FROM h), ",
+                p + 1,
+                p + 2,
+                p + 3
+            ));
+            values.extend([
+                write.request_id.clone().into(),
+                first.into(),
+                outcome_json(write)?.into(),
+            ]);
+        }
+        sql.push_str(
+            "d AS (DELETE FROM checkpoints WHERE thread_id = $1 AND version <= $11 \
+             AND NOT pinned AND EXISTS (SELECT 1 FROM h) RETURNING 1) \
+             SELECT (SELECT count(*) FROM h) AS stored, (SELECT count(*) FROM d) AS pruned",
+        );
+        let row = self
+            .db
+            .conn()
+            .query_one_raw(Statement::from_sql_and_values(
+                DatabaseBackend::Postgres,
+                sql,
+                values,
+            ))
+            .await?
+            .ok_or_else(|| DbErr::Custom("a turn's write returned no row".into()))?;
+        if row.try_get::<i64>("", "stored")? == 0 {
+            return Ok(None);
+        }
+        count_pruned(row.try_get::<i64>("", "pruned")?);
+        Ok(Some(StoredTurn {
+            record: record_of(write, first, last, version),
+            state: next,
+            messages: stored,
+        }))
+    }
+
+    /// Statement by statement in one transaction: the head first (seqs, version, lease
+    /// fence), then a state merged into whatever is latest now.
+    pub(super) async fn persist_in_transaction(
+        &self,
+        write: &TurnWrite,
+    ) -> Result<Option<StoredTurn>, DbErr> {
+        let txn = self.db.conn().begin().await?;
+        let n = i64::try_from(write.messages.len()).unwrap_or(i64::MAX);
+        let (first, head) = match allocate(&txn, write.thread_id, n, Some(write.turn_id)).await {
+            Ok(allocated) => allocated,
+            Err(DbErr::RecordNotUpdated) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let version = head.state_version;
+        let next = if write.base.version == version - 1 {
+            write.base.after_turn(version, head.last_seq, &write.memory)
+        } else {
+            state_in(&txn, write.thread_id, version - 1)
+                .await
+                .map_err(|e| DbErr::Custom(e.to_string()))?
+                .after_turn(version, head.last_seq, &write.memory)
+        };
+        let at = now();
+        let stored = stored_messages(write, first, at);
+        let rows = stored.iter().map(|m| message::ActiveModel {
+            thread_id: Set(m.thread_id),
+            seq: Set(m.seq),
+            role: Set(m.role.as_str().to_owned()),
+            author: Set(m.author.clone()),
+            content: Set(m.content.clone()),
+            turn_id: Set(m.turn_id),
+            request_id: Set(None),
+            created_at: Set(at),
+        });
+        message::Entity::insert_many(rows)
+            .exec_without_returning(&txn)
+            .await?;
+        insert_checkpoint(&txn, write.thread_id, &next, Some(version - 1), false).await?;
+        if keeps_record(write) {
+            turn::Entity::insert(turn::ActiveModel {
+                id: Set(write.turn_id),
+                thread_id: Set(write.thread_id),
+                request_id: Set(write.request_id.clone()),
+                first_seq: Set(first),
+                last_seq: Set(head.last_seq),
+                state_version: Set(version),
+                outcome: Set(outcome_json(write)?),
+                created_at: Set(at),
+            })
+            .exec_without_returning(&txn)
+            .await?;
+        }
+        prune(&txn, write.thread_id, version, *self.retention).await?;
+        txn.commit().await?;
+        Ok(Some(StoredTurn {
+            record: record_of(write, first, head.last_seq, version),
+            state: next,
+            messages: stored,
+        }))
+    }
+
+    /// The completed turn of `thread_id` with `request_id`, and the thread's state version
+    /// (0: no head yet), read together. A turn started after this lookup need not look again
+    /// once it holds the lease if the version is unchanged: the first run of the request
+    /// stores its record in the transaction that bumps the version, so it was not stored in
+    /// between.
+    pub async fn request_lookup(
+        &self,
+        thread_id: Uuid,
+        request_id: &str,
+    ) -> Result<(Option<TurnRecord>, i64), ConversationError> {
+        let backend = self.db.backend();
+        let (request, thread) = match backend {
+            DatabaseBackend::Postgres => ("$1", "$2"),
+            _ => ("?", "?"),
+        };
+        let sql = format!(
+            "SELECT h.state_version AS head_version, t.id, t.first_seq, t.last_seq, \
+             t.state_version, t.outcome, t.created_at FROM conversation_threads h \
+             LEFT JOIN turns t ON t.thread_id = h.thread_id AND t.request_id = {request} \
+             WHERE h.thread_id = {thread}"
+        );
+        let values: [Value; 2] = [request_id.into(), thread_id.into()];
+        let row = self
+            .db
+            .timed(
+                "conversation_request_lookup",
+                self.db
+                    .conn()
+                    .query_one_raw(Statement::from_sql_and_values(backend, sql, values)),
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok((None, 0));
+        };
+        let version: i64 = row.try_get("", "head_version")?;
+        let Some(id) = row.try_get::<Option<Uuid>>("", "id")? else {
+            return Ok((None, version));
+        };
+        let record = turn_from(turn::Model {
+            id,
+            thread_id,
+            request_id: Some(request_id.to_owned()),
+            first_seq: row.try_get("", "first_seq")?,
+            last_seq: row.try_get("", "last_seq")?,
+            state_version: row.try_get("", "state_version")?,
+            outcome: row.try_get("", "outcome")?,
+            created_at: row.try_get("", "created_at")?,
+        })?;
+        Ok((Some(record), version))
     }
 
     /// The completed turn of `thread_id` with `request_id`.
@@ -252,6 +406,47 @@ impl ConversationStore {
             )
             .await?;
         row.map(turn_from).transpose()
+    }
+}
+
+/// Messages beyond which a turn is stored by the transaction path (PostgreSQL takes at most
+/// 65,535 parameters in a statement; a turn writes 4 per message).
+const ONE_STATEMENT_MAX_MESSAGES: usize = 4096;
+
+/// A turn that can be retried by its request id needs its outcome kept; so does one that
+/// deliberated (its rounds and reviews are stored with it).
+fn keeps_record(write: &TurnWrite) -> bool {
+    write.request_id.is_some() || write.outcome.deliberation.mode != Mode::Panel
+}
+
+fn outcome_json(write: &TurnWrite) -> Result<serde_json::Value, DbErr> {
+    serde_json::to_value(&write.outcome).map_err(|e| DbErr::Custom(e.to_string()))
+}
+
+/// The turn's messages as stored from seq `first` on.
+fn stored_messages(write: &TurnWrite, first: i64, at: DateTime<Utc>) -> Vec<Message> {
+    (first..)
+        .zip(&write.messages)
+        .map(|(seq, m)| Message {
+            thread_id: write.thread_id,
+            seq,
+            role: m.role,
+            author: m.author.clone(),
+            content: m.content.clone(),
+            turn_id: Some(write.turn_id),
+            created_at: at,
+        })
+        .collect()
+}
+
+fn record_of(write: &TurnWrite, first: i64, last: i64, version: i64) -> TurnRecord {
+    TurnRecord {
+        id: write.turn_id,
+        thread_id: write.thread_id,
+        first_seq: first,
+        last_seq: last,
+        state_version: version,
+        outcome: write.outcome.clone(),
     }
 }
 

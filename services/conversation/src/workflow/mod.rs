@@ -1001,6 +1001,7 @@ impl Workflow {
                 turn_id: input.turn_id,
                 request_id: input.request_id.clone(),
                 base: input.state.clone(),
+                base_seq: input.last_seq,
                 messages,
                 memory,
                 outcome,

@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use boardroom_proto::conversation::v1 as pb;
 use boardroom_proto::conversation::v1::run_turn_response::Event;
+use futures::StreamExt;
 use tonic::Code;
 
 use crate::helpers::*;
@@ -138,6 +139,52 @@ async fn a_retried_turn_replays_its_recorded_outcome_without_running_again() {
     assert_eq!(calls_before, calls_after, "the replay called no model");
     assert_eq!(suite.messages(&thread).await.len(), 4);
     assert_eq!(suite.state(&thread).await.state.expect("state").version, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_queued_behind_its_first_run_replays_it_once_that_completes() {
+    let suite = suite(|c| mock_latency(c, 1500)).await;
+    let thread = suite.thread(1).await;
+    let request = turn(&thread, "Price it at 10?", "req-queued");
+    let mut first = suite
+        .client
+        .clone()
+        .run_turn(request.clone())
+        .await
+        .expect("RunTurn")
+        .into_inner();
+    let started = first.next().await.expect("an event").expect("ok").event;
+    assert!(
+        matches!(started, Some(Event::TurnStarted(_))),
+        "{started:?}"
+    );
+    // The first run holds the thread: the retry looks its request up (not stored yet) and
+    // waits in the thread's queue.
+    let retry = tokio::spawn({
+        let client = suite.client.clone();
+        let mut request = request.clone();
+        request.double_text = pb::DoubleTextPolicy::Enqueue as i32;
+        async move { run(&client, request).await }
+    });
+    eventually(Duration::from_secs(10), || async {
+        let metrics = boardroom_testkit::scrape_metrics(suite.admin).await;
+        (boardroom_testkit::metric_value(&metrics, &["conversation_turns_queued"]) >= 1.0)
+            .then_some(())
+    })
+    .await;
+    let mut events = Vec::new();
+    while let Some(item) = first.next().await {
+        events.push(item.expect("an event").event.expect("an event"));
+    }
+    let done = completed(&events);
+    let again = retry.await.expect("joined").expect("the retry");
+    let replay = completed(&again);
+    assert!(
+        replay.replayed,
+        "the retry replays the first run: {again:?}"
+    );
+    assert_eq!(replay.turn_id, done.turn_id);
+    assert_eq!(suite.messages(&thread).await.len(), 3, "stored once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
