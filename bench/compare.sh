@@ -7,7 +7,8 @@
 # With A_ENV or B_ENV ("NAME=VALUE ..."), that side's suite runs with those settings: e.g.
 # A_ENV=BOARDROOM_CONVERSATION__MEMORY__ENABLED=false bench/compare.sh BIN BIN (the memory's cost).
 # With COST_SECS=N, bench/cost.sh measures N seconds of each run (from COST_AFTER, default 15 s,
-# after the start): the CPU per round of PostgreSQL and Redis as well as the suite's.
+# after the start): the CPU per round of PostgreSQL and Redis as well as the suite's. RUNS=N
+# alternates N runs of each (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=$1
@@ -38,13 +39,14 @@ run() { # label binary index [NAME=VALUE ...]; the same generator (A's) for both
 
 # A_ENV / B_ENV: settings for one side only (the same binary twice compares a setting).
 # shellcheck disable=SC2086
-for index in 1 2; do
+for index in $(seq "${RUNS:-2}"); do
   run A "$A" "$index" ${A_ENV:-}
   run B "$B" "$index" ${B_ENV:-}
 done
 
-python3 - "$USERS" <<'PY'
+python3 - "$USERS" "${RUNS:-2}" <<'PY'
 import json, sys
+runs = range(1, int(sys.argv[2]) + 1)
 def load(label, i):
     r = json.load(open(f"bench/out/compare-{label}-{i}.json"))
     rounds = r["steps"]["RunTurn"]["count"]
@@ -54,7 +56,7 @@ def load(label, i):
                 turn_p99=r["steps"]["RunTurn"]["p99_ms"],
                 non_llm_p99=max(s["p99_ms"] for n, s in r["steps"].items() if n != "RunTurn"),
                 rss=suite["peak_rss_mb"])
-rows = {(l, i): load(l, i) for l in "AB" for i in (1, 2)}
+rows = {(l, i): load(l, i) for l in "AB" for i in runs}
 print(f"{sys.argv[1]} users")
 print("| run | errors | user-rounds | CPU ms / round | RunTurn p99 ms | worst non-LLM p99 ms | peak RSS MB |")
 print("|---|---|---|---|---|---|---|")
@@ -70,11 +72,11 @@ if costs:
     for (l, i), c in costs.items():
         c["all_ms"] = c["suite_ms"] + c["postgres_ms"] + c["redis_ms"]
         print(f"| {l} #{i} | {c['suite_ms']:.2f} | {c['postgres_ms']:.2f} | {c['redis_ms']:.2f} | {c['all_ms']:.2f} | {c['load_ms']:.2f} |")
-    if len(costs) == 4:
-        cm = lambda l, k: sum(costs[(l, i)][k] for i in (1, 2)) / 2
+    if len(costs) == len(rows):
+        cm = lambda l, k: sum(costs[(l, i)][k] for i in runs) / len(runs)
         print("B / A: " + ", ".join(f"{k} {cm('B', k) / cm('A', k):.2f}" for k in ["suite_ms", "postgres_ms", "redis_ms", "all_ms"]))
     print()
-mean = lambda l, k: sum(rows[(l, i)][k] for i in (1, 2)) / 2
+mean = lambda l, k: sum(rows[(l, i)][k] for i in runs) / len(runs)
 print("B / A: " + ", ".join(f"{label} {mean('B', k) / mean('A', k):.2f}" for k, label in
       [("cpu_ms", "CPU per round"), ("non_llm_p99", "worst non-LLM p99"), ("turn_p99", "RunTurn p99"), ("rss", "peak RSS")]))
 PY
