@@ -72,7 +72,7 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "conversation_turn_writes_total",
         kind: Kind::Counter,
-        help: "Completed turns stored, by path (one_statement: the whole write in one PostgreSQL statement, the head unchanged since the lease; transaction: statement by statement, on SQLite or when the head moved).",
+        help: "Completed turns stored, by path (one_statement: the whole write in one PostgreSQL statement, rebased once if the head moved since the lease; transaction: statement by statement, on SQLite or when the head moved again).",
     },
     Family {
         name: "conversation_checkpoints_pruned_total",

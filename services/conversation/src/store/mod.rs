@@ -30,7 +30,7 @@ mod memories;
 mod messages;
 mod queue;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod turns;
 
 pub use memories::{Applied, Source, Written};

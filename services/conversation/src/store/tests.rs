@@ -15,19 +15,20 @@ async fn store(retention: u32) -> ConversationStore {
     store_on(TestDatabase::postgres().await, retention).await
 }
 
-async fn store_on(db: TestDatabase, retention: u32) -> ConversationStore {
+/// A migrated store on `db` keeping `retention` checkpoints per thread.
+pub(crate) async fn store_on(db: TestDatabase, retention: u32) -> ConversationStore {
     let config = DatabaseConfig {
         url: Secret::new(db.url.clone()),
         ..DatabaseConfig::default()
     };
-    let database = Database::connect(&config).await.expect("postgres");
+    let database = Database::connect(&config).await.expect("database");
     Migrator::up(database.conn(), None).await.expect("migrated");
-    let leases = Database::connect_relaxed(&config).await.expect("postgres");
+    let leases = Database::connect_relaxed(&config).await.expect("database");
     ConversationStore::new(database, leases, retention)
 }
 
 /// Takes `thread_id`'s lease for a new turn: the turn and the head it found.
-async fn lease(store: &ConversationStore, thread_id: Uuid) -> (Uuid, Head) {
+pub(crate) async fn lease(store: &ConversationStore, thread_id: Uuid) -> (Uuid, Head) {
     let turn_id = Uuid::now_v7();
     let head = store
         .acquire_lease(
@@ -163,7 +164,7 @@ async fn one_statement_stores_a_turn_as_the_transaction_does() {
 }
 
 #[tokio::test]
-async fn a_moved_head_is_stored_by_the_transaction() {
+async fn a_moved_head_is_stored_on_the_thread_as_it_is_now() {
     let store = store(10).await;
     let thread_id = Uuid::now_v7();
     let turn = lease(&store, thread_id).await;
@@ -208,6 +209,60 @@ async fn a_moved_head_is_stored_by_the_transaction() {
 }
 
 #[tokio::test]
+async fn a_summary_stored_meanwhile_is_merged_by_a_rebased_statement() {
+    let store = store(10).await;
+    let mut results = Vec::new();
+    for rebased in [true, false] {
+        let thread_id = Uuid::now_v7();
+        let first = lease(&store, thread_id).await;
+        let first = write(&store, thread_id, first, 0, None).await;
+        store.persist_turn(first).await.expect("stored");
+        let turn = lease(&store, thread_id).await;
+        let write = write(&store, thread_id, turn, 1, None).await;
+        // The previous turn's summary lands while this turn runs.
+        let summarized = store
+            .apply_summary(thread_id, 0, 3, "the gist".into())
+            .await
+            .expect("summary")
+            .expect("applied");
+        assert_eq!(summarized.version, 2);
+        let stored = if rebased {
+            assert!(
+                store
+                    .persist_in_one_statement(&write)
+                    .await
+                    .expect("no error")
+                    .is_none(),
+                "the version moved"
+            );
+            let rebased = store
+                .rebase(&write)
+                .await
+                .expect("read")
+                .expect("still its lease");
+            assert_eq!((rebased.base.version, rebased.base_seq), (2, 3));
+            store
+                .persist_in_one_statement(&rebased)
+                .await
+                .expect("no error")
+                .expect("stored on the summary")
+        } else {
+            store
+                .persist_in_transaction(&write)
+                .await
+                .expect("no error")
+                .expect("stored")
+        };
+        assert_eq!(stored.state.summary, "the gist");
+        assert_eq!(stored.state.summarized_through_seq, 3);
+        assert_eq!((stored.state.version, stored.state.turns), (3, 2));
+        assert_eq!((stored.record.first_seq, stored.record.last_seq), (4, 6));
+        results.push(contents(&store, thread_id, &[]).await);
+    }
+    assert_eq!(results[0], results[1], "as the transaction stores it");
+}
+
+#[tokio::test]
 async fn a_lost_lease_writes_nothing() {
     let store = store(10).await;
     let thread_id = Uuid::now_v7();
@@ -226,6 +281,10 @@ async fn a_lost_lease_writes_nothing() {
             .await
             .expect("no error")
             .is_none()
+    );
+    assert!(
+        store.rebase(&late).await.expect("read").is_none(),
+        "not its lease"
     );
     let err = store.persist_turn(late).await.expect_err("fenced");
     assert!(matches!(err, ConversationError::Aborted(_)), "{err:?}");

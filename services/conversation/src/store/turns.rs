@@ -148,12 +148,20 @@ impl ConversationStore {
         let result = self
             .db
             .timed("conversation_persist_turn", async {
-                if self.db.backend() == DatabaseBackend::Postgres
-                    && let Some(stored) = self.persist_in_one_statement(&write).await?
-                {
-                    metrics::counter!("conversation_turn_writes_total", "path" => "one_statement")
-                        .increment(1);
-                    return Ok(Some(stored));
+                if self.db.backend() == DatabaseBackend::Postgres {
+                    let mut stored = self.persist_in_one_statement(&write).await?;
+                    // The head moved since the lease (a message appended, a summary stored):
+                    // once more on the thread as it is now, unless the lease is lost.
+                    if stored.is_none()
+                        && let Some(rebased) = self.rebase(&write).await?
+                    {
+                        stored = self.persist_in_one_statement(&rebased).await?;
+                    }
+                    if stored.is_some() {
+                        metrics::counter!("conversation_turn_writes_total", "path" => "one_statement")
+                            .increment(1);
+                        return Ok(stored);
+                    }
                 }
                 let stored = self.persist_in_transaction(&write).await?;
                 if stored.is_some() {
@@ -274,6 +282,45 @@ impl ConversationStore {
             record: record_of(write, first, last, version),
             state: next,
             messages: stored,
+        }))
+    }
+
+    /// PostgreSQL: the turn's write on the thread's head and latest state as they are now
+    /// (one read), for [`Self::persist_in_one_statement`] after the head moved; `None` when
+    /// the turn no longer holds the lease (or the state does not decode: the transaction
+    /// path then says so).
+    pub(super) async fn rebase(&self, write: &TurnWrite) -> Result<Option<TurnWrite>, DbErr> {
+        let row = self
+            .db
+            .conn()
+            .query_one_raw(Statement::from_sql_and_values(
+                DatabaseBackend::Postgres,
+                "SELECT h.last_seq, h.state_version, h.running_turn, c.state \
+                 FROM conversation_threads h LEFT JOIN checkpoints c \
+                 ON c.thread_id = h.thread_id AND c.version = h.state_version \
+                 WHERE h.thread_id = $1",
+                [write.thread_id.into()],
+            ))
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if row.try_get::<Option<Uuid>>("", "running_turn")? != Some(write.turn_id) {
+            return Ok(None);
+        }
+        let base = if row.try_get::<i64>("", "state_version")? == 0 {
+            ConversationState::default()
+        } else {
+            let bytes: Option<Vec<u8>> = row.try_get("", "state")?;
+            let Some(state) = bytes.as_deref().and_then(state::decode) else {
+                return Ok(None);
+            };
+            state
+        };
+        Ok(Some(TurnWrite {
+            base: Arc::new(base),
+            base_seq: row.try_get("", "last_seq")?,
+            ..write.clone()
         }))
     }
 

@@ -4,9 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use boardroom_migrations::{Migrator, MigratorTrait};
-use boardroom_runtime::config::{DatabaseConfig, Secret};
-use boardroom_runtime::db::Database;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -18,7 +15,8 @@ use crate::domain::{
 };
 use crate::error::ConversationError;
 use crate::ports::ChatRole;
-use crate::store::{ConversationStore, StoredTurn, lease_until};
+use crate::store::tests::{lease, store_on};
+use crate::store::{ConversationStore, StoredTurn};
 use crate::turnlog::TurnEvents;
 
 struct Bench {
@@ -28,15 +26,7 @@ struct Bench {
 }
 
 async fn bench(max_tool_rounds: u32) -> Bench {
-    let db = boardroom_testkit::sqlite_database();
-    let config = DatabaseConfig {
-        url: Secret::new(db.url.clone()),
-        ..DatabaseConfig::default()
-    };
-    let database = Database::connect(&config).await.expect("sqlite");
-    Migrator::up(database.conn(), None).await.expect("migrated");
-    let leases = Database::connect_relaxed(&config).await.expect("sqlite");
-    let store = ConversationStore::new(database, leases, 10);
+    let store = store_on(boardroom_testkit::sqlite_database(), 10).await;
     let models = ScriptedModels::default();
     let workflow = Workflow {
         store: store.clone(),
@@ -72,17 +62,8 @@ fn advisor(name: &str) -> Advisor {
 impl Bench {
     /// A turn on a new thread whose lease it holds.
     async fn input(&self, advisors: &[&str]) -> TurnInput {
-        let (thread_id, turn_id) = (Uuid::now_v7(), Uuid::now_v7());
-        self.store
-            .acquire_lease(
-                thread_id,
-                turn_id,
-                lease_until(Duration::from_secs(60)),
-                None,
-            )
-            .await
-            .expect("lease")
-            .expect("free");
+        let thread_id = Uuid::now_v7();
+        let (turn_id, _) = lease(&self.store, thread_id).await;
         TurnInput {
             turn_id,
             thread_id,
