@@ -79,6 +79,15 @@ async fn write(
     }
 }
 
+/// The one statement finds the head moved (or the lease lost) and writes nothing.
+async fn declined_by_one_statement(store: &ConversationStore, write: &TurnWrite) {
+    let stored = store
+        .persist_in_one_statement(write)
+        .await
+        .expect("no error");
+    assert!(stored.is_none(), "the head is not as the lease found it");
+}
+
 /// What a thread holds, without its ids and times: head, messages, checkpoints with their
 /// states, turn records by request id.
 async fn contents(store: &ConversationStore, thread_id: Uuid, requests: &[String]) -> String {
@@ -183,14 +192,7 @@ async fn a_moved_head_is_stored_on_the_thread_as_it_is_now() {
         .await
         .expect("appended");
     let before = contents(&store, thread_id, &[]).await;
-    assert!(
-        store
-            .persist_in_one_statement(&write)
-            .await
-            .expect("no error")
-            .is_none(),
-        "the head moved"
-    );
+    declined_by_one_statement(&store, &write).await;
     assert_eq!(
         contents(&store, thread_id, &[]).await,
         before,
@@ -227,14 +229,7 @@ async fn a_summary_stored_meanwhile_is_merged_by_a_rebased_statement() {
             .expect("applied");
         assert_eq!(summarized.version, 2);
         let stored = if rebased {
-            assert!(
-                store
-                    .persist_in_one_statement(&write)
-                    .await
-                    .expect("no error")
-                    .is_none(),
-                "the version moved"
-            );
+            declined_by_one_statement(&store, &write).await;
             let rebased = store
                 .rebase(&write)
                 .await
@@ -275,13 +270,7 @@ async fn a_lost_lease_writes_nothing() {
         .expect("free");
     let late = write(&store, thread_id, (a, head), 0, Some("late".into())).await;
     let (b, _) = lease(&store, thread_id).await;
-    assert!(
-        store
-            .persist_in_one_statement(&late)
-            .await
-            .expect("no error")
-            .is_none()
-    );
+    declined_by_one_statement(&store, &late).await;
     assert!(
         store.rebase(&late).await.expect("read").is_none(),
         "not its lease"

@@ -189,7 +189,8 @@ impl ConversationStore {
     /// version taken since (the usual case), so seqs, version and state are known before it
     /// runs. The head's UPDATE fences the rest: each INSERT and the prune select from its
     /// RETURNING, so when it matches no row nothing is written and `None` sends the turn to
-    /// [`Self::persist_in_transaction`], which finds out why.
+    /// [`Self::rebase`] (and, when that fails too, to [`Self::persist_in_transaction`], which
+    /// finds out why).
     pub(super) async fn persist_in_one_statement(
         &self,
         write: &TurnWrite,
