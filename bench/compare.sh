@@ -6,6 +6,7 @@
 # Usage: bench/compare.sh A_BIN B_BIN [users, default 200] [duration, default 40s] [think, default 3s]
 # With A_ENV or B_ENV ("NAME=VALUE ..."), that side's suite runs with those settings: e.g.
 # A_ENV=BOARDROOM_CONVERSATION__MEMORY__ENABLED=false bench/compare.sh BIN BIN (the memory's cost).
+# DB_QUERY=?... among a side's settings is appended to its database URL (B_ENV="DB_QUERY=?sslmode=disable").
 # With COST_SECS=N, bench/cost.sh measures N seconds of each run (from COST_AFTER, default 15 s,
 # after the start): the CPU per round of PostgreSQL and Redis as well as the suite's. RUNS=N
 # alternates N runs of each (default 2).

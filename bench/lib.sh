@@ -6,10 +6,12 @@
 # `SERVE_BIN serve` with the extra environment, the scenario from LOAD_BIN with the suite's
 # RSS/CPU sampled (ramp RAMP, default 5s), its JSON report to OUT, then the suite stopped.
 users_run() {
-  local out=$1 bin=$2 load=$3 users=$4 duration=$5 think=$6
+  local out=$1 bin=$2 load=$3 users=$4 duration=$5 think=$6 query= kv
   shift 6
+  # DB_QUERY=?... among the settings: appended to the database URL (e.g. ?sslmode=disable).
+  for kv in "$@"; do case $kv in DB_QUERY=*) query=${kv#DB_QUERY=} ;; esac; done
   psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS boardroom_bench" -c "CREATE DATABASE boardroom_bench" 2>/dev/null
-  env "$@" BOARDROOM_DATABASE__URL="$PG/boardroom_bench" BOARDROOM_REDIS__URL="$REDIS" \
+  env "$@" BOARDROOM_DATABASE__URL="$PG/boardroom_bench$query" BOARDROOM_REDIS__URL="$REDIS" \
       BOARDROOM_TELEMETRY__LOG_LEVEL=warn \
       BOARDROOM_LLM__DEPLOYMENTS__MOCK__TTFT_MS=200 BOARDROOM_LLM__DEPLOYMENTS__MOCK__TOKENS_PER_SECOND=50 \
       "$bin" serve 2>"$BENCH_LOG" &
