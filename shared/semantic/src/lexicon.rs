@@ -495,25 +495,41 @@ const ASKING: &[&str] = &[
     "straight",
 ];
 
+/// The stems of a word list, built on first use.
+struct Stems {
+    words: &'static [&'static str],
+    stems: std::sync::OnceLock<std::collections::HashSet<String>>,
+}
+
+impl Stems {
+    const fn of(words: &'static [&'static str]) -> Self {
+        Self {
+            words,
+            stems: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn contains(&self, stemmed: &str) -> bool {
+        self.stems
+            .get_or_init(|| self.words.iter().map(|w| stem(w)).collect())
+            .contains(stemmed)
+    }
+}
+
 /// Whether a stem is one of a word of asking or knowing (`ASKING`).
 pub fn is_asking(stemmed: &str) -> bool {
-    static STEMS: std::sync::OnceLock<std::collections::HashSet<String>> =
-        std::sync::OnceLock::new();
-    STEMS
-        .get_or_init(|| ASKING.iter().map(|w| stem(w)).collect())
-        .contains(stemmed)
+    static STEMS: Stems = Stems::of(ASKING);
+    STEMS.contains(stemmed)
 }
 
 /// A word that frames the request (see `FRAMING`, in any form: "explained", "drafting")
 /// or builds the sentence (`FUNCTION`).
 pub fn is_light(word: &str) -> bool {
-    static STEMS: std::sync::OnceLock<std::collections::HashSet<String>> =
-        std::sync::OnceLock::new();
-    let stems = STEMS.get_or_init(|| FRAMING.iter().map(|w| stem(w)).collect());
+    static STEMS: Stems = Stems::of(FRAMING);
     is_function_word(word)
         || FRAMING.contains(&word)
         || word == "not"
-        || stems.contains(&stem(word))
+        || STEMS.contains(&stem(word))
 }
 
 /// Whether two stems stand on opposite sides of a pair of opposites.
@@ -1478,11 +1494,8 @@ const TIME_UNITS: &[&str] = &[
 
 /// Whether a stem is a unit of time's (`TIME_UNITS`).
 pub fn is_time_unit(stemmed: &str) -> bool {
-    static STEMS: std::sync::OnceLock<std::collections::HashSet<String>> =
-        std::sync::OnceLock::new();
-    STEMS
-        .get_or_init(|| TIME_UNITS.iter().map(|w| stem(w)).collect())
-        .contains(stemmed)
+    static STEMS: Stems = Stems::of(TIME_UNITS);
+    STEMS.contains(stemmed)
 }
 
 /// Number words, as digits.

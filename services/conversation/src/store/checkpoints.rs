@@ -220,8 +220,7 @@ pub(super) async fn prune(
 }
 
 /// Counts `n` checkpoints pruned.
-pub(super) fn count_pruned(n: impl TryInto<u64>) {
-    let n = n.try_into().unwrap_or(0);
+pub(super) fn count_pruned(n: u64) {
     if n > 0 {
         metrics::counter!("conversation_checkpoints_pruned_total").increment(n);
     }

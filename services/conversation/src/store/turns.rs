@@ -278,7 +278,7 @@ impl ConversationStore {
         if row.try_get::<i64>("", "stored")? == 0 {
             return Ok(None);
         }
-        count_pruned(row.try_get::<i64>("", "pruned")?);
+        count_pruned(u64::try_from(row.try_get::<i64>("", "pruned")?).unwrap_or(0));
         Ok(Some(StoredTurn {
             record: record_of(write, first, last, version),
             state: next,
