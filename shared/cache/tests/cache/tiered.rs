@@ -451,7 +451,13 @@ async fn a_local_eviction_leaves_redis_alone() {
     let (a, b) = two_connected(&stop).await;
     let calls = Arc::new(AtomicUsize::new(0));
     // B loads and fills Redis; A reads it from there (a read, no write: nothing evicts it).
+    // B's fill is a write whose invalidation Redis pushes to A too: A reads once it has heard
+    // it (pushes are ordered: after the barrier's), or that late push would evict A's copy.
+    let mut heard = a.invalidations();
     for instance in [&b, &a] {
+        if std::ptr::eq(instance, &a) {
+            barrier(&b, &mut heard).await;
+        }
         assert_eq!(
             instance
                 .get_or_load("k", TTL, loader(&calls, Some("v1")))
