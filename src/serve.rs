@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use boardroom_migrations::{Migrator, MigratorTrait};
 use boardroom_runtime::Config;
 use boardroom_runtime::db::Database;
 use boardroom_runtime::telemetry::{ServiceRoute, Telemetry, init_telemetry};
@@ -88,7 +87,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )
     {
         let db = Database::connect(&config.database).await?;
-        Migrator::up(db.conn(), None).await?;
+        boardroom_migrations::up(db.conn()).await?;
         config.database.migrate_on_start = false;
     }
     let shutdown = CancellationToken::new();
@@ -288,14 +287,15 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let _telemetry = init_telemetry("boardroom-migrate", &[], &config.telemetry)?;
     let db = Database::connect(&config.database).await?;
     match args.direction {
-        Direction::Up => Migrator::up(db.conn(), None).await?,
-        Direction::Down => Migrator::down(db.conn(), None).await?,
+        Direction::Up => boardroom_migrations::up(db.conn()).await?,
+        Direction::Down => boardroom_migrations::down(db.conn()).await?,
         Direction::Status => {
-            for m in Migrator::get_applied_migrations(db.conn()).await? {
-                println!("applied  {}", m.name());
-            }
-            for m in Migrator::get_pending_migrations(db.conn()).await? {
-                println!("pending  {}", m.name());
+            let migrations = boardroom_migrations::status(db.conn()).await?;
+            for applied in [true, false] {
+                let label = if applied { "applied" } else { "pending" };
+                for (name, _) in migrations.iter().filter(|(_, a)| *a == applied) {
+                    println!("{label:<8} {name}");
+                }
             }
         }
     }

@@ -31,7 +31,12 @@ pub struct Application {
 
 impl Application {
     /// Connects the cache and binds the listeners.
-    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+    #[inline(never)]
+    pub fn build(config: &Config) -> boardroom_runtime::BoxFuture<'_, anyhow::Result<Self>> {
+        Box::pin(Self::build_inner(config))
+    }
+
+    async fn build_inner(config: &Config) -> anyhow::Result<Self> {
         config.validate()?;
         // Metric handles resolved below must find the recorder installed.
         boardroom_runtime::metrics::metrics_handle()?;
@@ -80,7 +85,15 @@ impl Application {
 
     /// Serves until `shutdown`: invalidation streams end at once (watchers reconnect to
     /// another replica), unary calls drain; the cache's Redis connections close last.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    #[inline(never)]
+    pub fn run_until_stopped(
+        self,
+        shutdown: CancellationToken,
+    ) -> boardroom_runtime::BoxFuture<'static, anyhow::Result<()>> {
+        Box::pin(self.run_until_stopped_inner(shutdown))
+    }
+
+    async fn run_until_stopped_inner(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Application {
             server,
             cache: _,

@@ -47,7 +47,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use boardroom_cache::TieredCache;
-use boardroom_migrations::{Migrator, MigratorTrait};
 use boardroom_proto::conversation::v1::conversation_service_server::ConversationServiceServer;
 use boardroom_runtime::Config;
 use boardroom_runtime::client::{ChannelFactory, OutboundInterceptor};
@@ -83,19 +82,32 @@ pub struct Application {
 
 impl Application {
     /// Connects, migrates (when `database.migrate_on_start`) and binds.
-    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+    #[inline(never)]
+    pub fn build(config: &Config) -> boardroom_runtime::BoxFuture<'_, anyhow::Result<Self>> {
+        Box::pin(Self::build_inner(config))
+    }
+
+    async fn build_inner(config: &Config) -> anyhow::Result<Self> {
         config.validate()?;
         let db = Database::connect(&config.database)
             .await?
             .named("conversation");
         if config.database.migrate_on_start {
-            Migrator::up(db.conn(), None).await?;
+            boardroom_migrations::up(db.conn()).await?;
         }
         Self::with_database(config, db).await
     }
 
     /// Binds a service over an already connected (and migrated) database.
-    pub async fn with_database(config: &Config, db: Database) -> anyhow::Result<Self> {
+    #[inline(never)]
+    pub fn with_database(
+        config: &Config,
+        db: Database,
+    ) -> boardroom_runtime::BoxFuture<'_, anyhow::Result<Self>> {
+        Box::pin(Self::with_database_inner(config, db))
+    }
+
+    async fn with_database_inner(config: &Config, db: Database) -> anyhow::Result<Self> {
         boardroom_runtime::metrics::metrics_handle()?;
         boardroom_runtime::metrics::describe(metrics::FAMILIES);
         metrics::zero_known_series();
@@ -241,7 +253,15 @@ impl Application {
 
     /// Serves until `shutdown`, drains (running turns finish within the drain period), then
     /// stops background summaries and the cache.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    #[inline(never)]
+    pub fn run_until_stopped(
+        self,
+        shutdown: CancellationToken,
+    ) -> boardroom_runtime::BoxFuture<'static, anyhow::Result<()>> {
+        Box::pin(self.run_until_stopped_inner(shutdown))
+    }
+
+    async fn run_until_stopped_inner(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Application {
             server,
             domain,
@@ -263,7 +283,15 @@ impl Application {
 }
 
 /// Builds and runs the service until `shutdown`.
-pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+#[inline(never)]
+pub fn serve(
+    config: Config,
+    shutdown: CancellationToken,
+) -> boardroom_runtime::BoxFuture<'static, anyhow::Result<()>> {
+    Box::pin(serve_inner(config, shutdown))
+}
+
+async fn serve_inner(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     Application::build(&config)
         .await?
         .run_until_stopped(shutdown)

@@ -221,7 +221,12 @@ pub async fn build_gateway(
 
 impl Application {
     /// Builds the gateway and binds the listeners.
-    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+    #[inline(never)]
+    pub fn build(config: &Config) -> boardroom_runtime::BoxFuture<'_, anyhow::Result<Self>> {
+        Box::pin(Self::build_inner(config))
+    }
+
+    async fn build_inner(config: &Config) -> anyhow::Result<Self> {
         config.validate()?;
         // One crypto provider for every TLS user (upstream HTTPS, tonic).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -301,7 +306,15 @@ impl Application {
 
     /// Serves gRPC and the OpenAI-compatible API until `shutdown`, then drains both; the
     /// cache's Redis connections close last.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    #[inline(never)]
+    pub fn run_until_stopped(
+        self,
+        shutdown: CancellationToken,
+    ) -> boardroom_runtime::BoxFuture<'static, anyhow::Result<()>> {
+        Box::pin(self.run_until_stopped_inner(shutdown))
+    }
+
+    async fn run_until_stopped_inner(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let door = async {
             match self.front_door {
                 Some(door) => door.run(shutdown.clone()).await,

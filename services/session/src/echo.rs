@@ -135,7 +135,12 @@ impl SessionService for EchoSessions {
 }
 
 /// Binds the echo baseline on the session service's configured addresses.
-pub async fn bind(config: &Config) -> anyhow::Result<GrpcServer> {
+#[inline(never)]
+pub fn bind(config: &Config) -> boardroom_runtime::BoxFuture<'_, anyhow::Result<GrpcServer>> {
+    Box::pin(bind_inner(config))
+}
+
+async fn bind_inner(config: &Config) -> anyhow::Result<GrpcServer> {
     Ok(GrpcServer::bind(
         "session-echo",
         &config.session.listen,

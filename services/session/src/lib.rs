@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use boardroom_cache::{CacheConfig, TieredCache};
-use boardroom_migrations::{Migrator, MigratorTrait};
 use boardroom_proto::session::v1::session_service_server::SessionServiceServer;
 use boardroom_runtime::Config;
 use boardroom_runtime::db::Database;
@@ -57,17 +56,30 @@ fn cache_config(config: &Config) -> CacheConfig {
 
 impl Application {
     /// Connects, migrates (when `database.migrate_on_start`) and binds.
-    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+    #[inline(never)]
+    pub fn build(config: &Config) -> boardroom_runtime::BoxFuture<'_, anyhow::Result<Self>> {
+        Box::pin(Self::build_inner(config))
+    }
+
+    async fn build_inner(config: &Config) -> anyhow::Result<Self> {
         config.validate()?;
         let db = Database::connect(&config.database).await?.named("session");
         if config.database.migrate_on_start {
-            Migrator::up(db.conn(), None).await?;
+            boardroom_migrations::up(db.conn()).await?;
         }
         Self::with_database(config, db).await
     }
 
     /// Binds a service over an already connected (and migrated) database.
-    pub async fn with_database(config: &Config, db: Database) -> anyhow::Result<Self> {
+    #[inline(never)]
+    pub fn with_database(
+        config: &Config,
+        db: Database,
+    ) -> boardroom_runtime::BoxFuture<'_, anyhow::Result<Self>> {
+        Box::pin(Self::with_database_inner(config, db))
+    }
+
+    async fn with_database_inner(config: &Config, db: Database) -> anyhow::Result<Self> {
         // Metric handles resolved below must find the recorder installed.
         boardroom_runtime::metrics::metrics_handle()?;
         let s = &config.session;
@@ -142,7 +154,15 @@ impl Application {
     }
 
     /// Serves until `shutdown`, then drains; the cache's Redis connections close last.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    #[inline(never)]
+    pub fn run_until_stopped(
+        self,
+        shutdown: CancellationToken,
+    ) -> boardroom_runtime::BoxFuture<'static, anyhow::Result<()>> {
+        Box::pin(self.run_until_stopped_inner(shutdown))
+    }
+
+    async fn run_until_stopped_inner(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Application {
             server,
             store,
@@ -183,7 +203,15 @@ async fn follow_reloads(
 }
 
 /// Builds and runs the service until `shutdown`.
-pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+#[inline(never)]
+pub fn serve(
+    config: Config,
+    shutdown: CancellationToken,
+) -> boardroom_runtime::BoxFuture<'static, anyhow::Result<()>> {
+    Box::pin(serve_inner(config, shutdown))
+}
+
+async fn serve_inner(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     Application::build(&config)
         .await?
         .run_until_stopped(shutdown)

@@ -73,7 +73,12 @@ impl SlowLog {
 impl Database {
     /// Opens the pool described by `config`. SQLite runs in WAL mode with a busy timeout so
     /// that readers and the single writer do not block each other.
-    pub async fn connect(config: &DatabaseConfig) -> Result<Self, DbErr> {
+    #[inline(never)]
+    pub fn connect(config: &DatabaseConfig) -> crate::BoxFuture<'_, Result<Self, DbErr>> {
+        Box::pin(Self::connect_inner(config))
+    }
+
+    async fn connect_inner(config: &DatabaseConfig) -> Result<Self, DbErr> {
         let mut db = Self::open(config, false).await?;
         if !config.replica_urls.is_empty() {
             let replicas = Replicas::open(config).await?;
@@ -87,7 +92,12 @@ impl Database {
     /// A second, small pool whose PostgreSQL commits do not wait for the WAL flush
     /// (`synchronous_commit = off`): for writes a crash may lose without harm, such as a
     /// lease that a later fenced, durable write checks. SQLite: the same as [`Database::connect`].
-    pub async fn connect_relaxed(config: &DatabaseConfig) -> Result<Self, DbErr> {
+    #[inline(never)]
+    pub fn connect_relaxed(config: &DatabaseConfig) -> crate::BoxFuture<'_, Result<Self, DbErr>> {
+        Box::pin(Self::connect_relaxed_inner(config))
+    }
+
+    async fn connect_relaxed_inner(config: &DatabaseConfig) -> Result<Self, DbErr> {
         Self::open(config, true).await
     }
 

@@ -46,7 +46,17 @@ impl std::fmt::Debug for GrpcServer {
 
 impl GrpcServer {
     /// Binds the gRPC and admin listeners of a server called `name` (used in logs).
-    pub async fn bind(
+    #[inline(never)]
+    pub fn bind<'a>(
+        name: &'static str,
+        listen: &'a Listen,
+        config: &'a ServerConfig,
+        auth: &'a AuthConfig,
+    ) -> crate::BoxFuture<'a, anyhow::Result<Self>> {
+        Box::pin(Self::bind_inner(name, listen, config, auth))
+    }
+
+    async fn bind_inner(
         name: &'static str,
         listen: &Listen,
         config: &ServerConfig,
@@ -119,7 +129,12 @@ impl GrpcServer {
     /// Serves until `shutdown` is cancelled, then reports NOT_SERVING, waits
     /// `shutdown_delay_ms`, stops accepting and lets in-flight calls finish within
     /// `drain_timeout_ms`.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    #[inline(never)]
+    pub fn run(self, shutdown: CancellationToken) -> crate::BoxFuture<'static, anyhow::Result<()>> {
+        Box::pin(self.run_inner(shutdown))
+    }
+
+    async fn run_inner(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let GrpcServer {
             name,
             listener,
