@@ -14,8 +14,14 @@ cd "$(dirname "$0")/.."
 SECS=${1:-60}
 OUT=${2:-bench/out/cost}
 mkdir -p "$(dirname "$OUT")"
-SUITE=$(pgrep -f "boardroom serve" | head -1)
-LOAD=$(pgrep -f "boardroom load" | head -1 || true)
+# Whatever the binary is called (bench/compare.sh runs copies such as /tmp/old): its first
+# argument is the subcommand.
+SUITE=$(pgrep -f '^[^ ]+ serve( |$)' | head -1 || true)
+LOAD=$(pgrep -f '^[^ ]+ load( |$)' | head -1 || true)
+if [ -z "$SUITE" ]; then
+  echo "bench/cost.sh: no running \`serve\` process" >&2
+  exit 1
+fi
 TCK=$(getconf CLK_TCK)
 # utime+stime of the given processes (and, with "reaped", their reaped children's).
 ticks() {
