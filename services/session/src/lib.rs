@@ -56,12 +56,7 @@ fn cache_config(config: &Config) -> CacheConfig {
 
 impl Application {
     /// Connects, migrates (when `database.migrate_on_start`) and binds.
-    #[inline(never)]
-    pub fn build(config: &Config) -> boardroom_runtime::BoxFuture<'_, anyhow::Result<Self>> {
-        Box::pin(Self::build_inner(config))
-    }
-
-    async fn build_inner(config: &Config) -> anyhow::Result<Self> {
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
         config.validate()?;
         let db = Database::connect(&config.database).await?.named("session");
         if config.database.migrate_on_start {
@@ -203,15 +198,7 @@ async fn follow_reloads(
 }
 
 /// Builds and runs the service until `shutdown`.
-#[inline(never)]
-pub fn serve(
-    config: Config,
-    shutdown: CancellationToken,
-) -> boardroom_runtime::BoxFuture<'static, anyhow::Result<()>> {
-    Box::pin(serve_inner(config, shutdown))
-}
-
-async fn serve_inner(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     Application::build(&config)
         .await?
         .run_until_stopped(shutdown)

@@ -22,8 +22,11 @@ pub mod telemetry;
 
 pub use config::Config;
 
-/// A boxed `Send` future: what the suite's public async entry points (bind, build, connect,
-/// run) return, from a plain `#[inline(never)]` function over a private `async fn`.
+/// A boxed `Send` future: what the suite's public async entry points that do the work (bind,
+/// build, connect, run) return, from a plain `#[inline(never)]` function over a private
+/// `async fn`. A thin `async fn` that only awaits such entry points in turn (a service's
+/// `build` that connects, migrates and calls `with_database`) needs no box: compiling it again
+/// downstream stops at the boxes.
 ///
 /// rustc treats every `async` body as inlinable across crates and compiles it again in each
 /// crate that awaits it, and so on down the chain of bodies it awaits: a binary that awaited
