@@ -504,7 +504,13 @@ async fn distillations_past_the_bound_are_shed_and_counted() {
     assert_eq!(shed(&before), 0.0, "counted from zero");
     complete_turn(&suite.client, &thread, "Our runway is 14 months.").await;
     complete_turn(&suite.client, &thread, "We sell to mid-market companies.").await;
-    let after = boardroom_testkit::scrape_metrics(suite.admin).await;
+    // A turn is distilled after its caller has the answer: the count follows the stream's end.
+    // Within 4 s, while the first distillation (5 s) still holds the only permit.
+    let after = eventually(Duration::from_secs(4), || async {
+        let text = boardroom_testkit::scrape_metrics(suite.admin).await;
+        (shed(&text) > 0.0).then_some(text)
+    })
+    .await;
     assert_eq!(shed(&after), 1.0, "the second turn's distillation is shed");
     assert!(
         slow.calls() <= 1,
