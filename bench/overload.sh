@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Overload: the users scenario at each USERS against a release `boardroom serve` (every service
 # in one process, PostgreSQL and Redis, the mock model at 200 ms to the first token and 50
-# tokens/s), with admission by queueing delay on (the default) and off
-# (`server.admission_target_ms = 0`: only the fixed concurrency limit), each on a fresh database.
+# tokens/s), with admission by queueing delay on (the default: the servers' own queues and the
+# database pools') and off (`server.admission_target_ms = 0`, `database.admission_target_ms = 0`:
+# only the fixed concurrency limit and the pool's acquire timeout), each on a fresh database.
 # After each run the four admin ports are scraped, and per run it prints, server-side: the calls
 # admitted and the p99 of the non-streaming ones, the share refused (UNAVAILABLE), the time to
 # refuse a call (p50/p99, from its arrival); and from the users: errors after retries, retried
@@ -25,7 +26,7 @@ source bench/lib.sh
 for users in "$@"; do
   for mode in on off; do
     extra=()
-    [ "$mode" = off ] && extra=(BOARDROOM_SERVER__ADMISSION_TARGET_MS=0)
+    [ "$mode" = off ] && extra=(BOARDROOM_SERVER__ADMISSION_TARGET_MS=0 BOARDROOM_DATABASE__ADMISSION_TARGET_MS=0)
     SCRAPE_TO="bench/out/overload-$users-$mode.prom" \
       users_run "bench/out/overload-$users-$mode.json" "$BIN" "$BIN" "$users" "$DURATION" "$THINK" "${extra[@]}"
   done

@@ -164,17 +164,30 @@ pub async fn conversation_replica(suite: &Server, env: &[(&str, String)]) -> Ser
 }
 
 /// Reads log lines until one contains `needle` (bounded by a deadline).
+/// When it does not come, the panic shows the last lines read (why the process stopped).
 pub async fn wait_for_log(log: &mut Lines<BufReader<ChildStderr>>, needle: &str) -> String {
+    let mut last = std::collections::VecDeque::with_capacity(20);
     let found = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = log.next_line().await.expect("reading the log") {
             if line.contains(needle) {
-                return line;
+                return Ok(line);
             }
+            if last.len() == 20 {
+                last.pop_front();
+            }
+            last.push_back(line);
         }
-        panic!("the process exited before logging {needle:?}");
+        Err(())
     })
     .await;
-    found.unwrap_or_else(|_| panic!("no log line with {needle:?} within 30 s"))
+    let tail = last.into_iter().collect::<Vec<_>>().join("\n");
+    match found {
+        Ok(Ok(line)) => line,
+        Ok(Err(())) => {
+            panic!("the process exited before logging {needle:?}; its last lines:\n{tail}")
+        }
+        Err(_) => panic!("no log line with {needle:?} within 30 s; the last lines:\n{tail}"),
+    }
 }
 
 impl Server {

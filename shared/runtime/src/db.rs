@@ -1,5 +1,5 @@
 //! The database pool (PostgreSQL or SQLite through sea-orm), with per-query latency
-//! histograms, a slow-query log and pool gauges.
+//! histograms, a slow-query log, pool gauges and admission by the pool's queueing delay.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -11,6 +11,7 @@ use sea_orm::{
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::admission::QueueDelay;
 use crate::config::DatabaseConfig;
 use crate::consistency::{self, Lsn};
 
@@ -26,6 +27,109 @@ pub struct Database {
     slow_log: Arc<SlowLog>,
     /// Streaming replicas for reads that may be served from one (`None`: none configured).
     replicas: Option<Arc<Replicas>>,
+    /// The primary pool's queue, watched for a standing one.
+    gate: Arc<PoolGate>,
+}
+
+/// The queue in front of a pool: every use of the primary through [`Database::timed`] takes
+/// one of `max_connections` permits first (a transaction's statements run under their
+/// transaction's), so the time it waits for one is the pool's queueing delay, watched as
+/// `crate::admission` watches a server's. A query waits up to `database.acquire_timeout_ms`
+/// as before and is never refused here: the servers whose calls use the pool refuse new calls
+/// at arrival while it is [pressed](PoolGate::pressed), so that work already admitted (a turn
+/// about to store its answer) keeps its place and the queue drains.
+#[derive(Debug)]
+pub struct PoolGate {
+    pool_name: std::sync::OnceLock<&'static str>,
+    permits: tokio::sync::Semaphore,
+    /// Queries waiting for a permit now.
+    waiting: AtomicUsize,
+    delay: QueueDelay,
+    acquire_timeout: Duration,
+}
+
+tokio::task_local! {
+    /// The gates whose permit the current task holds (a query inside a timed transaction
+    /// runs under the transaction's permit instead of waiting for a second one).
+    static HELD: Vec<usize>;
+}
+
+/// Decrements the waiter count however the wait ends (a cancelled call included).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl PoolGate {
+    fn new(config: &DatabaseConfig, max_connections: u32) -> Self {
+        Self {
+            pool_name: std::sync::OnceLock::new(),
+            permits: tokio::sync::Semaphore::new(max_connections as usize),
+            waiting: AtomicUsize::new(0),
+            delay: QueueDelay::new(
+                Duration::from_millis(config.admission_target_ms),
+                Duration::from_millis(config.admission_interval_ms),
+            ),
+            acquire_timeout: Duration::from_millis(config.acquire_timeout_ms),
+        }
+    }
+
+    /// Whether the pool has a standing queue (even the quickest query of an
+    /// `admission_interval_ms` waited longer than `admission_target_ms` for a connection) and
+    /// queries wait now: new calls that would join the queue are better refused at once.
+    pub fn pressed(&self) -> bool {
+        self.delay.overloaded() && self.waiting.load(Ordering::Acquire) > 0
+    }
+
+    /// Queries waiting for a connection now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    fn id(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
+    /// A permit, waiting `acquire_timeout` at most (then the pool's own timeout error).
+    async fn enter(&self) -> Result<tokio::sync::SemaphorePermit<'_>, DbErr> {
+        let started = Instant::now();
+        let permit = match self.permits.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.waiting.fetch_add(1, Ordering::AcqRel);
+                let _waiting = Waiting(&self.waiting);
+                match tokio::time::timeout(self.acquire_timeout, self.permits.acquire()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        return Err(DbErr::ConnectionAcquire(
+                            sea_orm::error::ConnAcquireErr::Timeout,
+                        ));
+                    }
+                }
+            }
+        };
+        if self.delay.admitted(started.elapsed(), Instant::now()) {
+            let on = self.delay.overloaded();
+            let pool_name = self.pool_name.get().copied().unwrap_or("default");
+            metrics::gauge!("db_client_overloaded", "pool_name" => pool_name).set(if on {
+                1.0
+            } else {
+                0.0
+            });
+            if on {
+                tracing::warn!(
+                    pool_name,
+                    "database pool overloaded: new calls are refused while queries queue"
+                );
+            } else {
+                tracing::info!(pool_name, "database pool no longer overloaded");
+            }
+        }
+        Ok(permit)
+    }
 }
 
 /// At most one slow-query line a second: when the database stalls (a restart), every query
@@ -117,12 +221,16 @@ impl Database {
             max_connections,
             slow_log: Arc::new(SlowLog::new()),
             replicas: None,
+            gate: Arc::new(PoolGate::new(config, max_connections)),
         })
     }
 
     /// Names the pool in its metrics (`pool_name`: the service that owns it).
     pub fn named(mut self, pool_name: &'static str) -> Self {
         self.pool_name = pool_name;
+        if self.gate.pool_name.set(pool_name).is_ok() {
+            metrics::gauge!("db_client_overloaded", "pool_name" => pool_name).set(0.0);
+        }
         self
     }
 
@@ -172,7 +280,9 @@ impl Database {
         F: for<'c> Fn(&'c DatabaseConnection) -> ReadFuture<'c, T>,
     {
         let conn = self.reader().await;
-        match self.timed(name, query(conn)).await {
+        // A replica's pool is not the primary's: its reads do not queue at the primary's gate.
+        let on_primary = std::ptr::eq(conn, &self.conn);
+        match self.measured(name, query(conn), on_primary).await {
             // A replica's error (gone, a hot-standby recovery conflict, a schema it has not
             // replayed yet): the primary answers instead.
             Err(err) if !std::ptr::eq(conn, &self.conn) => {
@@ -210,6 +320,22 @@ impl Database {
         name: &'static str,
         query: impl Future<Output = Result<T, DbErr>>,
     ) -> Result<T, DbErr> {
+        self.measured(name, query, true).await
+    }
+
+    /// The queue in front of the primary pool, for the servers whose calls use it.
+    pub fn gate(&self) -> Arc<PoolGate> {
+        self.gate.clone()
+    }
+
+    /// [`Database::timed`], behind the primary's gate when `gated` (and the task does not
+    /// hold its permit already).
+    async fn measured<T>(
+        &self,
+        name: &'static str,
+        query: impl Future<Output = Result<T, DbErr>>,
+        gated: bool,
+    ) -> Result<T, DbErr> {
         let system = match self.backend() {
             DatabaseBackend::Postgres => "postgresql",
             DatabaseBackend::Sqlite => "sqlite",
@@ -227,7 +353,20 @@ impl Database {
         );
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let result = query.instrument(span.clone()).await;
+        let id = self.gate.id();
+        let held = HELD.try_with(|held| held.clone()).ok();
+        let result = if !gated || held.as_ref().is_some_and(|held| held.contains(&id)) {
+            query.instrument(span.clone()).await
+        } else {
+            match self.gate.enter().await {
+                Ok(_permit) => {
+                    let mut held = held.unwrap_or_default();
+                    held.push(id);
+                    HELD.scope(held, query.instrument(span.clone())).await
+                }
+                Err(err) => Err(err),
+            }
+        };
         if let Err(err) = &result {
             span.record("error.type", db_error_kind(err));
         }
@@ -641,6 +780,69 @@ mod tests {
         assert_eq!(slow.slow_log.admit_at(last + 999), None);
         assert_eq!(slow.slow_log.admit_at(last + 1_000), Some(50));
         assert_eq!(slow.slow_log.admit_at(last + 1_001), None);
+    }
+
+    #[tokio::test]
+    async fn a_statement_inside_a_timed_transaction_runs_under_its_permit() {
+        use sea_orm::TransactionTrait;
+        let db = Database::connect(&DatabaseConfig {
+            url: crate::config::Secret::new("sqlite::memory:"),
+            max_connections: 1,
+            // A second permit asked for would fail fast instead of hanging the test.
+            acquire_timeout_ms: 200,
+            ..DatabaseConfig::default()
+        })
+        .await
+        .expect("in-memory SQLite");
+        let inner = db
+            .timed("probe.outer", async {
+                let txn = db.conn().begin().await?;
+                let inner = db
+                    .timed("probe.inner", txn.execute_unprepared("SELECT 1"))
+                    .await;
+                txn.commit().await?;
+                Ok(inner)
+            })
+            .await
+            .expect("the transaction commits");
+        assert!(inner.is_ok(), "the inner statement ran: {inner:?}");
+        assert_eq!(db.gate().waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_query_that_waits_out_the_acquire_timeout_fails_as_a_connection_failure() {
+        let db = Database::connect(&DatabaseConfig {
+            url: crate::config::Secret::new("sqlite::memory:"),
+            max_connections: 1,
+            acquire_timeout_ms: 50,
+            ..DatabaseConfig::default()
+        })
+        .await
+        .expect("in-memory SQLite");
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (began, has_begun) = tokio::sync::oneshot::channel::<()>();
+        let holder = {
+            let db = db.clone();
+            // Owned by the test: joined below.
+            #[allow(clippy::disallowed_methods)]
+            tokio::spawn(async move {
+                db.timed("probe.holder", async {
+                    let _ = began.send(());
+                    let _ = released.await;
+                    Ok(())
+                })
+                .await
+            })
+        };
+        has_begun.await.expect("the holder began");
+        let err = db
+            .timed("probe.late", db.conn().execute_unprepared("SELECT 1"))
+            .await
+            .expect_err("no connection within the timeout");
+        assert!(is_connection_failure(&err), "{err}");
+        assert_eq!(db.gate().waiting(), 0, "the waiter left the queue");
+        let _ = release.send(());
+        holder.await.expect("joined").expect("held");
     }
 
     #[tokio::test]

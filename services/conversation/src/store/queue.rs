@@ -53,7 +53,7 @@ impl ConversationStore {
         until: DateTime<Utc>,
         max: u64,
     ) -> Result<bool, ConversationError> {
-        self.db
+        self.leases
             .timed("conversation_enqueue_turn", async {
                 let txn = self.leases.conn().begin().await?;
                 let at = now();

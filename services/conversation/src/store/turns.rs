@@ -62,7 +62,7 @@ impl ConversationStore {
         for _ in 0..2 {
             let at = now();
             let rows = self
-                .db
+                .leases
                 .timed(
                     "conversation_acquire_lease",
                     head::Entity::update_many()

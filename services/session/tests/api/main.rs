@@ -8,6 +8,7 @@ mod failures;
 mod helpers;
 mod pagination;
 mod plans;
+mod pool_admission;
 mod read_replicas;
 mod replicas;
 mod sessions;

@@ -1,0 +1,151 @@
+//! Admission by the database pool's queueing delay: while the pool has a standing queue and
+//! queries wait, new calls are refused at arrival; calls already admitted keep their place.
+
+use std::time::Duration;
+
+use boardroom_proto::session::v1 as pb;
+use boardroom_proto::session::v1::session_service_client::SessionServiceClient;
+use boardroom_runtime::db::Database;
+use boardroom_testkit::{TestDatabase, channel, test_config};
+use sea_orm::DbErr;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+/// Takes one of the pool's permits (through the service's own pool) until `release` fires;
+/// `began` fires once it holds it.
+fn hold(
+    db: &Database,
+    began: oneshot::Sender<()>,
+    release: oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<Result<(), DbErr>> {
+    let db = db.clone();
+    tokio::spawn(async move {
+        db.timed("test.hold", async {
+            let _ = began.send(());
+            let _ = release.await;
+            Ok(())
+        })
+        .await
+    })
+}
+
+/// Polls until `n` queries wait at the pool (a condition, with a deadline).
+async fn until_waiting(db: &Database, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while db.gate().waiting() != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} queries wait at the pool, not {n}",
+            db.gate().waiting()
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+fn list(user: &str) -> pb::ListSessionsRequest {
+    pb::ListSessionsRequest {
+        user_id: user.into(),
+        active_only: false,
+        page_size: 10,
+        page_token: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standing_pool_queue_refuses_new_calls_at_once_and_admitted_ones_finish() {
+    let test_db = TestDatabase::postgres().await;
+    let mut config = test_config(&test_db);
+    // One connection; a query that waited over 1 ms for it, judged every 1 ms, is a standing
+    // queue. A call that did wait may wait long (no pool timeout in this test's way).
+    config.database.max_connections = 1;
+    config.database.admission_target_ms = 1;
+    config.database.admission_interval_ms = 1;
+    config.database.acquire_timeout_ms = 30_000;
+    let db = Database::connect(&config.database)
+        .await
+        .expect("connecting")
+        .named("session");
+    boardroom_migrations::up(db.conn()).await.expect("migrated");
+    let app = boardroom_session::Application::with_database(&config, db.clone())
+        .await
+        .expect("building the session service");
+    let addr = app.local_addr().expect("bound");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let client = SessionServiceClient::new(channel(addr).await);
+    client
+        .clone()
+        .list_sessions(list("u"))
+        .await
+        .expect("an idle pool admits");
+
+    // The connection is taken; a call arrives, is admitted and queues for it.
+    let (began, held) = oneshot::channel();
+    let (release_first, released) = oneshot::channel();
+    let first = hold(&db, began, released);
+    held.await.expect("holding the pool");
+    let admitted = tokio::spawn({
+        let mut client = client.clone();
+        async move { client.list_sessions(list("u")).await }
+    });
+    until_waiting(&db, 1).await;
+    // A second holder queues behind it.
+    let (began, second_held) = oneshot::channel();
+    let (release_second, released) = oneshot::channel();
+    let second = hold(&db, began, released);
+    until_waiting(&db, 2).await;
+    // The queue stands for 20 ms: the delay under test, not a synchronisation.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!db.gate().pressed(), "nobody was admitted late yet");
+    release_first.send(()).expect("first holder waits");
+    first.await.expect("joined").expect("held");
+    // The admitted call gets the connection after its wait and answers; then the second holder.
+    admitted
+        .await
+        .expect("joined")
+        .expect("an admitted call finishes");
+    second_held.await.expect("the second holder has the pool");
+    // One more query queues: the quickest admission of the last interval waited over the target
+    // and a query waits now.
+    let (began, third_held) = oneshot::channel();
+    let (release_third, released) = oneshot::channel();
+    let third = hold(&db, began, released);
+    until_waiting(&db, 1).await;
+    assert!(db.gate().pressed());
+
+    let refused = client
+        .clone()
+        .list_sessions(list("u"))
+        .await
+        .expect_err("refused while the pool's queue stands");
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert!(
+        refused.message().contains("queue for the database"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(
+        refused
+            .metadata()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert_eq!(db.gate().waiting(), 1, "the refused call never queued");
+
+    // The queue drains: nobody waits, calls are admitted again.
+    release_second.send(()).expect("second holder waits");
+    second.await.expect("joined").expect("held");
+    third_held.await.expect("the third holder has the pool");
+    release_third.send(()).expect("third holder waits");
+    third.await.expect("joined").expect("held");
+    assert!(!db.gate().pressed());
+    client
+        .clone()
+        .list_sessions(list("u"))
+        .await
+        .expect("admitted once the queue drained");
+    shutdown.cancel();
+    task.await.expect("joined").expect("clean shutdown");
+}
