@@ -8,7 +8,7 @@
 # admitted and the p99 of the non-streaming ones, the share refused (UNAVAILABLE), the time to
 # refuse a call (p50/p99, from its arrival); and from the users: errors after retries, retried
 # attempts, the non-LLM steps' worst p99 (retries included), the suite's CPU.
-# Usage: bench/overload.sh USERS [USERS ...]   (DURATION=60s THINK=20s RAMP=20s)
+# Usage: bench/overload.sh USERS [USERS ...]   (DURATION=60s THINK=20s RAMP=20s MODES='on off')
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-60s}
@@ -23,9 +23,12 @@ BENCH_LOG=$(mktemp)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -f "$BENCH_LOG"' EXIT
 source bench/lib.sh
 
+# MODES: on (both), server (the servers' own queues only: the pools not watched), off (neither).
+MODES=${MODES:-on off}
 for users in "$@"; do
-  for mode in on off; do
+  for mode in $MODES; do
     extra=()
+    [ "$mode" = server ] && extra=(BOARDROOM_DATABASE__ADMISSION_TARGET_MS=0)
     [ "$mode" = off ] && extra=(BOARDROOM_SERVER__ADMISSION_TARGET_MS=0 BOARDROOM_DATABASE__ADMISSION_TARGET_MS=0)
     SCRAPE_TO="bench/out/overload-$users-$mode.prom" \
       users_run "bench/out/overload-$users-$mode.json" "$BIN" "$BIN" "$users" "$DURATION" "$THINK" "${extra[@]}"

@@ -1,6 +1,7 @@
 """The table of bench/overload.sh: per users count and admission mode, from the users' JSON
 report and the servers' metrics (Prometheus text) scraped at the end of the run."""
 import json
+import os
 import re
 import sys
 
@@ -50,7 +51,7 @@ def merged(prom, status, streaming):
 print("| users | admission | admitted calls | p99 of admitted non-streaming calls ms | refused | time to refuse p50 / p99 ms | errors after retries | retried | worst non-LLM step p99 ms (with retries) | RunTurn p99 ms | suite CPU % |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for users in sys.argv[1:]:
-    for mode in ("on", "off"):
+    for mode in os.environ.get("MODES", "on off").split():
         prom = f"bench/out/overload-{users}-{mode}.prom"
         report = json.load(open(f"bench/out/overload-{users}-{mode}.json"))
         ok_unary = merged(prom, "0", False)

@@ -163,7 +163,6 @@ impl Application {
         let leases = Database::connect_relaxed(&config.database)
             .await?
             .named("conversation_leases");
-        let pools = [db.gate(), leases.gate()];
         let store = ConversationStore::new(db, leases, c.checkpoint_retention);
         let workflow = Workflow {
             tools: Toolbox::new(store.clone()),
@@ -213,12 +212,9 @@ impl Application {
         let service = ConversationServiceServer::new(ConversationGrpc::new(domain.clone()))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
-        let [pool, lease_pool] = pools;
         let server = GrpcServer::bind("conversation", &c.listen, &config.server, &config.auth)
             .await?
             .add_service(service)
-            .refuse_while_queued(pool)
-            .refuse_while_queued(lease_pool)
             // Its calls, its outgoing channels, its hot state and its pool (in `boardroom
             // serve` the process has more).
             .metrics_scope(

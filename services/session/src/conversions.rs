@@ -25,6 +25,8 @@ impl From<SessionError> for Status {
                 tracing::warn!(error = %message, "database unavailable");
                 boardroom_runtime::status::unavailable("database unavailable", 1)
             }
+            // Overload refuses many calls: counted (db_client_refused_total), not logged.
+            SessionError::Overloaded => boardroom_runtime::status::unavailable(err.to_string(), 1),
             SessionError::Internal(message) => {
                 tracing::error!(error = %message, "internal error");
                 Status::internal("internal error")

@@ -21,6 +21,9 @@ pub enum SessionError {
     /// The database cannot be reached or is overloaded; the caller may retry.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// Refused at once: the database pool has a standing queue; the caller may retry.
+    #[error("server overloaded: queries queue for the database")]
+    Overloaded,
     /// A bug or a corrupt row.
     #[error("internal error: {0}")]
     Internal(String),
@@ -45,6 +48,7 @@ impl From<DbErr> for SessionError {
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
                 SessionError::Unavailable(err.to_string())
             }
+            _ if boardroom_runtime::db::is_refused(&err) => SessionError::Overloaded,
             _ => match err.sql_err() {
                 Some(SqlErr::ForeignKeyConstraintViolation(msg)) => {
                     SessionError::FailedPrecondition(format!(

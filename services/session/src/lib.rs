@@ -77,7 +77,6 @@ impl Application {
     async fn with_database_inner(config: &Config, db: Database) -> anyhow::Result<Self> {
         // Metric handles resolved below must find the recorder installed.
         boardroom_runtime::metrics::metrics_handle()?;
-        let pool = db.gate();
         let s = &config.session;
         let cache_stop = CancellationToken::new();
         let cache = if s.cache.enabled {
@@ -108,7 +107,6 @@ impl Application {
         let server = GrpcServer::bind("session", &s.listen, &config.server, &config.auth)
             .await?
             .add_service(service)
-            .refuse_while_queued(pool)
             // Its calls, its cache and its pool (in `boardroom serve` the process has more).
             .metrics_scope(
                 MetricsScope::server("session")

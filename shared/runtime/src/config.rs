@@ -405,9 +405,9 @@ pub struct DatabaseConfig {
     pub acquire_timeout_ms: u64,
     /// Admission by the pool's queueing delay (`boardroom_runtime::db::PoolGate`): when even
     /// the quickest query of an `admission_interval_ms` waited longer than this for a
-    /// connection, and queries wait now, the service refuses new calls at arrival
-    /// (UNAVAILABLE, `retry-after`) instead of queueing them behind the pool; queries already
-    /// running keep waiting up to `acquire_timeout_ms`. 0 turns it off.
+    /// connection, a call's first query on the pool that has waited this long is refused (UNAVAILABLE,
+    /// `retry-after`) instead of queueing behind the pool; calls that have a connection
+    /// already, and work outside calls, keep waiting up to `acquire_timeout_ms`. 0 turns it off.
     pub admission_target_ms: u64,
     /// The interval over which the pool's quickest query is judged.
     pub admission_interval_ms: u64,
@@ -444,7 +444,7 @@ impl Default for DatabaseConfig {
             max_connections: 16,
             min_connections: 1,
             acquire_timeout_ms: 2_000,
-            admission_target_ms: 10,
+            admission_target_ms: 25,
             admission_interval_ms: 100,
             idle_timeout_ms: 300_000,
             max_lifetime_ms: 1_800_000,

@@ -34,10 +34,14 @@ pub struct Database {
 /// The queue in front of a pool: every use of the primary through [`Database::timed`] takes
 /// one of `max_connections` permits first (a transaction's statements run under their
 /// transaction's), so the time it waits for one is the pool's queueing delay, watched as
-/// `crate::admission` watches a server's. A query waits up to `database.acquire_timeout_ms`
-/// as before and is never refused here: the servers whose calls use the pool refuse new calls
-/// at arrival while it is [pressed](PoolGate::pressed), so that work already admitted (a turn
-/// about to store its answer) keeps its place and the queue drains.
+/// `crate::admission` watches a server's queue. While the pool has a standing queue (even the
+/// quickest query of an `admission_interval_ms` waited longer than `admission_target_ms`), a
+/// gRPC call's first query on this pool (see [`in_call`]) that has waited `admission_target_ms`
+/// is refused: the call answers UNAVAILABLE with `retry-after` within milliseconds, having done
+/// little, and the calls that have had a connection of this pool keep their place: their later
+/// queries, and work outside a call (a turn storing its answer), wait up to
+/// `acquire_timeout_ms` as before. Calls that need no query (served from a cache) are never
+/// refused here.
 #[derive(Debug)]
 pub struct PoolGate {
     pool_name: std::sync::OnceLock<&'static str>,
@@ -45,13 +49,26 @@ pub struct PoolGate {
     /// Queries waiting for a permit now.
     waiting: AtomicUsize,
     delay: QueueDelay,
+    target: Duration,
     acquire_timeout: Duration,
 }
+
+/// What a query refused by the gate fails with (UNAVAILABLE to the caller, see [`is_refused`]).
+const REFUSED: &str = "server overloaded: queries queue for the database";
 
 tokio::task_local! {
     /// The gates whose permit the current task holds (a query inside a timed transaction
     /// runs under the transaction's permit instead of waiting for a second one).
     static HELD: Vec<usize>;
+    /// The gates of which the current gRPC call has had a connection (see [`in_call`]).
+    static USED: std::cell::RefCell<Vec<usize>>;
+}
+
+/// Runs a server's handling of one call: until its first query on a pool gets a connection,
+/// the call is new work to that pool, which refuses it rather than queue it while it has a
+/// standing queue (see [`PoolGate`]).
+pub async fn in_call<F: Future>(call: F) -> F::Output {
+    USED.scope(std::cell::RefCell::new(Vec::new()), call).await
 }
 
 /// Decrements the waiter count however the wait ends (a cancelled call included).
@@ -65,23 +82,20 @@ impl Drop for Waiting<'_> {
 
 impl PoolGate {
     fn new(config: &DatabaseConfig, max_connections: u32) -> Self {
+        let target = Duration::from_millis(config.admission_target_ms);
         Self {
             pool_name: std::sync::OnceLock::new(),
             permits: tokio::sync::Semaphore::new(max_connections as usize),
             waiting: AtomicUsize::new(0),
-            delay: QueueDelay::new(
-                Duration::from_millis(config.admission_target_ms),
-                Duration::from_millis(config.admission_interval_ms),
-            ),
+            delay: QueueDelay::new(target, Duration::from_millis(config.admission_interval_ms)),
+            target,
             acquire_timeout: Duration::from_millis(config.acquire_timeout_ms),
         }
     }
 
-    /// Whether the pool has a standing queue (even the quickest query of an
-    /// `admission_interval_ms` waited longer than `admission_target_ms` for a connection) and
-    /// queries wait now: new calls that would join the queue are better refused at once.
-    pub fn pressed(&self) -> bool {
-        self.delay.overloaded() && self.waiting.load(Ordering::Acquire) > 0
+    /// Whether the pool has a standing queue now (see [`PoolGate`]).
+    pub fn overloaded(&self) -> bool {
+        self.delay.overloaded()
     }
 
     /// Queries waiting for a connection now.
@@ -93,16 +107,35 @@ impl PoolGate {
         std::ptr::from_ref(self) as usize
     }
 
-    /// A permit, waiting `acquire_timeout` at most (then the pool's own timeout error).
+    fn pool_name(&self) -> &'static str {
+        self.pool_name.get().copied().unwrap_or("default")
+    }
+
+    /// A permit, waiting `acquire_timeout` at most (then the pool's own timeout error), or
+    /// `admission_target_ms` for a call's first query on this pool while it is overloaded.
     async fn enter(&self) -> Result<tokio::sync::SemaphorePermit<'_>, DbErr> {
         let started = Instant::now();
+        let fresh = USED
+            .try_with(|used| !used.borrow().contains(&self.id()))
+            .unwrap_or(false);
         let permit = match self.permits.try_acquire() {
             Ok(permit) => permit,
             Err(_) => {
+                let refusing = fresh && self.delay.overloaded();
+                let patience = if refusing {
+                    self.target
+                } else {
+                    self.acquire_timeout
+                };
                 self.waiting.fetch_add(1, Ordering::AcqRel);
                 let _waiting = Waiting(&self.waiting);
-                match tokio::time::timeout(self.acquire_timeout, self.permits.acquire()).await {
+                match tokio::time::timeout(patience, self.permits.acquire()).await {
                     Ok(Ok(permit)) => permit,
+                    Err(_) if refusing => {
+                        metrics::counter!("db_client_refused_total", "pool_name" => self.pool_name())
+                            .increment(1);
+                        return Err(DbErr::Custom(REFUSED.to_owned()));
+                    }
                     _ => {
                         return Err(DbErr::ConnectionAcquire(
                             sea_orm::error::ConnAcquireErr::Timeout,
@@ -111,9 +144,12 @@ impl PoolGate {
                 }
             }
         };
+        if fresh {
+            let _ = USED.try_with(|used| used.borrow_mut().push(self.id()));
+        }
         if self.delay.admitted(started.elapsed(), Instant::now()) {
             let on = self.delay.overloaded();
-            let pool_name = self.pool_name.get().copied().unwrap_or("default");
+            let pool_name = self.pool_name();
             metrics::gauge!("db_client_overloaded", "pool_name" => pool_name).set(if on {
                 1.0
             } else {
@@ -122,7 +158,7 @@ impl PoolGate {
             if on {
                 tracing::warn!(
                     pool_name,
-                    "database pool overloaded: new calls are refused while queries queue"
+                    "database pool overloaded: a call's first query on it that waits past the target is refused"
                 );
             } else {
                 tracing::info!(pool_name, "database pool no longer overloaded");
@@ -230,6 +266,7 @@ impl Database {
         self.pool_name = pool_name;
         if self.gate.pool_name.set(pool_name).is_ok() {
             metrics::gauge!("db_client_overloaded", "pool_name" => pool_name).set(0.0);
+            metrics::counter!("db_client_refused_total", "pool_name" => pool_name).increment(0);
         }
         self
     }
@@ -656,10 +693,17 @@ pub fn is_unique_violation(err: &DbErr) -> bool {
     )
 }
 
+/// Whether a query was refused because the pool has a standing queue (see [`PoolGate`]): the
+/// call is answered UNAVAILABLE with `retry-after`, and nothing is logged (overload refuses
+/// many).
+pub fn is_refused(err: &DbErr) -> bool {
+    matches!(err, DbErr::Custom(message) if message == REFUSED)
+}
+
 /// Whether a query failed because the server went away, the pool is exhausted or SQLite is
 /// busy (the caller may retry: UNAVAILABLE), as opposed to a bad statement.
 pub fn is_connection_failure(err: &DbErr) -> bool {
-    if matches!(err, DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) {
+    if matches!(err, DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) || is_refused(err) {
         return true;
     }
     let text = err.to_string().to_ascii_lowercase();
@@ -681,6 +725,7 @@ pub fn is_connection_failure(err: &DbErr) -> bool {
 fn db_error_kind(err: &DbErr) -> &'static str {
     match err {
         DbErr::ConnectionAcquire(_) => "connection_acquire",
+        err if is_refused(err) => "refused",
         DbErr::Conn(_) => "connection",
         DbErr::Exec(_) => "exec",
         DbErr::Query(_) => "query",

@@ -22,7 +22,6 @@ use tracing::Instrument;
 use crate::admission::QueueDelay;
 use crate::auth::Authenticator;
 use crate::consistency;
-use crate::db::PoolGate;
 use crate::rpc_metrics::{MethodMetrics, RpcMetrics};
 use crate::telemetry;
 
@@ -48,9 +47,6 @@ pub struct InboundPolicy {
     /// Full names of the services the server registers (metric labels of other paths are
     /// folded into `unknown`).
     pub services: Vec<String>,
-    /// The database pools the server's calls use: while one is
-    /// [pressed](crate::db::PoolGate::pressed), new calls are refused at arrival.
-    pub pools: Vec<Arc<PoolGate>>,
 }
 
 struct Shared {
@@ -62,7 +58,6 @@ struct Shared {
     request_timeout: Duration,
     authenticator: Option<Authenticator>,
     metrics: RpcMetrics,
-    pools: Vec<Arc<PoolGate>>,
 }
 
 /// Applies [`InboundPolicy`] to every call of a server.
@@ -87,7 +82,6 @@ impl InboundLayer {
                 request_timeout: policy.request_timeout,
                 authenticator: policy.authenticator,
                 metrics: RpcMetrics::new(policy.server, policy.services),
-                pools: policy.pools,
             }),
         }
     }
@@ -180,7 +174,8 @@ where
             // Read-your-writes: only with replicas configured, or for a caller that sent a token.
             let token = (consistency::enabled() || req.headers().contains_key(consistency::HEADER))
                 .then(|| consistency::Token::new(consistency::from_headers(req.headers())));
-            let call = async {
+            // A call's first query on a pool with a standing queue may be refused (`db::PoolGate`).
+            let call = crate::db::in_call(async {
                 let Some(token) = token else {
                     return inner.call(req).await;
                 };
@@ -194,7 +189,7 @@ where
                     response.headers_mut().insert(consistency::HEADER, value);
                 }
                 result
-            };
+            });
             match tokio::time::timeout(remaining, call).await {
                 Ok(Ok(response)) => Ok(observer.observe(response, permit)),
                 Ok(Err(err)) => {
@@ -219,9 +214,8 @@ pub struct CallDeadline(pub std::time::Instant);
 
 /// A slot for a call that arrived at `arrived`, or why it gets none: refused at once when it
 /// has waited longer than the admission allows (`target` while the server is overloaded, an
-/// interval otherwise: see `crate::admission`) or while a database pool it uses has a standing
-/// queue, shed when too many wait, refused when its wait for a slot passes that limit,
-/// DEADLINE_EXCEEDED when its own deadline comes first.
+/// interval otherwise: see `crate::admission`), shed when too many wait, refused when its wait
+/// for a slot passes that limit, DEADLINE_EXCEEDED when its own deadline comes first.
 async fn admit(
     shared: &Shared,
     arrived: Instant,
@@ -232,12 +226,6 @@ async fn admit(
         return Err(shed(
             shared,
             "server overloaded: calls wait too long to start",
-        ));
-    }
-    if shared.pools.iter().any(|pool| pool.pressed()) {
-        return Err(shed(
-            shared,
-            "server overloaded: queries queue for the database",
         ));
     }
     if let Ok(permit) = shared.permits.clone().try_acquire_owned() {
@@ -521,7 +509,6 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             authenticator: Authenticator::from_config(&auth).expect("valid"),
             services: vec!["pkg.Svc".into()],
-            pools: Vec::new(),
         });
         let request = |token: Option<&str>| {
             let mut builder = http::Request::builder().uri("/pkg.Svc/Call");
@@ -586,7 +573,6 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             authenticator: None,
             metrics: RpcMetrics::new("test", Vec::new()),
-            pools: Vec::new(),
         }
     }
 

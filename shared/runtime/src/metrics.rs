@@ -83,7 +83,7 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "rpc_server_shed_total",
         kind: Kind::Counter,
-        help: "gRPC calls refused UNAVAILABLE (with retry-after) because the server was overloaded: calls waiting too long to start, its concurrency limit reached with its queue full, or a standing queue at a database pool its calls use, by server.",
+        help: "gRPC calls refused UNAVAILABLE (with retry-after) because the server was overloaded: calls waiting too long to start, or its concurrency limit reached with its queue full, by server.",
     },
     Family {
         name: "rpc_server_overloaded",
@@ -118,7 +118,12 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "db_client_overloaded",
         kind: Kind::Gauge,
-        help: "1 while the database pool has a standing queue (the quickest query of an interval waited longer than database.admission_target_ms for a connection): the servers using it refuse new calls while queries wait, by pool_name.",
+        help: "1 while the database pool has a standing queue (the quickest query of an interval waited longer than database.admission_target_ms for a connection), by pool_name: a call's first query on it that waits that long is refused.",
+    },
+    Family {
+        name: "db_client_refused_total",
+        kind: Kind::Counter,
+        help: "Calls refused UNAVAILABLE (with retry-after) because their first query waited database.admission_target_ms for a connection while the pool had a standing queue, by pool_name.",
     },
     Family {
         name: "db_client_operation_duration_seconds",

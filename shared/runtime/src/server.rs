@@ -4,7 +4,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -18,7 +17,6 @@ use tonic_health::server::HealthReporter;
 
 use crate::auth::Authenticator;
 use crate::config::{AuthConfig, Listen, ServerConfig, TlsConfig};
-use crate::db::PoolGate;
 use crate::inbound::{InboundLayer, InboundPolicy};
 use crate::metrics::{AdminServer, Readiness};
 
@@ -35,7 +33,6 @@ pub struct GrpcServer {
     config: ServerConfig,
     authenticator: Option<Authenticator>,
     tls: Option<ServerTlsConfig>,
-    pools: Vec<Arc<PoolGate>>,
 }
 
 impl std::fmt::Debug for GrpcServer {
@@ -85,7 +82,6 @@ impl GrpcServer {
             config: config.clone(),
             authenticator: Authenticator::from_config(auth)?,
             tls: config.tls.as_ref().map(server_tls).transpose()?,
-            pools: Vec::new(),
         })
     }
 
@@ -112,15 +108,6 @@ impl GrpcServer {
     /// in a process of several servers, each serves its own).
     pub fn metrics_scope(mut self, scope: crate::metrics::MetricsScope) -> Self {
         self.admin.set_scope(scope);
-        self
-    }
-
-    /// A database pool this server's calls use: while it has a standing queue and queries
-    /// wait, new calls are refused at arrival (UNAVAILABLE, `retry-after`), so the queue
-    /// drains and the calls already admitted keep their latency (see
-    /// [`PoolGate`](crate::db::PoolGate)).
-    pub fn refuse_while_queued(mut self, pool: Arc<PoolGate>) -> Self {
-        self.pools.push(pool);
         self
     }
 
@@ -159,7 +146,6 @@ impl GrpcServer {
             config,
             authenticator,
             tls,
-            pools,
         } = self;
         // Reflection lists what this port serves (in `serve` all mode each service has its own
         // port): its services, health and reflection. grpcurl 1.8 and ghz still ask for
@@ -189,7 +175,6 @@ impl GrpcServer {
                 .map(|s| (*s).to_owned())
                 .chain(INFRASTRUCTURE.map(str::to_owned))
                 .collect(),
-            pools,
         });
         let mut builder = tonic::transport::Server::builder()
             .tcp_nodelay(true)

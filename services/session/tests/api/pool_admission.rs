@@ -1,5 +1,6 @@
-//! Admission by the database pool's queueing delay: while the pool has a standing queue and
-//! queries wait, new calls are refused at arrival; calls already admitted keep their place.
+//! Admission by the database pool's queueing delay: while the pool has a standing queue, a
+//! call whose first query waits past the target is refused at once; calls that have their
+//! connection, and work outside calls, keep their place.
 
 use std::time::Duration;
 
@@ -53,7 +54,7 @@ fn list(user: &str) -> pb::ListSessionsRequest {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standing_pool_queue_refuses_new_calls_at_once_and_admitted_ones_finish() {
+async fn a_standing_pool_queue_refuses_a_call_s_first_query_and_spares_admitted_work() {
     let test_db = TestDatabase::postgres().await;
     let mut config = test_config(&test_db);
     // One connection; a query that waited over 1 ms for it, judged every 1 ms, is a standing
@@ -80,40 +81,36 @@ async fn a_standing_pool_queue_refuses_new_calls_at_once_and_admitted_ones_finis
         .await
         .expect("an idle pool admits");
 
-    // The connection is taken; a call arrives, is admitted and queues for it.
+    // The connection is taken. A call arrives while the pool is not overloaded: its query
+    // queues for the connection. Work outside any call (a second holder) queues behind it.
     let (began, held) = oneshot::channel();
     let (release_first, released) = oneshot::channel();
     let first = hold(&db, began, released);
     held.await.expect("holding the pool");
-    let admitted = tokio::spawn({
+    let waiting_call = tokio::spawn({
         let mut client = client.clone();
         async move { client.list_sessions(list("u")).await }
     });
     until_waiting(&db, 1).await;
-    // A second holder queues behind it.
     let (began, second_held) = oneshot::channel();
     let (release_second, released) = oneshot::channel();
     let second = hold(&db, began, released);
     until_waiting(&db, 2).await;
     // The queue stands for 20 ms: the delay under test, not a synchronisation.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert!(!db.gate().pressed(), "nobody was admitted late yet");
+    assert!(!db.gate().overloaded(), "nobody was admitted late yet");
     release_first.send(()).expect("first holder waits");
     first.await.expect("joined").expect("held");
-    // The admitted call gets the connection after its wait and answers; then the second holder.
-    admitted
+    // The call that was queued gets the connection after its wait and answers; then the
+    // second holder. Both waited past the target: the pool is overloaded.
+    waiting_call
         .await
         .expect("joined")
-        .expect("an admitted call finishes");
+        .expect("a call already queued keeps its place");
     second_held.await.expect("the second holder has the pool");
-    // One more query queues: the quickest admission of the last interval waited over the target
-    // and a query waits now.
-    let (began, third_held) = oneshot::channel();
-    let (release_third, released) = oneshot::channel();
-    let third = hold(&db, began, released);
-    until_waiting(&db, 1).await;
-    assert!(db.gate().pressed());
+    assert!(db.gate().overloaded());
 
+    // A new call's first query waits past the target: refused at once.
     let refused = client
         .clone()
         .list_sessions(list("u"))
@@ -132,15 +129,22 @@ async fn a_standing_pool_queue_refuses_new_calls_at_once_and_admitted_ones_finis
             .and_then(|v| v.to_str().ok()),
         Some("1")
     );
-    assert_eq!(db.gate().waiting(), 1, "the refused call never queued");
-
-    // The queue drains: nobody waits, calls are admitted again.
+    assert_eq!(db.gate().waiting(), 0, "the refused call left the queue");
+    // Work outside a call is not refused: it waits for the connection.
+    let (began, third_held) = oneshot::channel();
+    let (release_third, released) = oneshot::channel();
+    let third = hold(&db, began, released);
+    until_waiting(&db, 1).await;
     release_second.send(()).expect("second holder waits");
     second.await.expect("joined").expect("held");
-    third_held.await.expect("the third holder has the pool");
+    third_held
+        .await
+        .expect("the third holder has the pool after its wait");
     release_third.send(()).expect("third holder waits");
     third.await.expect("joined").expect("held");
-    assert!(!db.gate().pressed());
+
+    // A free connection: calls are admitted again (a query that need not wait is never
+    // refused).
     client
         .clone()
         .list_sessions(list("u"))
