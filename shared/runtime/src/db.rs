@@ -827,18 +827,23 @@ mod tests {
         assert_eq!(slow.slow_log.admit_at(last + 1_001), None);
     }
 
-    #[tokio::test]
-    async fn a_statement_inside_a_timed_transaction_runs_under_its_permit() {
-        use sea_orm::TransactionTrait;
-        let db = Database::connect(&DatabaseConfig {
+    /// An in-memory SQLite pool of one connection, whose queries wait `acquire_timeout_ms` for it.
+    async fn one_connection(acquire_timeout_ms: u64) -> Database {
+        Database::connect(&DatabaseConfig {
             url: crate::config::Secret::new("sqlite::memory:"),
             max_connections: 1,
-            // A second permit asked for would fail fast instead of hanging the test.
-            acquire_timeout_ms: 200,
+            acquire_timeout_ms,
             ..DatabaseConfig::default()
         })
         .await
-        .expect("in-memory SQLite");
+        .expect("in-memory SQLite")
+    }
+
+    #[tokio::test]
+    async fn a_statement_inside_a_timed_transaction_runs_under_its_permit() {
+        use sea_orm::TransactionTrait;
+        // A second permit asked for would fail fast instead of hanging the test.
+        let db = one_connection(200).await;
         let inner = db
             .timed("probe.outer", async {
                 let txn = db.conn().begin().await?;
@@ -856,14 +861,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_query_that_waits_out_the_acquire_timeout_fails_as_a_connection_failure() {
-        let db = Database::connect(&DatabaseConfig {
-            url: crate::config::Secret::new("sqlite::memory:"),
-            max_connections: 1,
-            acquire_timeout_ms: 50,
-            ..DatabaseConfig::default()
-        })
-        .await
-        .expect("in-memory SQLite");
+        let db = one_connection(50).await;
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let (began, has_begun) = tokio::sync::oneshot::channel::<()>();
         let holder = {
