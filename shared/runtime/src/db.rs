@@ -839,6 +839,35 @@ mod tests {
         .expect("in-memory SQLite")
     }
 
+    /// The pool's only connection, held by a (timed) transaction until the returned sender
+    /// fires; returns once it is held, with the holder to join.
+    async fn holding(
+        db: &Database,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<(), DbErr>>,
+    ) {
+        use sea_orm::TransactionTrait;
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (began, has_begun) = tokio::sync::oneshot::channel::<()>();
+        let holder = {
+            let db = db.clone();
+            // Owned by the test that joins it.
+            #[allow(clippy::disallowed_methods)]
+            tokio::spawn(async move {
+                db.timed("probe.holder", async {
+                    let txn = db.conn().begin().await?;
+                    let _ = began.send(());
+                    let _ = released.await;
+                    txn.commit().await
+                })
+                .await
+            })
+        };
+        has_begun.await.expect("the holder began");
+        (release, holder)
+    }
+
     #[tokio::test]
     async fn a_statement_inside_a_timed_transaction_runs_under_its_permit() {
         use sea_orm::TransactionTrait;
@@ -862,22 +891,7 @@ mod tests {
     #[tokio::test]
     async fn a_query_that_waits_out_the_acquire_timeout_fails_as_a_connection_failure() {
         let db = one_connection(50).await;
-        let (release, released) = tokio::sync::oneshot::channel::<()>();
-        let (began, has_begun) = tokio::sync::oneshot::channel::<()>();
-        let holder = {
-            let db = db.clone();
-            // Owned by the test: joined below.
-            #[allow(clippy::disallowed_methods)]
-            tokio::spawn(async move {
-                db.timed("probe.holder", async {
-                    let _ = began.send(());
-                    let _ = released.await;
-                    Ok(())
-                })
-                .await
-            })
-        };
-        has_begun.await.expect("the holder began");
+        let (release, holder) = holding(&db).await;
         let err = db
             .timed("probe.late", db.conn().execute_unprepared("SELECT 1"))
             .await
@@ -890,26 +904,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_query_waiting_for_a_connection_counts_as_a_waiter() {
-        use sea_orm::TransactionTrait;
         let db = database(60_000).await;
-        // The pool's only connection is held by a (timed) transaction until we release it.
-        let (release, released) = tokio::sync::oneshot::channel::<()>();
-        let (began, has_begun) = tokio::sync::oneshot::channel::<()>();
-        let holder = {
-            let db = db.clone();
-            // Owned by the test: joined below.
-            #[allow(clippy::disallowed_methods)]
-            tokio::spawn(async move {
-                db.timed("probe.holder", async {
-                    let txn = db.conn().begin().await?;
-                    let _ = began.send(());
-                    let _ = released.await;
-                    txn.commit().await
-                })
-                .await
-            })
-        };
-        has_begun.await.expect("the holder began");
+        let (release, holder) = holding(&db).await;
         let waiter = {
             let db = db.clone();
             // Owned by the test: joined below.
