@@ -71,7 +71,7 @@ EXPORTED_METRICS = {
     "rpc_server_call_duration_seconds_bucket", "rpc_server_call_duration_seconds_count",
     "rpc_server_call_duration_seconds_sum", "rpc_server_active_requests",
     "rpc_server_shed_total", "db_client_connections_usage", "db_client_connections_max",
-    "db_client_connections_pending_requests", "db_client_overloaded",
+    "db_client_connections_pending_requests", "db_client_overloaded", "db_client_refused_total",
     "db_client_operation_duration_seconds",
     "db_client_operation_duration_seconds_bucket", "db_client_operation_duration_seconds_count",
     "cache_requests_total", "cache_l2_up", "cache_evictions_total", "cache_loads_total",
