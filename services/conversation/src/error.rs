@@ -76,9 +76,7 @@ impl From<DbErr> for ConversationError {
     fn from(err: DbErr) -> Self {
         if boardroom_runtime::db::is_refused(&err) {
             // Overload refuses many calls: counted (db_client_refused_total), not logged.
-            ConversationError::Unavailable(
-                "server overloaded: queries queue for the database".into(),
-            )
+            ConversationError::Unavailable(boardroom_runtime::db::REFUSED.into())
         } else if boardroom_runtime::db::is_connection_failure(&err) {
             tracing::warn!(error = %err, "the database cannot be reached");
             ConversationError::Unavailable("the database cannot be reached".into())

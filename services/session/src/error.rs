@@ -22,7 +22,7 @@ pub enum SessionError {
     #[error("database unavailable: {0}")]
     Unavailable(String),
     /// Refused at once: the database pool has a standing queue; the caller may retry.
-    #[error("server overloaded: queries queue for the database")]
+    #[error("{}", boardroom_runtime::db::REFUSED)]
     Overloaded,
     /// A bug or a corrupt row.
     #[error("internal error: {0}")]

@@ -44,7 +44,6 @@ pub struct Database {
 /// refused here.
 #[derive(Debug)]
 pub struct PoolGate {
-    pool_name: std::sync::OnceLock<&'static str>,
     permits: tokio::sync::Semaphore,
     /// Queries waiting for a permit now.
     waiting: AtomicUsize,
@@ -53,8 +52,9 @@ pub struct PoolGate {
     acquire_timeout: Duration,
 }
 
-/// What a query refused by the gate fails with (UNAVAILABLE to the caller, see [`is_refused`]).
-const REFUSED: &str = "server overloaded: queries queue for the database";
+/// What a query refused by the gate fails with, and what the refused call is told
+/// (UNAVAILABLE, see [`is_refused`]).
+pub const REFUSED: &str = "server overloaded: queries queue for the database";
 
 tokio::task_local! {
     /// The gates whose permit the current task holds (a query inside a timed transaction
@@ -84,7 +84,6 @@ impl PoolGate {
     fn new(config: &DatabaseConfig, max_connections: u32) -> Self {
         let target = Duration::from_millis(config.admission_target_ms);
         Self {
-            pool_name: std::sync::OnceLock::new(),
             permits: tokio::sync::Semaphore::new(max_connections as usize),
             waiting: AtomicUsize::new(0),
             delay: QueueDelay::new(target, Duration::from_millis(config.admission_interval_ms)),
@@ -107,13 +106,13 @@ impl PoolGate {
         std::ptr::from_ref(self) as usize
     }
 
-    fn pool_name(&self) -> &'static str {
-        self.pool_name.get().copied().unwrap_or("default")
-    }
-
     /// A permit, waiting `acquire_timeout` at most (then the pool's own timeout error), or
     /// `admission_target_ms` for a call's first query on this pool while it is overloaded.
-    async fn enter(&self) -> Result<tokio::sync::SemaphorePermit<'_>, DbErr> {
+    /// `pool_name` labels its metrics.
+    async fn enter(
+        &self,
+        pool_name: &'static str,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, DbErr> {
         let started = Instant::now();
         let fresh = USED
             .try_with(|used| !used.borrow().contains(&self.id()))
@@ -132,7 +131,7 @@ impl PoolGate {
                 match tokio::time::timeout(patience, self.permits.acquire()).await {
                     Ok(Ok(permit)) => permit,
                     Err(_) if refusing => {
-                        metrics::counter!("db_client_refused_total", "pool_name" => self.pool_name())
+                        metrics::counter!("db_client_refused_total", "pool_name" => pool_name)
                             .increment(1);
                         return Err(DbErr::Custom(REFUSED.to_owned()));
                     }
@@ -149,7 +148,6 @@ impl PoolGate {
         }
         if self.delay.admitted(started.elapsed(), Instant::now()) {
             let on = self.delay.overloaded();
-            let pool_name = self.pool_name();
             metrics::gauge!("db_client_overloaded", "pool_name" => pool_name).set(if on {
                 1.0
             } else {
@@ -264,10 +262,8 @@ impl Database {
     /// Names the pool in its metrics (`pool_name`: the service that owns it).
     pub fn named(mut self, pool_name: &'static str) -> Self {
         self.pool_name = pool_name;
-        if self.gate.pool_name.set(pool_name).is_ok() {
-            metrics::gauge!("db_client_overloaded", "pool_name" => pool_name).set(0.0);
-            metrics::counter!("db_client_refused_total", "pool_name" => pool_name).increment(0);
-        }
+        metrics::gauge!("db_client_overloaded", "pool_name" => pool_name).set(0.0);
+        metrics::counter!("db_client_refused_total", "pool_name" => pool_name).increment(0);
         self
     }
 
@@ -395,7 +391,7 @@ impl Database {
         let result = if !gated || held.as_ref().is_some_and(|held| held.contains(&id)) {
             query.instrument(span.clone()).await
         } else {
-            match self.gate.enter().await {
+            match self.gate.enter(self.pool_name).await {
                 Ok(_permit) => {
                     let mut held = held.unwrap_or_default();
                     held.push(id);
