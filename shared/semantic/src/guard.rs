@@ -420,7 +420,11 @@ fn classes(a: &[Word], b: &[Word]) -> Option<Difference> {
                 no.iter().any(|p| has_phrase(w, p)),
             )
         };
-        if side(a) != side(b) {
+        // Opposite sides taken ("enable" / "disable", "pros" / "pros and cons"). A side named
+        // in one prompt only ("learn it quickly" / "learn it fast") is a content word like any
+        // other: the content test matches it to a synonym or finds it added or replaced.
+        let (sa, sb) = (side(a), side(b));
+        if sa != sb && sa != (false, false) && sb != (false, false) {
             return differ("polarity", format!("{} against {}", yes[0], no[0]));
         }
     }
@@ -435,9 +439,27 @@ fn classes(a: &[Word], b: &[Word]) -> Option<Difference> {
     // Advice against plain present is one question ("How do we price it?" / "How should we
     // price it?"); advice against ability or permission is not ("Can I" / "Should I").
     let ability = |w: &[Word]| {
-        w.iter()
-            .any(|x| matches!(x.text.as_str(), "can" | "could" | "able"))
+        w.iter().any(|x| {
+            matches!(
+                x.text.as_str(),
+                "can" | "could" | "able" | "possible" | "feasible"
+            )
+        })
     };
+    // "Can an employer require it" / "Must an employer require it": ability against
+    // obligation, whatever else the sentence requires.
+    let must = |w: &[Word]| {
+        w.iter().any(|x| x.text == "must")
+            || w.windows(2).any(|p| {
+                matches!(p[0].text.as_str(), "have" | "has" | "need" | "needs") && p[1].text == "to"
+            })
+    };
+    if ability(a) != ability(b) && must(a) != must(b) {
+        return differ(
+            "modality",
+            "ability against obligation (\"can\" / \"must\")".to_owned(),
+        );
+    }
     let (advice_a, advice_b) = (modal_a.contains("advice"), modal_b.contains("advice"));
     let against_ability = (advice_a && ability(b)) || (advice_b && ability(a));
     if advice_a != advice_b && !against_ability {
@@ -452,6 +474,18 @@ fn classes(a: &[Word], b: &[Word]) -> Option<Difference> {
     }
     if let Some(flip) = asker_flips(a, b) {
         return Some(flip);
+    }
+    // Who the question is about: "Can they end it?" / "Can we end it?".
+    let (asked_a, asked_b) = (question_subjects(a), question_subjects(b));
+    if !asked_a.is_empty() && !asked_b.is_empty() && asked_a != asked_b {
+        return differ(
+            "perspective",
+            format!(
+                "asked of {} against {}",
+                shown(&asked_a),
+                shown(&asked_b)
+            ),
+        );
     }
     let (persons_a, persons_b) = (
         word_classes(a, lexicon::PERSONS),
@@ -502,6 +536,21 @@ fn asker_flips(a: &[Word], b: &[Word]) -> Option<Difference> {
         }
     }
     None
+}
+
+/// The persons a question asks about: a subject pronoun right after its auxiliary ("can
+/// they", "should we", "do I"). "You" is left out (generic: "how do you make bread"), and so
+/// is "it" ("is it legal").
+fn question_subjects(w: &[Word]) -> BTreeSet<&'static str> {
+    const AUXILIARIES: &[&str] = &[
+        "can", "could", "should", "shall", "will", "would", "may", "might", "must", "do", "does",
+        "did", "is", "are", "am", "was", "were", "have", "has",
+    ];
+    w.windows(2)
+        .filter(|p| AUXILIARIES.contains(&p[0].text.as_str()))
+        .filter(|p| matches!(p[1].text.as_str(), "i" | "we" | "they" | "he" | "she"))
+        .filter_map(|p| person(&p[1].text))
+        .collect()
 }
 
 /// The quantifiers' scopes; "much" and "many" after "how", "too", "so" or "as" ask or
@@ -714,10 +763,29 @@ fn typo(a: &str, b: &str) -> bool {
     if lexicon::is_function_word(a) && lexicon::is_function_word(b) {
         return false; // "form" / "from" are both words
     }
+    // The two parties of one act: "employer" / "employee", "lessor" / "lessee".
+    let party = |w: &str| {
+        ["ee", "ees"]
+            .iter()
+            .any(|e| w.ends_with(e))
+    };
+    let agent = |w: &str| ["er", "ers", "or", "ors"].iter().any(|e| w.ends_with(e));
+    if (party(a) && agent(b)) || (party(b) && agent(a)) {
+        return false;
+    }
     if la == lb && la >= 3 && transposed(a, b) {
         return true; // "teh", "tkae", "scroe", "cheif"
     }
-    if la.min(lb) < 6 || a.chars().next() != b.chars().next() {
+    if a.chars().next() != b.chars().next() {
+        return false;
+    }
+    // A letter dropped from or added to a word of five letters, one of the two no word the
+    // synonym table knows ("lanch" / "launch", "writte" / "write"; not "plant" / "planet").
+    let known = |w: &str| synonym_groups().contains_key(&stem(w));
+    if la.min(lb) == 5 && la.max(lb) == 6 && damerau(a, b) == 1 && !(known(a) && known(b)) {
+        return true;
+    }
+    if la.min(lb) < 6 {
         return false;
     }
     let limit = if la.min(lb) >= 8 { 2 } else { 1 };

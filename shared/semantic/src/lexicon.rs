@@ -179,6 +179,27 @@ const FILLER: &[&[&str]] = &[
     &["for", "me"],
     &["ok", "so"],
     &["okay", "so"],
+    &["much", "appreciated"],
+    &["greatly", "appreciated"],
+    &["good", "morning"],
+    &["good", "afternoon"],
+    &["good", "evening"],
+    &["hey", "there"],
+    &["hello", "there"],
+    &["i", "was", "hoping", "you", "could"],
+    &["i", "am", "hoping", "you", "can"],
+    &["i", "would", "be", "grateful", "if", "you", "could"],
+    &["i", "would", "be", "grateful", "if", "you", "would"],
+    &["do", "me", "a", "favor", "and"],
+    &["do", "me", "a", "favour", "and"],
+    &["any", "chance", "you", "could"],
+    &["any", "chance", "you", "can"],
+    &["if", "it", "is", "not", "too", "much", "trouble"],
+    &["if", "that", "is", "not", "too", "much", "trouble"],
+    &["when", "you", "get", "a", "chance"],
+    &["when", "you", "have", "a", "moment"],
+    &["quickly", "tell", "me"],
+    &["quickly", "explain"],
 ];
 
 /// How many words of filler start at `i`, if any (the longest phrase wins).
@@ -738,7 +759,10 @@ pub const SCOPE: &[(&str, &[&str])] = &[
 /// of questions ("How do I" = "How can I" = "How should I").
 pub const MODALITY: &[(&str, &[&str])] = &[
     ("past", &["did", "was", "were", "had", "ago"]),
-    ("advice", &["should", "ought", "shouldnt"]),
+    (
+        "advice",
+        &["should", "ought", "shouldnt", "advisable", "wise", "smart", "sensible"],
+    ),
     ("future", &["will", "going", "gonna", "shall"]),
     (
         "obligation",
@@ -1319,7 +1343,7 @@ pub const SYNONYMS: &[&[&str]] = &[
     &["plan", "strategy", "roadmap", "approach"],
     &["goal", "objective", "target", "aim"],
     &["earn", "make", "generate"],
-    &["revenue", "sales", "income", "turnover"],
+    &["revenue", "sales"],
     &["profit", "earnings", "margin"],
     &["money", "cash", "funds", "capital", "funding"],
     &["raise", "fundraise", "fundraising"],
