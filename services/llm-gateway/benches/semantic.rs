@@ -9,8 +9,9 @@
 //! MOCK cross-encoder served here on `/v1/rerank`: it scores a pair by the cosine of the
 //! mock provider's bag-of-words vectors of the normalised prompts (min_score 0.5). It is no
 //! model: the column shows the stage working and what it costs per call, not what a real
-//! cross-encoder would catch. A set whose name contains "test" (the held-out half) or "fresh"
-//! (a third set, written apart from the guard) is held out: its pairs are not listed.
+//! cross-encoder would catch. A set whose name contains "test" (the held-out half), "fresh"
+//! (a third set, written apart from the guard) or "holdout" (a fourth, 440 pairs, written
+//! blind and committed before its first measurement) is held out: its pairs are not listed.
 //!
 //! Embeddings come from any OpenAI-compatible `/v1/embeddings` (`SEMANTIC_EMBEDDINGS_URL`,
 //! e.g. `../shared/tools/embedserver.py` serving all-MiniLM-L6-v2 at
@@ -135,7 +136,7 @@ fn share(n: usize, of: usize) -> String {
 
 fn report(path: &str) {
     let pairs = pairs(path);
-    let held_out = path.contains("test") || path.contains("fresh");
+    let held_out = ["test", "fresh", "holdout"].iter().any(|n| path.contains(n));
     let raw_texts: Vec<String> = pairs
         .iter()
         .flat_map(|p| [p.a.clone(), p.b.clone()])
