@@ -2,7 +2,7 @@
 //! then every wrong decision with the guard's reason. For working on the guard against a
 //! development set; the semantic cache's own figures (cosine AND guard) come from the
 //! gateway's `semantic` bench.
-//! `cargo run -p boardroom-semantic --example pairs -- SET.tsv [...] [--quiet]`
+//! `cargo run -p boardroom-semantic --example pairs -- SET.tsv [...] [--quiet | --all]`
 
 use std::collections::BTreeMap;
 
@@ -11,12 +11,16 @@ use boardroom_semantic::guard::meaning_differs;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quiet = args.iter().any(|a| a == "--quiet");
+    let all = args.iter().any(|a| a == "--all");
     for path in args.iter().filter(|a| !a.starts_with("--")) {
         let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let mut kinds: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
         let mut wrong = Vec::new();
         let (mut hits, mut hit_pairs, mut false_hits, mut miss_pairs) = (0, 0, 0, 0);
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
             let f: Vec<&str> = line.split('\t').collect();
             assert_eq!(f.len(), 4, "{path}: {line}");
             let (kind, hit, a, b) = (f[0], f[1] == "hit", f[2], f[3]);
@@ -34,9 +38,11 @@ fn main() {
                 miss_pairs += 1;
                 false_hits += usize::from(passed);
             }
-            if passed != hit {
-                let why = refused.map_or("passed".to_owned(), |d| format!("{}: {}", d.kind, d.detail));
+            if passed != hit || all {
+                let why =
+                    refused.map_or("passed".to_owned(), |d| format!("{}: {}", d.kind, d.detail));
                 wrong.push(format!("- [{kind}] {why} — {a} | {b}"));
+                // (--all lists every pair, right or wrong.)
             }
         }
         println!(

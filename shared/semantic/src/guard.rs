@@ -296,7 +296,9 @@ fn correct_typos(within: &mut [Word], other: &[Word]) {
             continue;
         }
         if let Some(right) = other.iter().find(|o| {
-            !o.name && typo(&word.text, &o.text) && !lexicon::opposed(&word.stem, &o.stem)
+            !o.name
+                && (typo(&word.text, &o.text) || typo(&word.stem, &o.stem))
+                && !lexicon::opposed(&word.stem, &o.stem)
         }) {
             *word = right.clone();
         }
@@ -407,7 +409,13 @@ fn classes(a: &[Word], b: &[Word]) -> Option<Difference> {
         );
     }
     let (more_a, more_b) = (comparatives(a), comparatives(b));
-    if more_a != more_b {
+    // "quickest" / "fastest", "easiest" / "simplest": one degree of synonyms.
+    let synonymous = more_a.len() == more_b.len()
+        && more_a.iter().zip(&more_b).all(|(x, y)| {
+            let (gx, gy) = (degree_groups(x), degree_groups(y));
+            x == y || gx.iter().any(|g| gy.contains(g))
+        });
+    if more_a != more_b && !synonymous {
         return differ(
             "comparison",
             format!("{} against {}", more_a.join(", "), more_b.join(", ")),
@@ -480,11 +488,7 @@ fn classes(a: &[Word], b: &[Word]) -> Option<Difference> {
     if !asked_a.is_empty() && !asked_b.is_empty() && asked_a != asked_b {
         return differ(
             "perspective",
-            format!(
-                "asked of {} against {}",
-                shown(&asked_a),
-                shown(&asked_b)
-            ),
+            format!("asked of {} against {}", shown(&asked_a), shown(&asked_b)),
         );
     }
     let (persons_a, persons_b) = (
@@ -630,6 +634,32 @@ fn comparatives(w: &[Word]) -> Vec<String> {
     found.into_iter().collect()
 }
 
+/// The synonym groups of a comparative's or superlative's plain adjective ("easiest" → "easy",
+/// "biggest" → "big"); none for "more", "most" and the like.
+fn degree_groups(word: &str) -> Vec<usize> {
+    let plain = if let Some(rest) = word
+        .strip_suffix("iest")
+        .or_else(|| word.strip_suffix("ier"))
+    {
+        format!("{rest}y")
+    } else if let Some(rest) = word.strip_suffix("est").or_else(|| word.strip_suffix("er")) {
+        let b = rest.as_bytes();
+        if b.len() >= 3 && b[b.len() - 1] == b[b.len() - 2] {
+            rest[..rest.len() - 1].to_owned() // "biggest"
+        } else if synonym_groups().contains_key(&stem(rest)) {
+            rest.to_owned() // "quickest"
+        } else {
+            format!("{rest}e") // "simplest", "safest"
+        }
+    } else {
+        return Vec::new();
+    };
+    synonym_groups()
+        .get(&stem(&plain))
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// Modality and tense classes, with "have to", "has to", "need to" and "used to".
 fn modality(w: &[Word]) -> BTreeSet<&'static str> {
     let mut found = word_classes(w, lexicon::MODALITY);
@@ -729,6 +759,8 @@ fn phrase_at(w: &[Word], i: usize) -> Option<(usize, Vec<usize>)> {
 #[derive(Debug, Clone)]
 struct Unit {
     text: String,
+    /// The words as written (lowercase), for the difference's detail.
+    surface: String,
     stem: String,
     name: bool,
     groups: Vec<usize>,
@@ -742,7 +774,36 @@ impl Unit {
             || self.text == other.text
             || self.groups.iter().any(|g| other.groups.contains(g))
             || derived(&self.stem, &other.stem)
+            || abbreviates(self, other)
+            || abbreviates(other, self)
     }
+}
+
+/// A short form written in lowercase that no table knows, made of the long word's letters in
+/// order from its first ("mgmt" / "management", "avg" / "average", "intl" / "international",
+/// "temp" / "temperature"): an abbreviation. Not a known word ("pan" / "pancake") and not a capitalised acronym (those
+/// are spelled out by `contract_acronyms`).
+fn abbreviates(short: &Unit, long: &Unit) -> bool {
+    let (s, l) = (short.surface.as_str(), long.surface.as_str());
+    let (ls, ll) = (s.chars().count(), l.chars().count());
+    if short.name || !(2..=5).contains(&ls) || ll < ls + 3 || l.contains(' ') {
+        return false;
+    }
+    if !short.groups.is_empty()
+        || lexicon::is_function_word(s)
+        || s.chars().next() != l.chars().next()
+    {
+        return false;
+    }
+    // Abbreviations drop vowels: at most one after the first letter for a cut-off word
+    // ("temp", "prep"), none for a contracted one ("mgmt"); "vegan" is no "vegetarian".
+    let vowels = s.chars().skip(1).filter(|c| "aeiou".contains(*c)).count();
+    if vowels > usize::from(l.starts_with(s)) {
+        return false;
+    }
+    let mut rest = l.chars();
+    s.chars()
+        .all(|c| c.is_ascii_alphabetic() && rest.any(|x| x == c))
 }
 
 /// Two forms of one word that the light stem leaves apart ("storage" / "storing",
@@ -764,11 +825,7 @@ fn typo(a: &str, b: &str) -> bool {
         return false; // "form" / "from" are both words
     }
     // The two parties of one act: "employer" / "employee", "lessor" / "lessee".
-    let party = |w: &str| {
-        ["ee", "ees"]
-            .iter()
-            .any(|e| w.ends_with(e))
-    };
+    let party = |w: &str| ["ee", "ees"].iter().any(|e| w.ends_with(e));
     let agent = |w: &str| ["er", "ers", "or", "ors"].iter().any(|e| w.ends_with(e));
     if (party(a) && agent(b)) || (party(b) && agent(a)) {
         return false;
@@ -776,16 +833,7 @@ fn typo(a: &str, b: &str) -> bool {
     if la == lb && la >= 3 && transposed(a, b) {
         return true; // "teh", "tkae", "scroe", "cheif"
     }
-    if a.chars().next() != b.chars().next() {
-        return false;
-    }
-    // A letter dropped from or added to a word of five letters, one of the two no word the
-    // synonym table knows ("lanch" / "launch", "writte" / "write"; not "plant" / "planet").
-    let known = |w: &str| synonym_groups().contains_key(&stem(w));
-    if la.min(lb) == 5 && la.max(lb) == 6 && damerau(a, b) == 1 && !(known(a) && known(b)) {
-        return true;
-    }
-    if la.min(lb) < 6 {
+    if la.min(lb) < 6 || a.chars().next() != b.chars().next() {
         return false;
     }
     let limit = if la.min(lb) >= 8 { 2 } else { 1 };
@@ -856,6 +904,7 @@ fn units(w: &[Word], content_only: bool) -> Vec<Unit> {
             let light = window.iter().all(|x| lexicon::is_light(&x.text));
             if !(content_only && light) {
                 out.push(Unit {
+                    surface: text.clone(),
                     stem: window
                         .iter()
                         .map(|x| x.stem.as_str())
@@ -879,6 +928,7 @@ fn units(w: &[Word], content_only: bool) -> Vec<Unit> {
         if !skip {
             let key = person(&word.text).map_or_else(|| word.stem.clone(), str::to_owned);
             out.push(Unit {
+                surface: word.text.clone(),
                 groups: synonym_groups()
                     .get(&word.stem)
                     .cloned()
@@ -1081,7 +1131,7 @@ fn content(a: &[Word], b: &[Word]) -> Option<Difference> {
     let shown = |units: &[Unit], which: &[usize]| {
         which
             .iter()
-            .map(|&i| units[i].text.as_str())
+            .map(|&i| units[i].surface.as_str())
             .collect::<Vec<_>>()
             .join(" ")
     };
@@ -1487,6 +1537,146 @@ mod tests {
             meaning_differs(
                 "Give me tips so I can sleep better",
                 "How can I sleep better?"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_side_named_once_is_content_and_opposite_sides_are_not_the_same() {
+        // One prompt names a side, the other a synonym of it: the content test matches them.
+        assert_eq!(
+            kind("learn touch typing quickly", "learn touch typing fast"),
+            None
+        );
+        assert_eq!(
+            kind(
+                "How do I get rid of mold in my grout?",
+                "remove mold from grout"
+            ),
+            None
+        );
+        // Opposite sides, and a side against a word that is not its synonym.
+        assert_eq!(
+            kind("How do I increase prices?", "How do I decrease prices?"),
+            Some("polarity")
+        );
+        assert_eq!(
+            kind("How does income tax work?", "How does sales tax work?"),
+            Some("qualifier")
+        );
+    }
+
+    #[test]
+    fn the_parties_of_one_act_and_the_question_s_subject_differ() {
+        assert!(!typo("employer", "employee"));
+        assert!(!typo("lessor", "lessee"));
+        assert_eq!(
+            kind(
+                "My employer wants me to sign a non-compete",
+                "I want my employee to sign a non-compete"
+            ),
+            Some("qualifier")
+        );
+        assert_eq!(
+            kind(
+                "The supplier is late. Can they end the contract early?",
+                "The supplier is late. Can we end the contract early?"
+            ),
+            Some("perspective")
+        );
+        // The same subject under another auxiliary is one question.
+        assert_eq!(
+            kind(
+                "How do we price a new product?",
+                "How should we price a new product?"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn ability_obligation_and_advice_are_told_apart() {
+        assert_eq!(
+            kind(
+                "Can an employer require a flu shot?",
+                "Must an employer require a flu shot?"
+            ),
+            Some("modality")
+        );
+        assert_eq!(
+            kind(
+                "Would it be smart to borrow against my 401(k)?",
+                "Would it be possible to borrow against my 401(k)?"
+            ),
+            Some("modality")
+        );
+        assert_eq!(
+            kind(
+                "Would it be wise to refinance now?",
+                "Should I refinance now?"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn word_forms_abbreviations_and_politeness_meet() {
+        // Irregular verbs in a change of voice.
+        assert_eq!(
+            kind(
+                "How was the Eiffel Tower built?",
+                "How did they build the Eiffel Tower?"
+            ),
+            None
+        );
+        // Abbreviations without their vowels, British and American spelling.
+        assert_eq!(
+            kind(
+                "best project mgmt tool for a small agency",
+                "best project management tool for a small agency"
+            ),
+            None
+        );
+        assert_eq!(
+            kind(
+                "names for a bakery specialising in bread",
+                "names for a bakery that specializes in bread"
+            ),
+            None
+        );
+        // A real word is no abbreviation, and no typo of another real word.
+        assert_eq!(
+            kind(
+                "a meal plan for a vegan athlete",
+                "a meal plan for a vegetarian athlete"
+            ),
+            Some("qualifier")
+        );
+        assert_eq!(
+            kind("how to care for a plant", "how to care for a planet"),
+            Some("subject")
+        );
+        // Superlatives of synonyms are one degree; of other words they are not.
+        assert_eq!(
+            kind(
+                "What's the quickest way to learn Spanish?",
+                "What's the fastest way to learn Spanish?"
+            ),
+            None
+        );
+        assert_eq!(
+            kind(
+                "What's the cheapest way to learn Spanish?",
+                "What's the fastest way to learn Spanish?"
+            ),
+            Some("comparison")
+        );
+        // Greetings and thanks frame the request.
+        assert_eq!(
+            kind(
+                "Good morning! How should we prepare for a SOC 2 audit? Much appreciated.",
+                "How should we prepare for a SOC 2 audit?"
             ),
             None
         );

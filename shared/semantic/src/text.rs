@@ -208,6 +208,9 @@ fn number(lower: &str) -> Option<String> {
 /// A light stem: inflectional endings off ("prices", "priced", "pricing" → "pric";
 /// "companies" → "compani"), so forms of one word meet. Derivations stay apart.
 pub fn stem(word: &str) -> String {
+    if let Some(base) = lexicon::irregular(word) {
+        return stem(base);
+    }
     if word.len() <= 3 || lexicon::UNINFLECTED.contains(&word) {
         return word.to_owned();
     }
