@@ -23,7 +23,12 @@
 //!   "tips for", "what is the best way to", politeness) are not content. Synonyms are the
 //!   lexicon's and WordNet 3.0's (the sets of senses attested in its tagged corpora);
 //! - **the asker's side**: "I" acting in one prompt and "me" acted on in the other ("my
-//!   cofounder wants to buy me out" / "I want to buy out my cofounder");
+//!   cofounder wants to buy me out" / "I want to buy out my cofounder"), or another subject
+//!   of the question ("can they end it" / "can we end it");
+//! - **what the question asks for**: yes or no, a reason, a time, a place, a person, a manner
+//!   or an amount ("Should I refinance?" / "How do I refinance?"; "what" paraphrases any);
+//! - **opposites** only when the prompts take opposite sides: a side named in one prompt only
+//!   is a content word, matched to its synonym or found added;
 //! - **a preamble about the asking** ("I keep hearing this term. What is a cap table?") is
 //!   framing: the question after it is judged. One that states a condition (a number, a
 //!   name, "we", or no word of asking: "I'm self-employed.") is content.
@@ -56,8 +61,8 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 /// what differs, for the debug log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Difference {
-    /// negation, polarity, numbers, units, time, comparison, scope, modality, perspective,
-    /// roles, entities, subject, qualifier, addition, length.
+    /// question, negation, polarity, numbers, units, time, comparison, scope, modality,
+    /// perspective, roles, entities, subject, qualifier, addition, length.
     pub kind: &'static str,
     /// What differs, e.g. `"supplier" and "company" exchange roles`.
     pub detail: String,
@@ -92,9 +97,82 @@ fn judged(asked: &str, cached: &str) -> Option<Difference> {
         Ok(words) => words,
         Err(too_long) => return Some(too_long),
     };
+    if let (Some(x), Some(y)) = (question(asked), question(cached))
+        && x != y
+        && x != "what"
+        && y != "what"
+    {
+        return differ("question", format!("{x} against {y}"));
+    }
     classes(&a, &b)
         .or_else(|| roles(&a, &b))
         .or_else(|| content(&a, &b))
+}
+
+/// What the prompt's question asks for: "yes/no" ("Should I refinance?", "whether"), a reason
+/// ("why"), a time, a place, a person, a manner ("how") or an amount ("how much", "how long",
+/// "how often"); "what" for "what" and "which", which paraphrase any of them ("What is the
+/// process for …" / "How do I …"). Judged on the last sentence that asks (the one ending in a
+/// question mark, else the whole prompt), after politeness ("can you tell me whether"); `None`
+/// for a prompt with no question word ("cast iron skillet cleaning tips").
+fn question(text: &str) -> Option<&'static str> {
+    const AUXILIARIES: &[&str] = &[
+        "is", "are", "am", "was", "were", "do", "does", "did", "can", "could", "should", "shall",
+        "will", "would", "may", "might", "must", "has", "have",
+    ];
+    let sentence = text
+        .split_inclusive(['?', '!', '.'])
+        .filter(|s| s.trim_end().ends_with('?'))
+        .last()
+        .unwrap_or(text);
+    // A fronted clause of time, place or condition is no question: "When guests arrive, how
+    // can I stop my dog barking?".
+    let main = match sentence.split_once(',') {
+        Some((front, rest))
+            if prepare(front).first().is_some_and(|x| {
+                matches!(
+                    x.text.as_str(),
+                    "when" | "where" | "if" | "before" | "after" | "while" | "once"
+                )
+            }) =>
+        {
+            rest
+        }
+        _ => sentence,
+    };
+    let w = prepare(main);
+    let starts = |phrase: &str| {
+        let p: Vec<&str> = phrase.split(' ').collect();
+        w.len() >= p.len() && w.iter().zip(&p).all(|(x, y)| x.text == *y)
+    };
+    // "Is there a way to …" asks how.
+    if starts("is there a way") || starts("is there any way") {
+        return Some("how");
+    }
+    if w.first()
+        .is_some_and(|x| AUXILIARIES.contains(&x.text.as_str()))
+    {
+        return Some("yes/no");
+    }
+    for (i, x) in w.iter().enumerate() {
+        let next = w.get(i + 1).map(|n| n.text.as_str());
+        return Some(match x.text.as_str() {
+            "whether" => "yes/no",
+            "why" => "why",
+            "when" => "when",
+            "where" => "where",
+            "who" | "whom" | "whose" => "who",
+            "what" | "which" => "what",
+            "how" => match next {
+                Some("much" | "many") => "how much",
+                Some("long") => "how long",
+                Some("often") => "how often",
+                _ => "how",
+            },
+            _ => continue,
+        });
+    }
+    None
 }
 
 /// Most words a preamble about the asking may have.
@@ -669,9 +747,12 @@ fn modality(w: &[Word]) -> BTreeSet<&'static str> {
             .iter()
             .find(|(n, _)| *n == "obligation")
             .is_some_and(|(_, m)| m.contains(&x.text.as_str()) && x.text != "have")
-    }) || w
-        .windows(2)
-        .any(|p| matches!(p[0].text.as_str(), "have" | "has" | "had") && p[1].text == "to");
+    }) || w.windows(2).any(|p| {
+        matches!(
+            p[0].text.as_str(),
+            "have" | "has" | "had" | "need" | "needs" | "needed"
+        ) && p[1].text == "to"
+    });
     if obliged {
         found.insert("obligation");
     }
@@ -1677,6 +1758,53 @@ mod tests {
             kind(
                 "Good morning! How should we prepare for a SOC 2 audit? Much appreciated.",
                 "How should we prepare for a SOC 2 audit?"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn what_the_question_asks_for_is_judged() {
+        assert_eq!(
+            kind(
+                "Should I refinance my mortgage?",
+                "How do I refinance my mortgage?"
+            ),
+            Some("question")
+        );
+        assert_eq!(
+            kind(
+                "Why did sales drop last quarter?",
+                "When did sales drop last quarter?"
+            ),
+            Some("question")
+        );
+        assert_eq!(
+            kind(
+                "Do I need to register my business?",
+                "Should I register my business?"
+            ),
+            Some("modality")
+        );
+        // A fronted clause, a way of asking how, and politeness are no other question.
+        assert_eq!(
+            kind(
+                "When guests arrive, how can I stop my dog barking at the door?",
+                "How can I stop my dog barking at the door when guests arrive?"
+            ),
+            None
+        );
+        assert_eq!(
+            kind(
+                "Is there a way to lower my electricity bill?",
+                "How can I lower my electricity bill?"
+            ),
+            None
+        );
+        assert_eq!(
+            kind(
+                "Could you tell me whether I should refinance my mortgage?",
+                "Should I refinance my mortgage?"
             ),
             None
         );
