@@ -36,7 +36,7 @@
 //! It errs on the side of a miss: a miss costs one upstream call; a false hit serves a wrong
 //! answer. Measured on held-out pairs in `benches/semantic.rs`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::OnceLock;
 
 use crate::lexicon::{self, COORDINATORS};
@@ -655,19 +655,14 @@ fn scope(w: &[Word]) -> BTreeSet<&'static str> {
 /// Time references: unambiguous time words, and the ambiguous ones ("this", "may", "by",
 /// "first") next to a time word or a number.
 fn times(w: &[Word]) -> BTreeSet<&'static str> {
-    let is_time = |i: usize| {
-        w.get(i).and_then(|word| {
-            lexicon::TIME
-                .iter()
-                .find(|t| **t == word.text || stem(t) == word.stem)
-        })
-    };
+    let is_time = |i: usize| w.get(i).and_then(time_word);
     let anchored = |i: usize| {
         let near = |j: Option<usize>| {
             j.and_then(|j| w.get(j)).is_some_and(|n| {
                 n.number
-                    || lexicon::TIME.iter().any(|t| {
-                        !lexicon::TIME_AMBIGUOUS.contains(t) && (*t == n.text || stem(t) == n.stem)
+                    || time_word(n).is_some_and(|_| {
+                        let table = time_table();
+                        table.2.contains(&n.text) || table.3.contains(&n.stem)
                     })
             })
         };
@@ -676,9 +671,46 @@ fn times(w: &[Word]) -> BTreeSet<&'static str> {
     (0..w.len())
         .filter_map(|i| {
             let time = is_time(i)?;
-            (!lexicon::TIME_AMBIGUOUS.contains(time) || anchored(i)).then_some(*time)
+            (!lexicon::TIME_AMBIGUOUS.contains(&time) || anchored(i)).then_some(time)
         })
         .collect()
+}
+
+/// The time words by text and by stem (the first of the lexicon's order wins), and the texts
+/// and stems of those that are not ambiguous; built once.
+type TimeTable = (
+    HashMap<&'static str, usize>,
+    HashMap<String, usize>,
+    HashSet<String>,
+    HashSet<String>,
+);
+
+fn time_table() -> &'static TimeTable {
+    static TABLE: OnceLock<TimeTable> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut table = TimeTable::default();
+        for (i, t) in lexicon::TIME.iter().enumerate() {
+            table.0.entry(t).or_insert(i);
+            table.1.entry(stem(t)).or_insert(i);
+            if !lexicon::TIME_AMBIGUOUS.contains(t) {
+                table.2.insert((*t).to_owned());
+                table.3.insert(stem(t));
+            }
+        }
+        table
+    })
+}
+
+/// The lexicon's time word a word is, by its text or its stem.
+fn time_word(word: &Word) -> Option<&'static str> {
+    let table = time_table();
+    let by_text = table.0.get(word.text.as_str()).copied();
+    let by_stem = table.1.get(&word.stem).copied();
+    let first = match (by_text, by_stem) {
+        (Some(x), Some(y)) => x.min(y),
+        (x, y) => x.or(y)?,
+    };
+    Some(lexicon::TIME[first])
 }
 
 /// Comparatives and superlatives: the listed words and `-er than`.
@@ -866,8 +898,11 @@ impl Unit {
 /// are spelled out by `contract_acronyms`).
 fn abbreviates(short: &Unit, long: &Unit) -> bool {
     let (s, l) = (short.surface.as_str(), long.surface.as_str());
+    if short.name || !short.groups.is_empty() || !(2..=5).contains(&s.len()) {
+        return false;
+    }
     let (ls, ll) = (s.chars().count(), l.chars().count());
-    if short.name || !(2..=5).contains(&ls) || ll < ls + 3 || l.contains(' ') {
+    if ll < ls + 3 || l.contains(' ') {
         return false;
     }
     if !short.groups.is_empty()
