@@ -63,7 +63,8 @@ def main():
               f"({pct(*served[False]):.1f} %)", file=sys.stderr)
         for kind, (n, d) in sorted(by_kind.items()):
             print(f"  {kind}: {n}/{d} served", file=sys.stderr)
-        if "test" not in name and "fresh" not in name:  # held-out sets: mistakes not read while tuning
+        # Held-out sets: their mistakes are not listed (they must not be read while tuning).
+        if not any(held in name for held in ("test", "fresh", "holdout")):
             for kind, a, b in wrong:
                 print(f"  wrong [{kind}]: {a} | {b}", file=sys.stderr)
     print(json.dumps(report, indent=1))
