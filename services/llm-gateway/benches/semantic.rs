@@ -136,7 +136,9 @@ fn share(n: usize, of: usize) -> String {
 
 fn report(path: &str) {
     let pairs = pairs(path);
-    let held_out = ["test", "fresh", "holdout"].iter().any(|n| path.contains(n));
+    let held_out = ["test", "fresh", "holdout"]
+        .iter()
+        .any(|n| path.contains(n));
     let raw_texts: Vec<String> = pairs
         .iter()
         .flat_map(|p| [p.a.clone(), p.b.clone()])
