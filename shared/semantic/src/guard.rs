@@ -122,8 +122,7 @@ fn question(text: &str) -> Option<&'static str> {
     ];
     let sentence = text
         .split_inclusive(['?', '!', '.'])
-        .filter(|s| s.trim_end().ends_with('?'))
-        .last()
+        .rfind(|s| s.trim_end().ends_with('?'))
         .unwrap_or(text);
     // A fronted clause of time, place or condition is no question: "When guests arrive, how
     // can I stop my dog barking?".
