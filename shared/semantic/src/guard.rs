@@ -109,6 +109,12 @@ fn judged(asked: &str, cached: &str) -> Option<Difference> {
         .or_else(|| content(&a, &b))
 }
 
+/// The auxiliaries and modals that open a yes/no question or stand before its subject.
+const AUXILIARIES: &[&str] = &[
+    "is", "are", "am", "was", "were", "do", "does", "did", "can", "could", "should", "shall",
+    "will", "would", "may", "might", "must", "has", "have",
+];
+
 /// What the prompt's question asks for: "yes/no" ("Should I refinance?", "whether"), a reason
 /// ("why"), a time, a place, a person, a manner ("how") or an amount ("how much", "how long",
 /// "how often"); "what" for "what" and "which", which paraphrase any of them ("What is the
@@ -116,10 +122,6 @@ fn judged(asked: &str, cached: &str) -> Option<Difference> {
 /// question mark, else the whole prompt), after politeness ("can you tell me whether"); `None`
 /// for a prompt with no question word ("cast iron skillet cleaning tips").
 fn question(text: &str) -> Option<&'static str> {
-    const AUXILIARIES: &[&str] = &[
-        "is", "are", "am", "was", "were", "do", "does", "did", "can", "could", "should", "shall",
-        "will", "would", "may", "might", "must", "has", "have",
-    ];
     let sentence = text
         .split_inclusive(['?', '!', '.'])
         .rfind(|s| s.trim_end().ends_with('?'))
@@ -623,10 +625,6 @@ fn asker_flips(a: &[Word], b: &[Word]) -> Option<Difference> {
 /// they", "should we", "do I"). "You" is left out (generic: "how do you make bread"), and so
 /// is "it" ("is it legal").
 fn question_subjects(w: &[Word]) -> BTreeSet<&'static str> {
-    const AUXILIARIES: &[&str] = &[
-        "can", "could", "should", "shall", "will", "would", "may", "might", "must", "do", "does",
-        "did", "is", "are", "am", "was", "were", "have", "has",
-    ];
     w.windows(2)
         .filter(|p| AUXILIARIES.contains(&p[0].text.as_str()))
         .filter(|p| matches!(p[1].text.as_str(), "i" | "we" | "they" | "he" | "she"))
