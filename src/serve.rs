@@ -111,10 +111,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     let session = Built::session(&config, &live_rx).await?;
                     let cache = Built::cache(&config).await?;
                     let llm = Built::llm(&config).await?;
-                    // In one process the conversation service calls its neighbours.
+                    // In one process the conversation service calls its neighbours: without a
+                    // socket while `client.in_process` is on, else over loopback.
                     let mut peers = config.clone();
-                    peers.conversation.session_addresses = vec![loopback_url(session.addr)];
-                    peers.conversation.llm_addresses = vec![loopback_url(llm.addr)];
+                    for (neighbour, addresses) in [
+                        (&session, &mut peers.conversation.session_addresses),
+                        (&llm, &mut peers.conversation.llm_addresses),
+                    ] {
+                        let url = loopback_url(neighbour.addr);
+                        if let Some(local) = &neighbour.in_process {
+                            boardroom_runtime::client::serve_in_process(&url, local.clone());
+                        }
+                        *addresses = vec![url];
+                    }
                     let conversation = Built::conversation(&peers).await?;
                     anyhow::Ok((session, cache, llm, conversation))
                 }
@@ -193,6 +202,8 @@ fn loopback_url(addr: std::net::SocketAddr) -> String {
 /// A service built (listeners bound, dependencies connected), ready to run.
 struct Built {
     addr: std::net::SocketAddr,
+    /// The service as its neighbours in this process call it (the services they call).
+    in_process: Option<boardroom_runtime::client::LocalService>,
     run: Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, anyhow::Result<()>> + Send>,
 }
 
@@ -204,13 +215,15 @@ impl Built {
     }
 
     async fn session(config: &Config, live: &watch::Receiver<Arc<Config>>) -> anyhow::Result<Self> {
-        let app = boardroom_session::Application::build(config)
+        let mut app = boardroom_session::Application::build(config)
             .await?
             .with_live_config(live.clone());
         let addr = app.local_addr()?;
+        let in_process = Some(app.in_process());
         tracing::info!(grpc = %addr, admin = %app.admin_addr()?, "session service listening");
         Ok(Self {
             addr,
+            in_process,
             run: Box::new(|stop| Box::pin(app.run_until_stopped(stop))),
         })
     }
@@ -221,17 +234,20 @@ impl Built {
         tracing::info!(grpc = %addr, admin = %app.admin_addr()?, l2 = !config.redis.url.is_empty(), "cache service listening");
         Ok(Self {
             addr,
+            in_process: None,
             run: Box::new(|stop| Box::pin(app.run_until_stopped(stop))),
         })
     }
 
     async fn llm(config: &Config) -> anyhow::Result<Self> {
-        let app = boardroom_llm_gateway::Application::build(config).await?;
+        let mut app = boardroom_llm_gateway::Application::build(config).await?;
         let addr = app.local_addr()?;
+        let in_process = Some(app.in_process());
         let openai = app.openai_addr().map(|a| format!("http://{a}/v1"));
         tracing::info!(grpc = %addr, admin = %app.admin_addr()?, openai_api = openai.as_deref().unwrap_or("off"), models = config.llm.models.len(), "llm-gateway service listening");
         Ok(Self {
             addr,
+            in_process,
             run: Box::new(|stop| Box::pin(app.run_until_stopped(stop))),
         })
     }
@@ -242,6 +258,7 @@ impl Built {
         tracing::info!(grpc = %addr, admin = %app.admin_addr()?, "conversation service listening");
         Ok(Self {
             addr,
+            in_process: None,
             run: Box::new(|stop| Box::pin(app.run_until_stopped(stop))),
         })
     }

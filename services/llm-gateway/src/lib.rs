@@ -299,6 +299,12 @@ impl Application {
         self.server.local_addr()
     }
 
+    /// The service as callers in this process reach it without a socket (behind the same
+    /// inbound layer as its port; see `boardroom_runtime::client::serve_in_process`).
+    pub fn in_process(&mut self) -> boardroom_runtime::client::LocalService {
+        self.server.in_process()
+    }
+
     /// The bound admin HTTP address.
     pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
         self.server.admin_addr()

@@ -2,6 +2,7 @@
 //! client-side balancing over every address of a name (re-resolved), and an interceptor that adds the caller's bearer token
 //! and the W3C trace context of each call's client span.
 
+mod in_process;
 mod resolve;
 
 use std::net::{IpAddr, SocketAddr};
@@ -13,6 +14,7 @@ use tonic::service::Interceptor;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Uri};
 use tonic::{Request, Status};
 
+pub use in_process::{LocalService, serve_in_process};
 pub use resolve::{BalancedChannel, Resolution, Resolve, SystemDns};
 
 use crate::config::{ClientConfig, Secret};
@@ -43,10 +45,21 @@ impl ChannelFactory {
     /// used as given; a name (a headless Service) is resolved to all its addresses and
     /// re-resolved every `client.resolve_interval_ms` and after a failed call. With more than
     /// one address, each one's health is watched: one that reports NOT_SERVING (draining for
-    /// shutdown) or cannot be reached gets no new calls until it serves again.
+    /// shutdown) or cannot be reached gets no new calls until it serves again. One address
+    /// served by this process ([`serve_in_process`]) is called without a socket while
+    /// `client.in_process` is on.
     pub fn channel(&self, addresses: &[String]) -> anyhow::Result<BalancedChannel> {
         if addresses.is_empty() {
             anyhow::bail!("no address to connect to");
+        }
+        if let [address] = addresses
+            && self.config.in_process
+            && let Some(service) = in_process::in_process(address)
+        {
+            return Ok(BalancedChannel::in_process(
+                service,
+                Duration::from_millis(self.config.request_timeout_ms),
+            ));
         }
         let mut targets = Vec::new();
         for address in addresses {

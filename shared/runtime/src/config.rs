@@ -375,6 +375,11 @@ pub struct ClientConfig {
     pub cert_path: Option<PathBuf>,
     /// PEM private key of `cert_path`.
     pub key_path: Option<PathBuf>,
+    /// Call a service that runs in the same process (`boardroom serve` with every service)
+    /// without a socket: through its own inbound layer (authentication, admission, deadline,
+    /// metrics, trace context), with no TCP, HTTP/2 framing or connection tasks. Off: over
+    /// loopback like any other address.
+    pub in_process: bool,
 }
 
 impl Default for ClientConfig {
@@ -387,6 +392,7 @@ impl Default for ClientConfig {
             ca_path: None,
             cert_path: None,
             key_path: None,
+            in_process: true,
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct GrpcServer {
     config: ServerConfig,
     authenticator: Option<Authenticator>,
     tls: Option<ServerTlsConfig>,
+    /// The inbound layer, once built: calls in process and over the network share it.
+    inbound: Option<InboundLayer>,
 }
 
 impl std::fmt::Debug for GrpcServer {
@@ -82,6 +84,7 @@ impl GrpcServer {
             config: config.clone(),
             authenticator: Authenticator::from_config(auth)?,
             tls: config.tls.as_ref().map(server_tls).transpose()?,
+            inbound: None,
         })
     }
 
@@ -121,6 +124,43 @@ impl GrpcServer {
         self.admin.local_addr()
     }
 
+    /// The server's services as callers in this process reach them (see
+    /// `client::serve_in_process`): behind the same inbound layer as its network port, so its
+    /// limits, admission and metrics count both. Call it after every `add_service`.
+    pub fn in_process(&mut self) -> crate::client::LocalService {
+        let layer = self.inbound_layer();
+        tower::util::BoxCloneSyncService::new(tower::Layer::layer(
+            &layer,
+            self.routes.clone().routes().prepare(),
+        ))
+    }
+
+    fn inbound_layer(&mut self) -> InboundLayer {
+        if let Some(layer) = &self.inbound {
+            return layer.clone();
+        }
+        let config = &self.config;
+        let layer = InboundLayer::new(InboundPolicy {
+            server: self.name,
+            concurrency_limit: config.concurrency_limit,
+            max_pending: config.max_pending,
+            admission: (
+                Duration::from_millis(config.admission_target_ms),
+                Duration::from_millis(config.admission_interval_ms),
+            ),
+            request_timeout: config.request_timeout(),
+            authenticator: self.authenticator.clone(),
+            services: self
+                .service_names
+                .iter()
+                .map(|s| (*s).to_owned())
+                .chain(INFRASTRUCTURE.map(str::to_owned))
+                .collect(),
+        });
+        self.inbound = Some(layer.clone());
+        layer
+    }
+
     /// The health reporter, for services that change their status while running.
     pub fn health(&self) -> HealthReporter {
         self.health.clone()
@@ -134,7 +174,8 @@ impl GrpcServer {
         Box::pin(self.run_inner(shutdown))
     }
 
-    async fn run_inner(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run_inner(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let layer = self.inbound_layer();
         let GrpcServer {
             name,
             listener,
@@ -144,8 +185,8 @@ impl GrpcServer {
             routes,
             service_names,
             config,
-            authenticator,
             tls,
+            ..
         } = self;
         // Reflection lists what this port serves (in `serve` all mode each service has its own
         // port): its services, health and reflection. grpcurl 1.8 and ghz still ask for
@@ -160,22 +201,6 @@ impl GrpcServer {
         let admin_stop = CancellationToken::new();
         let admin_task = admin.run(admin_stop.clone());
 
-        let layer = InboundLayer::new(InboundPolicy {
-            server: name,
-            concurrency_limit: config.concurrency_limit,
-            max_pending: config.max_pending,
-            admission: (
-                Duration::from_millis(config.admission_target_ms),
-                Duration::from_millis(config.admission_interval_ms),
-            ),
-            request_timeout: config.request_timeout(),
-            authenticator,
-            services: service_names
-                .iter()
-                .map(|s| (*s).to_owned())
-                .chain(INFRASTRUCTURE.map(str::to_owned))
-                .collect(),
-        });
         let mut builder = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .max_concurrent_streams(config.max_concurrent_streams)

@@ -21,6 +21,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::future::Either;
 use tokio::sync::Notify;
 use tokio::sync::mpsc::{self, Sender};
 use tonic::transport::channel::Change;
@@ -29,6 +31,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tracing::Instrument;
+
+use super::in_process::LocalService;
 
 /// A future of addresses.
 pub type Resolution<'a> =
@@ -54,8 +58,17 @@ impl Resolve for SystemDns {
 /// transport level make the resolver look again at once.
 #[derive(Clone)]
 pub struct BalancedChannel {
-    channel: Channel,
+    channel: Route,
     refresh: Arc<Notify>,
+}
+
+/// Where a channel's calls go.
+#[derive(Clone)]
+enum Route {
+    /// Over the network (HTTP/2 connections, balanced).
+    Network(Channel),
+    /// To a server of this process, within the client's deadline (see `in_process`).
+    InProcess(LocalService, Duration),
 }
 
 impl fmt::Debug for BalancedChannel {
@@ -68,7 +81,16 @@ impl BalancedChannel {
     /// A channel that never re-resolves (IP addresses given literally).
     pub(crate) fn fixed(channel: Channel) -> Self {
         Self {
-            channel,
+            channel: Route::Network(channel),
+            refresh: Arc::new(Notify::new()),
+        }
+    }
+
+    /// A channel to a server of this process; a call that has no response within `timeout`
+    /// fails as one over the network would.
+    pub(crate) fn in_process(service: LocalService, timeout: Duration) -> Self {
+        Self {
+            channel: Route::InProcess(service, timeout),
             refresh: Arc::new(Notify::new()),
         }
     }
@@ -83,34 +105,69 @@ impl tower::Service<Request> for BalancedChannel {
     type Future = Pin<Box<dyn Future<Output = Result<Response, Self::Error>> + Send + 'static>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        tower::Service::poll_ready(&mut self.channel, cx).map_err(Into::into)
+        match &mut self.channel {
+            Route::Network(channel) => tower::Service::poll_ready(channel, cx).map_err(Into::into),
+            Route::InProcess(service, _) => {
+                tower::Service::poll_ready(service, cx).map_err(|never| match never {})
+            }
+        }
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
         let span = client_span(&mut request);
-        let call = tower::Service::call(&mut self.channel, request);
-        let refresh = self.refresh.clone();
-        Box::pin(
-            async move {
-                let result = call.await;
-                match result {
-                    Ok(response) => Ok(traced_response(response)),
-                    Err(err) => {
-                        refresh.notify_one();
-                        tracing::Span::current()
-                            .record("rpc.grpc.status_code", tonic::Code::Unavailable as i32);
+        let call = match &mut self.channel {
+            Route::Network(channel) => {
+                Either::Left(tower::Service::call(channel, request).map(|result| {
+                    result.map_err(|err| {
                         // No response: the connection failed or was lost. UNAVAILABLE, as gRPC
                         // defines it (tonic would report UNKNOWN): the caller may retry.
                         let mut status = tonic::Status::unavailable(format!(
                             "the connection failed or was lost: {err}"
                         ));
                         status.set_source(Arc::new(err));
+                        status
+                    })
+                }))
+            }
+            Route::InProcess(service, timeout) => {
+                Either::Right(call_in_process(service.call(request), *timeout))
+            }
+        };
+        let refresh = self.refresh.clone();
+        Box::pin(
+            async move {
+                match call.await {
+                    Ok(response) => Ok(traced_response(response)),
+                    Err(status) => {
+                        refresh.notify_one();
+                        tracing::Span::current()
+                            .record("rpc.grpc.status_code", status.code() as i32);
                         Err(Box::new(status) as tonic::codegen::StdError)
                     }
                 }
             }
             .instrument(span),
         )
+    }
+}
+
+/// Awaits a call to a server of this process as the network path would: within the client's
+/// timeout (UNAVAILABLE past it, as tonic's channel timeout is seen through this channel), and a
+/// handler that panics fails the call, not the caller (over HTTP/2 the handler runs in a task
+/// of its own, and its panic resets the stream).
+async fn call_in_process(
+    call: <LocalService as tower::Service<Request>>::Future,
+    timeout: Duration,
+) -> Result<Response, tonic::Status> {
+    match tokio::time::timeout(timeout, std::panic::AssertUnwindSafe(call).catch_unwind()).await {
+        Ok(Ok(Ok(response))) => Ok(response),
+        Ok(Ok(Err(never))) => match never {},
+        Ok(Err(_panic)) => Err(tonic::Status::internal(
+            "the in-process server's handler panicked",
+        )),
+        Err(_elapsed) => Err(tonic::Status::unavailable(
+            "the connection failed or was lost: request timed out",
+        )),
     }
 }
 
@@ -246,7 +303,10 @@ pub(crate) fn resolving_channel(
         }
         .run(refresh.clone()),
     );
-    BalancedChannel { channel, refresh }
+    BalancedChannel {
+        channel: Route::Network(channel),
+        refresh,
+    }
 }
 
 /// What an address's health watch last said, worst first.
