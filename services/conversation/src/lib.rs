@@ -156,7 +156,10 @@ impl Application {
             (config.redis.url.expose(), redis_timeout),
             c.turn_log_memory_bytes,
             Duration::from_millis(c.turn_log_ttl_ms.min(60_000)),
-            Duration::from_millis(c.turn_log_ttl_ms),
+            (
+                Duration::from_millis(c.turn_log_ttl_ms),
+                Duration::from_millis(c.turn_log_write_ms),
+            ),
             tasks.clone(),
             stop.clone(),
         )?;

@@ -31,9 +31,6 @@ const JOIN_BUFFER: usize = 256;
 const READ_BATCH: u64 = 512;
 /// How long one blocking read waits before it looks at the service's shutdown again.
 const BLOCK_MS: u64 = 1_000;
-/// How long the writer gathers events before a round trip to Redis (the lag it adds for a
-/// joiner on another instance, at most).
-const WRITE_WINDOW: Duration = Duration::from_millis(5);
 /// Joins following turns through Redis at once (each holds a connection while it blocks).
 const MAX_REDIS_JOINS: usize = 1_024;
 
@@ -90,6 +87,8 @@ struct RedisLog {
     /// Builds the connection a follower blocks on (its commands may take a whole block).
     readers: fred::types::Builder,
     ttl: Duration,
+    /// How long the writer gathers events before a round trip to Redis.
+    write_window: Duration,
     joins: Arc<tokio::sync::Semaphore>,
 }
 
@@ -191,13 +190,14 @@ impl TurnLogs {
     }
 
     /// Logs kept in memory up to `max_bytes` (finished turns for `linger`), and mirrored to
-    /// Redis at `redis_url` when it is set, for `ttl` after their last event.
+    /// Redis at `redis_url` when it is set, for `ttl` after their last event, a write at most
+    /// every `write_window` (the lag it adds for a joiner on another instance, at most).
     /// Redis commands are bounded by `timeout`.
     pub fn new(
         (redis_url, timeout): (&str, Duration),
         max_bytes: u64,
         linger: Duration,
-        ttl: Duration,
+        (ttl, write_window): (Duration, Duration),
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
@@ -218,6 +218,7 @@ impl TurnLogs {
                 client,
                 readers,
                 ttl,
+                write_window,
                 joins: Arc::new(tokio::sync::Semaphore::new(MAX_REDIS_JOINS)),
             }))
         };
@@ -376,7 +377,7 @@ async fn follow_local(
 
 impl RedisLog {
     /// Appends the turn's events to its stream as they come: woken by the first event after a
-    /// quiet spell, it waits [`WRITE_WINDOW`] (no wait once the last event is in) and writes
+    /// quiet spell, it waits its write window (no wait once the last event is in) and writes
     /// everything new in one pipeline with the expiry. Serialising and writing happen here,
     /// never on the turn's own path, and a burst of events costs one round trip.
     async fn write(&self, key: String, log: Arc<LocalLog>, shutdown: CancellationToken) {
@@ -393,7 +394,7 @@ impl RedisLog {
             if total > written {
                 let wait = match failing {
                     Some((backoff, _)) => Some(backoff),
-                    None if !done => Some(WRITE_WINDOW),
+                    None if !done => Some(self.write_window),
                     None => None,
                 };
                 if let Some(wait) = wait {
@@ -585,7 +586,7 @@ mod tests {
             ("", Duration::from_secs(1)),
             max_bytes,
             Duration::from_secs(60),
-            Duration::from_secs(60),
+            (Duration::from_secs(60), Duration::from_millis(5)),
             tasks,
             stop.clone(),
         )
@@ -635,7 +636,7 @@ mod tests {
             (&redis.url(), Duration::from_secs(5)),
             1 << 20,
             Duration::from_secs(60),
-            ttl,
+            (ttl, Duration::from_millis(5)),
             tasks,
             stop.clone(),
         )

@@ -16,18 +16,23 @@ use boardroom_proto::llm::v1::llm_gateway_service_server::{
 use boardroom_runtime::client::{ChannelFactory, OutboundInterceptor, serve_in_process};
 use boardroom_runtime::config::{AuthConfig, ClientConfig, Listen, Secret, ServerConfig};
 use boardroom_runtime::server::GrpcServer;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status};
 
 const TOKEN: &str = "in-process-token";
 
-/// A gateway whose Chat answers by the model asked for: "slow" never answers, "panic" panics,
+/// A gateway whose Chat answers by the model asked for: "slow" never answers (and says it
+/// waits), "panic" panics,
 /// any other echoes the model; ChatStream sends what the test sets, as deltas.
 #[derive(Debug, Clone)]
 struct Probe {
     said: Arc<watch::Sender<String>>,
+    /// Held by each "slow" call while it waits.
+    waiting: Arc<watch::Sender<()>>,
+    /// Told when a "slow" call starts waiting.
+    started: mpsc::UnboundedSender<()>,
 }
 
 #[tonic::async_trait]
@@ -37,7 +42,11 @@ impl LlmGatewayService for Probe {
         request: Request<pb::ChatRequest>,
     ) -> Result<Response<pb::ChatResponse>, Status> {
         match request.get_ref().model.as_str() {
-            "slow" => std::future::pending().await,
+            "slow" => {
+                let _held = self.waiting.subscribe();
+                let _ = self.started.send(());
+                std::future::pending().await
+            }
             "panic" => panic!("the probe was asked to panic"),
             model => Ok(Response::new(pb::ChatResponse {
                 model: model.to_owned(),
@@ -126,6 +135,8 @@ async fn a_server_of_the_process_is_called_through_its_inbound_layer_without_a_s
     boardroom_runtime::metrics::metrics_handle().expect("metrics");
     let (said, _) = watch::channel("first".to_owned());
     let said = Arc::new(said);
+    let waiting = Arc::new(watch::channel(()).0);
+    let (started, mut slow_calls) = mpsc::unbounded_channel();
     let localhost = "127.0.0.1:0".parse().expect("address");
     let auth = AuthConfig {
         enabled: true,
@@ -143,7 +154,11 @@ async fn a_server_of_the_process_is_called_through_its_inbound_layer_without_a_s
     )
     .await
     .expect("bind")
-    .add_service(LlmGatewayServiceServer::new(Probe { said: said.clone() }));
+    .add_service(LlmGatewayServiceServer::new(Probe {
+        said: said.clone(),
+        waiting: waiting.clone(),
+        started,
+    }));
     let address = unused_address();
     serve_in_process(&address, server.in_process());
 
@@ -176,6 +191,22 @@ async fn a_server_of_the_process_is_called_through_its_inbound_layer_without_a_s
     slow.set_timeout(Duration::from_millis(50));
     let late = client.chat(slow).await.expect_err("past its deadline");
     assert_eq!(late.code(), Code::DeadlineExceeded, "{late:?}");
+    // And a call that ended is not left running on the server.
+    tokio::time::timeout(Duration::from_secs(5), waiting.closed())
+        .await
+        .expect("the handler of the call past its deadline was dropped");
+    // Nor is one the caller let go of.
+    slow_calls
+        .recv()
+        .await
+        .expect("the first slow call started");
+    tokio::select! {
+        _ = client.chat(chat("slow")) => panic!("a slow call answered"),
+        started = slow_calls.recv() => started.expect("the second slow call started"),
+    }
+    tokio::time::timeout(Duration::from_secs(5), waiting.closed())
+        .await
+        .expect("the handler of the call its caller dropped was dropped");
 
     // A handler that panics fails its call, not the caller; the next call is served.
     let panicked = client.chat(chat("panic")).await.expect_err("panicked");

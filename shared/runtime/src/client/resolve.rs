@@ -25,6 +25,7 @@ use futures::FutureExt;
 use futures::future::Either;
 use tokio::sync::Notify;
 use tokio::sync::mpsc::{self, Sender};
+use tokio_util::task::AbortOnDropHandle;
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
@@ -151,19 +152,27 @@ impl tower::Service<Request> for BalancedChannel {
     }
 }
 
-/// Awaits a call to a server of this process as the network path would: within the client's
-/// timeout (UNAVAILABLE past it, as tonic's channel timeout is seen through this channel), and a
-/// handler that panics fails the call, not the caller (over HTTP/2 the handler runs in a task
-/// of its own, and its panic resets the stream).
+/// Awaits a call to a server of this process as the network path would. The handler runs in a
+/// task of its own, as hyper runs each HTTP/2 stream's: the caller's task does not run the
+/// callee's handler (a turn's advisors' calls proceed on both workers, and a long handler does
+/// not hold up the caller's other work), a handler's panic ends that task only, and a call the
+/// caller lets go of is aborted, as a reset stream is. The wait is bounded by the client's
+/// timeout (UNAVAILABLE past it, as tonic's channel timeout is seen through this channel).
 async fn call_in_process(
     call: <LocalService as tower::Service<Request>>::Future,
     timeout: Duration,
 ) -> Result<Response, tonic::Status> {
-    match tokio::time::timeout(timeout, std::panic::AssertUnwindSafe(call).catch_unwind()).await {
+    // Owned by the call: aborted when it is dropped.
+    #[allow(clippy::disallowed_methods)]
+    let handler = AbortOnDropHandle::new(tokio::spawn(call.in_current_span()));
+    match tokio::time::timeout(timeout, handler).await {
         Ok(Ok(Ok(response))) => Ok(response),
         Ok(Ok(Err(never))) => match never {},
-        Ok(Err(_panic)) => Err(tonic::Status::internal(
+        Ok(Err(ended)) if ended.is_panic() => Err(tonic::Status::internal(
             "the in-process server's handler panicked",
+        )),
+        Ok(Err(_cancelled)) => Err(tonic::Status::unavailable(
+            "the in-process server's handler was cancelled",
         )),
         Err(_elapsed) => Err(tonic::Status::unavailable(
             "the connection failed or was lost: request timed out",

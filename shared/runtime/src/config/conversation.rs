@@ -40,6 +40,11 @@ pub struct ConversationConfig {
     pub turn_log_ttl_ms: u64,
     /// Memory for the events of this instance's running and just-finished turns.
     pub turn_log_memory_bytes: u64,
+    /// How long a turn's events are gathered before they are written to Redis in one round
+    /// trip: the lag, at most, of a JoinTurn on another instance (one on this instance reads
+    /// the events in memory, at once). A turn's model streams send text at most every
+    /// `llm.stream_flush_ms`, so about that long gathers one event of each advisor.
+    pub turn_log_write_ms: u64,
     /// DEBATE's rounds of revision when neither the turn nor its boardroom says.
     pub debate_rounds: u32,
     /// Most DEBATE rounds of revision a turn may run (1..=4); a boardroom that asks for more
@@ -90,6 +95,7 @@ impl Default for ConversationConfig {
             max_queued_turns: 8,
             turn_log_ttl_ms: 10 * 60 * 1000,
             turn_log_memory_bytes: 2 * 1024 * 1024,
+            turn_log_write_ms: 50,
             debate_rounds: 2,
             max_debate_rounds: 4,
             max_tool_rounds: 2,
@@ -128,6 +134,9 @@ impl ConversationConfig {
         }
         if self.turn_lease_ms < 300 {
             return Err("key `conversation.turn_lease_ms` must be >= 300".into());
+        }
+        if self.turn_log_write_ms > 1_000 {
+            return Err("key `conversation.turn_log_write_ms` must be <= 1000".into());
         }
         if self.max_queued_turns == 0 || self.turn_log_ttl_ms < 1_000 {
             return Err(
