@@ -1,13 +1,13 @@
 //! Calls to a server of the same process, without a socket.
 //!
 //! `boardroom serve` runs every service in one process, and the conversation service calls the
-//! session service and the gateway on every turn: 8 of a user-round's 14 calls, with 5 streams
-//! whose every event crossed loopback TCP, HTTP/2 framing and two connection tasks' wake-ups.
-//! A server registered here is called directly: the request goes through the server's own
-//! inbound layer (the same instance the network path uses, so authentication, admission,
-//! deadlines, RED metrics and the trace context are applied and counted as for any caller) to
-//! its router, and the response body is the server's own body, polled by the caller. Only the
-//! transport is left out.
+//! session service and the gateway on every turn: 8 of a user-round's 14 calls, 4 of them
+//! streams whose every event crossed loopback TCP, HTTP/2 framing and two connection tasks'
+//! wake-ups. A server registered here is called directly: the request goes through the
+//! server's own inbound layer (the same instance the network path uses, so authentication,
+//! admission, deadlines, RED metrics and the trace context are applied and counted as for any
+//! caller) to its router, in a task of its own as over HTTP/2, and the response body is the
+//! server's own body, polled by the caller. Only the transport is left out.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
