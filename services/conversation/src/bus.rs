@@ -2,6 +2,11 @@
 //! turns it runs; with Redis configured, every instance also listens on one pub/sub channel,
 //! and a CancelTurn received by an instance that does not run the turn is published there for
 //! the one that does. Without Redis the registry is the whole bus (one instance).
+//!
+//! The same channel carries a JoinTurn's wish to follow a turn from another instance
+//! (`follow <thread> <turn>`): the instance running it then writes its log to Redis at the
+//! short window. An instance of an older version ignores it (not two ids), and a cancel's
+//! message (two ids) is unchanged.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +22,18 @@ use crate::error::ConversationError;
 
 /// The channel every instance hears.
 const CHANNEL: &str = "br:conv:cancel";
+/// What a follow message starts with (the rest is a cancel's message).
+const FOLLOW: &str = "follow ";
+
+/// What an instance is told to do with a turn it may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Message {
+    Cancel(Uuid, Uuid),
+    Follow(Uuid, Uuid),
+}
+
+/// Called with a thread and a turn another instance wants to follow.
+type OnFollow = Arc<dyn Fn(Uuid, Uuid) + Send + Sync>;
 
 /// A running turn of this instance.
 #[derive(Debug, Clone)]
@@ -61,6 +78,7 @@ struct Shared {
 pub struct TurnBus {
     running: Registry,
     shared: Option<Arc<Shared>>,
+    on_follow: Arc<std::sync::OnceLock<OnFollow>>,
 }
 
 impl std::fmt::Debug for TurnBus {
@@ -128,6 +146,7 @@ impl TurnBus {
                 publisher,
                 subscriber,
             })),
+            on_follow: Arc::default(),
         };
         let listener = bus.clone();
         // Subscribed before the service answers (when Redis is up), so that a cancel sent
@@ -187,11 +206,19 @@ impl TurnBus {
                     let Some(text) = message.value.as_string() else {
                         continue;
                     };
-                    if let Some((thread_id, turn_id)) = parse(&text) {
-                        let hit = self.running.cancel(thread_id, Some(turn_id));
-                        if hit {
-                            metrics::counter!("conversation_cancels_heard_total").increment(1);
+                    match parse(&text) {
+                        Some(Message::Cancel(thread_id, turn_id)) => {
+                            let hit = self.running.cancel(thread_id, Some(turn_id));
+                            if hit {
+                                metrics::counter!("conversation_cancels_heard_total").increment(1);
+                            }
                         }
+                        Some(Message::Follow(thread_id, turn_id)) => {
+                            if let Some(on_follow) = self.on_follow.get() {
+                                on_follow(thread_id, turn_id);
+                            }
+                        }
+                        None => {}
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -232,6 +259,41 @@ impl TurnBus {
         self.running.cancel(thread_id, turn_id)
     }
 
+    /// What the listener does when another instance wants to follow a turn (set once: the
+    /// turn logs' [`crate::turnlog::TurnLogs::hasten`]).
+    pub fn on_follow(&self, f: impl Fn(Uuid, Uuid) + Send + Sync + 'static) {
+        let _ = self.on_follow.set(Arc::new(f));
+    }
+
+    /// Tells every instance that this one follows `turn_id` of `thread_id` through its log in
+    /// Redis. Best effort: unheard, the joiner's lag is the idle write window.
+    pub async fn publish_follow(&self, thread_id: Uuid, turn_id: Uuid) {
+        if self.shared.is_none() {
+            return;
+        }
+        if let Err(err) = self.publish(format!("{FOLLOW}{thread_id} {turn_id}")).await {
+            tracing::warn!(error = %err, "asking to follow a turn failed");
+        }
+    }
+
+    /// Publishes `message` on the channel: how many listeners heard it.
+    async fn publish(&self, message: String) -> Result<i64, fred::error::Error> {
+        let Some(shared) = &self.shared else {
+            return Ok(0);
+        };
+        if !shared.publisher.is_connected() {
+            return Err(fred::error::Error::new(
+                fred::error::ErrorKind::IO,
+                "Redis is not connected",
+            ));
+        }
+        if shared.sharded {
+            shared.publisher.spublish(CHANNEL, message).await
+        } else {
+            shared.publisher.publish(CHANNEL, message).await
+        }
+    }
+
     /// Tells every instance to cancel `turn_id` of `thread_id`.
     pub async fn publish_cancel(
         &self,
@@ -246,24 +308,15 @@ impl TurnBus {
                 "the instance running the turn cannot be reached (Redis is down)".into(),
             ));
         }
-        let message = format!("{thread_id} {turn_id}");
-        let heard = if shared.sharded {
-            shared
-                .publisher
-                .spublish::<i64, _, _>(CHANNEL, message)
-                .await
-        } else {
-            shared
-                .publisher
-                .publish::<i64, _, _>(CHANNEL, message)
-                .await
-        };
-        let heard = heard.map_err(|err| {
-            tracing::warn!(error = %err, "publishing a cancel failed");
-            ConversationError::Unavailable(
-                "the instance running the turn cannot be reached (Redis)".into(),
-            )
-        })?;
+        let heard = self
+            .publish(format!("{thread_id} {turn_id}"))
+            .await
+            .map_err(|err| {
+                tracing::warn!(error = %err, "publishing a cancel failed");
+                ConversationError::Unavailable(
+                    "the instance running the turn cannot be reached (Redis)".into(),
+                )
+            })?;
         // Every instance listens, this one too when its subscription is up: no other listener
         // means the one running the turn may not have heard (its subscription reconnecting).
         let own = i64::from(shared.subscriber.is_connected());
@@ -276,9 +329,18 @@ impl TurnBus {
     }
 }
 
-fn parse(text: &str) -> Option<(Uuid, Uuid)> {
-    let (thread, turn) = text.split_once(' ')?;
-    Some((Uuid::parse_str(thread).ok()?, Uuid::parse_str(turn).ok()?))
+fn parse(text: &str) -> Option<Message> {
+    let (follow, ids) = match text.strip_prefix(FOLLOW) {
+        Some(ids) => (true, ids),
+        None => (false, text),
+    };
+    let (thread, turn) = ids.split_once(' ')?;
+    let ids = (Uuid::parse_str(thread).ok()?, Uuid::parse_str(turn).ok()?);
+    Some(if follow {
+        Message::Follow(ids.0, ids.1)
+    } else {
+        Message::Cancel(ids.0, ids.1)
+    })
 }
 
 #[cfg(test)]
@@ -302,8 +364,22 @@ mod tests {
     #[test]
     fn messages_name_a_thread_and_a_turn() {
         let (thread, turn) = (Uuid::now_v7(), Uuid::now_v7());
-        assert_eq!(parse(&format!("{thread} {turn}")), Some((thread, turn)));
+        assert_eq!(
+            parse(&format!("{thread} {turn}")),
+            Some(Message::Cancel(thread, turn))
+        );
+        assert_eq!(
+            parse(&format!("follow {thread} {turn}")),
+            Some(Message::Follow(thread, turn))
+        );
         assert_eq!(parse("garbage"), None);
         assert_eq!(parse(&format!("{thread} x")), None);
+        assert_eq!(parse(&format!("follow {thread}")), None);
+        // What an instance of the version before follow messages makes of one: nothing.
+        let before = |text: &str| {
+            let (thread, turn) = text.split_once(' ')?;
+            Some((Uuid::parse_str(thread).ok()?, Uuid::parse_str(turn).ok()?))
+        };
+        assert_eq!(before(&format!("follow {thread} {turn}")), None);
     }
 }

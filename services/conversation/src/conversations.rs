@@ -140,6 +140,13 @@ impl Conversations {
             tasks.clone(),
             shutdown.clone(),
         );
+        // Another instance follows a turn through Redis: if it runs here, its log hastens.
+        bus.on_follow({
+            let logs = logs.clone();
+            move |thread_id, turn_id| {
+                logs.hasten(thread_id, turn_id);
+            }
+        });
         let conversations = Self {
             store,
             directory: ports.directory,

@@ -64,7 +64,7 @@ use crate::bus::TurnBus;
 use crate::clients::{GatewayModels, SessionDirectory};
 use crate::conversations::{Limits, Ports};
 use crate::grpc::ConversationGrpc;
-use crate::turnlog::TurnLogs;
+use crate::turnlog::{TurnLogs, WriteWindows};
 use crate::workflow::tools::Toolbox;
 use crate::workflow::{Settings, Workflow};
 
@@ -158,7 +158,10 @@ impl Application {
             Duration::from_millis(c.turn_log_ttl_ms.min(60_000)),
             (
                 Duration::from_millis(c.turn_log_ttl_ms),
-                Duration::from_millis(c.turn_log_write_ms),
+                WriteWindows {
+                    followed: Duration::from_millis(c.turn_log_write_ms),
+                    idle: Duration::from_millis(c.turn_log_idle_write_ms),
+                },
             ),
             tasks.clone(),
             stop.clone(),

@@ -4,20 +4,24 @@
 //! Every event gets its index in the turn (from 1) as it is emitted. The instance running the
 //! turn keeps the events in memory while it runs and for a short while after (bounded by
 //! bytes); with Redis configured it also appends them, in batches, to a Redis Stream per turn
-//! (`br:conv:turn:{thread}:{turn}`, entry ids `0-<index>`) that expires
+//! (`br:conv:turn:{thread}:{turn}`, entry ids `0-<index>`). While no other instance follows
+//! the turn, a batch is written at most every `conversation.turn_log_idle_write_ms` (and the
+//! last at once); a JoinTurn on another instance asks over the turn bus, and from then on the
+//! batches go every `conversation.turn_log_write_ms`. The stream expires
 //! `conversation.turn_log_ttl_ms` after its last write (the expiry is set with the first batch,
 //! the last, and at least every quarter of the TTL in between). A join is served from memory when the
 //! turn runs (or just ran) here, else from the stream: `XRANGE` for what was missed, then
 //! blocking `XREAD`s for what comes, until the turn's last event.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, KeysInterface, StreamsInterface};
 use fred::types::streams::XReadValue;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -56,6 +60,10 @@ struct LocalLog {
     events: Mutex<Vec<TurnEvent>>,
     /// How many events there are (and whether the last one came), for followers.
     count: watch::Sender<(u64, bool)>,
+    /// Whether an instance other than this one follows the turn (its writes then go at the
+    /// short window), and the writer's wake-up when one starts to.
+    followed: AtomicBool,
+    hastened: Notify,
 }
 
 impl LocalLog {
@@ -87,8 +95,10 @@ struct RedisLog {
     /// Builds the connection a follower blocks on (its commands may take a whole block).
     readers: fred::types::Builder,
     ttl: Duration,
-    /// How long the writer gathers events before a round trip to Redis.
+    /// How long the writer gathers events before a round trip to Redis while another
+    /// instance follows the turn, and while none does.
     write_window: Duration,
+    idle_window: Duration,
     joins: Arc<tokio::sync::Semaphore>,
 }
 
@@ -103,8 +113,22 @@ pub struct TurnLogs {
     /// Finished ones, for a little while (bounded by bytes).
     local: moka::future::Cache<Uuid, Arc<LocalLog>>,
     redis: Option<Arc<RedisLog>>,
+    /// Turns a follower elsewhere asked for before their log opened here, and when.
+    early: Arc<Mutex<HashMap<Uuid, Instant>>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+}
+
+/// How long a follower's early request is kept for a log about to open.
+const EARLY_KEPT: Duration = Duration::from_secs(10);
+
+/// The windows of a turn log's writes to Redis.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteWindows {
+    /// While an instance other than the turn's follows it: its lag, at most.
+    pub followed: Duration,
+    /// While none does (zero: `followed` always).
+    pub idle: Duration,
 }
 
 impl std::fmt::Debug for TurnLogs {
@@ -190,14 +214,13 @@ impl TurnLogs {
     }
 
     /// Logs kept in memory up to `max_bytes` (finished turns for `linger`), and mirrored to
-    /// Redis at `redis_url` when it is set, for `ttl` after their last event, a write at most
-    /// every `write_window` (the lag it adds for a joiner on another instance, at most).
-    /// Redis commands are bounded by `timeout`.
+    /// Redis at `redis_url` when it is set, for `ttl` after their last event, in writes
+    /// `windows` apart. Redis commands are bounded by `timeout`.
     pub fn new(
         (redis_url, timeout): (&str, Duration),
         max_bytes: u64,
         linger: Duration,
-        (ttl, write_window): (Duration, Duration),
+        (ttl, windows): (Duration, WriteWindows),
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
@@ -218,7 +241,8 @@ impl TurnLogs {
                 client,
                 readers,
                 ttl,
-                write_window,
+                write_window: windows.followed,
+                idle_window: windows.idle.max(windows.followed),
                 joins: Arc::new(tokio::sync::Semaphore::new(MAX_REDIS_JOINS)),
             }))
         };
@@ -232,9 +256,48 @@ impl TurnLogs {
                 .time_to_idle(linger)
                 .build(),
             redis,
+            early: Arc::default(),
             tasks,
             shutdown,
         })
+    }
+
+    /// An instance other than this one follows `turn_id` of `thread_id` (a JoinTurn there):
+    /// if it runs here, its writes go at the short window from now on, the events so far at
+    /// once. Asked before the turn's log opened, the log opens followed. Whether it runs here.
+    pub fn hasten(&self, thread_id: Uuid, turn_id: Uuid) -> bool {
+        if let Some(log) = self
+            .running_log(turn_id)
+            .filter(|l| l.thread_id == thread_id)
+        {
+            if !log.followed.swap(true, Ordering::AcqRel) {
+                log.hastened.notify_one();
+            }
+            return true;
+        }
+        if let Ok(mut early) = self.early.lock() {
+            let now = Instant::now();
+            if early.len() >= 1_024 {
+                early.retain(|_, at| now.duration_since(*at) < EARLY_KEPT);
+            }
+            if early.len() < 4_096 {
+                early.insert(turn_id, now);
+            }
+        }
+        false
+    }
+
+    /// Whether a follower asked for `turn_id` before its log opened (and forgets it).
+    fn asked_early(&self, turn_id: Uuid) -> bool {
+        let Ok(mut early) = self.early.lock() else {
+            return false;
+        };
+        if early.is_empty() {
+            return false;
+        }
+        early
+            .remove(&turn_id)
+            .is_some_and(|at| at.elapsed() < EARLY_KEPT)
     }
 
     /// Opens the log of a turn that starts now; its events go to `caller` too.
@@ -249,6 +312,8 @@ impl TurnLogs {
             thread_id,
             events: Mutex::new(Vec::new()),
             count,
+            followed: AtomicBool::new(self.asked_early(turn_id)),
+            hastened: Notify::new(),
         });
         if let Ok(mut running) = self.running.lock() {
             running.insert(turn_id, log.clone());
@@ -291,16 +356,17 @@ impl TurnLogs {
         self.running.lock().ok()?.get(&turn_id).cloned()
     }
 
-    /// The events of `turn_id` after `after`, then the live ones, to the end. `running`: the
-    /// caller knows the turn runs (its lease says so), so a stream that does not exist yet is
-    /// about to (the turn's first write may still be on its way).
+    /// The events of `turn_id` after `after`, then the live ones, to the end, and whether they
+    /// are read from Redis (the turn runs, or ran, on another instance: ask it to hasten).
+    /// `running`: the caller knows the turn runs (its lease says so), so a stream that does
+    /// not exist yet is about to (the turn's first write may still be on its way).
     pub async fn join(
         &self,
         thread_id: Uuid,
         turn_id: Uuid,
         after: u64,
         running: bool,
-    ) -> Result<mpsc::Receiver<IndexedEvent>, ConversationError> {
+    ) -> Result<(mpsc::Receiver<IndexedEvent>, bool), ConversationError> {
         let (tx, rx) = mpsc::channel(JOIN_BUFFER);
         let here = match self.running_log(turn_id) {
             Some(log) => Some(log),
@@ -311,7 +377,7 @@ impl TurnLogs {
             // Owned: ends at the turn's last event, when the joiner leaves, or at shutdown.
             self.tasks
                 .spawn(async move { follow_local(log, after, tx, shutdown).await });
-            return Ok(rx);
+            return Ok((rx, false));
         }
         let Some(redis) = self.redis.clone() else {
             return Err(not_kept(turn_id));
@@ -339,7 +405,7 @@ impl TurnLogs {
             let _permit = permit;
             redis.follow(key, after, tx, shutdown).await;
         });
-        Ok(rx)
+        Ok((rx, true))
     }
 }
 
@@ -350,6 +416,15 @@ fn not_kept(turn_id: Uuid) -> ConversationError {
 fn redis_unavailable(err: &fred::error::Error) -> ConversationError {
     tracing::warn!(error = %err, "the turn log's Redis failed");
     ConversationError::Unavailable("the turn log (Redis) cannot be reached".into())
+}
+
+/// Resolves when the log's last event is in (or its writer is gone).
+async fn last_event(count: &mut watch::Receiver<(u64, bool)>) {
+    while !count.borrow().1 {
+        if count.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn follow_local(
@@ -377,7 +452,8 @@ async fn follow_local(
 
 impl RedisLog {
     /// Appends the turn's events to its stream as they come: woken by the first event after a
-    /// quiet spell, it waits its write window (no wait once the last event is in) and writes
+    /// quiet spell, it waits its write window (the idle one until another instance follows the
+    /// turn, which cuts that wait short; no wait once the last event is in) and writes
     /// everything new in one pipeline with the expiry. Serialising and writing happen here,
     /// never on the turn's own path, and a burst of events costs one round trip.
     async fn write(&self, key: String, log: Arc<LocalLog>, shutdown: CancellationToken) {
@@ -392,15 +468,22 @@ impl RedisLog {
         loop {
             let (total, done) = *count.borrow_and_update();
             if total > written {
+                let followed = log.followed.load(Ordering::Acquire);
                 let wait = match failing {
                     Some((backoff, _)) => Some(backoff),
-                    None if !done => Some(self.write_window),
-                    None => None,
+                    None if done => None,
+                    None if followed => Some(self.write_window),
+                    None => Some(self.idle_window),
                 };
                 if let Some(wait) = wait {
+                    let healthy = failing.is_none();
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(wait) => {}
+                        // A follower elsewhere: what it waits for, now.
+                        _ = log.hastened.notified(), if !followed && healthy => {}
+                        // The turn's last event: the whole log, now.
+                        _ = last_event(&mut count), if healthy => {}
                     }
                 }
                 let batch = log.after(written);
@@ -586,7 +669,13 @@ mod tests {
             ("", Duration::from_secs(1)),
             max_bytes,
             Duration::from_secs(60),
-            (Duration::from_secs(60), Duration::from_millis(5)),
+            (
+                Duration::from_secs(60),
+                WriteWindows {
+                    followed: Duration::from_millis(5),
+                    idle: Duration::ZERO,
+                },
+            ),
             tasks,
             stop.clone(),
         )
@@ -636,7 +725,13 @@ mod tests {
             (&redis.url(), Duration::from_secs(5)),
             1 << 20,
             Duration::from_secs(60),
-            (ttl, Duration::from_millis(5)),
+            (
+                ttl,
+                WriteWindows {
+                    followed: Duration::from_millis(5),
+                    idle: Duration::ZERO,
+                },
+            ),
             tasks,
             stop.clone(),
         )
@@ -710,6 +805,108 @@ mod tests {
             2,
             "the expiry with the first batch and the last"
         );
+        stop.cancel();
+    }
+
+    /// Waits (10 s at most) until the stream `key` holds `n` entries.
+    async fn entries(client: &Client, key: &str, n: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let len: u64 = client.xlen(key).await.expect("XLEN");
+            if len >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{len} of {n} entries written to {key}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    fn delta(n: usize) -> TurnEvent {
+        TurnEvent::AdvisorDelta {
+            advisor: "CFO".into(),
+            text: format!("piece {n}"),
+            round: 1,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unfollowed_turn_is_written_at_its_end_and_a_follower_elsewhere_hastens_it() {
+        let redis = boardroom_testkit::PrivateRedis::start();
+        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        // An idle window far past every deadline below: only a follower or the turn's last
+        // event can bring a write within them.
+        let logs = TurnLogs::new(
+            (&redis.url(), Duration::from_secs(5)),
+            1 << 20,
+            Duration::from_secs(60),
+            (
+                Duration::from_secs(600),
+                WriteWindows {
+                    followed: Duration::from_millis(5),
+                    idle: Duration::from_secs(600),
+                },
+            ),
+            tasks,
+            stop.clone(),
+        )
+        .expect("logs");
+        let client = crate::redis::builder(&redis.url(), Duration::from_secs(5), false)
+            .expect("builder")
+            .build()
+            .expect("client");
+        let _connection = client.init().await.expect("connected");
+
+        // Nobody follows: the whole turn in one pipeline, at its last event.
+        let (thread_id, turn_id) = (Uuid::now_v7(), Uuid::now_v7());
+        let (caller, _heard) = mpsc::channel(16);
+        let events = logs.open(thread_id, turn_id, caller).await;
+        for n in 1..=3 {
+            events.emit(delta(n)).await;
+        }
+        let pipelines = calls(&client, "expire").await;
+        events
+            .emit(TurnEvent::Failed {
+                reason: crate::domain::FailureReason::Cancelled,
+                message: "cancelled".into(),
+            })
+            .await;
+        entries(&client, &key(thread_id, turn_id), 4).await;
+        assert_eq!(calls(&client, "xadd").await, 4);
+        assert_eq!(
+            calls(&client, "expire").await - pipelines,
+            1,
+            "one pipeline for the whole turn"
+        );
+
+        // A follower elsewhere asks: what was gathered goes at once, then every few ms.
+        let (thread_id, turn_id) = (Uuid::now_v7(), Uuid::now_v7());
+        let (caller, _heard) = mpsc::channel(16);
+        let events = logs.open(thread_id, turn_id, caller).await;
+        for n in 1..=3 {
+            events.emit(delta(n)).await;
+        }
+        assert!(
+            !logs.hasten(Uuid::now_v7(), turn_id),
+            "another thread's turn"
+        );
+        assert!(logs.hasten(thread_id, turn_id), "runs here");
+        let stream = key(thread_id, turn_id);
+        entries(&client, &stream, 3).await;
+        events.emit(delta(4)).await;
+        entries(&client, &stream, 4).await;
+        events.emit(delta(5)).await;
+        entries(&client, &stream, 5).await;
+
+        // Asked before the turn's log opened here: it opens followed.
+        let (thread_id, turn_id) = (Uuid::now_v7(), Uuid::now_v7());
+        assert!(!logs.hasten(thread_id, turn_id), "not open yet");
+        let (caller, _heard) = mpsc::channel(16);
+        let events = logs.open(thread_id, turn_id, caller).await;
+        events.emit(delta(1)).await;
+        entries(&client, &key(thread_id, turn_id), 1).await;
         stop.cancel();
     }
 }

@@ -704,6 +704,22 @@ mod tests {
             err.to_string().contains("database.min_connections"),
             "{err}"
         );
+        // The turn log's idle window: 0 (always the short one) or at least the short one.
+        for (idle, valid) in [(0, true), (1_000, true), (4, false), (60_001, false)] {
+            let mut config = Config::default();
+            config.conversation.turn_log_idle_write_ms = idle;
+            match config.validate() {
+                Ok(_) => assert!(valid, "{idle} accepted"),
+                Err(err) => {
+                    assert!(!valid, "{idle} refused: {err}");
+                    assert!(
+                        err.to_string()
+                            .contains("conversation.turn_log_idle_write_ms"),
+                        "{err}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -181,6 +181,49 @@ async fn a_turn_asked_to_continue_outlives_its_caller_and_any_replica_can_join_i
     assert!(matches!(here[0], (1, Event::TurnStarted(_))));
 }
 
+/// A turn's log goes to Redis in one write at its end while nobody elsewhere follows it; a
+/// JoinTurn on another replica asks the one running it, over the turn bus, for the short
+/// window, and follows the turn live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_on_another_replica_hastens_the_turn_s_log_and_follows_it_live() {
+    let slow = FakeOpenAi::start().await;
+    slow.script(std::iter::repeat_n(Behavior::Hang, 10));
+    // Unasked, the running replica would write nothing for a minute.
+    let (suite, other, thread) = two_replicas(&slow, |c| {
+        c.conversation.turn_log_idle_write_ms = 60_000;
+    })
+    .await;
+    let (turn_id, mut stream) = started_turn(&suite.client, &thread, "").await;
+    eventually(Duration::from_secs(5), || async {
+        (slow.in_flight() == 1).then_some(())
+    })
+    .await;
+    // The model hangs: the other replica sees the events so far only if the log hastened.
+    let seen = tokio::time::timeout(
+        Duration::from_secs(10),
+        joined_events_until_advisor_started(&other.client, &thread, &turn_id),
+    )
+    .await
+    .expect("the follower elsewhere got the running turn's events");
+    assert!(seen >= 2, "{seen}");
+    assert_eq!(slow.in_flight(), 1, "while the turn still runs");
+    assert!(cancel(&other.client, &thread, &turn_id).await);
+    let last = last_event(&mut stream).await;
+    assert!(matches!(last, Some(Event::TurnFailed(_))), "{last:?}");
+    // The last event goes at once: the whole turn, from the other replica.
+    let there = tokio::time::timeout(
+        Duration::from_secs(10),
+        joined(&other.client, &thread, &turn_id, 0),
+    )
+    .await
+    .expect("the finished turn's log, at once");
+    assert!(matches!(there.first(), Some((1, Event::TurnStarted(_)))));
+    assert!(
+        matches!(there.last(), Some((_, Event::TurnFailed(_)))),
+        "{there:#?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_reconnects_mid_turn_misses_nothing() {
     let slow = FakeOpenAi::start().await;
@@ -414,16 +457,27 @@ async fn joined_events_until_advisor_started(
     thread: &str,
     turn_id: &str,
 ) -> usize {
-    let mut stream = client
-        .clone()
-        .join_turn(pb::JoinTurnRequest {
-            thread_id: thread.into(),
-            turn_id: turn_id.into(),
-            after_event: 0,
-        })
-        .await
-        .expect("JoinTurn here")
-        .into_inner();
+    // UNAVAILABLE (a replica whose Redis clients are still connecting) is retried for 5 s.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut stream = loop {
+        let call = client
+            .clone()
+            .join_turn(pb::JoinTurnRequest {
+                thread_id: thread.into(),
+                turn_id: turn_id.into(),
+                after_event: 0,
+            })
+            .await;
+        match call {
+            Ok(stream) => break stream.into_inner(),
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("JoinTurn: {status:?}"),
+        }
+    };
     let mut n = 0;
     while let Some(item) = stream.next().await {
         n += 1;

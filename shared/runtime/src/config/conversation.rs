@@ -41,10 +41,16 @@ pub struct ConversationConfig {
     /// Memory for the events of this instance's running and just-finished turns.
     pub turn_log_memory_bytes: u64,
     /// How long a turn's events are gathered before they are written to Redis in one round
-    /// trip: the lag, at most, of a JoinTurn on another instance (one on this instance reads
-    /// the events in memory, at once). 50 ms (one `llm.stream_flush_ms`) instead of 5 saved no
-    /// CPU that a 1000-user run could see, so the lag stays short.
+    /// trip while a JoinTurn on another instance follows the turn: that joiner's lag, at most
+    /// (one on this instance reads the events in memory, at once).
     pub turn_log_write_ms: u64,
+    /// The same while no other instance follows the turn: a JoinTurn elsewhere asks for the
+    /// short window over the turn bus and gets what was gathered at once; its lag is this
+    /// long only when that message is lost (Redis pub/sub down, an older instance running
+    /// the turn). The last event is written at once either way. 0: `turn_log_write_ms`
+    /// always (a write every few events, as before this setting; README, "The turn log
+    /// written when followed").
+    pub turn_log_idle_write_ms: u64,
     /// DEBATE's rounds of revision when neither the turn nor its boardroom says.
     pub debate_rounds: u32,
     /// Most DEBATE rounds of revision a turn may run (1..=4); a boardroom that asks for more
@@ -96,6 +102,7 @@ impl Default for ConversationConfig {
             turn_log_ttl_ms: 10 * 60 * 1000,
             turn_log_memory_bytes: 2 * 1024 * 1024,
             turn_log_write_ms: 5,
+            turn_log_idle_write_ms: 1_000,
             debate_rounds: 2,
             max_debate_rounds: 4,
             max_tool_rounds: 2,
@@ -137,6 +144,15 @@ impl ConversationConfig {
         }
         if self.turn_log_write_ms > 1_000 {
             return Err("key `conversation.turn_log_write_ms` must be <= 1000".into());
+        }
+        if self.turn_log_idle_write_ms > 60_000
+            || (self.turn_log_idle_write_ms != 0
+                && self.turn_log_idle_write_ms < self.turn_log_write_ms)
+        {
+            return Err(
+                "key `conversation.turn_log_idle_write_ms` must be 0 or in `turn_log_write_ms`..=60000"
+                    .into(),
+            );
         }
         if self.max_queued_turns == 0 || self.turn_log_ttl_ms < 1_000 {
             return Err(
