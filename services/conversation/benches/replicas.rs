@@ -10,7 +10,8 @@
 //! - join: 50 turns running at once (mock model: 300 ms to the first token, 40 tokens/s); each
 //!   is joined mid-turn from the other replica (the Redis Stream) and from its own (memory):
 //!   time to the first replayed event, and the lag of each later (live) event behind the
-//!   turn's own stream, p50/p99.
+//!   turn's own stream, p50/p99. `REPLICAS_IDLE_WRITE_MS` sets the running instance's
+//!   `conversation.turn_log_idle_write_ms` (0: every write at the short window).
 
 // A benchmark owns the tasks it spawns: they end with its runtime.
 #![allow(clippy::disallowed_methods)]
@@ -113,6 +114,14 @@ async fn joining() {
             .into(),
         );
         c.llm.stream_flush_ms = 0;
+        // REPLICAS_IDLE_WRITE_MS=0: the turn log written at the short window from the start
+        // (as before a follower had to ask for it).
+        if let Some(ms) = std::env::var("REPLICAS_IDLE_WRITE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            c.conversation.turn_log_idle_write_ms = ms;
+        }
     })
     .await;
     let other = suite.replica(|_| {}).await;

@@ -5,9 +5,9 @@
 //! turn keeps the events in memory while it runs and for a short while after (bounded by
 //! bytes); with Redis configured it also appends them, in batches, to a Redis Stream per turn
 //! (`br:conv:turn:{thread}:{turn}`, entry ids `0-<index>`). While no other instance follows
-//! the turn, a batch is written at most every `conversation.turn_log_idle_write_ms` (and the
-//! last at once); a JoinTurn on another instance asks over the turn bus, and from then on the
-//! batches go every `conversation.turn_log_write_ms`. The stream expires
+//! the turn, a batch is written at most every `conversation.turn_log_idle_write_ms` (the
+//! first at the short window, the last at once); a JoinTurn on another instance asks over the turn bus, and
+//! from then on the batches go every `conversation.turn_log_write_ms`. The stream expires
 //! `conversation.turn_log_ttl_ms` after its last write (the expiry is set with the first batch,
 //! the last, and at least every quarter of the TTL in between). A join is served from memory when the
 //! turn runs (or just ran) here, else from the stream: `XRANGE` for what was missed, then
@@ -64,6 +64,9 @@ struct LocalLog {
     /// short window), and the writer's wake-up when one starts to.
     followed: AtomicBool,
     hastened: Notify,
+    /// How often its writer began waiting out the idle window (for tests to know it does).
+    #[cfg(test)]
+    idle_waits: std::sync::atomic::AtomicU64,
 }
 
 impl LocalLog {
@@ -314,6 +317,8 @@ impl TurnLogs {
             count,
             followed: AtomicBool::new(self.asked_early(turn_id)),
             hastened: Notify::new(),
+            #[cfg(test)]
+            idle_waits: Default::default(),
         });
         if let Ok(mut running) = self.running.lock() {
             running.insert(turn_id, log.clone());
@@ -356,28 +361,39 @@ impl TurnLogs {
         self.running.lock().ok()?.get(&turn_id).cloned()
     }
 
-    /// The events of `turn_id` after `after`, then the live ones, to the end, and whether they
-    /// are read from Redis (the turn runs, or ran, on another instance: ask it to hasten).
-    /// `running`: the caller knows the turn runs (its lease says so), so a stream that does
-    /// not exist yet is about to (the turn's first write may still be on its way).
+    /// The log of `turn_id` of `thread_id` in this instance's memory: the turn runs, or just
+    /// ran, here.
+    async fn here(&self, thread_id: Uuid, turn_id: Uuid) -> Option<Arc<LocalLog>> {
+        let here = match self.running_log(turn_id) {
+            Some(log) => Some(log),
+            None => self.local.get(&turn_id).await,
+        };
+        here.filter(|l| l.thread_id == thread_id)
+    }
+
+    /// Whether a join of `turn_id` of `thread_id` would read Redis (the turn runs, or ran,
+    /// on another instance), so that the joiner asks that instance to hasten first.
+    pub async fn elsewhere(&self, thread_id: Uuid, turn_id: Uuid) -> bool {
+        self.redis.is_some() && self.here(thread_id, turn_id).await.is_none()
+    }
+
+    /// The events of `turn_id` after `after`, then the live ones, to the end. `running`: the
+    /// caller knows the turn runs (its lease says so), so a stream that does not exist yet is
+    /// about to (the turn's first write may still be on its way).
     pub async fn join(
         &self,
         thread_id: Uuid,
         turn_id: Uuid,
         after: u64,
         running: bool,
-    ) -> Result<(mpsc::Receiver<IndexedEvent>, bool), ConversationError> {
+    ) -> Result<mpsc::Receiver<IndexedEvent>, ConversationError> {
         let (tx, rx) = mpsc::channel(JOIN_BUFFER);
-        let here = match self.running_log(turn_id) {
-            Some(log) => Some(log),
-            None => self.local.get(&turn_id).await,
-        };
-        if let Some(log) = here.filter(|l| l.thread_id == thread_id) {
+        if let Some(log) = self.here(thread_id, turn_id).await {
             let shutdown = self.shutdown.clone();
             // Owned: ends at the turn's last event, when the joiner leaves, or at shutdown.
             self.tasks
                 .spawn(async move { follow_local(log, after, tx, shutdown).await });
-            return Ok((rx, false));
+            return Ok(rx);
         }
         let Some(redis) = self.redis.clone() else {
             return Err(not_kept(turn_id));
@@ -405,7 +421,7 @@ impl TurnLogs {
             let _permit = permit;
             redis.follow(key, after, tx, shutdown).await;
         });
-        Ok((rx, true))
+        Ok(rx)
     }
 }
 
@@ -468,7 +484,10 @@ impl RedisLog {
         loop {
             let (total, done) = *count.borrow_and_update();
             if total > written {
-                let followed = log.followed.load(Ordering::Acquire);
+                // The first batch goes at the short window too: the stream exists from the
+                // turn's start, and a joiner elsewhere finds it (rather than asking the
+                // database whether the turn runs) and its first events at once.
+                let followed = written == 0 || log.followed.load(Ordering::Acquire);
                 let wait = match failing {
                     Some((backoff, _)) => Some(backoff),
                     None if done => None,
@@ -477,6 +496,10 @@ impl RedisLog {
                 };
                 if let Some(wait) = wait {
                     let healthy = failing.is_none();
+                    #[cfg(test)]
+                    if healthy && !followed {
+                        log.idle_waits.fetch_add(1, Ordering::Relaxed);
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(wait) => {}
@@ -824,6 +847,19 @@ mod tests {
         }
     }
 
+    /// Waits (10 s at most) until the writer of running `turn_id` waits out its idle window.
+    async fn idle_wait(logs: &TurnLogs, turn_id: Uuid) {
+        let log = logs.running_log(turn_id).expect("running");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while log.idle_waits.load(Ordering::Relaxed) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the writer never idled"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
     fn delta(n: usize) -> TurnEvent {
         TurnEvent::AdvisorDelta {
             advisor: "CFO".into(),
@@ -859,41 +895,43 @@ mod tests {
             .expect("client");
         let _connection = client.init().await.expect("connected");
 
-        // Nobody follows: the whole turn in one pipeline, at its last event.
+        // Nobody follows: the first batch at the short window (the stream exists from the
+        // turn's start), then nothing until the last event, which brings the rest at once.
         let (thread_id, turn_id) = (Uuid::now_v7(), Uuid::now_v7());
+        let stream = key(thread_id, turn_id);
         let (caller, _heard) = mpsc::channel(16);
         let events = logs.open(thread_id, turn_id, caller).await;
-        for n in 1..=3 {
+        events.emit(delta(1)).await;
+        entries(&client, &stream, 1).await;
+        for n in 2..=3 {
             events.emit(delta(n)).await;
         }
-        let pipelines = calls(&client, "expire").await;
+        idle_wait(&logs, turn_id).await;
         events
             .emit(TurnEvent::Failed {
                 reason: crate::domain::FailureReason::Cancelled,
                 message: "cancelled".into(),
             })
             .await;
-        entries(&client, &key(thread_id, turn_id), 4).await;
-        assert_eq!(calls(&client, "xadd").await, 4);
-        assert_eq!(
-            calls(&client, "expire").await - pipelines,
-            1,
-            "one pipeline for the whole turn"
-        );
+        entries(&client, &stream, 4).await;
+        assert_eq!(calls(&client, "xadd").await, 4, "an entry per event");
 
         // A follower elsewhere asks: what was gathered goes at once, then every few ms.
         let (thread_id, turn_id) = (Uuid::now_v7(), Uuid::now_v7());
+        let stream = key(thread_id, turn_id);
         let (caller, _heard) = mpsc::channel(16);
         let events = logs.open(thread_id, turn_id, caller).await;
-        for n in 1..=3 {
+        events.emit(delta(1)).await;
+        entries(&client, &stream, 1).await;
+        for n in 2..=3 {
             events.emit(delta(n)).await;
         }
+        idle_wait(&logs, turn_id).await;
         assert!(
             !logs.hasten(Uuid::now_v7(), turn_id),
             "another thread's turn"
         );
         assert!(logs.hasten(thread_id, turn_id), "runs here");
-        let stream = key(thread_id, turn_id);
         entries(&client, &stream, 3).await;
         events.emit(delta(4)).await;
         entries(&client, &stream, 4).await;
@@ -905,8 +943,11 @@ mod tests {
         assert!(!logs.hasten(thread_id, turn_id), "not open yet");
         let (caller, _heard) = mpsc::channel(16);
         let events = logs.open(thread_id, turn_id, caller).await;
+        let stream = key(thread_id, turn_id);
         events.emit(delta(1)).await;
-        entries(&client, &key(thread_id, turn_id), 1).await;
+        entries(&client, &stream, 1).await;
+        events.emit(delta(2)).await;
+        entries(&client, &stream, 2).await;
         stop.cancel();
     }
 }

@@ -275,7 +275,12 @@ impl Conversations {
         turn_id: Uuid,
         after: u64,
     ) -> Result<mpsc::Receiver<Result<IndexedEvent, ConversationError>>, ConversationError> {
-        let (mut events, elsewhere) = match self.logs.join(thread_id, turn_id, after, false).await {
+        if self.logs.elsewhere(thread_id, turn_id).await {
+            // The instance running it writes its log at the short window from now on (what it
+            // gathered, at once: likely in Redis by the time the reads below look).
+            self.bus.publish_follow(thread_id, turn_id).await;
+        }
+        let mut events = match self.logs.join(thread_id, turn_id, after, false).await {
             Err(ConversationError::NotFound { .. }) => {
                 // Just started elsewhere? Its lease says so before its first event is written.
                 let running = self.store.head(thread_id).await?;
@@ -286,10 +291,6 @@ impl Conversations {
             }
             joined => joined?,
         };
-        if elsewhere {
-            // The instance running it writes its log at the short window from now on.
-            self.bus.publish_follow(thread_id, turn_id).await;
-        }
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let this = self.clone();
         let quiet = self.leases.length();
