@@ -725,6 +725,37 @@ mod tests {
         stop.cancel();
     }
 
+    /// Logs on the Redis at `url` (kept for `ttl`, written every 5 ms while followed and
+    /// every `idle` while not), a client of its own to look at it, and the logs' stop token.
+    async fn logs_on(
+        url: &str,
+        ttl: Duration,
+        idle: Duration,
+    ) -> (TurnLogs, Client, CancellationToken) {
+        let stop = CancellationToken::new();
+        let logs = TurnLogs::new(
+            (url, Duration::from_secs(5)),
+            1 << 20,
+            Duration::from_secs(60),
+            (
+                ttl,
+                WriteWindows {
+                    followed: Duration::from_millis(5),
+                    idle,
+                },
+            ),
+            TaskTracker::new(),
+            stop.clone(),
+        )
+        .expect("logs");
+        let client = crate::redis::builder(url, Duration::from_secs(5), false)
+            .expect("builder")
+            .build()
+            .expect("client");
+        let _connection = client.init().await.expect("connected");
+        (logs, client, stop)
+    }
+
     /// Calls of a Redis command since the server started.
     async fn calls(client: &Client, command: &str) -> u64 {
         let info: String = client
@@ -742,50 +773,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stream_gets_its_expiry_with_its_first_and_last_batch_not_with_every_one() {
         let redis = boardroom_testkit::PrivateRedis::start();
-        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
         let ttl = Duration::from_secs(600);
-        let logs = TurnLogs::new(
-            (&redis.url(), Duration::from_secs(5)),
-            1 << 20,
-            Duration::from_secs(60),
-            (
-                ttl,
-                WriteWindows {
-                    followed: Duration::from_millis(5),
-                    idle: Duration::ZERO,
-                },
-            ),
-            tasks,
-            stop.clone(),
-        )
-        .expect("logs");
-        let client = crate::redis::builder(&redis.url(), Duration::from_secs(5), false)
-            .expect("builder")
-            .build()
-            .expect("client");
-        let _connection = client.init().await.expect("connected");
+        let (logs, client, stop) = logs_on(&redis.url(), ttl, Duration::ZERO).await;
         let (thread_id, turn_id) = (Uuid::now_v7(), Uuid::now_v7());
         let stream = key(thread_id, turn_id);
         let (caller, _heard) = mpsc::channel(16);
         let events = logs.open(thread_id, turn_id, caller).await;
         // Each event written before the next is emitted: a batch each.
-        let written = |n: u64| {
-            let (client, stream) = (client.clone(), stream.clone());
-            async move {
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-                loop {
-                    let len: u64 = client.xlen(&stream).await.expect("XLEN");
-                    if len >= n {
-                        return;
-                    }
-                    assert!(
-                        tokio::time::Instant::now() < deadline,
-                        "{len} of {n} written"
-                    );
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            }
-        };
         for n in 1..=5 {
             events
                 .emit(TurnEvent::AdvisorDelta {
@@ -794,7 +788,7 @@ mod tests {
                     round: 1,
                 })
                 .await;
-            written(n).await;
+            entries(&client, &stream, n).await;
         }
         events
             .emit(TurnEvent::Completed {
@@ -811,7 +805,7 @@ mod tests {
                 memories_recalled: 0,
             })
             .await;
-        written(6).await;
+        entries(&client, &stream, 6).await;
         // The last batch's EXPIRE follows its entry in one pipeline.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while calls(&client, "expire").await < 2 && tokio::time::Instant::now() < deadline {
@@ -871,29 +865,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unfollowed_turn_is_written_at_its_end_and_a_follower_elsewhere_hastens_it() {
         let redis = boardroom_testkit::PrivateRedis::start();
-        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
         // An idle window far past every deadline below: only a follower or the turn's last
         // event can bring a write within them.
-        let logs = TurnLogs::new(
-            (&redis.url(), Duration::from_secs(5)),
-            1 << 20,
-            Duration::from_secs(60),
-            (
-                Duration::from_secs(600),
-                WriteWindows {
-                    followed: Duration::from_millis(5),
-                    idle: Duration::from_secs(600),
-                },
-            ),
-            tasks,
-            stop.clone(),
-        )
-        .expect("logs");
-        let client = crate::redis::builder(&redis.url(), Duration::from_secs(5), false)
-            .expect("builder")
-            .build()
-            .expect("client");
-        let _connection = client.init().await.expect("connected");
+        let idle = Duration::from_secs(600);
+        let (logs, client, stop) = logs_on(&redis.url(), idle, idle).await;
 
         // Nobody follows: the first batch at the short window (the stream exists from the
         // turn's start), then nothing until the last event, which brings the rest at once.

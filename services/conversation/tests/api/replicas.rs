@@ -105,16 +105,16 @@ async fn continuing_turn(client: &Client, thread: &str) -> tonic::Streaming<pb::
         .into_inner()
 }
 
-/// Reads a JoinTurn stream to its end: (event_index, event) in order. UNAVAILABLE (a replica
-/// whose Redis clients are still connecting) is retried, as the contract allows, for 5 s.
-async fn joined(
+/// A JoinTurn's stream. UNAVAILABLE (a replica whose Redis clients are still connecting) is
+/// retried, as the contract allows, for 5 s.
+async fn join_stream(
     client: &Client,
     thread: &str,
     turn_id: &str,
     after_event: u64,
-) -> Vec<(u64, Event)> {
+) -> tonic::Streaming<pb::JoinTurnResponse> {
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut stream = loop {
+    loop {
         let call = client
             .clone()
             .join_turn(pb::JoinTurnRequest {
@@ -124,7 +124,7 @@ async fn joined(
             })
             .await;
         match call {
-            Ok(stream) => break stream.into_inner(),
+            Ok(stream) => return stream.into_inner(),
             Err(status)
                 if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
             {
@@ -132,7 +132,17 @@ async fn joined(
             }
             Err(status) => panic!("JoinTurn: {status:?}"),
         }
-    };
+    }
+}
+
+/// Reads a JoinTurn stream to its end: (event_index, event) in order.
+async fn joined(
+    client: &Client,
+    thread: &str,
+    turn_id: &str,
+    after_event: u64,
+) -> Vec<(u64, Event)> {
+    let mut stream = join_stream(client, thread, turn_id, after_event).await;
     let mut events = Vec::new();
     while let Some(item) = stream.next().await {
         let item = item.expect("event").event.expect("an event");
@@ -457,27 +467,7 @@ async fn joined_events_until_advisor_started(
     thread: &str,
     turn_id: &str,
 ) -> usize {
-    // UNAVAILABLE (a replica whose Redis clients are still connecting) is retried for 5 s.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut stream = loop {
-        let call = client
-            .clone()
-            .join_turn(pb::JoinTurnRequest {
-                thread_id: thread.into(),
-                turn_id: turn_id.into(),
-                after_event: 0,
-            })
-            .await;
-        match call {
-            Ok(stream) => break stream.into_inner(),
-            Err(status)
-                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(status) => panic!("JoinTurn: {status:?}"),
-        }
-    };
+    let mut stream = join_stream(client, thread, turn_id, 0).await;
     let mut n = 0;
     while let Some(item) = stream.next().await {
         n += 1;
