@@ -841,6 +841,25 @@ mod tests {
         }
     }
 
+    /// A turn whose first event is written and whose writer then holds two more in its idle
+    /// window: its thread, id, stream, events and caller.
+    async fn idling_turn(
+        logs: &TurnLogs,
+        client: &Client,
+    ) -> (Uuid, Uuid, String, TurnEvents, mpsc::Receiver<IndexedEvent>) {
+        let (thread_id, turn_id) = (Uuid::now_v7(), Uuid::now_v7());
+        let stream = key(thread_id, turn_id);
+        let (caller, heard) = mpsc::channel(16);
+        let events = logs.open(thread_id, turn_id, caller).await;
+        events.emit(delta(1)).await;
+        entries(client, &stream, 1).await;
+        for n in 2..=3 {
+            events.emit(delta(n)).await;
+        }
+        idle_wait(logs, turn_id).await;
+        (thread_id, turn_id, stream, events, heard)
+    }
+
     /// Waits (10 s at most) until the writer of running `turn_id` waits out its idle window.
     async fn idle_wait(logs: &TurnLogs, turn_id: Uuid) {
         let log = logs.running_log(turn_id).expect("running");
@@ -872,16 +891,7 @@ mod tests {
 
         // Nobody follows: the first batch at the short window (the stream exists from the
         // turn's start), then nothing until the last event, which brings the rest at once.
-        let (thread_id, turn_id) = (Uuid::now_v7(), Uuid::now_v7());
-        let stream = key(thread_id, turn_id);
-        let (caller, _heard) = mpsc::channel(16);
-        let events = logs.open(thread_id, turn_id, caller).await;
-        events.emit(delta(1)).await;
-        entries(&client, &stream, 1).await;
-        for n in 2..=3 {
-            events.emit(delta(n)).await;
-        }
-        idle_wait(&logs, turn_id).await;
+        let (_, _, stream, events, _heard) = idling_turn(&logs, &client).await;
         events
             .emit(TurnEvent::Failed {
                 reason: crate::domain::FailureReason::Cancelled,
@@ -892,16 +902,7 @@ mod tests {
         assert_eq!(calls(&client, "xadd").await, 4, "an entry per event");
 
         // A follower elsewhere asks: what was gathered goes at once, then every few ms.
-        let (thread_id, turn_id) = (Uuid::now_v7(), Uuid::now_v7());
-        let stream = key(thread_id, turn_id);
-        let (caller, _heard) = mpsc::channel(16);
-        let events = logs.open(thread_id, turn_id, caller).await;
-        events.emit(delta(1)).await;
-        entries(&client, &stream, 1).await;
-        for n in 2..=3 {
-            events.emit(delta(n)).await;
-        }
-        idle_wait(&logs, turn_id).await;
+        let (thread_id, turn_id, stream, events, _heard) = idling_turn(&logs, &client).await;
         assert!(
             !logs.hasten(Uuid::now_v7(), turn_id),
             "another thread's turn"
