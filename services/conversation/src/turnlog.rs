@@ -6,12 +6,12 @@
 //! bytes); with Redis configured it also appends them, in batches, to a Redis Stream per turn
 //! (`br:conv:turn:{thread}:{turn}`, entry ids `0-<index>`). While no other instance follows
 //! the turn, a batch is written at most every `conversation.turn_log_idle_write_ms` (the
-//! first at the short window, the last at once); a JoinTurn on another instance asks over the turn bus, and
-//! from then on the batches go every `conversation.turn_log_write_ms`. The stream expires
-//! `conversation.turn_log_ttl_ms` after its last write (the expiry is set with the first batch,
-//! the last, and at least every quarter of the TTL in between). A join is served from memory when the
-//! turn runs (or just ran) here, else from the stream: `XRANGE` for what was missed, then
-//! blocking `XREAD`s for what comes, until the turn's last event.
+//! first at the short window, the last at once); a JoinTurn on another instance asks over the
+//! turn bus, and from then on the batches go every `conversation.turn_log_write_ms`. The
+//! stream expires `conversation.turn_log_ttl_ms` after its last write (the expiry is set with
+//! the first batch, the last, and at least every quarter of the TTL in between). A join is
+//! served from memory when the turn runs (or just ran) here, else from the stream: `XRANGE`
+//! for what was missed, then blocking `XREAD`s for what comes, until the turn's last event.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
