@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use boardroom_runtime::telemetry::throttle::Throttle;
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, KeysInterface, StreamsInterface};
 use fred::types::streams::XReadValue;
@@ -37,6 +38,10 @@ const READ_BATCH: u64 = 512;
 const BLOCK_MS: u64 = 1_000;
 /// Joins following turns through Redis at once (each holds a connection while it blocks).
 const MAX_REDIS_JOINS: usize = 1_024;
+
+/// Failed appends to turn logs: one warning a second at most, whatever the turns retrying.
+static APPEND_FAILED: std::sync::LazyLock<Throttle> =
+    std::sync::LazyLock::new(|| Throttle::new(Duration::from_secs(1)));
 
 /// An event and its position in the turn.
 pub type IndexedEvent = (u64, TurnEvent);
@@ -528,7 +533,11 @@ impl RedisLog {
                         // Kept and tried again: a joiner elsewhere sees them late, not never.
                         metrics::counter!("conversation_turn_log_write_failures_total")
                             .increment(1);
-                        tracing::warn!(key, error = %err, "appending to a turn's log failed; retrying");
+                        // Every running turn retries while Redis is down: a line a second,
+                        // `held_back` counting the failures not written since the last one.
+                        if let Some(held_back) = APPEND_FAILED.admit() {
+                            tracing::warn!(key, error = %err, held_back, "appending to a turn's log failed; retrying");
+                        }
                         let since = failing.map_or_else(tokio::time::Instant::now, |(_, s)| s);
                         if since.elapsed() > self.ttl {
                             return;

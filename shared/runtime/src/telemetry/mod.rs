@@ -5,6 +5,7 @@
 
 mod logs;
 mod router;
+pub mod throttle;
 
 use std::io::IsTerminal;
 
