@@ -268,9 +268,6 @@ impl TurnBus {
     /// Tells every instance that this one follows `turn_id` of `thread_id` through its log in
     /// Redis. Best effort: unheard, the joiner's lag is the idle write window.
     pub async fn publish_follow(&self, thread_id: Uuid, turn_id: Uuid) {
-        if self.shared.is_none() {
-            return;
-        }
         if let Err(err) = self.publish(format!("{FOLLOW}{thread_id} {turn_id}")).await {
             tracing::warn!(error = %err, "asking to follow a turn failed");
         }

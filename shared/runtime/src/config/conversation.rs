@@ -46,8 +46,8 @@ pub struct ConversationConfig {
     pub turn_log_write_ms: u64,
     /// The same while no other instance follows the turn: a JoinTurn elsewhere asks for the
     /// short window over the turn bus and gets what was gathered at once; its lag is this
-    /// long only when that message is lost (Redis pub/sub down, an older instance running
-    /// the turn). The last event is written at once either way. 0: `turn_log_write_ms`
+    /// long only when that request is lost (Redis pub/sub down) or never made (a joiner of
+    /// the version before). The last event is written at once either way. 0: `turn_log_write_ms`
     /// always (a write every few events, as before this setting; README, "The turn log
     /// written when followed").
     pub turn_log_idle_write_ms: u64,
