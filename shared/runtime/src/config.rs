@@ -425,10 +425,11 @@ pub struct DatabaseConfig {
     pub statement_timeout_ms: u64,
     /// Queries slower than this are logged at WARN with their name.
     pub slow_query_ms: u64,
-    /// Ping a pooled connection before use only once it has been idle this long; 0 (the
-    /// default) pings on every checkout. Skipping the ping saved ~2.5 % on list RPCs, but after
-    /// a database blip each dead pooled connection then fails one call before it is dropped
-    /// (seen in `database_down_is_unavailable_and_recovers`), so it stays opt-in.
+    /// A pooled PostgreSQL connection is pinged before use once it has been idle this long,
+    /// and on every checkout for 10 s after a query failed on its connection (the server went
+    /// away: the dead connections left in the pool are found by the ping rather than failing a
+    /// call each; `boardroom_runtime::db::Liveness`). 0 pings on every checkout, the pool's
+    /// own default, which costs a round trip per query.
     pub ping_idle_after_ms: u64,
     /// Apply pending migrations at start-up (the embedded default; Kubernetes runs a Job).
     pub migrate_on_start: bool,
@@ -456,7 +457,7 @@ impl Default for DatabaseConfig {
             max_lifetime_ms: 1_800_000,
             statement_timeout_ms: 5_000,
             slow_query_ms: 50,
-            ping_idle_after_ms: 0,
+            ping_idle_after_ms: 1_000,
             migrate_on_start: true,
             replica_urls: Vec::new(),
             max_replica_lag_ms: 1_000,

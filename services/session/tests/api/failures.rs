@@ -131,6 +131,68 @@ async fn database_down_is_unavailable_and_recovers() {
     app.stop().await;
 }
 
+/// The pool does not ping a connection on every checkout (a round trip per query), yet a
+/// database that dropped every connection costs one call, not one per pooled connection: the
+/// first broken connection makes the pool ping every checkout for a while, which finds the
+/// other dead ones before a call uses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_database_dropped_cost_one_call_not_one_each() {
+    let db = TestDatabase::postgres().await;
+    let target = db.server_addr().expect("postgres address");
+    let proxy = FlakyProxy::start(target).await;
+    let app = spawn_app_with(db.via(proxy.addr()), |c| {
+        c.database.min_connections = 4;
+        c.database.max_connections = 4;
+        // Never idle long enough to be pinged for that.
+        c.database.ping_idle_after_ms = 600_000;
+    })
+    .await;
+    // Every pooled connection open and idle (the pool's gauges, reported each second).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = scrape_metrics(app.admin).await;
+        if metric_value(
+            &metrics,
+            &["db_client_connections_usage{", "state=\"idle\""],
+        ) >= 4.0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pool never held 4 idle connections"
+        );
+        tokio::task::yield_now().await;
+    }
+    // The database drops every connection and is back at once: nothing noticed meanwhile.
+    proxy.take_down();
+    proxy.bring_up();
+    let mut failed = 0;
+    for _ in 0..8 {
+        match app
+            .client
+            .clone()
+            .get_session(pb::GetSessionRequest {
+                id: uuid::Uuid::now_v7().to_string(),
+            })
+            .await
+        {
+            Err(err) if err.code() == Code::NotFound => {}
+            Err(err) => {
+                assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+                failed += 1;
+            }
+            Ok(found) => panic!("{found:?}"),
+        }
+    }
+    assert!(
+        failed <= 1,
+        "{failed} calls failed on dead pooled connections"
+    );
+    proxy.stop();
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_a_call_in_flight() {
     let mut app = spawn_app(Backend::Postgres).await;
