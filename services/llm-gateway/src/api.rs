@@ -247,6 +247,25 @@ impl Api {
     }
 }
 
+/// The first tick after `at` of a clock that ticks every `every` for the whole process. The
+/// streams' flushes fall on its ticks, so the messages of concurrent streams (the advisors of
+/// a turn, and every turn's) go out together: each hop after the gateway wakes once for the
+/// lot and its connection writes them in one system call, instead of once for each stream at
+/// its own phase. A stream still sends at most one message a window, each at most `every`
+/// after its text came. A zero `every` is `at` itself.
+fn next_tick(at: tokio::time::Instant, every: Duration) -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let every_ns = every.as_nanos();
+    if every_ns == 0 {
+        return at;
+    }
+    let epoch = *EPOCH.get_or_init(|| at);
+    let since = at.saturating_duration_since(epoch).as_nanos();
+    let ticks = since / every_ns + 1;
+    let offset = u64::try_from(ticks * every_ns).unwrap_or(u64::MAX);
+    epoch + Duration::from_nanos(offset)
+}
+
 /// A streamed answer's way from the upstream to the caller.
 struct Relay {
     gateway: Arc<Gateway>,
@@ -328,13 +347,14 @@ impl Relay {
     ) -> Option<Completion> {
         let (mut chunks, meta) = (answer.chunks, answer.meta);
         let (content, calls) = (&mut sent.0, &mut sent.1);
-        // Text held back until `flush_every` after the last delta sent: one message (one
-        // write, one wake-up at each hop) for the tokens of that window. The first delta goes
-        // at once, so the time to the first token is the model's.
+        // Text held back until the tick of the flush clock after the last delta sent: one
+        // message (one write, one wake-up at each hop) for the tokens of a window, and every
+        // stream of the process flushing at the same instants (see `next_tick`). The first
+        // delta goes at once, so the time to the first token is the model's.
         let mut held = String::new();
         let mut last_sent: Option<tokio::time::Instant> = None;
         loop {
-            let flush_at = last_sent.map(|at| at + self.flush_every);
+            let flush_at = last_sent.map(|at| next_tick(at, self.flush_every));
             let next = tokio::select! {
                 _ = self.tx.closed() => return None,
                 _ = async {
@@ -401,5 +421,32 @@ impl Relay {
                 return None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_flush_on_the_ticks_of_one_clock_whatever_their_phase() {
+        let every = Duration::from_millis(50);
+        let t0 = tokio::time::Instant::now();
+        let first = next_tick(t0, every);
+        // Two streams whose last deltas went out at different instants of one window flush
+        // together, at most a window after.
+        let a = next_tick(first + Duration::from_millis(3), every);
+        let b = next_tick(first + Duration::from_millis(41), every);
+        assert_eq!(a, b);
+        assert_eq!(a, first + every);
+        // Exactly on a tick: the next one.
+        assert_eq!(next_tick(a, every), a + every);
+        // Every tick is a whole number of windows from the first.
+        let later = next_tick(first + Duration::from_millis(1234), every);
+        assert_eq!(later.duration_since(first).as_nanos() % every.as_nanos(), 0);
+        assert!(later > first + Duration::from_millis(1234));
+        assert!(later <= first + Duration::from_millis(1234) + every);
+        // No window: at once.
+        assert_eq!(next_tick(a, Duration::ZERO), a);
     }
 }

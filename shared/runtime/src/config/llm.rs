@@ -319,8 +319,10 @@ pub struct LlmConfig {
     pub prices: BTreeMap<String, Price>,
     /// Per-caller rate and concurrency limits.
     pub limits: LlmLimits,
-    /// ChatStream: after the first delta, text is sent at most this often (the tokens of the
-    /// window in one message); 0 sends every delta as it comes.
+    /// ChatStream: after the first delta, text is sent at most once a window of this length
+    /// (the tokens of the window in one message), on the ticks of one clock for every stream
+    /// of the process so that concurrent streams' messages travel together; 0 sends every
+    /// delta as it comes.
     pub stream_flush_ms: u64,
     /// Most messages in one request.
     pub max_messages: usize,
