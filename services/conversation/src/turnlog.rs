@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use boardroom_runtime::telemetry::throttle::Throttle;
 use fred::clients::Client;
-use fred::interfaces::{ClientLike, KeysInterface, StreamsInterface};
+use fred::interfaces::{ClientLike, KeysInterface, LuaInterface, StreamsInterface};
 use fred::types::streams::XReadValue;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -471,6 +471,25 @@ async fn follow_local(
     }
 }
 
+/// Appends a batch of a turn's events to its stream in one command: `KEYS[1]` the stream,
+/// `ARGV[1]` the seconds until it expires (empty: the expiry is left as it is), then each
+/// event's entry id (`0-<index>`) and JSON. A pipeline of one XADD an event cost a write
+/// system call an event here and in Redis (fred flushes a pipeline's commands one by one);
+/// this is one each way. An entry already there (a batch tried again after its reply was
+/// lost) is skipped, so a retry is harmless; a script runs whole or not at all.
+const APPEND: &str = r"
+for i = 2, #ARGV, 2 do
+  local added = redis.pcall('XADD', KEYS[1], ARGV[i], 'e', ARGV[i + 1])
+  if type(added) == 'table' and added.err and not string.find(added.err, 'equal or smaller', 1, true) then
+    return added
+  end
+end
+if ARGV[1] ~= '' then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return 1
+";
+
 impl RedisLog {
     /// Appends the turn's events to its stream as they come: woken by the first event after a
     /// quiet spell, it waits its write window (the idle one until another instance follows the
@@ -564,7 +583,8 @@ impl RedisLog {
         }
     }
 
-    /// One pipeline: the events, then the stream's expiry when `ttl` is given.
+    /// One command: the events, then the stream's expiry when `ttl` is given (see
+    /// [`APPEND`]).
     async fn append(
         &self,
         key: &str,
@@ -577,19 +597,19 @@ impl RedisLog {
                 "Redis is not connected",
             ));
         }
-        let pipeline = self.client.pipeline();
+        let mut args = Vec::with_capacity(1 + 2 * batch.len());
+        args.push(ttl.map_or_else(String::new, |ttl| ttl.to_string()));
         for (index, event) in batch {
             let Ok(json) = serde_json::to_string(event) else {
                 continue;
             };
-            let _: Result<(), _> = pipeline
-                .xadd(key, false, None, format!("0-{index}"), ("e", json))
-                .await;
+            args.push(format!("0-{index}"));
+            args.push(json);
         }
-        if let Some(ttl) = ttl {
-            let _: Result<(), _> = pipeline.expire(key, ttl, None).await;
-        }
-        pipeline.all::<Vec<fred::types::Value>>().await.map(|_| ())
+        self.client
+            .eval::<fred::types::Value, _, _, _>(APPEND, key, args)
+            .await
+            .map(|_| ())
     }
 
     /// Replays the stream after `after`, then follows it with blocking reads on a connection
@@ -815,7 +835,7 @@ mod tests {
             })
             .await;
         entries(&client, &stream, 6).await;
-        // The last batch's EXPIRE follows its entry in one pipeline.
+        // The last batch's EXPIRE follows its entry in one command.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while calls(&client, "expire").await < 2 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -831,6 +851,54 @@ mod tests {
             2,
             "the expiry with the first batch and the last"
         );
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_one_command_and_a_batch_tried_again_adds_nothing_twice() {
+        let redis = boardroom_testkit::PrivateRedis::start();
+        let (logs, client, stop) =
+            logs_on(&redis.url(), Duration::from_secs(600), Duration::ZERO).await;
+        let log = logs.redis.clone().expect("a Redis log");
+        log.client.wait_for_connect().await.expect("connected");
+        let stream = key(Uuid::now_v7(), Uuid::now_v7());
+        let delta = |n: u64| {
+            (
+                n,
+                TurnEvent::AdvisorDelta {
+                    advisor: "CFO".into(),
+                    text: format!("piece {n}"),
+                    round: 1,
+                },
+            )
+        };
+        let before = calls(&client, "eval").await;
+        log.append(&stream, &[delta(1), delta(2), delta(3)], Some(600))
+            .await
+            .expect("appended");
+        assert_eq!(
+            calls(&client, "eval").await - before,
+            1,
+            "one command a batch"
+        );
+        // The reply was lost, say: the batch again, with what came since.
+        log.append(&stream, &[delta(2), delta(3), delta(4)], None)
+            .await
+            .expect("tried again");
+        let ids: Vec<(String, HashMap<String, String>)> = client
+            .xrange(&stream, "-", "+", None)
+            .await
+            .expect("XRANGE");
+        let ids: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["0-1", "0-2", "0-3", "0-4"]);
+        let remaining: i64 = client.ttl(&stream).await.expect("TTL");
+        assert!((1..=600).contains(&remaining), "expires in {remaining} s");
+        // Anything else Redis refuses fails the batch: here, a key of another type.
+        let _: () = client
+            .set(&stream, "x", None, None, false)
+            .await
+            .expect("SET");
+        assert!(log.append(&stream, &[delta(5)], None).await.is_err());
         stop.cancel();
     }
 
