@@ -4,6 +4,7 @@ use std::pin::Pin;
 
 use boardroom_proto::conversation::v1 as pb;
 use boardroom_proto::conversation::v1::conversation_service_server::ConversationService;
+use boardroom_runtime::gather::Gather;
 use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -102,7 +103,7 @@ impl ConversationService for ConversationGrpc {
             })
             .await?;
         let stream = ReceiverStream::new(events).map(|(i, e)| Ok(conv::event_to(i, e)));
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(Gather::new(stream))))
     }
 
     type JoinTurnStream = Pin<Box<dyn Stream<Item = Result<pb::JoinTurnResponse, Status>> + Send>>;
@@ -124,7 +125,7 @@ impl ConversationService for ConversationGrpc {
             }),
             Err(err) => Err(Status::from(err)),
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(Gather::new(stream))))
     }
 
     async fn get_state(

@@ -494,7 +494,7 @@ impl RedisLog {
     /// Appends the turn's events to its stream as they come: woken by the first event after a
     /// quiet spell, it waits its write window (the idle one until another instance follows the
     /// turn, which cuts that wait short; no wait once the last event is in) and writes
-    /// everything new in one pipeline with the expiry. Serialising and writing happen here,
+    /// everything new in one command with the expiry. Serialising and writing happen here,
     /// never on the turn's own path, and a burst of events costs one round trip.
     async fn write(&self, key: String, log: Arc<LocalLog>, shutdown: CancellationToken) {
         let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX).max(1);

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod consistency;
 pub mod db;
+pub mod gather;
 pub mod inbound;
 pub mod metrics;
 pub mod page;
