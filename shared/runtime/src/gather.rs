@@ -111,6 +111,8 @@ mod tests {
     #[tokio::test]
     async fn nothing_is_lost_or_reordered_under_a_real_scheduler() {
         let (tx, rx) = mpsc::channel(4);
+        // Owned by the test: awaited below.
+        #[allow(clippy::disallowed_methods)]
         let producer = tokio::spawn(async move {
             for n in 0..1000 {
                 tx.send(n).await.expect("sent");
