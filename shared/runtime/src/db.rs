@@ -302,16 +302,7 @@ impl Database {
         } else {
             config.max_connections
         };
-        let liveness = Arc::new(Liveness::new(Duration::from_millis(
-            config.ping_idle_after_ms,
-        )));
-        let options = options(
-            config,
-            config.url.expose(),
-            max_connections,
-            relaxed,
-            &liveness,
-        );
+        let (options, liveness) = options(config, config.url.expose(), max_connections, relaxed);
         let conn = sea_orm::Database::connect(options).await?;
         Ok(Self {
             conn,
@@ -528,14 +519,13 @@ impl Database {
     }
 }
 
-/// The pool options of `url` (the primary's or a replica's).
+/// The pool options of `url` (the primary's or a replica's), and when the pool pings.
 fn options(
     config: &DatabaseConfig,
     url: &str,
     max_connections: u32,
     relaxed: bool,
-    liveness: &Arc<Liveness>,
-) -> ConnectOptions {
+) -> (ConnectOptions, Arc<Liveness>) {
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .max_connections(max_connections)
@@ -559,11 +549,14 @@ fn options(
     }
     // The pool's own ping on every checkout is off; PostgreSQL's connections are pinged as
     // `liveness` decides.
-    let liveness = liveness.clone();
+    let liveness = Arc::new(Liveness::new(Duration::from_millis(
+        config.ping_idle_after_ms,
+    )));
+    let pings = liveness.clone();
     options
         .test_before_acquire(false)
         .map_sqlx_postgres_before_acquire(move |conn, meta| {
-            let ping = liveness.pings(meta.idle_for, Instant::now());
+            let ping = pings.pings(meta.idle_for, Instant::now());
             Box::pin(async move {
                 if ping {
                     sea_orm::sqlx::Connection::ping(conn).await?;
@@ -571,7 +564,7 @@ fn options(
                 Ok(true)
             })
         });
-    options
+    (options, liveness)
 }
 
 /// The future of a read run by [`Database::read`] on the connection it is given.
@@ -609,16 +602,8 @@ impl Replicas {
     async fn open(config: &DatabaseConfig) -> Result<Arc<Self>, DbErr> {
         let mut list = Vec::with_capacity(config.replica_urls.len());
         for url in &config.replica_urls {
-            let liveness = Arc::new(Liveness::new(Duration::from_millis(
-                config.ping_idle_after_ms,
-            )));
-            let mut options = options(
-                config,
-                url.expose(),
-                config.max_connections,
-                false,
-                &liveness,
-            );
+            let (mut options, liveness) =
+                options(config, url.expose(), config.max_connections, false);
             // A replica that went away fails fast: its reads go to the primary instead.
             let fail_fast = Duration::from_millis(config.acquire_timeout_ms.min(300));
             options
