@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Overload: the users scenario at each USERS against a release `boardroom serve` (every service
 # in one process, PostgreSQL and Redis, the mock model at 200 ms to the first token and 50
-# tokens/s), with admission by queueing delay on (the default: the servers' own queues and the
-# database pools') and off (`server.admission_target_ms = 0`, `database.admission_target_ms = 0`:
-# only the fixed concurrency limit and the pool's acquire timeout), each on a fresh database.
+# tokens/s), with admission by queueing delay on (the default: the servers' own queues, the
+# database pools' and the turn gate's scheduling delay) and off (`server.admission_target_ms`,
+# `database.admission_target_ms` and `conversation.turn_admission_target_ms` 0: only the fixed
+# concurrency limits and the pool's acquire timeout), each on a fresh database.
 # After each run the four admin ports are scraped, and per run it prints, server-side: the calls
 # admitted and the p99 of the non-streaming ones, the share refused (UNAVAILABLE), the time to
 # refuse a call (p50/p99, from its arrival); and from the users: errors after retries, retried
@@ -23,13 +24,16 @@ BENCH_LOG=$(mktemp)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -f "$BENCH_LOG"' EXIT
 source bench/lib.sh
 
-# MODES: on (both), server (the servers' own queues only: the pools not watched), off (neither).
+# MODES: on (the default: the servers' queues, the pools and the turn gate), calls (the
+# servers' queues and the pools: the turn gate off), server (the servers' own queues only),
+# off (none).
 MODES=${MODES:-on off}
 for users in "$@"; do
   for mode in $MODES; do
     extra=()
-    [ "$mode" = server ] && extra=(BOARDROOM_DATABASE__ADMISSION_TARGET_MS=0)
-    [ "$mode" = off ] && extra=(BOARDROOM_SERVER__ADMISSION_TARGET_MS=0 BOARDROOM_DATABASE__ADMISSION_TARGET_MS=0)
+    [ "$mode" = calls ] && extra=(BOARDROOM_CONVERSATION__TURN_ADMISSION_TARGET_MS=0)
+    [ "$mode" = server ] && extra=(BOARDROOM_CONVERSATION__TURN_ADMISSION_TARGET_MS=0 BOARDROOM_DATABASE__ADMISSION_TARGET_MS=0)
+    [ "$mode" = off ] && extra=(BOARDROOM_CONVERSATION__TURN_ADMISSION_TARGET_MS=0 BOARDROOM_SERVER__ADMISSION_TARGET_MS=0 BOARDROOM_DATABASE__ADMISSION_TARGET_MS=0)
     SCRAPE_TO="bench/out/overload-$users-$mode.prom" \
       users_run "bench/out/overload-$users-$mode.json" "$BIN" "$BIN" "$users" "$DURATION" "$THINK" "${extra[@]}"
   done

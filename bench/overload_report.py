@@ -48,8 +48,14 @@ def merged(prom, status, streaming):
     return sorted(acc.items())
 
 
-print("| users | admission | admitted calls | p99 of admitted non-streaming calls ms | refused | time to refuse p50 / p99 ms | errors after retries | retried | worst non-LLM step p99 ms (with retries) | RunTurn p99 ms | suite CPU % |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+def counter(prom, name, **want):
+    """The sum of a counter's samples whose labels include `want`."""
+    return sum(v for n, labels, v in samples(prom)
+               if n == name and all(labels.get(k) == x for k, x in want.items()))
+
+
+print("| users | admission | admitted calls | turns completed | turns refused by the gate | p99 of admitted non-streaming calls ms | refused | time to refuse p50 / p99 ms | errors after retries | retried | worst non-LLM step p99 ms (with retries) | RunTurn p99 ms | suite CPU % |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for users in sys.argv[1:]:
     for mode in os.environ.get("MODES", "on off").split():
         prom = f"bench/out/overload-{users}-{mode}.prom"
@@ -66,6 +72,8 @@ for users in sys.argv[1:]:
         worst = max(s["p99_ms"] for name, s in steps.items() if name != "RunTurn")
         retried = report["retried_attempts"]
         cpu = report["processes"]["suite"]["mean_cpu_percent"]
-        print(f"| {users} | {mode} | {admitted:.0f} | {quantile(ok_unary, 0.99) * 1e3:.1f} | {share:.1%} | "
+        turns = counter(prom, "conversation_turns_total", outcome="completed")
+        gated = counter(prom, "admission_work_refused_total", gate="turns")
+        print(f"| {users} | {mode} | {admitted:.0f} | {turns:.0f} | {gated:.0f} | {quantile(ok_unary, 0.99) * 1e3:.1f} | {share:.1%} | "
               f"{quantile(every_refusal, 0.5) * 1e3:.1f} / {quantile(every_refusal, 0.99) * 1e3:.1f} | "
               f"{report['errors']} | {retried} | {worst:.1f} | {steps['RunTurn']['p99_ms']:.0f} | {cpu:.0f} |")

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use boardroom_cache::TieredCache;
+use boardroom_runtime::admission::WorkGate;
 use boardroom_runtime::status::Violations;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -36,6 +37,8 @@ pub struct Limits {
     pub turn_lease: Duration,
     /// Turns that may wait for one thread (ENQUEUE, INTERRUPT).
     pub max_queued_turns: u64,
+    /// Turns admitted at once, by the runtime's scheduling delay (`WorkGate`).
+    pub turn_admission: boardroom_runtime::admission::WorkAdmission,
     pub context_budget_tokens: u32,
     pub history_budget_tokens: u32,
     pub summary_model: String,
@@ -69,6 +72,8 @@ pub struct Conversations {
     pub(crate) logs: TurnLogs,
     pub(crate) summarising: Arc<Mutex<HashSet<Uuid>>>,
     pub(crate) memories: Memories,
+    /// Admits turns while the instance keeps up.
+    pub(crate) turn_gate: WorkGate,
     pub(crate) tasks: TaskTracker,
     pub(crate) shutdown: CancellationToken,
 }
@@ -147,6 +152,7 @@ impl Conversations {
                 logs.hasten(thread_id, turn_id);
             }
         });
+        let turn_gate = WorkGate::start("turns", limits.turn_admission, &tasks, shutdown.clone());
         let conversations = Self {
             store,
             directory: ports.directory,
@@ -160,6 +166,7 @@ impl Conversations {
             logs,
             summarising: Arc::default(),
             memories,
+            turn_gate,
             tasks,
             shutdown,
         };

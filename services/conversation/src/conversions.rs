@@ -22,6 +22,12 @@ impl From<ConversationError> for Status {
             ConversationError::Aborted(m) => Status::aborted(m),
             ConversationError::QueueFull(m) => Status::resource_exhausted(m),
             ConversationError::Unavailable(m) => boardroom_runtime::status::unavailable(m, 1),
+            ConversationError::Overloaded { retry_after_secs } => {
+                boardroom_runtime::status::unavailable(
+                    err.to_string(),
+                    u32::try_from(retry_after_secs).unwrap_or(u32::MAX),
+                )
+            }
             ConversationError::NoAnswer => {
                 boardroom_runtime::status::unavailable(err.to_string(), 1)
             }

@@ -24,6 +24,10 @@ pub enum ConversationError {
     /// A dependency (database, session service, gateway) cannot be reached.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// Too many turns run on this instance for its CPU (the turn gate): retry after the
+    /// seconds given.
+    #[error("too many turns running: this instance is short of CPU")]
+    Overloaded { retry_after_secs: u64 },
     /// Every advisor of a turn failed.
     #[error("no advisor answered")]
     NoAnswer,

@@ -202,6 +202,12 @@ impl Application {
                 turn_timeout: Duration::from_millis(c.turn_timeout_ms),
                 turn_lease: Duration::from_millis(c.turn_lease_ms),
                 max_queued_turns: u64::from(c.max_queued_turns),
+                turn_admission: boardroom_runtime::admission::WorkAdmission {
+                    target: Duration::from_millis(c.turn_admission_target_ms),
+                    interval: Duration::from_millis(c.turn_admission_interval_ms),
+                    min: 4,
+                    max: c.max_running_turns as usize,
+                },
                 context_budget_tokens: c.context_budget_tokens,
                 history_budget_tokens: c.history_budget_tokens,
                 summary_model: c.summary_model.clone(),
@@ -230,7 +236,8 @@ impl Application {
                     .label("cache", "conversation_state")
                     .label("cache", "conversation_memory")
                     .label("pool_name", "conversation")
-                    .label("pool_name", "conversation_leases"),
+                    .label("pool_name", "conversation_leases")
+                    .label("gate", "turns"),
             );
         Ok(Self {
             server,

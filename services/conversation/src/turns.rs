@@ -79,6 +79,12 @@ impl Conversations {
         check_text(&mut v, "author", &request.author, 128, false);
         check_request_id(&mut v, &request.request_id);
         v.finish(())?;
+        // Refused before it costs anything (no query, no lease) while the instance is short
+        // of CPU: the turns admitted keep their pace.
+        let admitted = self
+            .turn_gate
+            .try_enter()
+            .map_err(|retry_after_secs| ConversationError::Overloaded { retry_after_secs })?;
         let thread_id = request.thread_id;
         // The thread's state version when the request was looked up (none without one).
         let mut looked_at = None;
@@ -180,6 +186,7 @@ impl Conversations {
         // the call's consistency token (its calls to other services carry it).
         self.tasks.spawn(
             boardroom_runtime::consistency::carry(async move {
+                let _admitted = admitted;
                 this.drive(
                     (input, memory),
                     (lease, registration),
@@ -671,6 +678,7 @@ fn failure_reason(err: &ConversationError) -> FailureReason {
         | ConversationError::NotFound { .. }
         | ConversationError::FailedPrecondition(_)
         | ConversationError::Unavailable(_)
+        | ConversationError::Overloaded { .. }
         | ConversationError::Internal(_) => FailureReason::Storage,
     }
 }

@@ -13,7 +13,8 @@
 //! Refusals cost next to nothing, so the queue drains; as load falls the callers' retries are
 //! admitted again.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The admission state of one server, shared by its connections.
@@ -105,6 +106,301 @@ impl QueueDelay {
     }
 }
 
+/// How late the runtime runs a task that is ready: the time from a timer's due instant until
+/// the task it woke has been put back behind everything else that is ready and polled again.
+/// A process short of CPU (its threads waiting for a core, or tokio's queues long) runs
+/// every task late by about this much; an idle one by the timer's resolution (~1 ms).
+pub async fn scheduling_delay(period: Duration) -> Duration {
+    let due = tokio::time::Instant::now() + period;
+    tokio::time::sleep_until(due).await;
+    // A woken task may run before the rest of the queue (tokio's LIFO slot); a yield puts it
+    // behind what is ready, so the delay counts the queue as well.
+    tokio::task::yield_now().await;
+    tokio::time::Instant::now().saturating_duration_since(due)
+}
+
+/// The limit on costly work in flight, adjusted once an interval: cut to [`DECREASE`] of what
+/// is in flight when the runtime ran late (at most once a `cooldown`, so that the work
+/// already admitted shows its cost before the next cut), raised by a `1 / INCREASE` share
+/// when the limit refused work and the runtime kept up. Additive increase and multiplicative
+/// decrease, as TCP's congestion window; the signal is the scheduling delay rather than loss.
+#[derive(Debug, Clone)]
+pub struct Aimd {
+    limit: f64,
+    min: f64,
+    max: f64,
+    cooldown: Duration,
+    cut_at: Option<Instant>,
+}
+
+/// The share of what is in flight that a cut leaves.
+const DECREASE: f64 = 0.8;
+/// A raise adds `limit / INCREASE` (at least one).
+const INCREASE: f64 = 32.0;
+
+impl Aimd {
+    /// Starts at `max` (no limit until the runtime runs late).
+    pub fn new(min: usize, max: usize, cooldown: Duration) -> Self {
+        let (min, max) = (min.max(1) as f64, max.max(1) as f64);
+        Self {
+            limit: max,
+            min: min.min(max),
+            max,
+            cooldown,
+            cut_at: None,
+        }
+    }
+
+    /// Sets the least time between two cuts (the admitted work's own duration).
+    pub fn set_cooldown(&mut self, cooldown: Duration) {
+        self.cooldown = cooldown;
+    }
+
+    /// The limit for the next interval, after one in which the runtime ran late or not
+    /// (`late`), with `in_flight` now and `pressed` when the limit refused work.
+    pub fn next(&mut self, late: bool, in_flight: usize, pressed: bool, now: Instant) -> usize {
+        if late {
+            if self
+                .cut_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= self.cooldown)
+            {
+                self.limit = (self.limit.min(in_flight as f64) * DECREASE).max(self.min);
+                self.cut_at = Some(now);
+            }
+        } else if pressed {
+            self.limit = (self.limit + (self.limit / INCREASE).max(1.0)).min(self.max);
+        }
+        self.limit as usize
+    }
+}
+
+/// Most seconds a refusal asks its caller to wait.
+const MAX_RETRY_AFTER: u64 = 5;
+
+/// How long a refused caller is asked to wait: 1 second plus up to `MAX_RETRY_AFTER - 1`
+/// more, as the share of work refused (over about the last second) goes from none to all.
+/// Callers asked to wait longer come back less often, so the share falls and so does the
+/// wait (a negative feedback); a refusal storm does not take the CPU the admitted work needs.
+#[derive(Debug, Clone, Default)]
+pub struct RetryAfter {
+    share: f64,
+}
+
+impl RetryAfter {
+    /// After an interval of `interval` in which `refused` were refused and `admitted`
+    /// admitted: the seconds to ask for.
+    pub fn next(&mut self, refused: u64, admitted: u64, interval: Duration) -> u64 {
+        // Weight of the newest interval: about a second of history.
+        let alpha = interval.as_secs_f64().clamp(1e-3, 1.0);
+        let total = refused + admitted;
+        let share = if total == 0 {
+            0.0
+        } else {
+            refused as f64 / total as f64
+        };
+        self.share += alpha * (share - self.share);
+        1 + (self.share * (MAX_RETRY_AFTER - 1) as f64).round() as u64
+    }
+}
+
+/// How long admitted work lasts: the mean of the work that ended, smoothed over about ten
+/// intervals in which some ended.
+#[derive(Debug, Default)]
+struct Lasts {
+    counted: (u64, u64),
+    mean: Option<Duration>,
+}
+
+impl Lasts {
+    fn next(&mut self, shared: &GateShared) -> Duration {
+        let now = (
+            shared.ended.load(Ordering::Relaxed),
+            shared.held_micros.load(Ordering::Relaxed),
+        );
+        let (ended, micros) = (now.0 - self.counted.0, now.1 - self.counted.1);
+        self.counted = now;
+        if let Some(mean_micros) = micros.checked_div(ended) {
+            let latest = Duration::from_micros(mean_micros);
+            self.mean = Some(match self.mean {
+                None => latest,
+                Some(mean) => mean.mul_f64(0.9) + latest.mul_f64(0.1),
+            });
+        }
+        self.mean.unwrap_or_default()
+    }
+}
+
+/// What [`WorkGate`] is told.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkAdmission {
+    /// The scheduling delay above which the runtime counts as late; zero turns the gate's
+    /// adjustment off (only `max` holds).
+    pub target: Duration,
+    /// How often the limit is adjusted (the delay is sampled ten times an interval).
+    pub interval: Duration,
+    /// Least and most work in flight the limit allows.
+    pub min: usize,
+    pub max: usize,
+}
+
+/// Admits costly work (a turn) while the runtime keeps up: a limit on the work in flight,
+/// adjusted by [`Aimd`] from [`scheduling_delay`]. Work past the limit is refused at once,
+/// before it costs anything, so the work admitted keeps its normal latency.
+#[derive(Debug, Clone)]
+pub struct WorkGate {
+    shared: Arc<GateShared>,
+}
+
+#[derive(Debug)]
+struct GateShared {
+    name: &'static str,
+    in_flight: AtomicUsize,
+    limit: AtomicUsize,
+    /// Whether the limit refused work since the last adjustment.
+    pressed: AtomicBool,
+    /// Work refused, admitted and ended since the start, and how long the ended work held
+    /// its permits in all (µs).
+    refused: AtomicU64,
+    admitted: AtomicU64,
+    ended: AtomicU64,
+    held_micros: AtomicU64,
+    /// What a refusal asks its caller to wait, in seconds (see [`RetryAfter`]).
+    retry_after: AtomicU64,
+}
+
+/// One admitted piece of work; it leaves the gate when dropped.
+#[derive(Debug)]
+pub struct WorkPermit {
+    shared: Arc<GateShared>,
+    entered: Instant,
+}
+
+impl Drop for WorkPermit {
+    fn drop(&mut self) {
+        let held = u64::try_from(self.entered.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.shared.held_micros.fetch_add(held, Ordering::Relaxed);
+        self.shared.ended.fetch_add(1, Ordering::Relaxed);
+        let left = self.shared.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
+        metrics::gauge!("admission_work_in_flight", "gate" => self.shared.name).set(left as f64);
+    }
+}
+
+impl WorkGate {
+    /// A gate named `name` (its metrics' `gate` label), adjusted until `stop` by a task of
+    /// `tasks` on the current runtime.
+    pub fn start(
+        name: &'static str,
+        settings: WorkAdmission,
+        tasks: &tokio_util::task::TaskTracker,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Self {
+        let gate = Self {
+            shared: Arc::new(GateShared {
+                name,
+                in_flight: AtomicUsize::new(0),
+                limit: AtomicUsize::new(settings.max.max(1)),
+                pressed: AtomicBool::new(false),
+                refused: AtomicU64::new(0),
+                admitted: AtomicU64::new(0),
+                ended: AtomicU64::new(0),
+                held_micros: AtomicU64::new(0),
+                retry_after: AtomicU64::new(1),
+            }),
+        };
+        metrics::gauge!("admission_work_limit", "gate" => name).set(settings.max as f64);
+        metrics::counter!("admission_work_refused_total", "gate" => name).increment(0);
+        if !settings.target.is_zero() {
+            tasks.spawn(gate.clone().adjust(settings, stop));
+        }
+        gate
+    }
+
+    /// A permit, or, when the work in flight is at the limit, how many seconds the caller
+    /// is asked to wait before it tries again.
+    pub fn try_enter(&self) -> Result<WorkPermit, u64> {
+        let limit = self.shared.limit.load(Ordering::Relaxed);
+        let entered =
+            self.shared
+                .in_flight
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                    (n < limit).then_some(n + 1)
+                });
+        match entered {
+            Ok(n) => {
+                self.shared.admitted.fetch_add(1, Ordering::Relaxed);
+                metrics::gauge!("admission_work_in_flight", "gate" => self.shared.name)
+                    .set((n + 1) as f64);
+                Ok(WorkPermit {
+                    shared: self.shared.clone(),
+                    entered: Instant::now(),
+                })
+            }
+            Err(_) => {
+                self.shared.pressed.store(true, Ordering::Relaxed);
+                self.shared.refused.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("admission_work_refused_total", "gate" => self.shared.name)
+                    .increment(1);
+                Err(self.shared.retry_after.load(Ordering::Relaxed))
+            }
+        }
+    }
+
+    /// The limit now.
+    pub fn limit(&self) -> usize {
+        self.shared.limit.load(Ordering::Relaxed)
+    }
+
+    async fn adjust(self, settings: WorkAdmission, stop: tokio_util::sync::CancellationToken) {
+        let interval = settings.interval.max(Duration::from_millis(10));
+        let period = interval / 10;
+        // At most one cut per the work's own duration (measured; an interval at first).
+        let mut aimd = Aimd::new(settings.min, settings.max, interval);
+        let mut lasts = Lasts::default();
+        let mut retry_after = RetryAfter::default();
+        let mut counted = (0, 0);
+        let mut samples = Vec::with_capacity(16);
+        let mut opened = Instant::now();
+        loop {
+            let delay = tokio::select! {
+                () = stop.cancelled() => return,
+                delay = scheduling_delay(period) => delay,
+            };
+            metrics::histogram!("runtime_scheduling_delay_seconds").record(delay.as_secs_f64());
+            samples.push(delay);
+            let now = Instant::now();
+            if now.saturating_duration_since(opened) < interval {
+                continue;
+            }
+            opened = now;
+            // The median: one late sample (a page fault, a burst) does not cut the limit.
+            samples.sort_unstable();
+            let late = samples[samples.len() / 2] > settings.target;
+            samples.clear();
+            let in_flight = self.shared.in_flight.load(Ordering::Relaxed);
+            let pressed = self.shared.pressed.swap(false, Ordering::Relaxed);
+            let before = self.shared.limit.load(Ordering::Relaxed);
+            aimd.set_cooldown(lasts.next(&self.shared).clamp(interval, interval * 100));
+            let limit = aimd.next(late, in_flight, pressed, now);
+            let now_counted = (
+                self.shared.refused.load(Ordering::Relaxed),
+                self.shared.admitted.load(Ordering::Relaxed),
+            );
+            let asked = retry_after.next(
+                now_counted.0 - counted.0,
+                now_counted.1 - counted.1,
+                interval,
+            );
+            counted = now_counted;
+            self.shared.retry_after.store(asked, Ordering::Relaxed);
+            if limit != before {
+                self.shared.limit.store(limit, Ordering::Relaxed);
+                metrics::gauge!("admission_work_limit", "gate" => self.shared.name)
+                    .set(limit as f64);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +444,142 @@ mod tests {
             q.admitted(Duration::from_secs(1), q.epoch + i * 10 * MS);
         }
         assert!(!q.overloaded() && !q.refuses(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn the_work_limit_is_cut_when_the_runtime_runs_late_and_grows_back_while_it_keeps_up() {
+        let t0 = Instant::now();
+        let mut aimd = Aimd::new(4, 1000, 500 * MS);
+        // No limit until the runtime runs late; unpressed, it stays.
+        assert_eq!(aimd.next(false, 300, false, t0), 1000);
+        // Late: cut to 0.8 of what is in flight (below the limit, so that the cut bites).
+        assert_eq!(aimd.next(true, 300, true, t0 + 100 * MS), 240);
+        // Still late within the cooldown: the turns admitted have not shown their cost yet.
+        assert_eq!(aimd.next(true, 240, true, t0 + 200 * MS), 240);
+        assert_eq!(aimd.next(true, 240, true, t0 + 600 * MS), 192);
+        // Keeping up and refusing work: grows by 1/32 an interval, at least one.
+        assert_eq!(aimd.next(false, 192, true, t0 + 700 * MS), 198);
+        // Keeping up and refusing nothing: the limit is not what holds the work back.
+        assert_eq!(aimd.next(false, 100, false, t0 + 800 * MS), 198);
+        // Never below the least, never above the most.
+        let mut low = Aimd::new(4, 1000, Duration::ZERO);
+        for i in 0..50 {
+            low.next(true, 3, true, t0 + i * 100 * MS);
+        }
+        assert_eq!(low.next(false, 3, true, t0 + 6 * 1000 * MS), 5);
+        let mut high = Aimd::new(4, 10, Duration::ZERO);
+        high.next(true, 10, true, t0);
+        for i in 1..20 {
+            high.next(false, 10, true, t0 + i * 100 * MS);
+        }
+        assert_eq!(high.next(false, 10, true, t0 + 3000 * MS), 10);
+    }
+
+    #[test]
+    fn refused_callers_are_asked_to_wait_longer_the_more_is_refused() {
+        let mut asked = RetryAfter::default();
+        assert_eq!(asked.next(0, 50, 100 * MS), 1, "nothing refused: a second");
+        // Nearly all refused for a second or more: the most.
+        for _ in 0..30 {
+            asked.next(250, 16, 100 * MS);
+        }
+        assert_eq!(asked.next(250, 16, 100 * MS), MAX_RETRY_AFTER);
+        // Half refused: half way.
+        for _ in 0..30 {
+            asked.next(20, 20, 100 * MS);
+        }
+        assert_eq!(asked.next(20, 20, 100 * MS), 3);
+        // The refusals stop: back to a second within about a second.
+        for _ in 0..20 {
+            asked.next(0, 40, 100 * MS);
+        }
+        assert_eq!(asked.next(0, 40, 100 * MS), 1);
+        // An idle interval changes nothing.
+        assert_eq!(asked.next(0, 0, 100 * MS), 1);
+    }
+
+    /// Busy for `busy` on the runtime's only thread, as a CPU-bound task that never yields.
+    fn hog(busy: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < busy {
+            std::hint::spin_loop();
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_gate_refuses_work_past_its_limit_and_cuts_it_while_the_runtime_is_busy() {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let tasks = tokio_util::task::TaskTracker::new();
+        let gate = WorkGate::start(
+            "test",
+            WorkAdmission {
+                target: 5 * MS,
+                interval: 20 * MS,
+                min: 2,
+                max: 40,
+            },
+            &tasks,
+            stop.clone(),
+        );
+        // At the limit, the next is refused; a permit dropped makes room.
+        let mut held: Vec<_> = (0..40)
+            .map(|_| gate.try_enter().expect("under the limit"))
+            .collect();
+        assert_eq!(
+            gate.try_enter().err(),
+            Some(1),
+            "refused, asked to wait a second"
+        );
+        held.pop();
+        held.push(gate.try_enter().expect("room again"));
+        // A task that takes the runtime's only thread 10 ms at a time: everything ready runs
+        // late, and the limit falls below what is in flight.
+        let busy = CancellationTokenGuard(stop.child_token());
+        let hogging = busy.0.clone();
+        tasks.spawn(async move {
+            while !hogging.is_cancelled() {
+                hog(10 * MS);
+                tokio::task::yield_now().await;
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gate.limit() >= 40 {
+            assert!(Instant::now() < deadline, "the limit was never cut");
+            tokio::task::yield_now().await;
+        }
+        let cut = gate.limit();
+        assert!((2..40).contains(&cut), "{cut}");
+        assert!(
+            gate.try_enter().is_err(),
+            "work in flight is over the limit now"
+        );
+        // The runtime keeps up again and the limit refuses work: it grows back.
+        drop(busy);
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut more: Vec<WorkPermit> = Vec::new();
+        while more.len() < 40 {
+            assert!(
+                Instant::now() < deadline,
+                "the limit did not grow back: {}",
+                gate.limit()
+            );
+            match gate.try_enter() {
+                Ok(permit) => more.push(permit),
+                Err(_) => tokio::time::sleep(MS).await,
+            }
+        }
+        stop.cancel();
+        tasks.close();
+        tasks.wait().await;
+    }
+
+    /// Cancels its token when dropped.
+    struct CancellationTokenGuard(tokio_util::sync::CancellationToken);
+
+    impl Drop for CancellationTokenGuard {
+        fn drop(&mut self) {
+            self.0.cancel();
+        }
     }
 }

@@ -724,6 +724,29 @@ mod tests {
                 }
             }
         }
+        // The turn gate: a limit of at least one turn, an interval it can sample.
+        for (running, target, interval, valid) in [
+            (4_096, 3, 100, true),
+            (1, 0, 10, true),
+            (0, 3, 100, false),
+            (4_096, 10_001, 100, false),
+            (4_096, 3, 5, false),
+        ] {
+            let mut config = Config::default();
+            config.conversation.max_running_turns = running;
+            config.conversation.turn_admission_target_ms = target;
+            config.conversation.turn_admission_interval_ms = interval;
+            match config.validate() {
+                Ok(_) => assert!(valid, "{running} {target} {interval} accepted"),
+                Err(err) => {
+                    assert!(!valid, "{running} {target} {interval} refused: {err}");
+                    assert!(
+                        err.to_string().contains("conversation.max_running_turns"),
+                        "{err}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -91,6 +91,26 @@ pub const FAMILIES: &[Family] = &[
         help: "1 while the server refuses calls that wait too long to start (the quickest admission of an interval waited longer than server.admission_target_ms), by server.",
     },
     Family {
+        name: "admission_work_limit",
+        kind: Kind::Gauge,
+        help: "Costly work (turns) a gate admits at once now, adjusted from the runtime's scheduling delay, by gate.",
+    },
+    Family {
+        name: "admission_work_in_flight",
+        kind: Kind::Gauge,
+        help: "Costly work (turns) a gate has admitted and not yet seen end, by gate.",
+    },
+    Family {
+        name: "admission_work_refused_total",
+        kind: Kind::Counter,
+        help: "Work refused UNAVAILABLE (with retry-after) because its gate was at its limit, by gate.",
+    },
+    Family {
+        name: "runtime_scheduling_delay_seconds",
+        kind: Kind::Histogram,
+        help: "How late the runtime ran a task that was ready: a timer's due instant until the task, put behind everything ready, ran again (sampled ten times an admission interval).",
+    },
+    Family {
         name: "rpc_client_endpoints",
         kind: Kind::Gauge,
         help: "Endpoints an outgoing channel balances over, by target.",

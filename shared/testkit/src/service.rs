@@ -27,6 +27,9 @@ pub fn test_config(db: &TestDatabase) -> Config {
     // standing queue for a few hundred milliseconds, whose new calls the pools would refuse
     // (UNAVAILABLE, retry-after). The pools' admission has its own tests, which turn it on.
     config.database.admission_target_ms = 0;
+    // Likewise the turn gate: a loaded test machine runs tasks late, and the gate would
+    // refuse turns these tests run at once. Its own tests turn it on.
+    config.conversation.turn_admission_target_ms = 0;
     config.database.migrate_on_start = true;
     config
 }

@@ -307,3 +307,52 @@ async fn an_advisor_the_gateway_refuses_is_rejected_not_retryable_and_so_is_a_tu
     }
     assert_eq!(suite.state(&only_refused).await.last_seq, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_past_the_running_limit_is_refused_before_it_writes_and_runs_once_there_is_room() {
+    let slow = FakeOpenAi::start().await;
+    slow.script(std::iter::repeat_n(Behavior::Hang, 10));
+    let suite = suite(|c| {
+        upstream_alias(c, "slow", &slow.base_url());
+        c.conversation.max_running_turns = 1;
+    })
+    .await;
+    let held = suite.thread_with(&[("cto", "slow")]).await;
+    let waiting = suite.thread_with(&[("cfo", "mock")]).await;
+    let (turn_id, mut stream) = started_turn(&suite.client, &held, "holding").await;
+
+    let refused = run(&suite.client, turn(&waiting, "Hire?", "refused-first"))
+        .await
+        .expect_err("past the limit");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("short of CPU"), "{refused:?}");
+    assert_eq!(
+        refused
+            .metadata()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    // Refused before anything was written or taken: no message, no lease, no state.
+    assert!(suite.messages(&waiting).await.is_empty());
+    let state = suite.state(&waiting).await;
+    assert!(state.running_turn_id.is_empty());
+    assert_eq!(state.last_seq, 0);
+    let metrics = boardroom_testkit::scrape_metrics(suite.admin).await;
+    assert_eq!(
+        boardroom_testkit::metric_value(&metrics, &["admission_work_refused_total"]),
+        1.0
+    );
+
+    // The running turn ends: its place is the retry's.
+    assert!(cancel(&suite.client, &held, &turn_id).await);
+    last_event(&mut stream).await;
+    let events = eventually(Duration::from_secs(10), || async {
+        run(&suite.client, turn(&waiting, "Hire?", "refused-first"))
+            .await
+            .ok()
+    })
+    .await;
+    completed(&events);
+    assert_eq!(user_messages(&suite, &waiting).await, ["Hire?"]);
+}

@@ -35,6 +35,20 @@ pub struct ConversationConfig {
     /// Turns that may wait for one thread at once (RunTurn with ENQUEUE or INTERRUPT); more
     /// are refused with RESOURCE_EXHAUSTED.
     pub max_queued_turns: u32,
+    /// Turns this instance runs at once, at most; more are refused with UNAVAILABLE and
+    /// `retry-after`.
+    pub max_running_turns: u32,
+    /// Turn admission: when the runtime runs ready tasks later than this (the median of an
+    /// interval's samples of its scheduling delay), the instance is short of CPU, and the
+    /// turns it admits at once are cut to 0.8 of those running (at most once per a turn's
+    /// measured duration); while it keeps up and turns are refused, the limit grows by 1/32
+    /// an interval (down to 4, up to `max_running_turns`). A turn past the limit is refused
+    /// at once (UNAVAILABLE, `retry-after` 1–5 s, longer the larger the share refused),
+    /// before it costs anything, so the turns admitted and every other call keep their
+    /// normal latency. 0: only `max_running_turns` holds.
+    pub turn_admission_target_ms: u64,
+    /// How often the turn admission's limit is adjusted (its delay is sampled 10 times in it).
+    pub turn_admission_interval_ms: u64,
     /// How long a turn's events stay readable by JoinTurn after its last one (in Redis; in
     /// memory at most a minute, and within `turn_log_memory_bytes`).
     pub turn_log_ttl_ms: u64,
@@ -99,6 +113,9 @@ impl Default for ConversationConfig {
             turn_timeout_ms: 120_000,
             turn_lease_ms: 5_000,
             max_queued_turns: 8,
+            max_running_turns: 4_096,
+            turn_admission_target_ms: 3,
+            turn_admission_interval_ms: 100,
             turn_log_ttl_ms: 10 * 60 * 1000,
             turn_log_memory_bytes: 2 * 1024 * 1024,
             turn_log_write_ms: 5,
@@ -141,6 +158,15 @@ impl ConversationConfig {
         }
         if self.turn_lease_ms < 300 {
             return Err("key `conversation.turn_lease_ms` must be >= 300".into());
+        }
+        if self.max_running_turns == 0
+            || self.turn_admission_target_ms > 10_000
+            || !(10..=10_000).contains(&self.turn_admission_interval_ms)
+        {
+            return Err(
+                "keys `conversation.max_running_turns` must be > 0, `turn_admission_target_ms` in 0..=10000 and `turn_admission_interval_ms` in 10..=10000"
+                    .into(),
+            );
         }
         if self.turn_log_write_ms > 1_000 {
             return Err("key `conversation.turn_log_write_ms` must be <= 1000".into());
