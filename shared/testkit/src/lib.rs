@@ -20,8 +20,8 @@ pub use postgres_replica::ReplicatedPostgres;
 pub use redis::{PrivateRedis, ephemeral_redis_url, redis_url};
 pub use redis_cluster::{ClusterNode, RedisCluster};
 pub use service::{
-    FlakyProxy, channel, main_thread, metric_value, scrape_metrics, service_test_config,
-    test_config, user_thread,
+    FlakyProxy, channel, main_thread, metric_value, retry_after, scrape_metrics,
+    service_test_config, test_config, user_thread,
 };
 
 /// Where a test server came from.

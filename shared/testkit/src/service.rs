@@ -79,6 +79,14 @@ pub async fn scrape_metrics(admin: SocketAddr) -> String {
         .unwrap_or_default()
 }
 
+/// The `retry-after` a refusal asks for (seconds, as sent), if it sent one.
+pub fn retry_after(status: &tonic::Status) -> Option<&str> {
+    status
+        .metadata()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+}
+
 /// The value of one sample in Prometheus text whose name and labels contain every `needle`
 /// (0 when absent).
 pub fn metric_value(text: &str, needles: &[&str]) -> f64 {

@@ -326,13 +326,7 @@ async fn a_turn_past_the_running_limit_is_refused_before_it_writes_and_runs_once
         .expect_err("past the limit");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     assert!(refused.message().contains("short of CPU"), "{refused:?}");
-    assert_eq!(
-        refused
-            .metadata()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok()),
-        Some("1")
-    );
+    assert_eq!(boardroom_testkit::retry_after(&refused), Some("1"));
     // Refused before anything was written or taken: no message, no lease, no state.
     assert!(suite.messages(&waiting).await.is_empty());
     let state = suite.state(&waiting).await;

@@ -116,9 +116,7 @@ async fn every_deployment_failing_is_unavailable_with_retry_after() {
         .expect_err("unavailable");
     assert_eq!(err.code(), Code::Unavailable);
     assert_eq!(
-        err.metadata()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok()),
+        boardroom_testkit::retry_after(&err),
         Some("30"),
         "the upstream's Retry-After, longer than the backoff cap, is passed on"
     );

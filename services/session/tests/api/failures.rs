@@ -94,12 +94,7 @@ async fn database_down_is_unavailable_and_recovers() {
         .await
         .expect_err("db down");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert_eq!(
-        err.metadata()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok()),
-        Some("1")
-    );
+    assert_eq!(boardroom_testkit::retry_after(&err), Some("1"));
     let err = app
         .client
         .create_session(pb::CreateSessionRequest {

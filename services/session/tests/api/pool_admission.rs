@@ -122,13 +122,7 @@ async fn a_standing_pool_queue_refuses_a_call_s_first_query_and_spares_admitted_
         "{}",
         refused.message()
     );
-    assert_eq!(
-        refused
-            .metadata()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok()),
-        Some("1")
-    );
+    assert_eq!(boardroom_testkit::retry_after(&refused), Some("1"));
     assert_eq!(db.gate().waiting(), 0, "the refused call left the queue");
     // Work outside a call is not refused: it waits for the connection.
     let (began, third_held) = oneshot::channel();
