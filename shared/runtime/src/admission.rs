@@ -110,7 +110,7 @@ impl QueueDelay {
 /// the task it woke has been put back behind everything else that is ready and polled again.
 /// A process short of CPU (its threads waiting for a core, or tokio's queues long) runs
 /// every task late by about this much; an idle one by the timer's resolution (~1 ms).
-pub async fn scheduling_delay(period: Duration) -> Duration {
+async fn scheduling_delay(period: Duration) -> Duration {
     let due = tokio::time::Instant::now() + period;
     tokio::time::sleep_until(due).await;
     // A woken task may run before the rest of the queue (tokio's LIFO slot); a yield puts it
@@ -125,7 +125,7 @@ pub async fn scheduling_delay(period: Duration) -> Duration {
 /// when the limit refused work and the runtime kept up. Additive increase and multiplicative
 /// decrease, as TCP's congestion window; the signal is the scheduling delay rather than loss.
 #[derive(Debug, Clone)]
-pub struct Aimd {
+struct Aimd {
     limit: f64,
     min: f64,
     max: f64,
@@ -140,7 +140,7 @@ const INCREASE: f64 = 32.0;
 
 impl Aimd {
     /// Starts at `max` (no limit until the runtime runs late).
-    pub fn new(min: usize, max: usize, cooldown: Duration) -> Self {
+    fn new(min: usize, max: usize, cooldown: Duration) -> Self {
         let (min, max) = (min.max(1) as f64, max.max(1) as f64);
         Self {
             limit: max,
@@ -152,13 +152,13 @@ impl Aimd {
     }
 
     /// Sets the least time between two cuts (the admitted work's own duration).
-    pub fn set_cooldown(&mut self, cooldown: Duration) {
+    fn set_cooldown(&mut self, cooldown: Duration) {
         self.cooldown = cooldown;
     }
 
     /// The limit for the next interval, after one in which the runtime ran late or not
     /// (`late`), with `in_flight` now and `pressed` when the limit refused work.
-    pub fn next(&mut self, late: bool, in_flight: usize, pressed: bool, now: Instant) -> usize {
+    fn next(&mut self, late: bool, in_flight: usize, pressed: bool, now: Instant) -> usize {
         if late {
             if self
                 .cut_at
@@ -182,14 +182,14 @@ const MAX_RETRY_AFTER: u64 = 5;
 /// Callers asked to wait longer come back less often, so the share falls and so does the
 /// wait (a negative feedback); a refusal storm does not take the CPU the admitted work needs.
 #[derive(Debug, Clone, Default)]
-pub struct RetryAfter {
+struct RetryAfter {
     share: f64,
 }
 
 impl RetryAfter {
     /// After an interval of `interval` in which `refused` were refused and `admitted`
     /// admitted: the seconds to ask for.
-    pub fn next(&mut self, refused: u64, admitted: u64, interval: Duration) -> u64 {
+    fn next(&mut self, refused: u64, admitted: u64, interval: Duration) -> u64 {
         // Weight of the newest interval: about a second of history.
         let alpha = interval.as_secs_f64().clamp(1e-3, 1.0);
         let total = refused + admitted;
@@ -207,18 +207,13 @@ impl RetryAfter {
 /// intervals in which some ended.
 #[derive(Debug, Default)]
 struct Lasts {
-    counted: (u64, u64),
     mean: Option<Duration>,
 }
 
 impl Lasts {
-    fn next(&mut self, shared: &GateShared) -> Duration {
-        let now = (
-            shared.ended.load(Ordering::Relaxed),
-            shared.held_micros.load(Ordering::Relaxed),
-        );
-        let (ended, micros) = (now.0 - self.counted.0, now.1 - self.counted.1);
-        self.counted = now;
+    /// After an interval in which `ended` pieces of work ended, having held their permits
+    /// `micros` in all.
+    fn next(&mut self, ended: u64, micros: u64) -> Duration {
         if let Some(mean_micros) = micros.checked_div(ended) {
             let latest = Duration::from_micros(mean_micros);
             self.mean = Some(match self.mean {
@@ -253,11 +248,8 @@ pub struct WorkGate {
 
 #[derive(Debug)]
 struct GateShared {
-    name: &'static str,
     in_flight: AtomicUsize,
     limit: AtomicUsize,
-    /// Whether the limit refused work since the last adjustment.
-    pressed: AtomicBool,
     /// Work refused, admitted and ended since the start, and how long the ended work held
     /// its permits in all (µs).
     refused: AtomicU64,
@@ -266,6 +258,39 @@ struct GateShared {
     held_micros: AtomicU64,
     /// What a refusal asks its caller to wait, in seconds (see [`RetryAfter`]).
     retry_after: AtomicU64,
+    /// The gate's series (`gate` label), looked up once.
+    in_flight_gauge: metrics::Gauge,
+    limit_gauge: metrics::Gauge,
+    refused_total: metrics::Counter,
+}
+
+/// The gate's counters at one instant; subtracted, what happened in between.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    refused: u64,
+    admitted: u64,
+    ended: u64,
+    held_micros: u64,
+}
+
+impl Counts {
+    fn read(shared: &GateShared) -> Self {
+        Self {
+            refused: shared.refused.load(Ordering::Relaxed),
+            admitted: shared.admitted.load(Ordering::Relaxed),
+            ended: shared.ended.load(Ordering::Relaxed),
+            held_micros: shared.held_micros.load(Ordering::Relaxed),
+        }
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            refused: self.refused - before.refused,
+            admitted: self.admitted - before.admitted,
+            ended: self.ended - before.ended,
+            held_micros: self.held_micros - before.held_micros,
+        }
+    }
 }
 
 /// One admitted piece of work; it leaves the gate when dropped.
@@ -281,7 +306,7 @@ impl Drop for WorkPermit {
         self.shared.held_micros.fetch_add(held, Ordering::Relaxed);
         self.shared.ended.fetch_add(1, Ordering::Relaxed);
         let left = self.shared.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
-        metrics::gauge!("admission_work_in_flight", "gate" => self.shared.name).set(left as f64);
+        self.shared.in_flight_gauge.set(left as f64);
     }
 }
 
@@ -296,19 +321,21 @@ impl WorkGate {
     ) -> Self {
         let gate = Self {
             shared: Arc::new(GateShared {
-                name,
                 in_flight: AtomicUsize::new(0),
                 limit: AtomicUsize::new(settings.max.max(1)),
-                pressed: AtomicBool::new(false),
                 refused: AtomicU64::new(0),
                 admitted: AtomicU64::new(0),
                 ended: AtomicU64::new(0),
                 held_micros: AtomicU64::new(0),
                 retry_after: AtomicU64::new(1),
+                in_flight_gauge: metrics::gauge!("admission_work_in_flight", "gate" => name),
+                limit_gauge: metrics::gauge!("admission_work_limit", "gate" => name),
+                refused_total: metrics::counter!("admission_work_refused_total", "gate" => name),
             }),
         };
-        metrics::gauge!("admission_work_limit", "gate" => name).set(settings.max as f64);
-        metrics::counter!("admission_work_refused_total", "gate" => name).increment(0);
+        gate.shared.limit_gauge.set(settings.max as f64);
+        // At zero before the first refusal, so that its rate exists.
+        gate.shared.refused_total.increment(0);
         if !settings.target.is_zero() {
             tasks.spawn(gate.clone().adjust(settings, stop));
         }
@@ -328,18 +355,15 @@ impl WorkGate {
         match entered {
             Ok(n) => {
                 self.shared.admitted.fetch_add(1, Ordering::Relaxed);
-                metrics::gauge!("admission_work_in_flight", "gate" => self.shared.name)
-                    .set((n + 1) as f64);
+                self.shared.in_flight_gauge.set((n + 1) as f64);
                 Ok(WorkPermit {
                     shared: self.shared.clone(),
                     entered: Instant::now(),
                 })
             }
             Err(_) => {
-                self.shared.pressed.store(true, Ordering::Relaxed);
                 self.shared.refused.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("admission_work_refused_total", "gate" => self.shared.name)
-                    .increment(1);
+                self.shared.refused_total.increment(1);
                 Err(self.shared.retry_after.load(Ordering::Relaxed))
             }
         }
@@ -357,7 +381,7 @@ impl WorkGate {
         let mut aimd = Aimd::new(settings.min, settings.max, interval);
         let mut lasts = Lasts::default();
         let mut retry_after = RetryAfter::default();
-        let mut counted = (0, 0);
+        let mut counted = Counts::default();
         let mut samples = Vec::with_capacity(16);
         let mut opened = Instant::now();
         loop {
@@ -377,25 +401,20 @@ impl WorkGate {
             let late = samples[samples.len() / 2] > settings.target;
             samples.clear();
             let in_flight = self.shared.in_flight.load(Ordering::Relaxed);
-            let pressed = self.shared.pressed.swap(false, Ordering::Relaxed);
-            let before = self.shared.limit.load(Ordering::Relaxed);
-            aimd.set_cooldown(lasts.next(&self.shared).clamp(interval, interval * 100));
-            let limit = aimd.next(late, in_flight, pressed, now);
-            let now_counted = (
-                self.shared.refused.load(Ordering::Relaxed),
-                self.shared.admitted.load(Ordering::Relaxed),
-            );
-            let asked = retry_after.next(
-                now_counted.0 - counted.0,
-                now_counted.1 - counted.1,
-                interval,
-            );
+            let now_counted = Counts::read(&self.shared);
+            let since = now_counted.since(counted);
             counted = now_counted;
+            aimd.set_cooldown(
+                lasts
+                    .next(since.ended, since.held_micros)
+                    .clamp(interval, interval * 100),
+            );
+            // Pressed: the limit refused work in the interval.
+            let limit = aimd.next(late, in_flight, since.refused > 0, now);
+            let asked = retry_after.next(since.refused, since.admitted, interval);
             self.shared.retry_after.store(asked, Ordering::Relaxed);
-            if limit != before {
-                self.shared.limit.store(limit, Ordering::Relaxed);
-                metrics::gauge!("admission_work_limit", "gate" => self.shared.name)
-                    .set(limit as f64);
+            if limit != self.shared.limit.swap(limit, Ordering::Relaxed) {
+                self.shared.limit_gauge.set(limit as f64);
             }
         }
     }
