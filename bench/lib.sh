@@ -4,7 +4,8 @@
 
 # users_run OUT SERVE_BIN LOAD_BIN USERS DURATION THINK [NAME=VALUE ...]: a fresh database,
 # `SERVE_BIN serve` with the extra environment, the scenario from LOAD_BIN with the suite's
-# RSS/CPU sampled (ramp RAMP, default 5s), its JSON report to OUT, then the suite stopped.
+# RSS/CPU sampled (ramp RAMP, default 5s; LOAD_ARGS: more of its flags), its JSON report to
+# OUT, then the suite stopped.
 users_run() {
   local out=$1 bin=$2 load=$3 users=$4 duration=$5 think=$6 query= kv
   shift 6
@@ -17,8 +18,9 @@ users_run() {
       "$bin" serve 2>"$BENCH_LOG" &
   local pid=$!
   for _ in $(seq 300); do curl -sf 127.0.0.1:9092/readyz >/dev/null && break; sleep 0.1; done
+  # shellcheck disable=SC2086  # LOAD_ARGS: more flags for the generator (bench/surge.sh)
   "$load" load 127.0.0.1:50051 --scenario users --users "$users" -z "$duration" --think "$think" \
-    --ramp "${RAMP:-5s}" --pid "suite=$pid" >"$out"
+    --ramp "${RAMP:-5s}" --pid "suite=$pid" ${LOAD_ARGS:-} >"$out"
   # SCRAPE_TO=FILE keeps the four admin ports' metrics as the run left them.
   if [ -n "${SCRAPE_TO:-}" ]; then
     for port in 9091 9092 9093 9094; do curl -sf "127.0.0.1:$port/metrics"; done >"$SCRAPE_TO"

@@ -9,7 +9,8 @@
 # admitted and the p99 of the non-streaming ones, the share refused (UNAVAILABLE), the time to
 # refuse a call (p50/p99, from its arrival); and from the users: errors after retries, retried
 # attempts, the non-LLM steps' worst p99 (retries included), the suite's CPU.
-# Usage: bench/overload.sh USERS [USERS ...]   (DURATION=60s THINK=20s RAMP=20s MODES='on off')
+# Usage: bench/overload.sh USERS [USERS ...]   (DURATION=60s THINK=20s RAMP=20s MODES='on off';
+#        OVERLOAD_BIN: a built binary to run, suite and generator, instead of building this tree's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-60s}
@@ -17,8 +18,8 @@ THINK=${THINK:-20s}
 export RAMP=${RAMP:-20s}
 PG=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 REDIS=${BENCH_REDIS:-redis://127.0.0.1:6379}
-cargo build --release --bin boardroom >/dev/null 2>&1
-BIN=target/release/boardroom
+BIN=${OVERLOAD_BIN:-target/release/boardroom}
+[ -n "${OVERLOAD_BIN:-}" ] || cargo build --release --bin boardroom >/dev/null 2>&1
 mkdir -p bench/out
 BENCH_LOG=$(mktemp)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -f "$BENCH_LOG"' EXIT

@@ -95,6 +95,17 @@ pub struct LoadArgs {
     /// Also write an HTML report here (scenario `users`).
     #[arg(long)]
     html: Option<PathBuf>,
+    /// A surge (scenario `users`): this many more users arrive at `--surge-at` (over the
+    /// first quarter of `--surge-for`) and leave `--surge-for` later, each once its round
+    /// ends: the load rises past what the suite holds and falls back.
+    #[arg(long, default_value_t = 0)]
+    surge_users: usize,
+    /// When the surge starts, from the run's start.
+    #[arg(long, default_value = "30s")]
+    surge_at: String,
+    /// How long the surge lasts.
+    #[arg(long, default_value = "30s")]
+    surge_for: String,
 }
 
 /// The resolved settings of a run.
@@ -412,6 +423,11 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             connections: args.connections.unwrap_or(4),
             pids,
             html: args.html.clone(),
+            surge: crate::scenario::Surge {
+                users: args.surge_users,
+                at: parse_duration(&args.surge_at)?,
+                lasts: parse_duration(&args.surge_for)?,
+            },
         })
         .await;
     }

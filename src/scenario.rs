@@ -34,6 +34,16 @@ pub struct UsersPlan {
     pub connections: usize,
     pub pids: Vec<(String, u32)>,
     pub html: Option<PathBuf>,
+    pub surge: Surge,
+}
+
+/// More users for a while: they arrive at `at`, over the first quarter of `lasts`, and each
+/// leaves once its round ends after `at + lasts`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Surge {
+    pub users: usize,
+    pub at: Duration,
+    pub lasts: Duration,
 }
 
 /// Per-step latencies and failures; failed attempts that were retried, and every failure by
@@ -49,6 +59,8 @@ struct Steps {
     per_second: BTreeMap<u64, BTreeMap<&'static str, Vec<u32>>>,
     /// Advisors that failed within turns that completed without them, by reason.
     advisor_failures: BTreeMap<String, u64>,
+    /// Second of the run → calls that succeeded after one or more retried attempts.
+    recovered: BTreeMap<u64, u64>,
 }
 
 type Shared = Arc<Mutex<Steps>>;
@@ -81,12 +93,16 @@ impl From<tonic::Status> for Failure {
 /// How long a call is retried (from its first attempt) before it counts as failed.
 const RETRY_BUDGET: Duration = Duration::from_secs(15);
 
-fn record(steps: &Shared, step: &'static str, started: Instant, result: Result<(), &Failure>) {
+fn record(steps: &Shared, step: &'static str, started: Instant, result: Result<bool, &Failure>) {
     let Ok(mut steps) = steps.lock() else {
         return;
     };
     match result {
-        Ok(()) => {
+        Ok(retried) => {
+            if retried {
+                let second = steps.started.elapsed().as_secs();
+                *steps.recovered.entry(second).or_default() += 1;
+            }
             let micros = started.elapsed().as_micros().max(1) as u64;
             steps
                 .latencies
@@ -147,7 +163,7 @@ where
     loop {
         match call().await {
             Ok(value) => {
-                record(steps, name, started, Ok(()));
+                record(steps, name, started, Ok(retried));
                 return Some(value);
             }
             // ABORTED after a retryable failure: the thread may be held by this request's own
@@ -607,6 +623,7 @@ impl Steps {
             timeline: BTreeMap::new(),
             per_second: BTreeMap::new(),
             advisor_failures: BTreeMap::new(),
+            recovered: BTreeMap::new(),
         }
     }
 }
@@ -711,10 +728,52 @@ fn per_second(steps: &Steps) -> Vec<Value> {
                 "ok": calls.map_or(0, |c| c.values().map(Vec::len).sum::<usize>()),
                 "failed": failed,
                 "retried": retried,
+                "recovered": steps.recovered.get(&second).copied().unwrap_or_default(),
                 "p99_ms": p99,
             })
         })
         .collect()
+}
+
+/// With a surge: the run before it, during it and after it (from the second the surge's
+/// users start leaving), each with its calls that succeeded and their p99 by step (retries
+/// included), the attempts retried, the calls that failed after their retries and those
+/// that succeeded after some.
+fn phases(steps: &Steps, surge: Surge) -> Value {
+    if surge.users == 0 {
+        return Value::Null;
+    }
+    let (at, end) = (surge.at.as_secs(), (surge.at + surge.lasts).as_secs());
+    let phase = |name: &str, from: u64, to: u64| {
+        let mut by_step: BTreeMap<&'static str, Vec<u32>> = BTreeMap::new();
+        for (_, calls) in steps.per_second.range(from..to) {
+            for (step, micros) in calls {
+                by_step.entry(step).or_default().extend(micros);
+            }
+        }
+        let (mut retried, mut failed) = (0, 0);
+        for (_, (r, f)) in steps.timeline.range(from..to) {
+            retried += r;
+            failed += f;
+        }
+        let recovered: u64 = steps.recovered.range(from..to).map(|(_, n)| n).sum();
+        let by_step: serde_json::Map<String, Value> = by_step
+            .iter()
+            .map(|(step, micros)| {
+                (
+                    (*step).to_owned(),
+                    json!({"ok": micros.len(), "p99_ms": quantile_ms(micros, 0.99)}),
+                )
+            })
+            .collect();
+        json!({"phase": name, "from_s": from, "to_s": to, "retried": retried,
+               "failed": failed, "recovered": recovered, "steps": by_step})
+    };
+    json!([
+        phase("before", 0, at),
+        phase("surge", at, end),
+        phase("after", end, u64::MAX),
+    ])
 }
 
 /// The `q` quantile (nearest rank) of `micros`, in milliseconds.
@@ -765,8 +824,22 @@ pub async fn run(plan: UsersPlan) -> anyhow::Result<()> {
     // Owned by the run: ends at `until`, awaited for its samples.
     #[allow(clippy::disallowed_methods)]
     let watcher = tokio::spawn(watch(plan.pids.clone(), started, until));
-    let users: Vec<_> = (0..plan.users)
+    let surge = plan.surge;
+    let users: Vec<_> = (0..plan.users + surge.users)
         .map(|index| {
+            // The run's users start over the ramp and stay; a surge's arrive over the first
+            // quarter of it and leave at its end.
+            let (start_at, until) = if index < plan.users {
+                let share = index as f64 / plan.users.max(1) as f64;
+                (started + plan.ramp.mul_f64(share), until)
+            } else {
+                let share = (index - plan.users) as f64 / surge.users as f64;
+                let at = started + surge.at;
+                (
+                    at + (surge.lasts / 4).mul_f64(share),
+                    until.min(at + surge.lasts),
+                )
+            };
             let user = User {
                 index,
                 boardroom_id: boardroom.id.clone(),
@@ -780,7 +853,6 @@ pub async fn run(plan: UsersPlan) -> anyhow::Result<()> {
                 think: plan.think,
                 until,
             };
-            let start_at = started + plan.ramp.mul_f64(index as f64 / plan.users.max(1) as f64);
             let checks = checks.clone();
             // Owned by the run: one task per simulated user, each ends at the run's end and is awaited.
             #[allow(clippy::disallowed_methods)]
@@ -842,6 +914,9 @@ pub async fn run(plan: UsersPlan) -> anyhow::Result<()> {
             "retried": steps.retried,
             "advisor_failures": steps.advisor_failures,
             "timeline": steps.timeline.iter().map(|(s, (r, f))| json!([s, r, f])).collect::<Vec<_>>(),
+            "recovered": steps.recovered.iter().map(|(s, n)| json!([s, n])).collect::<Vec<_>>(),
+            "surge": {"users": surge.users, "at_s": surge.at.as_secs_f64(), "for_s": surge.lasts.as_secs_f64()},
+            "phases": phases(&steps, surge),
             "per_second": per_second(&steps),
             "writes": {
                 "acknowledged": {"sessions": verified.sessions, "threads": verified.threads, "turns": verified.turns},
@@ -898,5 +973,36 @@ mod tests {
         assert_eq!(seconds[1]["ok"], 0);
         assert_eq!(seconds[2]["failed"], 4);
         assert_eq!(seconds[2]["retried"], 1);
+    }
+
+    #[test]
+    fn a_surge_splits_the_run_into_before_during_and_after() {
+        let mut steps = Steps::new();
+        for (second, micros) in [(1, 2000), (10, 40_000), (11, 90_000), (25, 3000)] {
+            steps
+                .per_second
+                .entry(second)
+                .or_default()
+                .insert("GetState", vec![micros]);
+        }
+        steps.timeline.insert(12, (5, 1));
+        steps.timeline.insert(21, (2, 0));
+        steps.recovered.insert(21, 2);
+        let surge = Surge {
+            users: 10,
+            at: Duration::from_secs(10),
+            lasts: Duration::from_secs(10),
+        };
+        let split = phases(&steps, surge);
+        let names: Vec<_> = (0..3).map(|i| split[i]["phase"].clone()).collect();
+        assert_eq!(names, ["before", "surge", "after"]);
+        assert_eq!(split[0]["steps"]["GetState"]["p99_ms"], 2.0);
+        assert_eq!(split[1]["steps"]["GetState"]["ok"], 2);
+        assert_eq!(split[1]["steps"]["GetState"]["p99_ms"], 90.0);
+        assert_eq!(split[1]["retried"], 5);
+        assert_eq!(split[1]["failed"], 1);
+        assert_eq!(split[2]["recovered"], 2);
+        assert_eq!(split[2]["steps"]["GetState"]["p99_ms"], 3.0);
+        assert_eq!(phases(&Steps::new(), Surge::default()), Value::Null);
     }
 }
