@@ -410,6 +410,19 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                 Ok((name.to_owned(), pid.parse()?))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let duration = parse_duration(args.duration.as_deref().unwrap_or("60s"))?;
+        let surge = crate::scenario::Surge {
+            users: args.surge_users,
+            at: parse_duration(&args.surge_at)?,
+            lasts: parse_duration(&args.surge_for)?,
+        };
+        if surge.users > 0 && surge.at >= duration {
+            anyhow::bail!(
+                "--surge-at ({}) must fall within the run (-z {})",
+                args.surge_at,
+                args.duration.as_deref().unwrap_or("60s")
+            );
+        }
         return crate::scenario::run(crate::scenario::UsersPlan {
             session_host: args
                 .host
@@ -417,17 +430,13 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| "127.0.0.1:50051".into()),
             conversation_host: args.conversation_host.clone(),
             users: args.users.max(1),
-            duration: parse_duration(args.duration.as_deref().unwrap_or("60s"))?,
+            duration,
             ramp: parse_duration(&args.ramp)?,
             think: parse_duration(&args.think)?,
             connections: args.connections.unwrap_or(4),
             pids,
             html: args.html.clone(),
-            surge: crate::scenario::Surge {
-                users: args.surge_users,
-                at: parse_duration(&args.surge_at)?,
-                lasts: parse_duration(&args.surge_for)?,
-            },
+            surge,
         })
         .await;
     }
@@ -587,6 +596,20 @@ mod tests {
             .expect("decodes");
         assert_eq!(decoded.id, "b");
         assert!(encode_requests(&method, json!({"no_such_field": 1})).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_surge_that_starts_after_the_run_is_refused_naming_its_flag() {
+        let args = LoadArgs {
+            scenario: Some("users".into()),
+            duration: Some("10s".into()),
+            surge_users: 5,
+            surge_at: "10s".into(),
+            surge_for: "5s".into(),
+            ..LoadArgs::default()
+        };
+        let err = run(args).await.expect_err("refused before connecting");
+        assert!(err.to_string().contains("--surge-at (10s)"), "{err}");
     }
 
     #[test]
