@@ -410,7 +410,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                 Ok((name.to_owned(), pid.parse()?))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let duration = parse_duration(args.duration.as_deref().unwrap_or("60s"))?;
+        let run_for = args.duration.as_deref().unwrap_or("60s");
+        let duration = parse_duration(run_for)?;
         let surge = crate::scenario::Surge {
             users: args.surge_users,
             at: parse_duration(&args.surge_at)?,
@@ -418,9 +419,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         };
         if surge.users > 0 && surge.at >= duration {
             anyhow::bail!(
-                "--surge-at ({}) must fall within the run (-z {})",
-                args.surge_at,
-                args.duration.as_deref().unwrap_or("60s")
+                "--surge-at ({}) must fall within the run (-z {run_for})",
+                args.surge_at
             );
         }
         return crate::scenario::run(crate::scenario::UsersPlan {
