@@ -12,10 +12,11 @@ users_run() {
   # DB_QUERY=?... among the settings: appended to the database URL (e.g. ?sslmode=disable).
   for kv in "$@"; do case $kv in DB_QUERY=*) query=${kv#DB_QUERY=} ;; esac; done
   psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS boardroom_bench" -c "CREATE DATABASE boardroom_bench" 2>/dev/null
-  env "$@" BOARDROOM_DATABASE__URL="$PG/boardroom_bench$query" BOARDROOM_REDIS__URL="$REDIS" \
+  # The side's own settings last, so that they override these defaults.
+  env BOARDROOM_DATABASE__URL="$PG/boardroom_bench$query" BOARDROOM_REDIS__URL="$REDIS" \
       BOARDROOM_TELEMETRY__LOG_LEVEL=warn \
       BOARDROOM_LLM__DEPLOYMENTS__MOCK__TTFT_MS=200 BOARDROOM_LLM__DEPLOYMENTS__MOCK__TOKENS_PER_SECOND=50 \
-      "$bin" serve 2>"$BENCH_LOG" &
+      "$@" "$bin" serve 2>"$BENCH_LOG" &
   local pid=$!
   for _ in $(seq 300); do curl -sf 127.0.0.1:9092/readyz >/dev/null && break; sleep 0.1; done
   # shellcheck disable=SC2086  # LOAD_ARGS: more flags for the generator (bench/surge.sh)

@@ -353,22 +353,32 @@ impl Relay {
         // delta goes at once, so the time to the first token is the model's.
         let mut held = String::new();
         let mut last_sent: Option<tokio::time::Instant> = None;
+        // The caller's leaving, the deadline and the flush clock are each one future for the
+        // whole stream, not one a token: every token a model streams wakes this loop, and a
+        // timer or a watch made afresh each time is a registration and a cancellation per
+        // token at the timer wheel or the channel's lock.
+        let closed = self.tx.closed();
+        let past_deadline = tokio::time::sleep_until(deadline.into());
+        let flush = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(closed, past_deadline, flush);
         loop {
             let flush_at = last_sent.map(|at| next_tick(at, self.flush_every));
-            let next = tokio::select! {
-                _ = self.tx.closed() => return None,
-                _ = async {
-                    match flush_at {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                }, if !held.is_empty() => {
+            if let Some(at) = flush_at.filter(|at| *at != flush.deadline()) {
+                flush.as_mut().reset(at);
+            }
+            // Biased: text due goes before the next token, and a token already there before
+            // the deadline's verdict, as a timeout around the read would have it.
+            let next: Result<_, ()> = tokio::select! {
+                biased;
+                _ = &mut closed => return None,
+                _ = &mut flush, if flush_at.is_some() && !held.is_empty() => {
                     if !self.flush(&mut held, &mut last_sent).await {
                         return None;
                     }
                     continue;
                 }
-                next = tokio::time::timeout_at(deadline.into(), chunks.next()) => next,
+                next = chunks.next() => Ok(next),
+                _ = &mut past_deadline => Err(()),
             };
             if let Ok(Some(Ok(Chunk::Delta(text)))) = next {
                 content.push_str(&text);
