@@ -6,7 +6,8 @@
 # queues, the pools and the turn gate) and `calls` (the turn gate off). Per mode and phase
 # (before the surge, during it, after it) it prints the users' view: calls completed, the worst
 # non-LLM p99 and RunTurn's (retries included), attempts retried, calls failed after their
-# retries and calls that succeeded after retries; and the servers' refusals over the run.
+# retries and calls that succeeded after retries; each attempt on its own (the admitted ones'
+# p99, the share refused, the time to a refusal); and the servers' refusals over the run.
 # Usage: bench/surge.sh [base, default 2000] [surge, default 6000]
 #        (DURATION=140s THINK=20s RAMP=20s SURGE_AT=40s SURGE_FOR=40s MODES='on calls';
 #        SURGE_BIN: a built binary instead of building this tree's)
@@ -31,7 +32,10 @@ MODES=${MODES:-on calls}
 for mode in $MODES; do
   extra=()
   [ "$mode" = calls ] && extra=(BOARDROOM_CONVERSATION__TURN_ADMISSION_TARGET_MS=0)
+  # The machine's CPU by second, by process, while the run goes on.
+  python3 bench/cpu_by_second.py "bench/out/surge-$BASE-$SURGE-$mode.cpu.json" &
   SCRAPE_TO="bench/out/surge-$BASE-$SURGE-$mode.prom" \
     users_run "bench/out/surge-$BASE-$SURGE-$mode.json" "$BIN" "$BIN" "$BASE" "$DURATION" "$THINK" "${extra[@]}"
+  wait
 done
 python3 bench/surge_report.py "$BASE" "$SURGE" $MODES

@@ -44,3 +44,44 @@ for mode in modes:
     ref = refusals(f"bench/out/surge-{base}-{surge}-{mode}.prom")
     print(f"{mode}: refused over the run: " + ", ".join(f"{k} {v:,.0f}" for k, v in ref.items())
           + f"; errors {r['errors']:,}; writes lost: {lost}")
+
+# Each attempt on its own (not counting earlier attempts or the waits between them): what the
+# calls the servers admitted cost, and how fast and how often they refused the rest.
+print("\nEach attempt on its own, by phase: admitted attempts' p99 (the worst of the reads and "
+      "writes, and RunTurn's), the share refused and the p99 time to a refusal\n")
+print("| mode | phase | worst non-LLM admitted p99 ms (step) | RunTurn admitted p99 ms "
+      "| non-LLM refused | RunTurn refused | refusal p99 ms |")
+print("|---|---|---|---|---|---|---|")
+for mode in modes:
+    r = json.load(open(f"bench/out/surge-{base}-{surge}-{mode}.json"))
+    for p in r["phases"]:
+        att = {n: s["attempts"] for n, s in p["steps"].items() if s.get("attempts")}
+        reads = {n: a for n, a in att.items() if n != "RunTurn"}
+        worst = max(reads.items(), key=lambda kv: kv[1]["admitted_p99_ms"], default=(None, None))
+        turn = att.get("RunTurn") or {"admitted_p99_ms": 0, "refused_share": 0, "refused": 0}
+        admitted = sum(a["admitted"] for a in reads.values())
+        refused = sum(a["refused"] for a in reads.values())
+        share = refused / (admitted + refused) if admitted + refused else 0
+        refusal = max((a["refused_p99_ms"] for a in att.values()), default=0)
+        w = f"{worst[1]['admitted_p99_ms']:.1f} ({worst[0]})" if worst[0] else "–"
+        print(f"| {mode} | {p['phase']} | {w} | {turn['admitted_p99_ms']:,.0f} "
+              f"| {share:.1%} | {turn['refused_share']:.1%} | {refusal:.1f} |")
+
+# The machine's CPU per phase (bench/cpu_by_second.py): whether the cores were full, and whose.
+print("\nCPU by phase, mean % of one core (the machine has "
+      f"{__import__('os').cpu_count()} cores)\n")
+print("| mode | phase | machine busy | suite | generator | PostgreSQL | Redis |")
+print("|---|---|---|---|---|---|---|")
+for mode in modes:
+    r = json.load(open(f"bench/out/surge-{base}-{surge}-{mode}.json"))
+    try:
+        rows = json.load(open(f"bench/out/surge-{base}-{surge}-{mode}.cpu.json"))
+    except FileNotFoundError:
+        continue
+    for p in r["phases"]:
+        inside = [row for row in rows if p["from_s"] <= row["second"] - 1 < p["to_s"]]
+        if not inside:
+            continue
+        mean = lambda k: sum(row[k] for row in inside) / len(inside)
+        print(f"| {mode} | {p['phase']} | {mean('machine_busy_percent'):.0f} | {mean('suite'):.0f} "
+              f"| {mean('generator'):.0f} | {mean('postgres'):.0f} | {mean('redis'):.0f} |")

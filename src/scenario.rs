@@ -61,6 +61,38 @@ struct Steps {
     advisor_failures: BTreeMap<String, u64>,
     /// Second of the run → calls that succeeded after one or more retried attempts.
     recovered: BTreeMap<u64, u64>,
+    /// Second of the run → every attempt's own time (µs, not counting earlier attempts or
+    /// waits), by step and by how the server took it: what an overloaded server's admitted
+    /// calls cost, and how fast it refuses the rest.
+    attempts: BTreeMap<u64, BTreeMap<&'static str, Attempts>>,
+}
+
+/// One step's attempts in one second, by how the server took them.
+#[derive(Debug, Default, Clone)]
+struct Attempts {
+    /// Answered with success.
+    admitted: Vec<u32>,
+    /// Refused as overload: UNAVAILABLE with a `retry-after`.
+    refused: Vec<u32>,
+}
+
+impl Attempts {
+    fn extend(&mut self, other: &Attempts) {
+        self.admitted.extend(&other.admitted);
+        self.refused.extend(&other.refused);
+    }
+
+    /// The admitted attempts' count and p99, the refused ones' count, p99 and share.
+    fn report(&self) -> Value {
+        let all = self.admitted.len() + self.refused.len();
+        json!({
+            "admitted": self.admitted.len(),
+            "admitted_p99_ms": quantile_ms(&self.admitted, 0.99),
+            "refused": self.refused.len(),
+            "refused_p99_ms": quantile_ms(&self.refused, 0.99),
+            "refused_share": if all == 0 { 0.0 } else { self.refused.len() as f64 / all as f64 },
+        })
+    }
 }
 
 type Shared = Arc<Mutex<Steps>>;
@@ -134,6 +166,37 @@ fn record(steps: &Shared, step: &'static str, started: Instant, result: Result<b
     }
 }
 
+/// Notes one attempt of `step` that took `took`: admitted (it succeeded), refused (an
+/// overloaded server's UNAVAILABLE with `retry-after`), or neither (another failure).
+fn record_attempt(
+    steps: &Shared,
+    step: &'static str,
+    took: Duration,
+    result: Result<(), &Failure>,
+) {
+    let refused = match result {
+        Ok(()) => false,
+        Err(f) if f.label == "Unavailable" && f.retry_after.is_some() => true,
+        Err(_) => return,
+    };
+    let Ok(mut steps) = steps.lock() else {
+        return;
+    };
+    let second = steps.started.elapsed().as_secs();
+    let micros = u32::try_from(took.as_micros().max(1)).unwrap_or(u32::MAX);
+    let attempts = steps
+        .attempts
+        .entry(second)
+        .or_default()
+        .entry(step)
+        .or_default();
+    if refused {
+        attempts.refused.push(micros);
+    } else {
+        attempts.admitted.push(micros);
+    }
+}
+
 fn record_retry(steps: &Shared, step: &'static str, failure: &Failure) {
     let Ok(mut steps) = steps.lock() else {
         return;
@@ -161,7 +224,10 @@ where
     let mut backoff = Duration::from_millis(50);
     let mut retried = false;
     loop {
-        match call().await {
+        let attempt = Instant::now();
+        let result = call().await;
+        record_attempt(steps, name, attempt.elapsed(), result.as_ref().map(|_| ()));
+        match result {
             Ok(value) => {
                 record(steps, name, started, Ok(retried));
                 return Some(value);
@@ -624,6 +690,7 @@ impl Steps {
             per_second: BTreeMap::new(),
             advisor_failures: BTreeMap::new(),
             recovered: BTreeMap::new(),
+            attempts: BTreeMap::new(),
         }
     }
 }
@@ -757,12 +824,18 @@ fn phases(steps: &Steps, surge: Surge) -> Value {
             failed += f;
         }
         let recovered: u64 = steps.recovered.range(from..to).map(|(_, n)| n).sum();
+        let attempts = attempts_by_step(steps, from, to);
+        // A step whose every attempt was refused in the phase is reported too.
+        for step in attempts.keys() {
+            by_step.entry(step).or_default();
+        }
         let by_step: serde_json::Map<String, Value> = by_step
             .iter()
             .map(|(step, micros)| {
                 (
                     (*step).to_owned(),
-                    json!({"ok": micros.len(), "p99_ms": quantile_ms(micros, 0.99)}),
+                    json!({"ok": micros.len(), "p99_ms": quantile_ms(micros, 0.99),
+                           "attempts": attempts.get(step).map(Attempts::report)}),
                 )
             })
             .collect();
@@ -774,6 +847,17 @@ fn phases(steps: &Steps, surge: Surge) -> Value {
         phase("surge", at, end),
         phase("after", end, u64::MAX),
     ])
+}
+
+/// The attempts of each step from second `from` to before `to`.
+fn attempts_by_step(steps: &Steps, from: u64, to: u64) -> BTreeMap<&'static str, Attempts> {
+    let mut by_step: BTreeMap<&'static str, Attempts> = BTreeMap::new();
+    for (_, seconds) in steps.attempts.range(from..to) {
+        for (step, attempts) in seconds {
+            by_step.entry(step).or_default().extend(attempts);
+        }
+    }
+    by_step
 }
 
 /// The `q` quantile (nearest rank) of `micros`, in milliseconds.
@@ -881,6 +965,7 @@ pub async fn run(plan: UsersPlan) -> anyhow::Result<()> {
             .into_iter()
             .collect();
         let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        let attempts = attempts_by_step(&steps, 0, u64::MAX);
         let step_reports: serde_json::Map<String, Value> = names
             .iter()
             .map(|name| {
@@ -897,6 +982,7 @@ pub async fn run(plan: UsersPlan) -> anyhow::Result<()> {
                         "p99_ms": h.map_or(0.0, |h| ms(h, 0.99)),
                         "max_ms": h.map_or(0.0, |h| h.max() as f64 / 1000.0),
                         "failures": failures,
+                        "attempts": attempts.get(name).map(Attempts::report),
                     }),
                 )
             })
@@ -1004,5 +1090,47 @@ mod tests {
         assert_eq!(split[2]["recovered"], 2);
         assert_eq!(split[2]["steps"]["GetState"]["p99_ms"], 3.0);
         assert_eq!(phases(&Steps::new(), Surge::default()), Value::Null);
+    }
+
+    #[tokio::test]
+    async fn each_attempt_is_timed_as_admitted_or_refused_and_other_failures_are_neither() {
+        let steps: Shared = Arc::new(Mutex::new(Steps::new()));
+        let refusal = || Failure {
+            label: "Unavailable".into(),
+            retryable: true,
+            retry_after: Some(Duration::ZERO),
+        };
+        // Refused twice, then admitted: three attempts, one call.
+        let mut tries = 0;
+        let got = step(&steps, "GetState", || {
+            tries += 1;
+            let answer = if tries < 3 { Err(refusal()) } else { Ok(7) };
+            async move { answer }
+        })
+        .await;
+        assert_eq!(got, Some(7));
+        // A failure that is not a refusal (no retry-after) is counted as neither.
+        record_attempt(
+            &steps,
+            "GetState",
+            Duration::from_millis(5),
+            Err(&Failure {
+                label: "Unavailable".into(),
+                retryable: true,
+                retry_after: None,
+            }),
+        );
+        record_attempt(&steps, "GetState", Duration::from_millis(40), Ok(()));
+        let steps = steps.lock().expect("steps");
+        let attempts = attempts_by_step(&steps, 0, u64::MAX);
+        let report = attempts["GetState"].report();
+        assert_eq!(report["admitted"], 2);
+        assert_eq!(report["refused"], 2);
+        assert_eq!(report["refused_share"], 0.5);
+        // The admitted attempt's own time, not the call's with its retries.
+        assert_eq!(report["admitted_p99_ms"], 40.0);
+        assert!(report["refused_p99_ms"].as_f64().expect("ms") < 40.0);
+        // One call, recorded once, after its retries.
+        assert_eq!(steps.latencies["GetState"].len(), 1);
     }
 }
