@@ -1095,16 +1095,21 @@ mod tests {
     #[tokio::test]
     async fn each_attempt_is_timed_as_admitted_or_refused_and_other_failures_are_neither() {
         let steps: Shared = Arc::new(Mutex::new(Steps::new()));
-        let refusal = || Failure {
-            label: "Unavailable".into(),
-            retryable: true,
-            retry_after: Some(Duration::ZERO),
-        };
-        // Refused twice, then admitted: three attempts, one call.
+        // Refused twice with `retry-after` (the generator waits at least that each time),
+        // then admitted: three attempts, one call.
+        let asked = Duration::from_millis(20);
         let mut tries = 0;
         let got = step(&steps, "GetState", || {
             tries += 1;
-            let answer = if tries < 3 { Err(refusal()) } else { Ok(7) };
+            let answer = if tries < 3 {
+                Err(Failure {
+                    label: "Unavailable".into(),
+                    retryable: true,
+                    retry_after: Some(asked),
+                })
+            } else {
+                Ok(7)
+            };
             async move { answer }
         })
         .await;
@@ -1120,17 +1125,17 @@ mod tests {
                 retry_after: None,
             }),
         );
-        record_attempt(&steps, "GetState", Duration::from_millis(40), Ok(()));
         let steps = steps.lock().expect("steps");
-        let attempts = attempts_by_step(&steps, 0, u64::MAX);
-        let report = attempts["GetState"].report();
-        assert_eq!(report["admitted"], 2);
+        let report = attempts_by_step(&steps, 0, u64::MAX)["GetState"].report();
+        assert_eq!(report["admitted"], 1);
         assert_eq!(report["refused"], 2);
-        assert_eq!(report["refused_share"], 0.5);
-        // The admitted attempt's own time, not the call's with its retries.
-        assert_eq!(report["admitted_p99_ms"], 40.0);
-        assert!(report["refused_p99_ms"].as_f64().expect("ms") < 40.0);
-        // One call, recorded once, after its retries.
-        assert_eq!(steps.latencies["GetState"].len(), 1);
+        assert!((report["refused_share"].as_f64().expect("share") - 2.0 / 3.0).abs() < 1e-9);
+        // The admitted attempt's own time, without the two waits before it; the call's
+        // latency has them.
+        let admitted_ms = report["admitted_p99_ms"].as_f64().expect("ms");
+        assert!(admitted_ms < 20.0, "{admitted_ms}");
+        let call = &steps.latencies["GetState"];
+        assert_eq!(call.len(), 1);
+        assert!(call.max() >= 40_000, "the call took {} µs", call.max());
     }
 }

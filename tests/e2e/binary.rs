@@ -76,6 +76,8 @@ pub async fn serve_on(db: TestDatabase, args: &[&str], env: &[(&str, String)]) -
         // The turn gate off: a debug build on a loaded test machine runs tasks late, and the
         // gate would refuse turns that these tests count on (its own tests turn it on).
         .env("BOARDROOM_CONVERSATION__TURN_ADMISSION_TARGET_MS", "0")
+        // And the start gate, for the sessions and threads the load tests create at once.
+        .env("BOARDROOM_SESSION__START_ADMISSION_TARGET_MS", "0")
         // The caller's environment last: it may name the addresses.
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())

@@ -2,6 +2,7 @@
 
 use boardroom_proto::session::v1 as pb;
 use boardroom_proto::session::v1::session_service_server::SessionService;
+use boardroom_runtime::admission::RateGate;
 use tonic::{Request, Response, Status};
 
 use crate::conversions::{self as conv, boardroom_to, page_request, session_to, thread_to};
@@ -14,6 +15,8 @@ pub struct SessionGrpc {
     store: SessionStore,
     default_page_size: u32,
     max_page_size: u32,
+    /// Admits CreateSession and CreateThread while the runtime keeps up (none: all).
+    starts: Option<RateGate>,
 }
 
 impl SessionGrpc {
@@ -23,6 +26,25 @@ impl SessionGrpc {
             store,
             default_page_size,
             max_page_size,
+            starts: None,
+        }
+    }
+
+    /// Refuses CreateSession and CreateThread past `gate`'s rate (UNAVAILABLE with
+    /// `retry-after`), after their validation and before any work.
+    pub fn with_start_gate(mut self, gate: RateGate) -> Self {
+        self.starts = Some(gate);
+        self
+    }
+
+    /// A call that starts a user's work, admitted or refused by the start gate.
+    fn admit_start(&self) -> Result<(), Status> {
+        match self.starts.as_ref().map(RateGate::try_enter) {
+            Some(Err(retry_after_secs)) => Err(boardroom_runtime::status::unavailable(
+                "server overloaded: new sessions and threads are refused for now",
+                u32::try_from(retry_after_secs).unwrap_or(u32::MAX),
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -96,10 +118,9 @@ impl SessionService for SessionGrpc {
         &self,
         request: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
-        let created = self
-            .store
-            .create_session(conv::new_session(request.into_inner())?)
-            .await?;
+        let new = conv::new_session(request.into_inner())?;
+        self.admit_start()?;
+        let created = self.store.create_session(new).await?;
         Ok(Response::new(pb::CreateSessionResponse {
             session: Some(session_to(&created)),
         }))
@@ -166,10 +187,9 @@ impl SessionService for SessionGrpc {
         &self,
         request: Request<pb::CreateThreadRequest>,
     ) -> Result<Response<pb::CreateThreadResponse>, Status> {
-        let created = self
-            .store
-            .create_thread(conv::new_thread(request.into_inner())?)
-            .await?;
+        let new = conv::new_thread(request.into_inner())?;
+        self.admit_start()?;
+        let created = self.store.create_thread(new).await?;
         Ok(Response::new(pb::CreateThreadResponse {
             thread: Some(thread_to(&created)),
         }))

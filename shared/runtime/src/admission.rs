@@ -376,30 +376,12 @@ impl WorkGate {
 
     async fn adjust(self, settings: WorkAdmission, stop: tokio_util::sync::CancellationToken) {
         let interval = settings.interval.max(Duration::from_millis(10));
-        let period = interval / 10;
         // At most one cut per the work's own duration (measured; an interval at first).
         let mut aimd = Aimd::new(settings.min, settings.max, interval);
         let mut lasts = Lasts::default();
         let mut retry_after = RetryAfter::default();
         let mut counted = Counts::default();
-        let mut samples = Vec::with_capacity(16);
-        let mut opened = Instant::now();
-        loop {
-            let delay = tokio::select! {
-                () = stop.cancelled() => return,
-                delay = scheduling_delay(period) => delay,
-            };
-            metrics::histogram!("runtime_scheduling_delay_seconds").record(delay.as_secs_f64());
-            samples.push(delay);
-            let now = Instant::now();
-            if now.saturating_duration_since(opened) < interval {
-                continue;
-            }
-            opened = now;
-            // The median: one late sample (a page fault, a burst) does not cut the limit.
-            samples.sort_unstable();
-            let late = samples[samples.len() / 2] > settings.target;
-            samples.clear();
+        each_interval(interval, settings.target, stop, |late, now| {
             let in_flight = self.shared.in_flight.load(Ordering::Relaxed);
             let now_counted = Counts::read(&self.shared);
             let since = now_counted.since(counted);
@@ -416,7 +398,179 @@ impl WorkGate {
             if limit != self.shared.limit.swap(limit, Ordering::Relaxed) {
                 self.shared.limit_gauge.set(limit as f64);
             }
+        })
+        .await;
+    }
+}
+
+/// Samples the runtime's [`scheduling_delay`] ten times an `interval` until `stop`, and after
+/// each interval calls `each` with whether the runtime ran late (the interval's median delay
+/// over `target`: one late sample, a page fault or a burst, does not count) and the instant.
+async fn each_interval(
+    interval: Duration,
+    target: Duration,
+    stop: tokio_util::sync::CancellationToken,
+    mut each: impl FnMut(bool, Instant),
+) {
+    let period = interval / 10;
+    let mut samples = Vec::with_capacity(16);
+    let mut opened = Instant::now();
+    loop {
+        let delay = tokio::select! {
+            () = stop.cancelled() => return,
+            delay = scheduling_delay(period) => delay,
+        };
+        metrics::histogram!("runtime_scheduling_delay_seconds").record(delay.as_secs_f64());
+        samples.push(delay);
+        let now = Instant::now();
+        if now.saturating_duration_since(opened) < interval {
+            continue;
         }
+        opened = now;
+        samples.sort_unstable();
+        let late = samples[samples.len() / 2] > target;
+        samples.clear();
+        each(late, now);
+    }
+}
+
+/// Admits the calls that start new work (a user's session, a thread) at a rate, adjusted by
+/// [`Aimd`] from [`scheduling_delay`] as [`WorkGate`] adjusts its limit: a new user's calls
+/// are short, so a limit on those in flight would not hold them back, and a burst of them
+/// (hundreds of users arriving a second) fills the cores that the users already at work need.
+/// While the runtime runs late the rate is cut to [`DECREASE`] of what was admitted in the
+/// last interval (at most once an interval); while it keeps up and the rate refused calls,
+/// it grows by `1 / INCREASE`. Calls past the rate are refused at once (UNAVAILABLE with
+/// `retry-after`), before they cost anything.
+#[derive(Debug, Clone)]
+pub struct RateGate {
+    shared: Arc<RateShared>,
+}
+
+#[derive(Debug)]
+struct RateShared {
+    epoch: Instant,
+    interval: Duration,
+    /// Calls admitted an interval at most.
+    limit: AtomicUsize,
+    /// The interval (counted from `epoch`) that `in_window` counts, and its admissions.
+    window: AtomicU64,
+    in_window: AtomicUsize,
+    refused: AtomicU64,
+    admitted: AtomicU64,
+    retry_after: AtomicU64,
+    limit_gauge: metrics::Gauge,
+    refused_total: metrics::Counter,
+}
+
+impl RateGate {
+    /// A gate named `name` (its metrics' `gate` label: `admission_work_limit` is then the
+    /// calls admitted an interval), adjusted until `stop` by a task of `tasks`; `min` and
+    /// `max` bound the calls admitted an interval.
+    pub fn start(
+        name: &'static str,
+        settings: WorkAdmission,
+        tasks: &tokio_util::task::TaskTracker,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Self {
+        let gate = Self::new(name, settings);
+        if !settings.target.is_zero() {
+            tasks.spawn(gate.clone().adjust(settings, stop));
+        }
+        gate
+    }
+
+    fn new(name: &'static str, settings: WorkAdmission) -> Self {
+        let gate = Self {
+            shared: Arc::new(RateShared {
+                epoch: Instant::now(),
+                interval: settings.interval.max(Duration::from_millis(10)),
+                limit: AtomicUsize::new(settings.max.max(1)),
+                window: AtomicU64::new(0),
+                in_window: AtomicUsize::new(0),
+                refused: AtomicU64::new(0),
+                admitted: AtomicU64::new(0),
+                retry_after: AtomicU64::new(1),
+                limit_gauge: metrics::gauge!("admission_work_limit", "gate" => name),
+                refused_total: metrics::counter!("admission_work_refused_total", "gate" => name),
+            }),
+        };
+        gate.shared.limit_gauge.set(settings.max as f64);
+        gate.shared.refused_total.increment(0);
+        gate
+    }
+
+    /// Admits the call, or, when this interval's calls have reached the rate, how many
+    /// seconds the caller is asked to wait before it tries again.
+    pub fn try_enter(&self) -> Result<(), u64> {
+        self.try_enter_at(Instant::now())
+    }
+
+    fn try_enter_at(&self, now: Instant) -> Result<(), u64> {
+        let shared = &self.shared;
+        let window = u64::try_from(
+            now.saturating_duration_since(shared.epoch).as_nanos() / shared.interval.as_nanos(),
+        )
+        .unwrap_or(u64::MAX);
+        // The first call of a new interval starts its count (one caller wins the exchange).
+        let seen = shared.window.load(Ordering::Acquire);
+        if window > seen
+            && shared
+                .window
+                .compare_exchange(seen, window, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            shared.in_window.store(0, Ordering::Release);
+        }
+        let limit = shared.limit.load(Ordering::Relaxed);
+        let entered = shared
+            .in_window
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            });
+        if entered.is_ok() {
+            shared.admitted.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        } else {
+            shared.refused.fetch_add(1, Ordering::Relaxed);
+            shared.refused_total.increment(1);
+            Err(shared.retry_after.load(Ordering::Relaxed))
+        }
+    }
+
+    /// The calls admitted an interval at most, now.
+    pub fn limit(&self) -> usize {
+        self.shared.limit.load(Ordering::Relaxed)
+    }
+
+    async fn adjust(self, settings: WorkAdmission, stop: tokio_util::sync::CancellationToken) {
+        let interval = self.shared.interval;
+        // A call's cost shows within the interval it ran in: a cut an interval at most.
+        let mut aimd = Aimd::new(settings.min, settings.max, interval);
+        let mut retry_after = RetryAfter::default();
+        let (mut refused, mut admitted) = (0, 0);
+        each_interval(interval, settings.target, stop, |late, now| {
+            let (r, a) = (
+                self.shared.refused.load(Ordering::Relaxed),
+                self.shared.admitted.load(Ordering::Relaxed),
+            );
+            let (since_refused, since_admitted) = (r - refused, a - admitted);
+            (refused, admitted) = (r, a);
+            let per_interval = usize::try_from(since_admitted).unwrap_or(usize::MAX);
+            // Late with nothing admitted: these calls are not what the cores are busy with,
+            // and the rate stays as it is.
+            let limit = if late && since_admitted == 0 {
+                self.limit()
+            } else {
+                aimd.next(late, per_interval, since_refused > 0, now)
+            };
+            let asked = retry_after.next(since_refused, since_admitted, interval);
+            self.shared.retry_after.store(asked, Ordering::Relaxed);
+            if limit != self.shared.limit.swap(limit, Ordering::Relaxed) {
+                self.shared.limit_gauge.set(limit as f64);
+            }
+        })
+        .await;
     }
 }
 
@@ -454,6 +608,37 @@ mod tests {
         assert!(!q.refuses(100 * MS));
         assert_eq!(q.patience(2 * MS, 30 * MS), 30 * MS);
         assert_eq!(q.patience(2 * MS, Duration::from_secs(30)), 98 * MS);
+    }
+
+    #[test]
+    fn a_rate_gate_admits_its_limit_an_interval_and_counts_afresh_in_the_next() {
+        let gate = RateGate::new(
+            "test_rate",
+            WorkAdmission {
+                target: Duration::ZERO,
+                interval: 100 * MS,
+                min: 1,
+                max: 3,
+            },
+        );
+        let t0 = gate.shared.epoch + 1000 * MS;
+        for i in 0..3 {
+            assert_eq!(gate.try_enter_at(t0 + i * MS), Ok(()), "call {i}");
+        }
+        // The fourth call of the interval is refused at once, with the wait to ask for.
+        assert_eq!(gate.try_enter_at(t0 + 50 * MS), Err(1));
+        // The next interval admits three again.
+        for i in 0..3 {
+            assert_eq!(
+                gate.try_enter_at(t0 + 100 * MS + i * MS),
+                Ok(()),
+                "call {i}"
+            );
+        }
+        assert!(gate.try_enter_at(t0 + 150 * MS).is_err());
+        assert_eq!(gate.shared.admitted.load(Ordering::Relaxed), 6);
+        assert_eq!(gate.shared.refused.load(Ordering::Relaxed), 2);
+        assert_eq!(gate.limit(), 3);
     }
 
     #[test]
@@ -525,21 +710,45 @@ mod tests {
         }
     }
 
+    /// A gate's settings for the busy-runtime tests: late above 5 ms, adjusted every 20 ms.
+    fn busy_settings(max: usize) -> WorkAdmission {
+        WorkAdmission {
+            target: 5 * MS,
+            interval: 20 * MS,
+            min: 2,
+            max,
+        }
+    }
+
+    /// Stops a test's gate and waits for its task.
+    async fn end(stop: tokio_util::sync::CancellationToken, tasks: tokio_util::task::TaskTracker) {
+        stop.cancel();
+        tasks.close();
+        tasks.wait().await;
+    }
+
+    /// A task of `tasks` that takes the runtime's thread 10 ms at a time until the guard is
+    /// dropped (or `stop`): everything ready runs late.
+    fn keep_busy(
+        tasks: &tokio_util::task::TaskTracker,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> CancellationTokenGuard {
+        let busy = CancellationTokenGuard(stop.child_token());
+        let hogging = busy.0.clone();
+        tasks.spawn(async move {
+            while !hogging.is_cancelled() {
+                hog(10 * MS);
+                tokio::task::yield_now().await;
+            }
+        });
+        busy
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn a_gate_refuses_work_past_its_limit_and_cuts_it_while_the_runtime_is_busy() {
         let stop = tokio_util::sync::CancellationToken::new();
         let tasks = tokio_util::task::TaskTracker::new();
-        let gate = WorkGate::start(
-            "test",
-            WorkAdmission {
-                target: 5 * MS,
-                interval: 20 * MS,
-                min: 2,
-                max: 40,
-            },
-            &tasks,
-            stop.clone(),
-        );
+        let gate = WorkGate::start("test", busy_settings(40), &tasks, stop.clone());
         // At the limit, the next is refused; a permit dropped makes room.
         let mut held: Vec<_> = (0..40)
             .map(|_| gate.try_enter().expect("under the limit"))
@@ -553,14 +762,7 @@ mod tests {
         held.push(gate.try_enter().expect("room again"));
         // A task that takes the runtime's only thread 10 ms at a time: everything ready runs
         // late, and the limit falls below what is in flight.
-        let busy = CancellationTokenGuard(stop.child_token());
-        let hogging = busy.0.clone();
-        tasks.spawn(async move {
-            while !hogging.is_cancelled() {
-                hog(10 * MS);
-                tokio::task::yield_now().await;
-            }
-        });
+        let busy = keep_busy(&tasks, &stop);
         let deadline = Instant::now() + Duration::from_secs(10);
         while gate.limit() >= 40 {
             assert!(Instant::now() < deadline, "the limit was never cut");
@@ -588,9 +790,37 @@ mod tests {
                 Err(_) => tokio::time::sleep(MS).await,
             }
         }
-        stop.cancel();
-        tasks.close();
-        tasks.wait().await;
+        end(stop, tasks).await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_rate_gate_cuts_its_rate_while_the_runtime_is_busy_and_regrows_it_after() {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let tasks = tokio_util::task::TaskTracker::new();
+        let gate = RateGate::start("test_rate_busy", busy_settings(1000), &tasks, stop.clone());
+        // A burst of calls while a task takes the runtime's only thread 10 ms at a time:
+        // the runtime runs late with calls being admitted, so the rate is cut.
+        let busy = keep_busy(&tasks, &stop);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gate.limit() >= 1000 {
+            assert!(Instant::now() < deadline, "the rate was never cut");
+            let _ = gate.try_enter();
+            tokio::task::yield_now().await;
+        }
+        assert!((2..1000).contains(&gate.limit()), "{}", gate.limit());
+        // Past the rate within an interval, a call is refused at once.
+        let refused = (0..2000).any(|_| gate.try_enter().is_err());
+        assert!(refused, "the cut rate refused nothing");
+        // The runtime keeps up again and the rate refuses calls: it grows back.
+        drop(busy);
+        let cut = gate.limit();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gate.limit() <= cut {
+            assert!(Instant::now() < deadline, "the rate did not grow back");
+            while gate.try_enter().is_ok() {}
+            tokio::time::sleep(MS).await;
+        }
+        end(stop, tasks).await;
     }
 
     /// Cancels its token when dropped.

@@ -157,6 +157,14 @@ impl Config {
                 "key `session.default_page_size` must be in 1..=`session.max_page_size`".into(),
             ));
         }
+        if s.start_admission_target_ms > 10_000
+            || !(10..=10_000).contains(&s.start_admission_interval_ms)
+        {
+            return Err(ConfigError(
+                "keys `session.start_admission_target_ms` must be in 0..=10000 and `start_admission_interval_ms` in 10..=10000"
+                    .into(),
+            ));
+        }
         let m = &self.memory;
         if !(m.limit_share > 0.0 && m.limit_share <= 1.0) {
             return Err(ConfigError(
@@ -566,6 +574,11 @@ pub struct SessionConfig {
     pub max_page_size: u32,
     /// Most advisors in one boardroom.
     pub max_advisors: usize,
+    /// The scheduling delay above which the start gate cuts the rate of the calls that start
+    /// a user's work (CreateSession, CreateThread); 0 turns the gate off.
+    pub start_admission_target_ms: u64,
+    /// How often the start gate's rate is adjusted (and the interval it counts over).
+    pub start_admission_interval_ms: u64,
 }
 
 impl Default for SessionConfig {
@@ -579,6 +592,8 @@ impl Default for SessionConfig {
             default_page_size: 50,
             max_page_size: 1000,
             max_advisors: 16,
+            start_admission_target_ms: 3,
+            start_admission_interval_ms: 100,
         }
     }
 }

@@ -30,6 +30,8 @@ pub fn test_config(db: &TestDatabase) -> Config {
     // Likewise the turn gate: a loaded test machine runs tasks late, and the gate would
     // refuse turns these tests run at once. Its own tests turn it on.
     config.conversation.turn_admission_target_ms = 0;
+    // And the start gate, for the sessions and threads these tests create in bursts.
+    config.session.start_admission_target_ms = 0;
     config.database.migrate_on_start = true;
     config
 }

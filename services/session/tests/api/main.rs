@@ -12,5 +12,6 @@ mod pool_admission;
 mod read_replicas;
 mod replicas;
 mod sessions;
+mod start_gate;
 mod threads;
 mod tls;
