@@ -25,16 +25,11 @@ BENCH_LOG=$(mktemp)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -f "$BENCH_LOG"' EXIT
 source bench/lib.sh
 
-# MODES: on (the default: the servers' queues, the pools and the turn gate), calls (the
-# servers' queues and the pools: the turn gate off), server (the servers' own queues only),
-# off (none).
+# MODES: on (the default: every gate), turns, calls, server, off (see `mode_settings`).
 MODES=${MODES:-on off}
 for users in "$@"; do
   for mode in $MODES; do
-    extra=()
-    [ "$mode" = calls ] && extra=(BOARDROOM_CONVERSATION__TURN_ADMISSION_TARGET_MS=0)
-    [ "$mode" = server ] && extra=(BOARDROOM_CONVERSATION__TURN_ADMISSION_TARGET_MS=0 BOARDROOM_DATABASE__ADMISSION_TARGET_MS=0)
-    [ "$mode" = off ] && extra=(BOARDROOM_CONVERSATION__TURN_ADMISSION_TARGET_MS=0 BOARDROOM_SERVER__ADMISSION_TARGET_MS=0 BOARDROOM_DATABASE__ADMISSION_TARGET_MS=0)
+    read -ra extra <<<"$(mode_settings "$mode")"
     SCRAPE_TO="bench/out/overload-$users-$mode.prom" \
       users_run "bench/out/overload-$users-$mode.json" "$BIN" "$BIN" "$users" "$DURATION" "$THINK" "${extra[@]}"
   done

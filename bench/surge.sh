@@ -2,8 +2,9 @@
 # A surge and its end: BASE users throughout (what the machine holds) and SURGE more from
 # SURGE_AT for SURGE_FOR, against a release `boardroom serve` (every service in one process,
 # PostgreSQL and Redis, the mock model at 200 ms to the first token and 50 tokens/s), each
-# mode on a fresh database. Modes as bench/overload.sh's: `on` (the default: the servers'
-# queues, the pools and the turn gate) and `calls` (the turn gate off). Per mode and phase
+# mode on a fresh database. Modes as bench/overload.sh's (bench/lib.sh, `mode_settings`):
+# `on` (every gate), `turns` (the start gate off), `calls` (both gates on the scheduling
+# delay off: the servers' queues and the pools only). Per mode and phase
 # (before the surge, during it, after it) it prints the users' view: calls completed, the worst
 # non-LLM p99 and RunTurn's (retries included), attempts retried, calls failed after their
 # retries and calls that succeeded after retries; each attempt on its own (the admitted ones'
@@ -30,8 +31,7 @@ source bench/lib.sh
 export LOAD_ARGS="--surge-users $SURGE --surge-at ${SURGE_AT:-40s} --surge-for ${SURGE_FOR:-40s}"
 MODES=${MODES:-on calls}
 for mode in $MODES; do
-  extra=()
-  [ "$mode" = calls ] && extra=(BOARDROOM_CONVERSATION__TURN_ADMISSION_TARGET_MS=0)
+  read -ra extra <<<"$(mode_settings "$mode")"
   # The machine's CPU by second, by process, while the run goes on.
   python3 bench/cpu_by_second.py "bench/out/surge-$BASE-$SURGE-$mode.cpu.json" &
   SCRAPE_TO="bench/out/surge-$BASE-$SURGE-$mode.prom" \

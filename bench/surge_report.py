@@ -10,14 +10,20 @@ SAMPLE = re.compile(r'^(\w+)(?:\{(.*)\})? (\S+)$')
 
 def refusals(path):
     """Refusals by kind over the run: the turn gate, the servers' queues, the pools."""
-    totals = {"turn gate": 0.0, "server queues": 0.0, "pools": 0.0}
-    names = {"admission_work_refused_total": "turn gate", "rpc_server_shed_total": "server queues",
-             "db_client_refused_total": "pools"}
+    totals = {"turn gate": 0.0, "start gate": 0.0, "server queues": 0.0, "pools": 0.0}
+    names = {"rpc_server_shed_total": "server queues", "db_client_refused_total": "pools"}
+    gates = {'gate="turns"': "turn gate", 'gate="starts"': "start gate"}
     try:
         for line in open(path):
             m = SAMPLE.match(line.strip())
-            if m and m.group(1) in names:
-                totals[names[m.group(1)]] += float(m.group(3))
+            if not m:
+                continue
+            if m.group(1) == "admission_work_refused_total":
+                kind = next((k for g, k in gates.items() if g in (m.group(2) or "")), None)
+            else:
+                kind = names.get(m.group(1))
+            if kind:
+                totals[kind] += float(m.group(3))
     except FileNotFoundError:
         pass
     return totals
