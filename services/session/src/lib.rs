@@ -119,11 +119,13 @@ impl Application {
         let server = GrpcServer::bind("session", &s.listen, &config.server, &config.auth)
             .await?
             .add_service(service)
-            // Its calls, its cache and its pool (in `boardroom serve` the process has more).
+            // Its calls, its cache, its pool and its start gate (in `boardroom serve` the process
+            // has more).
             .metrics_scope(
                 MetricsScope::server("session")
                     .label("cache", "session")
-                    .label("pool_name", "session"),
+                    .label("pool_name", "session")
+                    .label("gate", "starts"),
             );
         Ok(Self {
             server,
