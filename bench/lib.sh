@@ -35,16 +35,15 @@ users_run() {
 at() { python3 -c "import sys; print(f'{float(sys.argv[1]) - float(sys.argv[2]):.1f}')" "$(date +%s.%N)" "$START"; }
 
 # mode_settings MODE: the settings of an overload bench's mode (bench/overload.sh,
-# bench/surge.sh): on (every gate: the servers' queues, the pools, the turn gate and the start
-# gate), turns (the start gate off), calls (the servers' queues and the pools: the gates on the
-# scheduling delay off), server (the servers' own queues only), off (none).
+# bench/surge.sh): on (the defaults: the servers' queues, the pools and the turn gate), starts
+# (and the start gate, off by default, at 3 ms), calls (the servers' queues and the pools: the
+# gates on the scheduling delay off), server (the servers' own queues only), off (none).
 mode_settings() {
-  local starts=BOARDROOM_SESSION__START_ADMISSION_TARGET_MS=0
   local turns=BOARDROOM_CONVERSATION__TURN_ADMISSION_TARGET_MS=0
   case $1 in
-    turns) echo "$starts" ;;
-    calls) echo "$starts $turns" ;;
-    server) echo "$starts $turns BOARDROOM_DATABASE__ADMISSION_TARGET_MS=0" ;;
-    off) echo "$starts $turns BOARDROOM_SERVER__ADMISSION_TARGET_MS=0 BOARDROOM_DATABASE__ADMISSION_TARGET_MS=0" ;;
+    starts) echo "BOARDROOM_SESSION__START_ADMISSION_TARGET_MS=3" ;;
+    calls) echo "$turns" ;;
+    server) echo "$turns BOARDROOM_DATABASE__ADMISSION_TARGET_MS=0" ;;
+    off) echo "$turns BOARDROOM_SERVER__ADMISSION_TARGET_MS=0 BOARDROOM_DATABASE__ADMISSION_TARGET_MS=0" ;;
   esac
 }

@@ -25,7 +25,7 @@ BENCH_LOG=$(mktemp)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -f "$BENCH_LOG"' EXIT
 source bench/lib.sh
 
-# MODES: on (the default: every gate), turns, calls, server, off (see `mode_settings`).
+# MODES: on (the defaults), starts, calls, server, off (see `mode_settings` in bench/lib.sh).
 MODES=${MODES:-on off}
 for users in "$@"; do
   for mode in $MODES; do

@@ -3,8 +3,8 @@
 # SURGE_AT for SURGE_FOR, against a release `boardroom serve` (every service in one process,
 # PostgreSQL and Redis, the mock model at 200 ms to the first token and 50 tokens/s), each
 # mode on a fresh database. Modes as bench/overload.sh's (bench/lib.sh, `mode_settings`):
-# `on` (every gate), `turns` (the start gate off), `calls` (both gates on the scheduling
-# delay off: the servers' queues and the pools only). Per mode and phase
+# `on` (the defaults: the servers' queues, the pools and the turn gate), `starts` (and the
+# start gate), `calls` (the turn gate off: the servers' queues and the pools only). Per mode and phase
 # (before the surge, during it, after it) it prints the users' view: calls completed, the worst
 # non-LLM p99 and RunTurn's (retries included), attempts retried, calls failed after their
 # retries and calls that succeeded after retries; each attempt on its own (the admitted ones'

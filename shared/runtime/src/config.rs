@@ -575,7 +575,9 @@ pub struct SessionConfig {
     /// Most advisors in one boardroom.
     pub max_advisors: usize,
     /// The scheduling delay above which the start gate cuts the rate of the calls that start
-    /// a user's work (CreateSession, CreateThread); 0 turns the gate off.
+    /// a user's work (CreateSession, CreateThread); 0 (the default) turns the gate off: it
+    /// makes new users wait at the door for the users already at work (README, "The start
+    /// gate"), a trade for the operator to choose.
     pub start_admission_target_ms: u64,
     /// How often the start gate's rate is adjusted (and the interval it counts over).
     pub start_admission_interval_ms: u64,
@@ -592,7 +594,7 @@ impl Default for SessionConfig {
             default_page_size: 50,
             max_page_size: 1000,
             max_advisors: 16,
-            start_admission_target_ms: 3,
+            start_admission_target_ms: 0,
             start_admission_interval_ms: 100,
         }
     }
