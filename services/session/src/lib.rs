@@ -97,25 +97,26 @@ impl Application {
             },
         );
         let max_message = config.server.max_message_bytes;
-        // CreateSession and CreateThread admitted at a rate while the runtime keeps up; the
-        // gate's task ends with the cache's (at shutdown).
-        let starts = boardroom_runtime::admission::RateGate::start(
-            "starts",
-            boardroom_runtime::admission::WorkAdmission {
-                target: Duration::from_millis(s.start_admission_target_ms),
-                interval: Duration::from_millis(s.start_admission_interval_ms),
-                min: 2,
-                max: 100_000,
-            },
-            &tokio_util::task::TaskTracker::new(),
-            cache_stop.clone(),
-        );
-        let service = SessionServiceServer::new(
-            SessionGrpc::new(store.clone(), s.default_page_size, s.max_page_size)
-                .with_start_gate(starts),
-        )
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+        let mut grpc = SessionGrpc::new(store.clone(), s.default_page_size, s.max_page_size);
+        // With a target, CreateSession and CreateThread are admitted at a rate while the
+        // runtime keeps up (the gate's task ends with the cache's, at shutdown); without one
+        // (the default) they pass no gate at all.
+        if s.start_admission_target_ms > 0 {
+            grpc = grpc.with_start_gate(boardroom_runtime::admission::RateGate::start(
+                "starts",
+                boardroom_runtime::admission::WorkAdmission {
+                    target: Duration::from_millis(s.start_admission_target_ms),
+                    interval: Duration::from_millis(s.start_admission_interval_ms),
+                    min: 2,
+                    max: 100_000,
+                },
+                &tokio_util::task::TaskTracker::new(),
+                cache_stop.clone(),
+            ));
+        }
+        let service = SessionServiceServer::new(grpc)
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
         let server = GrpcServer::bind("session", &s.listen, &config.server, &config.auth)
             .await?
             .add_service(service)
