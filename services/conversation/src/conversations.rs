@@ -152,7 +152,7 @@ impl Conversations {
                 logs.hasten(thread_id, turn_id);
             }
         });
-        let turn_gate = WorkGate::start("turns", limits.turn_admission, &tasks, shutdown.clone());
+        let turn_gate = WorkGate::start("turns", limits.turn_admission, shutdown.clone());
         let conversations = Self {
             store,
             directory: ports.directory,

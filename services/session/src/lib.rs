@@ -99,7 +99,7 @@ impl Application {
         let max_message = config.server.max_message_bytes;
         let mut grpc = SessionGrpc::new(store.clone(), s.default_page_size, s.max_page_size);
         // With a target, CreateSession and CreateThread are admitted at a rate while the
-        // runtime keeps up (the gate's task ends with the cache's, at shutdown); without one
+        // runtime keeps up (adjusted until the cache stops, at shutdown); without one
         // (the default) they pass no gate at all.
         if s.start_admission_target_ms > 0 {
             grpc = grpc.with_start_gate(boardroom_runtime::admission::RateGate::start(
@@ -110,7 +110,6 @@ impl Application {
                     min: 2,
                     max: 100_000,
                 },
-                &tokio_util::task::TaskTracker::new(),
                 cache_stop.clone(),
             ));
         }

@@ -13,8 +13,9 @@
 //! Refusals cost next to nothing, so the queue drains; as load falls the callers' retries are
 //! admitted again.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// The admission state of one server, shared by its connections.
@@ -311,12 +312,11 @@ impl Drop for WorkPermit {
 }
 
 impl WorkGate {
-    /// A gate named `name` (its metrics' `gate` label), adjusted until `stop` by a task of
-    /// `tasks` on the current runtime.
+    /// A gate named `name` (its metrics' `gate` label), adjusted until `stop` from the
+    /// scheduling delay of the current runtime (see [`each_interval`]).
     pub fn start(
         name: &'static str,
         settings: WorkAdmission,
-        tasks: &tokio_util::task::TaskTracker,
         stop: tokio_util::sync::CancellationToken,
     ) -> Self {
         let gate = Self {
@@ -337,7 +337,7 @@ impl WorkGate {
         // At zero before the first refusal, so that its rate exists.
         gate.shared.refused_total.increment(0);
         if !settings.target.is_zero() {
-            tasks.spawn(gate.clone().adjust(settings, stop));
+            gate.clone().adjust(settings, stop);
         }
         gate
     }
@@ -374,14 +374,14 @@ impl WorkGate {
         self.shared.limit.load(Ordering::Relaxed)
     }
 
-    async fn adjust(self, settings: WorkAdmission, stop: tokio_util::sync::CancellationToken) {
+    fn adjust(self, settings: WorkAdmission, stop: tokio_util::sync::CancellationToken) {
         let interval = settings.interval.max(Duration::from_millis(10));
         // At most one cut per the work's own duration (measured; an interval at first).
         let mut aimd = Aimd::new(settings.min, settings.max, interval);
         let mut lasts = Lasts::default();
         let mut retry_after = RetryAfter::default();
         let mut counted = Counts::default();
-        each_interval(interval, settings.target, stop, |late, now| {
+        each_interval(interval, settings.target, stop, move |late, now| {
             let in_flight = self.shared.in_flight.load(Ordering::Relaxed);
             let now_counted = Counts::read(&self.shared);
             let since = now_counted.since(counted);
@@ -398,39 +398,129 @@ impl WorkGate {
             if limit != self.shared.limit.swap(limit, Ordering::Relaxed) {
                 self.shared.limit_gauge.set(limit as f64);
             }
-        })
-        .await;
+        });
     }
 }
 
-/// Samples the runtime's [`scheduling_delay`] ten times an `interval` until `stop`, and after
-/// each interval calls `each` with whether the runtime ran late (the interval's median delay
-/// over `target`: one late sample, a page fault or a burst, does not count) and the instant.
-async fn each_interval(
+/// After each `interval` until `stop`, calls `each` with whether the current runtime ran late
+/// in it (the median of its ten [`scheduling_delay`] samples over `target`: one late sample, a
+/// page fault or a burst, does not count) and the instant. The samples are taken by one
+/// [`Probe`] for every gate of the runtime with the same interval, so a second gate adds no
+/// timer and no wake-up.
+fn each_interval(
     interval: Duration,
     target: Duration,
     stop: tokio_util::sync::CancellationToken,
-    mut each: impl FnMut(bool, Instant),
+    mut each: impl FnMut(bool, Instant) + Send + 'static,
 ) {
-    let period = interval / 10;
     let mut samples = Vec::with_capacity(16);
     let mut opened = Instant::now();
-    loop {
-        let delay = tokio::select! {
-            () = stop.cancelled() => return,
-            delay = scheduling_delay(period) => delay,
-        };
-        metrics::histogram!("runtime_scheduling_delay_seconds").record(delay.as_secs_f64());
-        samples.push(delay);
-        let now = Instant::now();
-        if now.saturating_duration_since(opened) < interval {
-            continue;
+    Probe::subscribe(
+        interval / 10,
+        Box::new(move |delay, now| {
+            if stop.is_cancelled() {
+                return false;
+            }
+            samples.push(delay);
+            if now.saturating_duration_since(opened) >= interval {
+                opened = now;
+                samples.sort_unstable();
+                let late = samples[samples.len() / 2] > target;
+                samples.clear();
+                each(late, now);
+            }
+            true
+        }),
+    );
+}
+
+/// Told each sample of its probe and the instant; `false` once it wants no more.
+type Subscriber = Box<dyn FnMut(Duration, Instant) -> bool + Send>;
+
+/// A runtime and a sampling period.
+type ProbeKey = (tokio::runtime::Id, Duration);
+
+/// The probes running, one a runtime and period at most.
+static PROBES: LazyLock<Mutex<HashMap<ProbeKey, Arc<Probe>>>> = LazyLock::new(Default::default);
+
+/// Samples one runtime's [`scheduling_delay`] every period for its subscribers (the gates of
+/// the runtime), while it has any: in `boardroom serve` the turn gate and the start gate share
+/// one runtime, and each took its own samples (twice the timers and wake-ups of one).
+#[derive(Default)]
+struct Probe {
+    subscribers: Mutex<Vec<Subscriber>>,
+    /// Set, with [`PROBES`] held, once its task has ended or is ending: a subscriber then
+    /// starts a new probe.
+    ended: AtomicBool,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Probe {
+    /// Adds `subscriber` to the current runtime's probe of `period`, started if there is none.
+    fn subscribe(period: Duration, subscriber: Subscriber) {
+        let key = (tokio::runtime::Handle::current().id(), period);
+        let mut probes = locked(&PROBES);
+        if let Some(probe) = probes.get(&key)
+            && !probe.ended.load(Ordering::Acquire)
+        {
+            locked(&probe.subscribers).push(subscriber);
+            return;
         }
-        opened = now;
-        samples.sort_unstable();
-        let late = samples[samples.len() / 2] > target;
-        samples.clear();
-        each(late, now);
+        let probe = Arc::new(Probe::default());
+        locked(&probe.subscribers).push(subscriber);
+        probes.insert(key, probe.clone());
+        drop(probes);
+        // Ends when its last subscriber leaves, or with its runtime (`Leave` unregisters it).
+        #[allow(clippy::disallowed_methods)]
+        tokio::spawn(probe.run(key));
+    }
+
+    async fn run(self: Arc<Self>, key: ProbeKey) {
+        let _leave = Leave(key, self.clone());
+        loop {
+            let delay = scheduling_delay(key.1).await;
+            metrics::histogram!("runtime_scheduling_delay_seconds").record(delay.as_secs_f64());
+            let now = Instant::now();
+            let mut subscribers = locked(&self.subscribers);
+            subscribers.retain_mut(|told| told(delay, now));
+            if subscribers.is_empty() {
+                drop(subscribers);
+                // Decided with the registry held, so that no subscriber joins a probe that ends.
+                let probes = locked(&PROBES);
+                if locked(&self.subscribers).is_empty() {
+                    self.ended.store(true, Ordering::Release);
+                    drop(probes);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The probes running on the current runtime.
+    #[cfg(test)]
+    fn running() -> usize {
+        let id = tokio::runtime::Handle::current().id();
+        locked(&PROBES)
+            .iter()
+            .filter(|((runtime, _), probe)| *runtime == id && !probe.ended.load(Ordering::Acquire))
+            .count()
+    }
+}
+
+/// Takes an ended probe out of [`PROBES`], however its task ended (its runtime shut down and
+/// dropped it, too: a runtime started later may be given the same id).
+struct Leave(ProbeKey, Arc<Probe>);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        let mut probes = locked(&PROBES);
+        self.1.ended.store(true, Ordering::Release);
+        if probes.get(&self.0).is_some_and(|p| Arc::ptr_eq(p, &self.1)) {
+            probes.remove(&self.0);
+        }
     }
 }
 
@@ -465,17 +555,16 @@ struct RateShared {
 
 impl RateGate {
     /// A gate named `name` (its metrics' `gate` label: `admission_work_limit` is then the
-    /// calls admitted an interval), adjusted until `stop` by a task of `tasks`; `min` and
-    /// `max` bound the calls admitted an interval.
+    /// calls admitted an interval), adjusted until `stop` from the scheduling delay of the
+    /// current runtime; `min` and `max` bound the calls admitted an interval.
     pub fn start(
         name: &'static str,
         settings: WorkAdmission,
-        tasks: &tokio_util::task::TaskTracker,
         stop: tokio_util::sync::CancellationToken,
     ) -> Self {
         let gate = Self::new(name, settings);
         if !settings.target.is_zero() {
-            tasks.spawn(gate.clone().adjust(settings, stop));
+            gate.clone().adjust(settings, stop);
         }
         gate
     }
@@ -543,13 +632,13 @@ impl RateGate {
         self.shared.limit.load(Ordering::Relaxed)
     }
 
-    async fn adjust(self, settings: WorkAdmission, stop: tokio_util::sync::CancellationToken) {
+    fn adjust(self, settings: WorkAdmission, stop: tokio_util::sync::CancellationToken) {
         let interval = self.shared.interval;
         // A call's cost shows within the interval it ran in: a cut an interval at most.
         let mut aimd = Aimd::new(settings.min, settings.max, interval);
         let mut retry_after = RetryAfter::default();
         let (mut refused, mut admitted) = (0, 0);
-        each_interval(interval, settings.target, stop, |late, now| {
+        each_interval(interval, settings.target, stop, move |late, now| {
             let (r, a) = (
                 self.shared.refused.load(Ordering::Relaxed),
                 self.shared.admitted.load(Ordering::Relaxed),
@@ -569,8 +658,7 @@ impl RateGate {
             if limit != self.shared.limit.swap(limit, Ordering::Relaxed) {
                 self.shared.limit_gauge.set(limit as f64);
             }
-        })
-        .await;
+        });
     }
 }
 
@@ -748,7 +836,7 @@ mod tests {
     async fn a_gate_refuses_work_past_its_limit_and_cuts_it_while_the_runtime_is_busy() {
         let stop = tokio_util::sync::CancellationToken::new();
         let tasks = tokio_util::task::TaskTracker::new();
-        let gate = WorkGate::start("test", busy_settings(40), &tasks, stop.clone());
+        let gate = WorkGate::start("test", busy_settings(40), stop.clone());
         // At the limit, the next is refused; a permit dropped makes room.
         let mut held: Vec<_> = (0..40)
             .map(|_| gate.try_enter().expect("under the limit"))
@@ -797,7 +885,7 @@ mod tests {
     async fn a_rate_gate_cuts_its_rate_while_the_runtime_is_busy_and_regrows_it_after() {
         let stop = tokio_util::sync::CancellationToken::new();
         let tasks = tokio_util::task::TaskTracker::new();
-        let gate = RateGate::start("test_rate_busy", busy_settings(1000), &tasks, stop.clone());
+        let gate = RateGate::start("test_rate_busy", busy_settings(1000), stop.clone());
         // A burst of calls while a task takes the runtime's only thread 10 ms at a time:
         // the runtime runs late with calls being admitted, so the rate is cut.
         let busy = keep_busy(&tasks, &stop);
@@ -820,6 +908,70 @@ mod tests {
             while gate.try_enter().is_ok() {}
             tokio::time::sleep(MS).await;
         }
+        end(stop, tasks).await;
+    }
+
+    /// Waits (10 s at most) until `done` holds.
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(MS).await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_gates_of_a_runtime_share_one_probe_until_the_last_of_them_stops() {
+        let (turns_stop, starts_stop, other_stop, stop) = (
+            tokio_util::sync::CancellationToken::new(),
+            tokio_util::sync::CancellationToken::new(),
+            tokio_util::sync::CancellationToken::new(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let tasks = tokio_util::task::TaskTracker::new();
+        assert_eq!(Probe::running(), 0);
+        let settings = busy_settings(1000);
+        let _turns = WorkGate::start("test_shared_turns", settings, turns_stop.clone());
+        let starts = RateGate::start("test_shared_starts", settings, starts_stop.clone());
+        assert_eq!(
+            Probe::running(),
+            1,
+            "one probe for two gates of one interval"
+        );
+        // A gate of another interval is sampled at its own period.
+        let other = WorkAdmission {
+            interval: 50 * MS,
+            ..settings
+        };
+        let _other = WorkGate::start("test_shared_other", other, other_stop.clone());
+        assert_eq!(Probe::running(), 2);
+        other_stop.cancel();
+        until("the other interval's probe did not end", || {
+            Probe::running() == 1
+        })
+        .await;
+        // One of the two stops: the other is still told how late the runtime runs.
+        turns_stop.cancel();
+        let busy = keep_busy(&tasks, &stop);
+        until("the rate was never cut", || {
+            let _ = starts.try_enter();
+            starts.limit() < 1000
+        })
+        .await;
+        drop(busy);
+        assert_eq!(Probe::running(), 1);
+        // The last stops: so does the probe, and a gate started after it gets a new one.
+        starts_stop.cancel();
+        until("the probe outlived its gates", || Probe::running() == 0).await;
+        let again = RateGate::start("test_shared_again", settings, stop.clone());
+        assert_eq!(Probe::running(), 1);
+        let busy = keep_busy(&tasks, &stop);
+        until("the new probe told the gate nothing", || {
+            let _ = again.try_enter();
+            again.limit() < 1000
+        })
+        .await;
+        drop(busy);
         end(stop, tasks).await;
     }
 

@@ -35,7 +35,6 @@ async fn calls_past_the_start_gates_rate_are_refused_with_retry_after_and_write_
             min: 1,
             max: 1,
         },
-        &tokio_util::task::TaskTracker::new(),
         tokio_util::sync::CancellationToken::new(),
     );
     let grpc = SessionGrpc::new(store, 50, 1000).with_start_gate(gate);
