@@ -920,6 +920,22 @@ mod tests {
         }
     }
 
+    /// Calls at `gate` while a task keeps the runtime busy, until its rate is cut.
+    async fn cut_while_busy(
+        what: &str,
+        gate: &RateGate,
+        tasks: &tokio_util::task::TaskTracker,
+        stop: &tokio_util::sync::CancellationToken,
+    ) {
+        let before = gate.limit();
+        let _busy = keep_busy(tasks, stop);
+        until(what, || {
+            let _ = gate.try_enter();
+            gate.limit() < before
+        })
+        .await;
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn the_gates_of_a_runtime_share_one_probe_until_the_last_of_them_stops() {
         let (turns_stop, starts_stop, other_stop, stop) = (
@@ -952,26 +968,14 @@ mod tests {
         .await;
         // One of the two stops: the other is still told how late the runtime runs.
         turns_stop.cancel();
-        let busy = keep_busy(&tasks, &stop);
-        until("the rate was never cut", || {
-            let _ = starts.try_enter();
-            starts.limit() < 1000
-        })
-        .await;
-        drop(busy);
+        cut_while_busy("the rate was never cut", &starts, &tasks, &stop).await;
         assert_eq!(Probe::running(), 1);
         // The last stops: so does the probe, and a gate started after it gets a new one.
         starts_stop.cancel();
         until("the probe outlived its gates", || Probe::running() == 0).await;
         let again = RateGate::start("test_shared_again", settings, stop.clone());
         assert_eq!(Probe::running(), 1);
-        let busy = keep_busy(&tasks, &stop);
-        until("the new probe told the gate nothing", || {
-            let _ = again.try_enter();
-            again.limit() < 1000
-        })
-        .await;
-        drop(busy);
+        cut_while_busy("the new probe told the gate nothing", &again, &tasks, &stop).await;
         end(stop, tasks).await;
     }
 
