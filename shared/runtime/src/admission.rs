@@ -261,8 +261,28 @@ struct GateShared {
     retry_after: AtomicU64,
     /// The gate's series (`gate` label), looked up once.
     in_flight_gauge: metrics::Gauge,
-    limit_gauge: metrics::Gauge,
-    refused_total: metrics::Counter,
+    series: GateSeries,
+}
+
+/// A gate's limit and refusals as series (`gate` label), looked up once.
+#[derive(Debug)]
+struct GateSeries {
+    limit: metrics::Gauge,
+    refused: metrics::Counter,
+}
+
+impl GateSeries {
+    /// The series of the gate `name`: the limit at `max`, the refusals at zero (before the
+    /// first refusal, so that their rate exists).
+    fn new(name: &'static str, max: usize) -> Self {
+        let series = Self {
+            limit: metrics::gauge!("admission_work_limit", "gate" => name),
+            refused: metrics::counter!("admission_work_refused_total", "gate" => name),
+        };
+        series.limit.set(max as f64);
+        series.refused.increment(0);
+        series
+    }
 }
 
 /// The gate's counters at one instant; subtracted, what happened in between.
@@ -329,13 +349,9 @@ impl WorkGate {
                 held_micros: AtomicU64::new(0),
                 retry_after: AtomicU64::new(1),
                 in_flight_gauge: metrics::gauge!("admission_work_in_flight", "gate" => name),
-                limit_gauge: metrics::gauge!("admission_work_limit", "gate" => name),
-                refused_total: metrics::counter!("admission_work_refused_total", "gate" => name),
+                series: GateSeries::new(name, settings.max),
             }),
         };
-        gate.shared.limit_gauge.set(settings.max as f64);
-        // At zero before the first refusal, so that its rate exists.
-        gate.shared.refused_total.increment(0);
         if !settings.target.is_zero() {
             gate.clone().adjust(settings, stop);
         }
@@ -363,7 +379,7 @@ impl WorkGate {
             }
             Err(_) => {
                 self.shared.refused.fetch_add(1, Ordering::Relaxed);
-                self.shared.refused_total.increment(1);
+                self.shared.series.refused.increment(1);
                 Err(self.shared.retry_after.load(Ordering::Relaxed))
             }
         }
@@ -396,7 +412,7 @@ impl WorkGate {
             let asked = retry_after.next(since.refused, since.admitted, interval);
             self.shared.retry_after.store(asked, Ordering::Relaxed);
             if limit != self.shared.limit.swap(limit, Ordering::Relaxed) {
-                self.shared.limit_gauge.set(limit as f64);
+                self.shared.series.limit.set(limit as f64);
             }
         });
     }
@@ -549,8 +565,7 @@ struct RateShared {
     refused: AtomicU64,
     admitted: AtomicU64,
     retry_after: AtomicU64,
-    limit_gauge: metrics::Gauge,
-    refused_total: metrics::Counter,
+    series: GateSeries,
 }
 
 impl RateGate {
@@ -570,7 +585,7 @@ impl RateGate {
     }
 
     fn new(name: &'static str, settings: WorkAdmission) -> Self {
-        let gate = Self {
+        Self {
             shared: Arc::new(RateShared {
                 epoch: Instant::now(),
                 interval: settings.interval.max(Duration::from_millis(10)),
@@ -580,13 +595,9 @@ impl RateGate {
                 refused: AtomicU64::new(0),
                 admitted: AtomicU64::new(0),
                 retry_after: AtomicU64::new(1),
-                limit_gauge: metrics::gauge!("admission_work_limit", "gate" => name),
-                refused_total: metrics::counter!("admission_work_refused_total", "gate" => name),
+                series: GateSeries::new(name, settings.max),
             }),
-        };
-        gate.shared.limit_gauge.set(settings.max as f64);
-        gate.shared.refused_total.increment(0);
-        gate
+        }
     }
 
     /// Admits the call, or, when this interval's calls have reached the rate, how many
@@ -622,7 +633,7 @@ impl RateGate {
             Ok(())
         } else {
             shared.refused.fetch_add(1, Ordering::Relaxed);
-            shared.refused_total.increment(1);
+            shared.series.refused.increment(1);
             Err(shared.retry_after.load(Ordering::Relaxed))
         }
     }
@@ -656,7 +667,7 @@ impl RateGate {
             let asked = retry_after.next(since_refused, since_admitted, interval);
             self.shared.retry_after.store(asked, Ordering::Relaxed);
             if limit != self.shared.limit.swap(limit, Ordering::Relaxed) {
-                self.shared.limit_gauge.set(limit as f64);
+                self.shared.series.limit.set(limit as f64);
             }
         });
     }
